@@ -1,0 +1,40 @@
+//! Compute device and precision selection.
+
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+
+/// Picks a device from a user string: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when built with it and present).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| Error::invalid("device", format!("'{s}' is not cuda:N")))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal).map_err(|e| {
+                Error::invalid("device", format!("CUDA device {ordinal} is not available ({e}); build with `--features cuda` or use --device cpu"))
+            })
+        }
+        other => Err(Error::invalid(
+            "device",
+            format!("unknown device '{other}'; use cpu, cuda, cuda:N or auto"),
+        )),
+    }
+}
+
+/// Parses the compute precision (`f32`, `f16`, `bf16`).
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" | "fp32" | "float32" => Ok(DType::F32),
+        "f16" | "fp16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::invalid(
+            "dtype",
+            format!("unknown precision '{other}'; use f32, f16 or bf16"),
+        )),
+    }
+}

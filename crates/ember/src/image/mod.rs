@@ -1,0 +1,4 @@
+//! Images: init-image preparation, and PNG output with generation metadata.
+
+pub mod init;
+pub mod png_meta;

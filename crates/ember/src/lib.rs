@@ -1,0 +1,27 @@
+//! Ember: a Stable Diffusion 1.x engine (txt2img and img2img) with InvokeAI's semantics.
+//!
+//! The flow every request follows, one module per arrow:
+//!
+//! ```text
+//! request ─► text:    tokenize → CLIP encode (cond + uncond)            text/, nn/clip.rs
+//!         ─► latents: torch-compatible seeded noise [+ init image       sample/rng.rs, image/init.rs,
+//!                     → VAE encode mean × scale → noised to σ_start]    nn/vae.rs
+//!         ─► sample:  sampler(denoiser, schedule[start..], latents)     sample/
+//!         ─► decode:  VAE decode → RGB                                  nn/vae.rs
+//!         ─► write:   PNG + metadata                                    image/png_meta.rs
+//! ```
+//!
+//! Front-ends (CLI, REPL, web server) build a [`request::GenerateRequest`], hand it to a loaded
+//! [`pipeline::Pipeline`] and consume [`pipeline::Event`]s; none of them touches tensors.
+
+pub mod device;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod nn;
+pub mod pipeline;
+pub mod request;
+pub mod sample;
+pub mod text;
+
+pub use error::{Error, Result};

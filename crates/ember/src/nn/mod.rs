@@ -1,0 +1,6 @@
+//! The networks, as plain structs over candle-nn with diffusers' parameter names:
+//! CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
+
+pub mod clip;
+pub mod unet;
+pub mod vae;

@@ -1,0 +1,85 @@
+//! Sampling: torch-compatible noise, noise schedules, and the samplers that walk them.
+
+pub mod denoiser;
+pub mod rng;
+pub mod samplers;
+pub mod schedule;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// InvokeAI 2.x's sampler names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplerKind {
+    KLms,
+    KEuler,
+    KEulerA,
+    KHeun,
+    KDpm2,
+    KDpm2A,
+    /// DPM++ 2M
+    KDpmpp2,
+    /// DPM++ 2S ancestral
+    KDpmpp2A,
+    Ddim,
+    Plms,
+}
+
+impl SamplerKind {
+    pub const ALL: [SamplerKind; 10] = [
+        SamplerKind::KLms,
+        SamplerKind::KEuler,
+        SamplerKind::KEulerA,
+        SamplerKind::KHeun,
+        SamplerKind::KDpm2,
+        SamplerKind::KDpm2A,
+        SamplerKind::KDpmpp2,
+        SamplerKind::KDpmpp2A,
+        SamplerKind::Ddim,
+        SamplerKind::Plms,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::KLms => "k_lms",
+            SamplerKind::KEuler => "k_euler",
+            SamplerKind::KEulerA => "k_euler_a",
+            SamplerKind::KHeun => "k_heun",
+            SamplerKind::KDpm2 => "k_dpm_2",
+            SamplerKind::KDpm2A => "k_dpm_2_a",
+            SamplerKind::KDpmpp2 => "k_dpmpp_2",
+            SamplerKind::KDpmpp2A => "k_dpmpp_2_a",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Plms => "plms",
+        }
+    }
+
+    /// k-diffusion samplers work in σ space; ddim/plms work on discrete timesteps.
+    pub fn is_k_sampler(self) -> bool {
+        !matches!(self, SamplerKind::Ddim | SamplerKind::Plms)
+    }
+
+    /// Ancestral samplers draw fresh noise at every step.
+    pub fn is_ancestral(self) -> bool {
+        matches!(self, SamplerKind::KEulerA | SamplerKind::KDpm2A | SamplerKind::KDpmpp2A)
+    }
+}
+
+impl fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SamplerKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SamplerKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<_> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+            crate::Error::invalid(
+                "sampler",
+                format!("unknown sampler '{s}'; choose one of {}", names.join(", ")),
+            )
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Text: the CLIP BPE tokenizer (prompt → token ids).
+
+pub mod tokenizer;
