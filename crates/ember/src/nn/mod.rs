@@ -2,5 +2,6 @@
 //! CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
 
 pub mod clip;
+pub mod config;
 pub mod unet;
 pub mod vae;
