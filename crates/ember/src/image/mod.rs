@@ -1,4 +1,5 @@
 //! Images: init-image preparation, and PNG output with generation metadata.
 
 pub mod init;
+pub mod metadata;
 pub mod png_meta;

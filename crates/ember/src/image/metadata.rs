@@ -1,0 +1,280 @@
+//! What a generated image records about how it was made, in the three formats other tools read:
+//!
+//! - `Dream`: InvokeAI 2.x's reproducing command line, `"fire" -s 10 -S 1592514025 -W 384 -H 384 -C 7.5
+//!   -I fire-drawing.png -A k_lms -f 0.7` — same switches in the same order as InvokeAI's `dream_prompt_str`.
+//!   Ember adds, only when they are not the defaults: `--karras-max N` after `-C` (where InvokeAI puts
+//!   `--karras_max`) and `--negative "…"` at the end (InvokeAI had no negative prompt switch). img2img always
+//!   gets `-f` (InvokeAI drops `-f 0`, which then replays at its 0.75 default) and `--fit` when fitted.
+//!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
+//! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
+//!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given.
+//! - `parameters`: AUTOMATIC1111's text block, read by most image browsers.
+
+use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
+use crate::sample::SamplerKind;
+use serde::Serialize;
+
+/// Everything written into an output PNG besides its pixels.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub request: GenerateRequest,
+    /// The image's actual size (img2img: the prepared init image's).
+    pub width: usize,
+    pub height: usize,
+    /// Denoising steps actually taken (`floor(strength × steps)` for img2img).
+    pub steps_run: usize,
+    pub model_name: String,
+    /// sha256 of the weights, hex, when known.
+    pub model_hash: Option<String>,
+    /// How the init image was named (path or upload name), for img2img.
+    pub init_image_name: Option<String>,
+}
+
+impl ImageRecord {
+    fn init_name(&self) -> Option<String> {
+        let from_request = || self.request.init_image.as_ref().map(|i| i.display_name());
+        self.init_image_name.clone().or_else(from_request)
+    }
+
+    fn is_img2img(&self) -> bool {
+        self.request.init_image.is_some() || self.init_image_name.is_some()
+    }
+
+    /// Whether a k-sampler ran on the Karras schedule (InvokeAI: `steps < karras_max`).
+    fn uses_karras(&self) -> bool {
+        self.request.sampler.is_k_sampler() && self.request.steps < self.request.karras_max
+    }
+}
+
+/// Text chunks for the PNG, in writing order: `Dream`, `sd-metadata`, `parameters`.
+pub fn text_chunks(record: &ImageRecord) -> Vec<(&'static str, String)> {
+    vec![
+        ("Dream", dream_command(record)),
+        ("sd-metadata", sd_metadata_json(record)),
+        ("parameters", a1111_parameters(record)),
+    ]
+}
+
+/// InvokeAI's `Dream` command line (see the module documentation).
+pub fn dream_command(record: &ImageRecord) -> String {
+    let r = &record.request;
+    let (w, h) = if r.fit && record.is_img2img() {
+        (r.width, r.height)
+    } else {
+        (record.width, record.height)
+    };
+    let mut parts = vec![
+        quote(&r.prompt),
+        format!("-s {}", r.steps),
+        format!("-S {}", r.seed),
+        format!("-W {w}"),
+        format!("-H {h}"),
+        format!("-C {}", py_float(r.cfg_scale)),
+    ];
+    if r.karras_max != DEFAULT_KARRAS_MAX {
+        parts.push(format!("--karras-max {}", r.karras_max));
+    }
+    match record.init_name().filter(|_| record.is_img2img()) {
+        Some(init) => {
+            parts.push(format!("-I {}", quote_if_needed(&init)));
+            parts.push(format!("-A {}", r.sampler));
+            if r.fit {
+                parts.push("--fit".to_string());
+            }
+            parts.push(format!("-f {}", py_float(r.strength)));
+        }
+        None => parts.push(format!("-A {}", r.sampler)),
+    }
+    if !r.negative_prompt.is_empty() {
+        parts.push(format!("--negative {}", quote(&r.negative_prompt)));
+    }
+    parts.join(" ")
+}
+
+#[derive(Serialize)]
+struct SdMetadata<'a> {
+    model: &'static str,
+    model_weights: &'a str,
+    model_hash: Option<&'a str>,
+    app_id: &'static str,
+    app_version: &'static str,
+    image: SdImage<'a>,
+}
+
+#[derive(Serialize)]
+struct SdPrompt<'a> {
+    prompt: &'a str,
+    weight: f64,
+}
+
+#[derive(Serialize)]
+struct SdImage<'a> {
+    prompt: Vec<SdPrompt<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative_prompt: Option<&'a str>,
+    steps: usize,
+    cfg_scale: f64,
+    threshold: u32,
+    perlin: u32,
+    height: usize,
+    width: usize,
+    seed: u32,
+    seamless: bool,
+    postprocessing: Option<()>,
+    sampler: &'static str,
+    variations: [(); 0],
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_image_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strength: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fit: Option<bool>,
+}
+
+/// InvokeAI's `sd-metadata` JSON (see the module documentation).
+pub fn sd_metadata_json(record: &ImageRecord) -> String {
+    let r = &record.request;
+    let img2img = record.is_img2img();
+    let doc = SdMetadata {
+        model: "stable diffusion",
+        model_weights: &record.model_name,
+        model_hash: record.model_hash.as_deref(),
+        app_id: "ember",
+        app_version: env!("CARGO_PKG_VERSION"),
+        image: SdImage {
+            prompt: vec![SdPrompt {
+                prompt: &r.prompt,
+                weight: 1.0,
+            }],
+            negative_prompt: Some(r.negative_prompt.as_str()).filter(|n| !n.is_empty()),
+            steps: r.steps,
+            cfg_scale: r.cfg_scale,
+            threshold: 0,
+            perlin: 0,
+            height: record.height,
+            width: record.width,
+            seed: r.seed,
+            seamless: false,
+            postprocessing: None,
+            sampler: r.sampler.name(),
+            variations: [],
+            kind: if img2img { "img2img" } else { "txt2img" },
+            init_image_path: if img2img { record.init_name() } else { None },
+            strength: img2img.then_some(r.strength),
+            fit: img2img.then_some(r.fit),
+        },
+    };
+    // Plain data with string keys: serialization cannot fail; fall back to an empty object regardless.
+    serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// AUTOMATIC1111's `parameters` block (see the module documentation).
+pub fn a1111_parameters(record: &ImageRecord) -> String {
+    let r = &record.request;
+    let mut out = r.prompt.clone();
+    if !r.negative_prompt.is_empty() {
+        out.push_str("\nNegative prompt: ");
+        out.push_str(&r.negative_prompt);
+    }
+    let mut sampler = a1111_sampler_name(r.sampler).to_string();
+    if record.uses_karras() {
+        sampler.push_str(" Karras");
+    }
+    let mut fields = vec![
+        format!("Steps: {}", r.steps),
+        format!("Sampler: {sampler}"),
+        format!("CFG scale: {}", py_float(r.cfg_scale)),
+        format!("Seed: {}", r.seed),
+        format!("Size: {}x{}", record.width, record.height),
+    ];
+    if let Some(hash) = &record.model_hash {
+        // A1111's short hash: the first 10 hex digits of the sha256.
+        fields.push(format!("Model hash: {}", hash.chars().take(10).collect::<String>()));
+    }
+    fields.push(format!("Model: {}", a1111_quote(&record.model_name)));
+    if record.is_img2img() {
+        fields.push(format!("Denoising strength: {}", py_float(r.strength)));
+    }
+    out.push('\n');
+    out.push_str(&fields.join(", "));
+    out
+}
+
+fn a1111_sampler_name(kind: SamplerKind) -> &'static str {
+    match kind {
+        SamplerKind::KLms => "LMS",
+        SamplerKind::KEuler => "Euler",
+        SamplerKind::KEulerA => "Euler a",
+        SamplerKind::KHeun => "Heun",
+        SamplerKind::KDpm2 => "DPM2",
+        SamplerKind::KDpm2A => "DPM2 a",
+        SamplerKind::KDpmpp2 => "DPM++ 2M",
+        SamplerKind::KDpmpp2A => "DPM++ 2S a",
+        SamplerKind::Ddim => "DDIM",
+        SamplerKind::Plms => "PLMS",
+    }
+}
+
+/// A1111 quotes a value with `,`, `:` or a newline in it as a JSON string.
+fn a1111_quote(v: &str) -> String {
+    if v.contains([',', ':', '\n']) {
+        serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
+    } else {
+        v.to_string()
+    }
+}
+
+/// A double-quoted shell word as InvokeAI's `shlex.split` reads it back. Line breaks become spaces (CLIP
+/// collapses whitespace anyway) so the command stays one line.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn quote_if_needed(s: &str) -> String {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c)) {
+        quote(s)
+    } else {
+        s.to_string()
+    }
+}
+
+/// A float as Python's `str()` writes it for ordinary values: `7.5`, `7.0`, `0.75`.
+fn py_float(v: f64) -> String {
+    let s = format!("{v}");
+    if v.is_finite() && !s.contains(['.', 'e']) {
+        format!("{s}.0")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_float_and_quoting() {
+        assert_eq!(py_float(7.5), "7.5");
+        assert_eq!(py_float(7.0), "7.0");
+        assert_eq!(py_float(0.7), "0.7");
+        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+        assert_eq!(quote_if_needed("dir/fire drawing.png"), "\"dir/fire drawing.png\"");
+        assert_eq!(quote_if_needed("/tmp/fire-drawing.png"), "/tmp/fire-drawing.png");
+        assert_eq!(a1111_quote("sd, v1.5"), "\"sd, v1.5\"");
+    }
+}
