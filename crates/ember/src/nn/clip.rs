@@ -1,1 +1,144 @@
-//! (in progress)
+//! transformers' `CLIPTextModel`: token ids → the last hidden state (after the final layer norm), the
+//! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
+
+use super::attention::scaled_dot_product_attention;
+use super::config::ClipTextConfig;
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            other => candle_core::bail!("CLIP config: unsupported hidden_act {other:?} (expected quick_gelu or gelu)"),
+        }
+    }
+
+    fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            // transformers' "gelu" is the exact erf form.
+            Activation::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(vb: VarBuilder, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let attn = vb.pp("self_attn");
+        Ok(Self {
+            layer_norm1: layer_norm(d, eps, vb.pp("layer_norm1"))?,
+            q_proj: linear(d, d, attn.pp("q_proj"))?,
+            k_proj: linear(d, d, attn.pp("k_proj"))?,
+            v_proj: linear(d, d, attn.pp("v_proj"))?,
+            out_proj: linear(d, d, attn.pp("out_proj"))?,
+            layer_norm2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
+            fc1: linear(d, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(cfg.intermediate_size, d, vb.pp("mlp").pp("fc2"))?,
+            heads: cfg.num_attention_heads,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let heads = |t: Tensor| {
+            t.reshape((b, n, self.heads, d / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let h = self.layer_norm1.forward(x)?;
+        let q = heads(self.q_proj.forward(&h)?)?;
+        let k = heads(self.k_proj.forward(&h)?)?;
+        let v = heads(self.v_proj.forward(&h)?)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, true)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, n, d))?;
+        let x = (self.out_proj.forward(&attn)? + x)?;
+        let h = self
+            .fc2
+            .forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
+        h + x
+    }
+}
+
+/// `CLIPTextModel`; parameter names are transformers' (`text_model.…`, or the same without the prefix).
+#[derive(Debug, Clone)]
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    max_positions: usize,
+}
+
+impl ClipTextModel {
+    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+        let act = Activation::parse(&cfg.hidden_act)?;
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            candle_core::bail!(
+                "CLIP config: hidden_size {} is not divisible into {} heads",
+                cfg.hidden_size,
+                cfg.num_attention_heads
+            );
+        }
+        // transformers 4.x saves `text_model.`-prefixed keys (the canonical names); 5.x saves
+        // `CLIPTextModel` without the prefix. Accept both so either diffusers folder loads as is.
+        let vb = if vb.contains_tensor("embeddings.token_embedding.weight") {
+            vb
+        } else {
+            vb.pp("text_model")
+        };
+        let emb = vb.pp("embeddings");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg, act))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            token_embedding: embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
+            position_embedding: embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                emb.pp("position_embedding"),
+            )?,
+            layers,
+            final_layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    /// `input_ids: [B, N]` (u32, N ≤ max positions, 77 for SD) → `[B, N, hidden]` in the weights' dtype.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (_, n) = input_ids.dims2()?;
+        if n > self.max_positions {
+            candle_core::bail!("CLIP: {n} tokens exceed the model's {} positions", self.max_positions);
+        }
+        let positions = Tensor::arange(0u32, n as u32, input_ids.device())?;
+        let tokens = self.token_embedding.forward(&input_ids.to_dtype(DType::U32)?)?;
+        let mut x = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        self.final_layer_norm.forward(&x)
+    }
+}

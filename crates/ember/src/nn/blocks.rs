@@ -1,0 +1,321 @@
+//! Building blocks shared by the UNet and the VAE, after diffusers' `resnet.py`, `downsampling.py`,
+//! `upsampling.py` and `transformers/transformer_2d.py`: residual blocks, resampling, and the spatial
+//! transformer (self-attention, cross-attention, GEGLU feed-forward).
+
+use super::attention::Attention;
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{conv2d, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+
+/// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). candle's CPU convolution has
+/// no bf16 kernel, so bf16 weights on the CPU also keep an f32 copy and convolve in f32.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    conv: Conv2d,
+    cpu_bf16_as_f32: Option<Conv2d>,
+}
+
+impl Conv {
+    /// `k`×`k` kernel, zero padding `k / 2` on every side (unless `padding` says otherwise), `stride`.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: padding.unwrap_or(k / 2),
+            stride,
+            ..Default::default()
+        };
+        let conv = conv2d(cin, cout, k, cfg, vb)?;
+        let cpu_bf16_as_f32 = if conv.weight().dtype() == DType::BF16 && conv.weight().device().is_cpu() {
+            let bias = conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            Some(Conv2d::new(conv.weight().to_dtype(DType::F32)?, bias, cfg))
+        } else {
+            None
+        };
+        Ok(Self { conv, cpu_bf16_as_f32 })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.cpu_bf16_as_f32 {
+            Some(conv) if x.dtype() == DType::BF16 => conv.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16),
+            _ => self.conv.forward(x),
+        }
+    }
+}
+
+/// Group normalisation computed entirely in f32 (statistics and the affine step), rounded to the input
+/// dtype once, as torch does for f16/bf16; candle-nn's version applies the affine step in the input dtype,
+/// which doubled the bf16 error against torch's f32 result.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    /// `[C, 1]` in f32, to broadcast over `[B, C, H·W]`.
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+/// diffusers' `nn.GroupNorm(groups, channels, eps)` with `weight` and `bias`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
+    }
+    let load = |name: &str| vb.get(channels, name)?.to_dtype(DType::F32)?.reshape((channels, 1));
+    Ok(GroupNorm {
+        weight: load("weight")?,
+        bias: load("bias")?,
+        groups,
+        eps,
+    })
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let spatial: usize = dims[2..].iter().product();
+        let n = (c / self.groups * spatial) as f64;
+        let xf = x.to_dtype(DType::F32)?.reshape((b, self.groups, ()))?;
+        let centred = xf.broadcast_sub(&(xf.sum_keepdim(2)? / n)?)?;
+        let var = (centred.sqr()?.sum_keepdim(2)? / n)?;
+        let normed = centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .reshape((b, c, spatial))?;
+        let out = normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?;
+        out.reshape(dims)?.to_dtype(x.dtype())
+    }
+}
+
+fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(cin, cout, 3, stride, Some(padding), vb)
+}
+
+fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(cin, cout, 1, 1, None, vb)
+}
+
+/// diffusers' `ResnetBlock2D` (default "default" time-embedding norm, output scale 1).
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv,
+    conv_shortcut: Option<Conv>,
+}
+
+impl ResnetBlock2D {
+    /// `temb_channels`: None for the VAE's blocks, which take no time embedding.
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        temb_channels: Option<usize>,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: conv3x3(cin, cout, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: temb_channels
+                .map(|t| linear(t, cout, vb.pp("time_emb_proj")))
+                .transpose()?,
+            norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: conv3x3(cout, cout, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if cin != cout {
+                Some(conv1x1(cin, cout, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+                h.broadcast_add(&t)?
+            }
+            _ => h,
+        };
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        match &self.conv_shortcut {
+            Some(sc) => sc.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+/// diffusers' `Downsample2D` with a convolution: 3×3, stride 2. The UNet pads 1 on every side; the VAE
+/// pads (0, 1, 0, 1) explicitly and convolves unpadded.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv,
+    asymmetric_pad: bool,
+}
+
+impl Downsample2D {
+    pub fn new(vb: VarBuilder, channels: usize, asymmetric_pad: bool) -> Result<Self> {
+        let padding = if asymmetric_pad { 0 } else { 1 };
+        Ok(Self {
+            conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?,
+            asymmetric_pad,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.asymmetric_pad {
+            let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+            self.conv.forward(&x)
+        } else {
+            self.conv.forward(x)
+        }
+    }
+}
+
+/// diffusers' `Upsample2D` with a convolution: nearest-neighbour ×2 (or to `size`, the skip connection's
+/// size, when the latent is not divisible by the UNet's total downsampling), then 3×3.
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: Conv,
+}
+
+impl Upsample2D {
+    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+    }
+}
+
+/// GEGLU feed-forward: `net.0.proj` produces value and gate halves, `value · gelu(gate)`, then `net.2`.
+#[derive(Debug, Clone)]
+struct FeedForward {
+    proj_in: Linear,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = 4 * dim;
+        Ok(Self {
+            proj_in: linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?,
+            proj_out: linear(inner, dim, vb.pp("net").pp("2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.proj_in.forward(x)?;
+        let half = h.dim(D::Minus1)? / 2;
+        // diffusers uses the exact (erf) GELU here, not the tanh approximation.
+        let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        self.proj_out.forward(&gated)
+    }
+}
+
+/// diffusers' `BasicTransformerBlock`: pre-norm self-attention, cross-attention, feed-forward.
+#[derive(Debug, Clone)]
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, false)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, false)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
+        self.ff.forward(&self.norm3.forward(&x)?)? + x
+    }
+}
+
+/// `proj_in`/`proj_out`: 1×1 convolutions (SD 1.x) or linear layers (SD 2.x).
+#[derive(Debug, Clone)]
+enum Projection {
+    Conv(Conv),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, use_linear: bool) -> Result<Self> {
+        Ok(if use_linear {
+            Projection::Linear(linear(cin, cout, vb)?)
+        } else {
+            Projection::Conv(conv1x1(cin, cout, vb)?)
+        })
+    }
+}
+
+/// diffusers' `Transformer2DModel` for continuous inputs with one transformer block (SD 1.x/2.x).
+#[derive(Debug, Clone)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    block: BasicTransformerBlock,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        context_dim: usize,
+        groups: usize,
+        use_linear_projection: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: Projection::new(vb.pp("proj_in"), channels, channels, use_linear_projection)?,
+            block: BasicTransformerBlock::new(vb.pp("transformer_blocks").pp("0"), channels, heads, context_dim)?,
+            proj_out: Projection::new(vb.pp("proj_out"), channels, channels, use_linear_projection)?,
+        })
+    }
+
+    /// `x: [B, C, H, W]`, `context: [B, M, C_ctx]`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let normed = self.norm.forward(x)?;
+        let to_tokens = |t: &Tensor| t.flatten_from(2)?.transpose(1, 2)?.contiguous();
+        let to_image = |t: &Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
+        let tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        let tokens = self.block.forward(&tokens, context)?;
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
+        };
+        out + x
+    }
+}

@@ -1,0 +1,184 @@
+//! Parity of Ember's networks with diffusers / transformers on the tiny model (tests/fixtures/tiny-sd):
+//! reference outputs come from tools/oracle/make_nn_reference.py (torch, float32, CPU).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
+use std::collections::HashMap;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-sd");
+const REFERENCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/nn_reference.safetensors"
+);
+
+/// f32 CPU against torch f32 CPU: only accumulation order differs.
+const TOL_CLIP_UNET: f32 = 1e-4;
+const TOL_VAE: f32 = 1e-3;
+/// Reduced-precision compute vs the torch f32 reference, as max|Δ| / max|reference|, all at ≈1.5× torch's own
+/// error in the same dtype on CPU, the bounds ≈2× that. Measured f16: CLIP 1.2e-3, UNet 2.2e-3, VAE mean 2.2e-3,
+/// VAE decode 4.4e-3 (torch f16: UNet 1.7e-3, VAE 2.1e-3 / 3.4e-3). bf16: CLIP 1.3e-2, UNet 2.2e-2, VAE 2.2e-2 /
+/// 4.2e-2 (torch bf16: 1.3e-2, 2.0e-2, 1.4e-2 / 2.7e-2).
+const TOL_F16_REL: f32 = 1e-2;
+const TOL_BF16_REL: f32 = 6e-2;
+
+fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
+}
+
+fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
+    r.get(key)
+        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_nn_reference.py").into())
+}
+
+fn config<T: serde::de::DeserializeOwned>(sub: &str) -> Result<T, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(format!("{MODEL}/{sub}/config.json"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn weights(sub: &str, file: &str, dtype: DType) -> Result<VarBuilder<'static>, Box<dyn std::error::Error>> {
+    let path = format!("{MODEL}/{sub}/{file}");
+    // SAFETY: the fixture file is not modified while the test runs.
+    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, &Device::Cpu)? })
+}
+
+fn unet(dtype: DType) -> Result<UNet2DConditionModel, Box<dyn std::error::Error>> {
+    let cfg: UNetConfig = config("unet")?;
+    Ok(UNet2DConditionModel::new(
+        weights("unet", "diffusion_pytorch_model.safetensors", dtype)?,
+        &cfg,
+    )?)
+}
+
+fn vae(dtype: DType) -> Result<AutoencoderKL, Box<dyn std::error::Error>> {
+    let cfg: VaeConfig = config("vae")?;
+    Ok(AutoencoderKL::new(
+        weights("vae", "diffusion_pytorch_model.safetensors", dtype)?,
+        &cfg,
+    )?)
+}
+
+fn clip(dtype: DType) -> Result<ClipTextModel, Box<dyn std::error::Error>> {
+    let cfg: ClipTextConfig = config("text_encoder")?;
+    Ok(ClipTextModel::new(
+        weights("text_encoder", "model.safetensors", dtype)?,
+        &cfg,
+    )?)
+}
+
+fn max_abs(t: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
+    Ok(t.to_dtype(DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?)
+}
+
+/// Max absolute difference, after checking the shapes agree.
+fn max_err(got: &Tensor, want: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
+    assert_eq!(got.dims(), want.dims(), "shape");
+    max_abs(&(got.to_dtype(DType::F32)? - want)?)
+}
+
+fn check(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
+    let err = max_err(got, want)?;
+    println!(
+        "{what}: max abs error {err:.3e} (tolerance {tol:.0e}, reference max {:.3})",
+        max_abs(want)?
+    );
+    assert!(err <= tol, "{what}: max abs error {err} > {tol}");
+    Ok(())
+}
+
+fn check_rel(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
+    let rel = max_err(got, want)? / max_abs(want)?;
+    println!("{what}: max|Δ|/max|ref| {rel:.3e} (tolerance {tol:.0e})");
+    assert!(rel <= tol, "{what}: relative error {rel} > {tol}");
+    Ok(())
+}
+
+fn input_ids(r: &HashMap<String, Tensor>) -> Result<Tensor, Box<dyn std::error::Error>> {
+    Ok(get(r, "clip/input_ids")?.to_dtype(DType::U32)?)
+}
+
+#[test]
+fn clip_matches_transformers() -> TestResult {
+    let r = reference()?;
+    let out = clip(DType::F32)?.forward(&input_ids(&r)?)?;
+    check("clip", &out, get(&r, "clip/output")?, TOL_CLIP_UNET)
+}
+
+#[test]
+fn unet_matches_diffusers_at_integer_and_fractional_timesteps() -> TestResult {
+    let r = reference()?;
+    let model = unet(DType::F32)?;
+    let (sample, context) = (get(&r, "unet/sample")?, get(&r, "unet/context")?);
+    for (name, t) in [("t999", 999.0), ("t500.5", 500.5), ("t1", 1.0)] {
+        let out = model.forward(sample, t, context)?;
+        check(
+            &format!("unet {name}"),
+            &out,
+            get(&r, &format!("unet/out_{name}"))?,
+            TOL_CLIP_UNET,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn unet_handles_latents_not_divisible_by_8() -> TestResult {
+    let r = reference()?;
+    let out = unet(DType::F32)?.forward(get(&r, "unet/odd_sample")?, 500.5, get(&r, "unet/context")?)?;
+    check("unet 5x9", &out, get(&r, "unet/odd_out_t500.5")?, TOL_CLIP_UNET)
+}
+
+#[test]
+fn vae_encode_mean_and_decode_match_diffusers() -> TestResult {
+    let r = reference()?;
+    let model = vae(DType::F32)?;
+    check(
+        "vae mean",
+        &model.encode_mean(get(&r, "vae/input")?)?,
+        get(&r, "vae/mean")?,
+        TOL_VAE,
+    )?;
+    check(
+        "vae decode",
+        &model.decode(get(&r, "vae/latent")?)?,
+        get(&r, "vae/decoded")?,
+        TOL_VAE,
+    )
+}
+
+/// Runs all three networks with `dtype` weights and activations (norms, softmax and attention in f32 inside)
+/// and checks them against torch's f32 result.
+fn reduced_precision_stays_close(dtype: DType, tol: f32) -> TestResult {
+    let r = reference()?;
+    let ids = input_ids(&r)?;
+    let out = clip(dtype)?.forward(&ids)?;
+    assert_eq!(out.dtype(), dtype);
+    check_rel(&format!("clip {dtype:?}"), &out, get(&r, "clip/output")?, tol)?;
+
+    let out = unet(dtype)?.forward(get(&r, "unet/sample")?, 500.5, get(&r, "unet/context")?)?;
+    assert_eq!(out.dtype(), DType::F32, "UNet returns the sample's dtype");
+    check_rel(&format!("unet {dtype:?}"), &out, get(&r, "unet/out_t500.5")?, tol)?;
+
+    let model = vae(dtype)?;
+    let mean = model.encode_mean(get(&r, "vae/input")?)?;
+    check_rel(&format!("vae mean {dtype:?}"), &mean, get(&r, "vae/mean")?, tol)?;
+    let decoded = model.decode(get(&r, "vae/latent")?)?;
+    check_rel(&format!("vae decode {dtype:?}"), &decoded, get(&r, "vae/decoded")?, tol)
+}
+
+#[test]
+fn f16_compute_stays_close_to_f32_reference() -> TestResult {
+    reduced_precision_stays_close(DType::F16, TOL_F16_REL)
+}
+
+#[test]
+fn bf16_compute_stays_close_to_f32_reference() -> TestResult {
+    reduced_precision_stays_close(DType::BF16, TOL_BF16_REL)
+}

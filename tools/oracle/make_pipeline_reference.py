@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Reference generations with the tiny model (tests/fixtures/tiny-sd), float32 on CPU, with InvokeAI 2.x semantics.
+
+Usage (from the repository root, after make_tiny_model.py):
+
+    python tools/oracle/make_pipeline_reference.py
+
+Writes tests/fixtures/pipeline_cases.json (the request of every case) and tests/fixtures/pipeline_reference.safetensors
+with, per case name N: N/cond, N/uncond [1,77,32]; N/noise (the first draw of torch.Generator().manual_seed(seed));
+N/init_latent (img2img); N/start (x before the first step); N/latents (final latents); N/image [1,3,H,W] in [0,1];
+k-samplers: N/sigmas (the sigmas actually run); ddim/plms: N/timesteps (float32).
+
+Semantics (InvokeAI 2.x):
+- cond/uncond: CLIPTokenizer padded/truncated to 77, text_encoder(ids).last_hidden_state; negative prompt "" default.
+- noise = torch.randn([1,4,H/8,W/8], generator=g) first; ancestral samplers then draw per-step noise from the same g.
+- img2img: image/255*2-1, init_latent = vae.encode(img).latent_dist.mean * 0.18215, t_enc = floor(strength*steps).
+- k-samplers: k-diffusion over CompVisDenoiser(model with LDM's float64-computed alphas_cumprod stored as float32,
+  apply_model = unet with fractional t), CFG on batch [uncond, cond]: u + scale*(c-u). Karras sigmas (rho 7) when
+  steps < karras_max, else denoiser.get_sigmas(steps). txt2img x = noise*sigmas[0]; img2img runs
+  sigmas[steps - t_enc:] from init_latent + noise*sigmas_run[0]. Strength 1 (t_enc == steps) ignores the init image:
+  the start is txt2img's, so img2img at strength 1 equals txt2img with the same seed.
+- ddim: diffusers DDIMScheduler (SD1.5 config, eta 0); plms: PNDMScheduler (skip_prk_steps). img2img ddim runs
+  timesteps[steps - t_enc:] from add_noise(init_latent, noise, t0); img2img plms restarts PLMS at the first step that
+  runs: timesteps [ts0, ts1, ts1, ts2, ...] from the DDIM-style list (this equals PNDM's own list at strength 1).
+- image = (vae.decode(latents / 0.18215).sample / 2 + 0.5).clamp(0, 1).
+"""
+
+import json
+import os
+
+import k_diffusion as K
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+MODEL = os.path.join(FIXTURES, "tiny-sd")
+SCALE = 0.18215
+
+K_SAMPLERS = {
+    "k_lms": K.sampling.sample_lms,
+    "k_euler": K.sampling.sample_euler,
+    "k_euler_a": K.sampling.sample_euler_ancestral,
+    "k_heun": K.sampling.sample_heun,
+    "k_dpm_2": K.sampling.sample_dpm_2,
+    "k_dpm_2_a": K.sampling.sample_dpm_2_ancestral,
+    "k_dpmpp_2": K.sampling.sample_dpmpp_2m,
+    "k_dpmpp_2_a": K.sampling.sample_dpmpp_2s_ancestral,
+}
+ANCESTRAL = {"k_euler_a", "k_dpm_2_a", "k_dpmpp_2_a"}
+ALL_SAMPLERS = list(K_SAMPLERS) + ["ddim", "plms"]
+
+
+def make_cases():
+    """About 30 requests covering every sampler and the edge cases the engine must get right."""
+    cases = []
+
+    def case(name, sampler, prompt="a photo of an astronaut riding a horse", negative="", seed=42, steps=8,
+             cfg=7.5, width=64, height=64, strength=None, init_image=None, karras_max=30):
+        cases.append(dict(name=name, prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg,
+                          sampler=sampler, width=width, height=height, strength=strength, init_image=init_image,
+                          karras_max=karras_max))
+
+    for s in ALL_SAMPLERS:  # txt2img, Karras sigmas for k-samplers (8 < 30)
+        case(f"txt2img_{s}", s)
+    for s in ALL_SAMPLERS:  # img2img at the init image's own size, 7 of 10 steps run
+        case(f"img2img_{s}", s, prompt="fire", seed=1592514025, steps=10, width=64, height=96, strength=0.7,
+             init_image="init-64x96.png")
+    for s in ("k_lms", "k_euler_a", "ddim"):  # the model's own schedule (8 >= karras_max 5)
+        case(f"txt2img_{s}_model_sigmas", s, karras_max=5)
+    for st in (0.4, 0.75, 1.0):
+        case(f"img2img_k_lms_strength{st}", "k_lms", prompt="fire", seed=1592514025, steps=10, width=64, height=96,
+             strength=st, init_image="init-64x96.png")
+    case("img2img_ddim_strength1.0", "ddim", prompt="fire", seed=1592514025, steps=10, width=64, height=96,
+         strength=1.0, init_image="init-64x96.png")
+    case("txt2img_negative", "k_euler", prompt="a cozy cabin in the woods, oil painting",
+         negative="blurry, low quality, text")
+    case("txt2img_seed_u32max", "k_lms", seed=4294967295)
+    case("txt2img_cfg1", "k_euler", cfg=1.0)
+    long_prompt = ", ".join(["a highly detailed matte painting of a castle on a hill at sunset"] * 8)
+    case("txt2img_96x64_long_prompt", "k_euler_a", prompt=long_prompt, seed=7, width=96, height=64)
+    case("txt2img_72x40", "k_lms", prompt="a red bicycle", seed=1234, width=72, height=40)
+    return cases
+
+
+class Model:
+    """The tiny model loaded from the diffusers folder in float32, with LDM's noise schedule for k-diffusion."""
+
+    def __init__(self):
+        self.tokenizer = CLIPTokenizer.from_pretrained(os.path.join(MODEL, "tokenizer"))
+        self.text_encoder = CLIPTextModel.from_pretrained(MODEL, subfolder="text_encoder", torch_dtype=torch.float32)
+        self.unet = UNet2DConditionModel.from_pretrained(MODEL, subfolder="unet", torch_dtype=torch.float32)
+        self.vae = AutoencoderKL.from_pretrained(MODEL, subfolder="vae", torch_dtype=torch.float32)
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.eval()
+        # As LDM computes it: float64 betas/cumprod, stored as float32 (the model's registered buffer dtype).
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
+        with open(os.path.join(MODEL, "scheduler", "scheduler_config.json")) as f:
+            self.scheduler_config = json.load(f)
+
+    def encode_text(self, text):
+        ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids).last_hidden_state
+
+    def apply_model(self, x, t, cond):
+        return self.unet(x, t, encoder_hidden_states=cond).sample
+
+
+def load_init_image(name):
+    img = np.asarray(Image.open(os.path.join(FIXTURES, name)).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(img / 255.0 * 2.0 - 1.0).permute(2, 0, 1)[None].contiguous()
+
+
+def run_k(model, c, cond, uncond, noise, g, init_latent, t_enc, out):
+    denoiser = K.external.CompVisDenoiser(model)
+    steps = c["steps"]
+    if steps < c["karras_max"]:
+        sigmas = K.sampling.get_sigmas_karras(steps, denoiser.sigmas[0], denoiser.sigmas[-1], rho=7.0)
+    else:
+        sigmas = denoiser.get_sigmas(steps)
+    if init_latent is None:
+        x = noise * sigmas[0]
+    else:
+        sigmas = sigmas[steps - t_enc:]
+        x = init_latent + noise * sigmas[0]
+    out["sigmas"] = sigmas.clone()
+    out["start"] = x.clone()
+    cond_in = torch.cat([uncond, cond])
+
+    def cfg_denoiser(x, sigma, **_):
+        u, v = denoiser(torch.cat([x] * 2), torch.cat([sigma] * 2), cond=cond_in).chunk(2)
+        return u + c["cfg"] * (v - u)
+
+    kwargs = {"disable": True}
+    if c["sampler"] in ANCESTRAL:
+        kwargs["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=g)
+    return K_SAMPLERS[c["sampler"]](cfg_denoiser, x, sigmas, **kwargs)
+
+
+def plms_img2img_timesteps(steps, t_enc):
+    """InvokeAI restarts PLMS at the first step that runs: DDIM-style list, second entry repeated as PNDM does."""
+    ts = (np.arange(steps) * (1000 // steps) + 1)[::-1][steps - t_enc:]
+    layout = [ts[0]] if t_enc == 1 else [ts[0], ts[1]] + list(ts[1:])
+    return torch.tensor(np.array(layout, dtype=np.int64))
+
+
+def run_discrete(model, c, cond, uncond, noise, init_latent, t_enc, out):
+    steps = c["steps"]
+    cls = DDIMScheduler if c["sampler"] == "ddim" else PNDMScheduler
+    sched = cls.from_config(model.scheduler_config)
+    sched.set_timesteps(steps)
+    if init_latent is None:
+        timesteps = sched.timesteps
+        x = noise * sched.init_noise_sigma
+    elif c["sampler"] == "ddim":
+        timesteps = sched.timesteps[steps - t_enc:]
+        x = sched.add_noise(init_latent, noise, timesteps[:1])
+    else:
+        timesteps = plms_img2img_timesteps(steps, t_enc)
+        sched.timesteps = timesteps
+        x = sched.add_noise(init_latent, noise, timesteps[:1])
+    out["timesteps"] = timesteps.float()
+    out["start"] = x.clone()
+    cond_in = torch.cat([uncond, cond])
+    for t in timesteps:
+        u, v = model.apply_model(torch.cat([x] * 2), t, cond_in).chunk(2)
+        eps = u + c["cfg"] * (v - u)
+        x = sched.step(eps, t, x, eta=0.0).prev_sample if c["sampler"] == "ddim" else sched.step(eps, t, x).prev_sample
+    return x
+
+
+def generate(model, c):
+    out = {}
+    out["cond"] = model.encode_text(c["prompt"])
+    out["uncond"] = model.encode_text(c["negative"])
+    g = torch.Generator("cpu").manual_seed(c["seed"])
+    w, h = c["width"], c["height"]
+    noise = torch.randn([1, 4, h // 8, w // 8], generator=g)
+    out["noise"] = noise.clone()
+    init_latent, t_enc = None, None
+    if c["init_image"] is not None:
+        img = load_init_image(c["init_image"])
+        assert img.shape[2:] == (h, w), f"{c['name']}: init image is {img.shape}, case says {w}x{h}"
+        init_latent = model.vae.encode(img).latent_dist.mean * SCALE
+        out["init_latent"] = init_latent
+        t_enc = int(np.floor(c["strength"] * c["steps"]))
+    # Strength 1 runs the whole schedule: the image is ignored and the result is txt2img with this seed
+    # (Ember's documented rule; adding the init latent under sigma_max noise would only perturb it slightly).
+    start_from = None if t_enc == c["steps"] else init_latent
+    if c["sampler"] in K_SAMPLERS:
+        latents = run_k(model, c, out["cond"], out["uncond"], noise, g, start_from, t_enc, out)
+    else:
+        latents = run_discrete(model, c, out["cond"], out["uncond"], noise, start_from, t_enc, out)
+    out["latents"] = latents
+    out["image"] = (model.vae.decode(latents / SCALE).sample / 2 + 0.5).clamp(0, 1)
+    return out
+
+
+def check_plms_strength1(model):
+    """At strength 1.0 the img2img PLMS layout must be PNDM's own txt2img list."""
+    for steps in (1, 2, 8, 10, 50):
+        sched = PNDMScheduler.from_config(model.scheduler_config)
+        sched.set_timesteps(steps)
+        ours = plms_img2img_timesteps(steps, steps)
+        ok = torch.equal(ours, sched.timesteps)
+        print(f"check plms img2img(strength 1.0, {steps} steps) == PNDM txt2img timesteps: {'OK' if ok else 'FAIL'}")
+        if not ok:
+            raise SystemExit(f"PLMS layout mismatch: {ours.tolist()} vs {sched.timesteps.tolist()}")
+
+
+def check_against_diffusers_pipeline(tensors):
+    """Cross-check the hand-written loop: diffusers' own StableDiffusionPipeline must give the same txt2img
+    latents for plms (its default PNDM scheduler) and ddim (same seed -> same first draw)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    for name, cls in (("txt2img_plms", None), ("txt2img_ddim", DDIMScheduler)):
+        if cls is not None:
+            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        lat = pipe("a photo of an astronaut riding a horse", height=64, width=64, num_inference_steps=8,
+                   guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(42), output_type="latent").images
+        err = (lat - tensors[f"{name}/latents"]).abs().max().item()
+        print(f"check {name} vs diffusers StableDiffusionPipeline: max abs diff {err:.3g}")
+        if err > 1e-4:
+            raise SystemExit(f"{name} disagrees with diffusers' pipeline")
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_grad_enabled(False)
+    model = Model()
+    check_plms_strength1(model)
+    cases = make_cases()
+    tensors = {}
+    for c in cases:
+        out = generate(model, c)
+        for k, v in out.items():
+            tensors[f"{c['name']}/{k}"] = v.detach().float().contiguous()
+        lat = out["latents"]
+        print(f"{c['name']:34s} latents mean {lat.mean():+.4f} std {lat.std():.4f} "
+              f"image mean {out['image'].mean():.4f}")
+    check_against_diffusers_pipeline(tensors)
+    save_file(tensors, os.path.join(FIXTURES, "pipeline_reference.safetensors"))
+    with open(os.path.join(FIXTURES, "pipeline_cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+        f.write("\n")
+    print(f"{len(cases)} cases, {len(tensors)} tensors")
+
+
+if __name__ == "__main__":
+    main()
