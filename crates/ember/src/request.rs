@@ -98,7 +98,7 @@ impl GenerateRequest {
             return Err(Error::invalid("cfg_scale", "must be a finite number (try -C 7.5)"));
         }
         for (field, v) in [("width", self.width), ("height", self.height)] {
-            if v < 8 || v > MAX_SIDE {
+            if !(8..=MAX_SIDE).contains(&v) {
                 return Err(Error::invalid(field, format!("{v} is outside 8..={MAX_SIDE} pixels")));
             }
             if self.init_image.is_none() && v % 8 != 0 {
@@ -108,16 +108,15 @@ impl GenerateRequest {
                 ));
             }
         }
-        if self.init_image.is_some() {
-            if !self.strength.is_finite() || !(0.0..=1.0).contains(&self.strength) {
-                return Err(Error::invalid(
-                    "strength",
-                    format!(
-                        "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try -f 0.75)",
-                        self.strength
-                    ),
-                ));
-            }
+        // NaN fails `contains` too.
+        if self.init_image.is_some() && !(0.0..=1.0).contains(&self.strength) {
+            return Err(Error::invalid(
+                "strength",
+                format!(
+                    "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try -f 0.75)",
+                    self.strength
+                ),
+            ));
         }
         Ok(())
     }
