@@ -126,3 +126,47 @@ impl GenerateRequest {
 pub fn img2img_steps(strength: f64, steps: usize) -> usize {
     (strength * steps as f64).floor() as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed document's table and its "compensating" runs. Expected values are Python's
+    /// `int(strength * steps)` (InvokeAI's `t_enc`), evaluated with CPython 3.11.
+    #[test]
+    fn img2img_step_counts_follow_invokeai() {
+        let cases = [
+            (0.7, 10, 7),
+            (0.4, 10, 4),
+            (0.4, 50, 20),
+            (0.7, 30, 21),
+            (0.7, 29, 20),
+            (0.75, 10, 7),
+            (0.3, 10, 3),
+            (0.05, 10, 0),
+            (1.0, 10, 10),
+            (0.0, 10, 0),
+        ];
+        for (strength, steps, want) in cases {
+            assert_eq!(img2img_steps(strength, steps), want, "strength {strength} × {steps} steps");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let img2img = GenerateRequest { init_image: Some(InitImage::Path("x.png".into())), ..Default::default() };
+        for (request, field) in [
+            (GenerateRequest { steps: 0, ..Default::default() }, "steps"),
+            (GenerateRequest { width: 100, ..Default::default() }, "width"),
+            (GenerateRequest { height: 100_000, ..Default::default() }, "height"),
+            (GenerateRequest { cfg_scale: f64::INFINITY, ..Default::default() }, "cfg_scale"),
+            (GenerateRequest { strength: 1.5, ..img2img.clone() }, "strength"),
+            (GenerateRequest { strength: f64::NAN, ..img2img.clone() }, "strength"),
+        ] {
+            let err = request.validate().expect_err(field);
+            assert!(matches!(err, Error::InvalidRequest { field: f, .. } if f == field), "{field}: {err}");
+        }
+        // An init image keeps its own size, so -W/-H need not be multiples of 8 then.
+        assert!(GenerateRequest { width: 100, ..img2img }.validate().is_ok());
+    }
+}
