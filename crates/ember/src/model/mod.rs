@@ -1,2 +1,146 @@
 //! Model loading: finds the format of a path (diffusers folder, single-file LDM `.safetensors`,
 //! `.ckpt`/`.pt`, Hugging Face repo id), maps its tensors to diffusers' names and infers the configuration.
+//!
+//! The result is three `VarBuilder`s that serve tensors lazily under diffusers/transformers names, converted
+//! to the requested dtype, plus the configurations `nn/` builds the networks from.
+
+mod detect;
+mod diffusers;
+mod hub;
+mod infer_config;
+mod ldm_keys;
+mod sha256;
+mod single_file;
+mod weights;
+
+pub use hub::DEFAULT_REPO_ID;
+
+use crate::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use detect::Spec;
+use std::path::{Path, PathBuf};
+use weights::{Source, WeightMap};
+
+/// How a model was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A diffusers folder (local, or downloaded from the Hugging Face hub).
+    Diffusers,
+    /// A single-file LDM checkpoint in `.safetensors`.
+    Safetensors,
+    /// A single-file LDM checkpoint written by `torch.save` (`.ckpt`, `.pt`).
+    Ckpt,
+}
+
+impl ModelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFormat::Diffusers => "diffusers",
+            ModelFormat::Safetensors => "safetensors",
+            ModelFormat::Ckpt => "ckpt",
+        }
+    }
+}
+
+/// A loaded model: weights under diffusers' names (read on demand), configurations and provenance.
+pub struct ModelWeights {
+    pub text_encoder: VarBuilder<'static>,
+    pub unet: VarBuilder<'static>,
+    pub vae: VarBuilder<'static>,
+    pub clip_config: ClipTextConfig,
+    pub unet_config: UNetConfig,
+    pub vae_config: VaeConfig,
+    /// The model's own tokenizer files (`vocab.json`, `merges.txt`), when it ships them.
+    pub tokenizer_dir: Option<PathBuf>,
+    pub format: ModelFormat,
+    /// Short name for metadata: the file stem, folder name or repo id.
+    pub name: String,
+    /// First 10 hex digits of the file's SHA-256 (the "AutoV2" model hash); `None` for folders.
+    pub hash: Option<String>,
+    /// The file or folder the weights are read from.
+    pub source: PathBuf,
+}
+
+/// What each format's loader produces.
+pub(crate) struct Components {
+    pub unet: WeightMap,
+    pub vae: WeightMap,
+    pub text_encoder: WeightMap,
+    pub unet_config: UNetConfig,
+    pub vae_config: VaeConfig,
+    pub clip_config: ClipTextConfig,
+    pub tokenizer_dir: Option<PathBuf>,
+}
+
+/// Loads a model from a diffusers folder, a single `.safetensors`/`.ckpt` file, or a Hugging Face repo id
+/// (with the `hub` feature). Tensors are converted to `dtype` and moved to `device` when the networks ask.
+pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<ModelWeights> {
+    let (path, format, parts, name) = match detect::detect(spec)? {
+        Spec::Diffusers(dir) => {
+            let parts = diffusers::load(&dir, dtype)?;
+            (dir, ModelFormat::Diffusers, parts, None)
+        }
+        Spec::RepoId(id) => {
+            let dir = hub::download(&id)?;
+            let parts = diffusers::load(&dir, dtype)?;
+            (dir, ModelFormat::Diffusers, parts, Some(id))
+        }
+        Spec::Safetensors(file) => {
+            let source = Source::Safetensors(weights::open_safetensors(&file)?);
+            let parts = single_file::load(&file, source)?;
+            (file, ModelFormat::Safetensors, parts, None)
+        }
+        Spec::Ckpt(file) => {
+            let ckpt = ember_pickle::Checkpoint::open(&file).map_err(|e| ckpt_error(&file, e))?;
+            let parts = single_file::load(&file, Source::Ckpt(ckpt))?;
+            (file, ModelFormat::Ckpt, parts, None)
+        }
+    };
+    let hash = match format {
+        ModelFormat::Diffusers => None,
+        _ => {
+            let hex = sha256::file_hex(&path).map_err(|e| Error::model(&path, format!("cannot read it: {e}")))?;
+            Some(hex[..10].to_string())
+        }
+    };
+    let vb = |w: WeightMap| VarBuilder::from_backend(Box::new(w), dtype, device.clone());
+    Ok(ModelWeights {
+        text_encoder: vb(parts.text_encoder),
+        unet: vb(parts.unet),
+        vae: vb(parts.vae),
+        clip_config: parts.clip_config,
+        unet_config: parts.unet_config,
+        vae_config: parts.vae_config,
+        tokenizer_dir: parts.tokenizer_dir,
+        format,
+        name: name.unwrap_or_else(|| short_name(&path)),
+        hash,
+        source: path,
+    })
+}
+
+fn short_name(path: &Path) -> String {
+    let p = if path.is_dir() {
+        path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+    } else {
+        path.to_path_buf()
+    };
+    let name = if p.is_dir() { p.file_name() } else { p.file_stem() };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn ckpt_error(path: &Path, e: ember_pickle::Error) -> Error {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match e {
+        ember_pickle::Error::UnsafeGlobal(_) | ember_pickle::Error::UnsafeOpcode(_) => {
+            Error::model(path, format!("refusing to load {file}: {e}"))
+        }
+        e => Error::model(path, e.to_string()),
+    }
+}
