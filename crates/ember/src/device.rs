@@ -32,6 +32,8 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
         "f32" | "fp32" | "float32" => Ok(DType::F32),
         "f16" | "fp16" | "float16" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
+        // Slow; used to check parity with float64 references.
+        "f64" | "fp64" | "float64" => Ok(DType::F64),
         other => Err(Error::invalid(
             "dtype",
             format!("unknown precision '{other}'; use f32, f16 or bf16"),

@@ -14,8 +14,10 @@
 //! Front-ends (CLI, REPL, web server) build a [`request::GenerateRequest`], hand it to a loaded
 //! [`pipeline::Pipeline`] and consume [`pipeline::Event`]s; none of them touches tensors.
 
+pub mod bench;
 pub mod device;
 pub mod error;
+pub mod guidance;
 pub mod image;
 pub mod model;
 pub mod nn;

@@ -148,23 +148,69 @@ mod tests {
             (0.0, 10, 0),
         ];
         for (strength, steps, want) in cases {
-            assert_eq!(img2img_steps(strength, steps), want, "strength {strength} × {steps} steps");
+            assert_eq!(
+                img2img_steps(strength, steps),
+                want,
+                "strength {strength} × {steps} steps"
+            );
         }
     }
 
     #[test]
     fn validation_names_the_field() {
-        let img2img = GenerateRequest { init_image: Some(InitImage::Path("x.png".into())), ..Default::default() };
+        let img2img = GenerateRequest {
+            init_image: Some(InitImage::Path("x.png".into())),
+            ..Default::default()
+        };
         for (request, field) in [
-            (GenerateRequest { steps: 0, ..Default::default() }, "steps"),
-            (GenerateRequest { width: 100, ..Default::default() }, "width"),
-            (GenerateRequest { height: 100_000, ..Default::default() }, "height"),
-            (GenerateRequest { cfg_scale: f64::INFINITY, ..Default::default() }, "cfg_scale"),
-            (GenerateRequest { strength: 1.5, ..img2img.clone() }, "strength"),
-            (GenerateRequest { strength: f64::NAN, ..img2img.clone() }, "strength"),
+            (
+                GenerateRequest {
+                    steps: 0,
+                    ..Default::default()
+                },
+                "steps",
+            ),
+            (
+                GenerateRequest {
+                    width: 100,
+                    ..Default::default()
+                },
+                "width",
+            ),
+            (
+                GenerateRequest {
+                    height: 100_000,
+                    ..Default::default()
+                },
+                "height",
+            ),
+            (
+                GenerateRequest {
+                    cfg_scale: f64::INFINITY,
+                    ..Default::default()
+                },
+                "cfg_scale",
+            ),
+            (
+                GenerateRequest {
+                    strength: 1.5,
+                    ..img2img.clone()
+                },
+                "strength",
+            ),
+            (
+                GenerateRequest {
+                    strength: f64::NAN,
+                    ..img2img.clone()
+                },
+                "strength",
+            ),
         ] {
             let err = request.validate().expect_err(field);
-            assert!(matches!(err, Error::InvalidRequest { field: f, .. } if f == field), "{field}: {err}");
+            assert!(
+                matches!(err, Error::InvalidRequest { field: f, .. } if f == field),
+                "{field}: {err}"
+            );
         }
         // An init image keeps its own size, so -W/-H need not be multiples of 8 then.
         assert!(GenerateRequest { width: 100, ..img2img }.validate().is_ok());

@@ -2,7 +2,7 @@
 //! (the seam a fused kernel can replace) and diffusers' `Attention` projection module used by the UNet
 //! (self- and cross-attention) and by the VAE's mid-block.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 /// Upper bound on the bytes of f32 attention scores alive at once. At 64×64 latents one head's
@@ -15,7 +15,7 @@ const SCORE_BUDGET_BYTES: usize = 64 << 20;
 ///
 /// The (batch × head) slices are processed in chunks so that the score matrices alive at any time stay
 /// within [`SCORE_BUDGET_BYTES`] (but at least one slice); never all heads' N×M matrices at once.
-/// Everything inside runs in f32, as torch's CPU attention does for f16 inputs: with f16 scores the
+/// Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs: with f16 scores the
 /// rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own f16.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     attention_in_chunks(q, k, v, causal, SCORE_BUDGET_BYTES)
@@ -25,15 +25,16 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, budget_
     let (b, h, n, d) = q.dims4()?;
     let m = k.dim(2)?;
     let (dtype, slices) = (q.dtype(), b * h);
-    let q = (q.to_dtype(DType::F32)?.reshape((slices, n, d))? * (d as f64).powf(-0.5))?;
-    let k = k.to_dtype(DType::F32)?.reshape((slices, m, d))?;
-    let v = v.to_dtype(DType::F32)?.reshape((slices, m, d))?;
+    let acc = super::accumulation_dtype(dtype);
+    let q = (q.to_dtype(acc)?.reshape((slices, n, d))? * (d as f64).powf(-0.5))?;
+    let k = k.to_dtype(acc)?.reshape((slices, m, d))?;
+    let v = v.to_dtype(acc)?.reshape((slices, m, d))?;
     let mask = if causal {
         // Additive mask: -inf where the key index exceeds the query index.
         let rows: Vec<f32> = (0..n)
             .flat_map(|i| (0..m).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
-        Some(Tensor::from_vec(rows, (1, n, m), q.device())?)
+        Some(Tensor::from_vec(rows, (1, n, m), q.device())?.to_dtype(acc)?)
     } else {
         None
     };

@@ -4,7 +4,7 @@
 
 use super::attention::Attention;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{conv2d, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 /// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). candle's CPU convolution has
 /// no bf16 kernel, so bf16 weights on the CPU also keep an f32 copy and convolve in f32.
@@ -66,7 +66,8 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     if groups == 0 || !channels.is_multiple_of(groups) {
         candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
     }
-    let load = |name: &str| vb.get(channels, name)?.to_dtype(DType::F32)?.reshape((channels, 1));
+    let acc = super::accumulation_dtype(vb.dtype());
+    let load = |name: &str| vb.get(channels, name)?.to_dtype(acc)?.reshape((channels, 1));
     Ok(GroupNorm {
         weight: load("weight")?,
         bias: load("bias")?,
@@ -81,7 +82,7 @@ impl Module for GroupNorm {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let spatial: usize = dims[2..].iter().product();
         let n = (c / self.groups * spatial) as f64;
-        let xf = x.to_dtype(DType::F32)?.reshape((b, self.groups, ()))?;
+        let xf = x.to_dtype(self.weight.dtype())?.reshape((b, self.groups, ()))?;
         let centred = xf.broadcast_sub(&(xf.sum_keepdim(2)? / n)?)?;
         let var = (centred.sqr()?.sum_keepdim(2)? / n)?;
         let normed = centred
@@ -317,5 +318,43 @@ impl Transformer2DModel {
             Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
         };
         out + x
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension. candle's fused kernel covers f32/f16/bf16; f64 (the reference-parity
+/// mode) takes the plain formula.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    fused: candle_nn::LayerNorm,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let fused = candle_nn::layer_norm(dim, eps, vb)?;
+    let weight = fused.weight().clone();
+    let bias = fused
+        .bias()
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg("layer norm without bias".into()))?;
+    Ok(LayerNorm {
+        fused,
+        weight,
+        bias,
+        eps,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != DType::F64 {
+            return self.fused.forward(x);
+        }
+        let last = x.rank() - 1;
+        let centred = x.broadcast_sub(&x.mean_keepdim(last)?)?;
+        let var = centred.sqr()?.mean_keepdim(last)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
     }
 }

@@ -2,9 +2,10 @@
 //! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
 
 use super::attention::scaled_dot_product_attention;
+use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
 #[derive(Debug, Clone, Copy)]
 enum Activation {

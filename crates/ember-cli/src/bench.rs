@@ -1,0 +1,38 @@
+//! `ember bench`: prints the engine's timings as a table or one JSON object.
+
+use crate::args::BenchArgs;
+use ember::bench::{run as run_bench, BenchOptions};
+use ember::device::{parse_device, parse_dtype};
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let options = BenchOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        device: parse_device(&args.device)?,
+        repeat: args.repeat,
+    };
+    let report = run_bench(&options, &mut |stage| eprintln!("bench: {stage}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "Ember bench — SD1.5-size networks, random weights, {} on {}, {} threads",
+        report.dtype, report.device, report.threads
+    );
+    println!("{:<34} {:>10}", "measurement", "seconds");
+    for (name, secs) in [
+        ("UNet step 512×512 (CFG batch 2)", report.unet_step_512_s),
+        ("UNet step 384×384 (CFG batch 2)", report.unet_step_384_s),
+        ("VAE decode 512×512", report.vae_decode_512_s),
+        ("VAE encode 512×512", report.vae_encode_512_s),
+        ("CLIP text encoder (batch 2)", report.clip_s),
+    ] {
+        println!("{name:<34} {secs:>10.3}");
+    }
+    println!(
+        "{:<34} {:>10.2} GiB",
+        "peak RSS",
+        report.peak_rss_bytes as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}

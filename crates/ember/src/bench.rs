@@ -1,0 +1,146 @@
+//! `ember bench`: times the networks of an SD1.5-size model with random weights built in memory
+//! (random weights cost the same as real ones), so performance can be measured without any model file.
+
+use crate::nn::clip::ClipTextModel;
+use crate::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::nn::unet::UNet2DConditionModel;
+use crate::nn::vae::AutoencoderKL;
+use crate::Result;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Every weight the networks ask for, made up on the spot: N(0, 1/fan_in) so activations stay in range.
+struct RandomWeights;
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        _name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let dims = shape.dims();
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let std = (1.0 / fan_in as f64).sqrt();
+        let t = if dims.len() == 1 {
+            // Norm scales and biases: around 1 and 0 like trained ones.
+            (Tensor::randn(0f32, 0.02, shape, dev)? + if _name.ends_with("weight") { 1.0 } else { 0.0 })?
+        } else {
+            Tensor::randn(0f32, std as f32, shape, dev)?
+        };
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// What `ember bench` measured. Field names are the `--json` keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub dtype: String,
+    pub device: String,
+    pub threads: usize,
+    pub unet_step_512_s: f64,
+    pub unet_step_384_s: f64,
+    pub vae_decode_512_s: f64,
+    pub vae_encode_512_s: f64,
+    pub clip_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Options of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub dtype: DType,
+    pub device: Device,
+    /// Timed repetitions per measurement (the minimum is reported); one untimed warm-up runs first.
+    pub repeat: usize,
+}
+
+fn time_min<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    f()?; // warm-up: first-touch page faults and lazy initialisation are not what we measure
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Builds SD1.5-size networks with random weights and times them. `on_progress` receives a line per stage.
+pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    let dev = &options.device;
+    let dtype = options.dtype;
+    let vb = || VarBuilder::from_backend(Box::new(RandomWeights), dtype, dev.clone());
+
+    on_progress("building random SD1.5-size networks");
+    let clip = ClipTextModel::new(vb(), &ClipTextConfig::default())?;
+    let unet = UNet2DConditionModel::new(vb(), &UNetConfig::default())?;
+    let vae = AutoencoderKL::new(vb(), &VaeConfig::default())?;
+
+    let ids: Vec<u32> = (0..2 * 77)
+        .map(|i| if i % 77 == 0 { 49406 } else { 320 + (i as u32 % 1000) })
+        .collect();
+    let ids = Tensor::from_vec(ids, (2, 77), dev)?;
+    on_progress("CLIP text encoder, batch 2");
+    let clip_s = time_min(options.repeat, || Ok(clip.forward(&ids)?.to_device(&Device::Cpu)?))?;
+    let context = clip.forward(&ids)?;
+
+    let unet_step = |side: usize| -> Result<f64> {
+        let latent = Tensor::randn(0f32, 1.0, (2, 4, side / 8, side / 8), dev)?.to_dtype(dtype)?;
+        time_min(options.repeat, || {
+            Ok(unet.forward(&latent, 500.0, &context)?.to_device(&Device::Cpu)?)
+        })
+    };
+    on_progress("UNet step 384×384 (CFG batch 2)");
+    let unet_step_384_s = unet_step(384)?;
+    on_progress("UNet step 512×512 (CFG batch 2)");
+    let unet_step_512_s = unet_step(512)?;
+
+    on_progress("VAE encode 512×512");
+    let image = Tensor::randn(0f32, 0.5, (1, 3, 512, 512), dev)?.to_dtype(dtype)?;
+    let vae_encode_512_s = time_min(options.repeat, || {
+        Ok(vae.encode_mean(&image)?.to_device(&Device::Cpu)?)
+    })?;
+    on_progress("VAE decode 512×512");
+    let latent = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?.to_dtype(dtype)?;
+    let vae_decode_512_s = time_min(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+
+    Ok(BenchReport {
+        dtype: format!("{dtype:?}").to_lowercase(),
+        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
+        threads: candle_core::utils::get_num_threads(),
+        unet_step_512_s,
+        unet_step_384_s,
+        vae_decode_512_s,
+        vae_encode_512_s,
+        clip_s,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`); 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
