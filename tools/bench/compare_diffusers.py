@@ -45,7 +45,10 @@ def bench_diffusers(dtype_name, repeat, threads):
         layers_per_block=2,
         latent_channels=4,
     ).to(dtype).eval()
-    clip = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu")).to(dtype).eval()
+    clip = CLIPTextModel(  # CLIP ViT-L/14's text tower, as SD 1.x uses
+        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       max_position_embeddings=77, hidden_act="quick_gelu")
+    ).to(dtype).eval()
 
     out = {"dtype": dtype_name, "threads": threads}
     with torch.inference_mode():
