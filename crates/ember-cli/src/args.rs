@@ -33,6 +33,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time the networks of an SD1.5-size model with random weights (no model file needed).
     Bench(BenchArgs),
+    /// Start the web UI and HTTP API (a job queue with live previews and a gallery); see docs/api.md.
+    Serve(ServeArgs),
 }
 
 /// Where the model comes from and how it runs.
@@ -110,4 +112,19 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; the default serves this machine only (0.0.0.0 exposes the API to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 9090)]
+    pub port: u16,
+    /// Folder for the job database (ember.sqlite) and the generated images (images/); created if missing.
+    #[arg(long, default_value = "ember-data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }

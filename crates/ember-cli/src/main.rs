@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod generate;
+mod serve;
 
 use clap::Parser;
 
@@ -17,6 +18,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(args::Command::Generate(g)) => generate::run(&g),
         Some(args::Command::Bench(b)) => bench::run(&b),
+        Some(args::Command::Serve(s)) => serve::run(&s),
         None => {
             use clap::CommandFactory;
             args::Cli::command().print_help().map_err(Into::into)

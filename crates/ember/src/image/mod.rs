@@ -3,3 +3,4 @@
 pub mod init;
 pub mod metadata;
 pub mod png_meta;
+pub mod preview;

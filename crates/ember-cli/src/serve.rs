@@ -1,0 +1,14 @@
+//! `ember serve`: the web UI and HTTP API (crate `ember-server`), with the same model flags as `ember generate`.
+
+use crate::args::ServeArgs;
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    ember_server::serve_blocking(ember_server::Config {
+        host: args.host.clone(),
+        port: args.port,
+        data_dir: args.data_dir.clone(),
+        model: args.model.model.clone(),
+        device: args.model.device.clone(),
+        dtype: args.model.dtype.clone(),
+    })
+}

@@ -1,0 +1,627 @@
+// Ember's web page: builds generation requests from the form, follows jobs through the server-sent events of
+// /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+const UPLOAD_TYPES = ["image/png", "image/jpeg", "image/webp", "image/bmp"];
+const PER_PAGE = 24;
+const FINISHED = new Set(["done", "failed", "canceled"]);
+// Statuses only move forward; used to ignore a stale report that arrives after a newer one.
+const STATUS_RANK = { queued: 0, running: 1, done: 2, failed: 2, canceled: 2 };
+// Order in which an image's parameters are listed; keys not named here follow, alphabetically.
+const PARAM_ORDER = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+  "strength", "fit", "karras_max", "init_image_id"];
+// API error `field` → the control to point at.
+const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file" };
+
+const state = {
+  init: null, // {kind: "file", file, url} | {kind: "gallery", id, url}
+  jobs: new Map(), // id → Job, as last reported
+  shownJobId: null, // the job the progress panel follows
+  stepsSeen: new Map(), // job id → steps reported by `progress` events, in arrival order
+  lastSeed: null,
+  page: 1,
+  totalImages: 0,
+  submitting: false,
+  everConnected: false,
+};
+
+// ---------------------------------------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(status, field, message) {
+    super(message);
+    this.status = status;
+    this.field = field;
+  }
+}
+
+async function api(path, options = {}) {
+  let res;
+  try {
+    res = await fetch(path, options);
+  } catch (e) {
+    throw new ApiError(0, null, "The Ember server cannot be reached. Is `ember serve` still running?");
+  }
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch (e) {} // not JSON: the status is reported below
+  if (!res.ok) {
+    const err = body && body.error;
+    const message = (err && err.message) || `${res.status} ${res.statusText || "error"} from ${path}`;
+    throw new ApiError(res.status, (err && err.field) || null, message);
+  }
+  return body;
+}
+
+// ---------------------------------------------------------------------------------------------- form
+
+function intValue(id) {
+  const v = $(id).value.trim();
+  return /^\d+$/.test(v) ? Number(v) : NaN;
+}
+
+// Python's `int(strength * steps)` for non-negative values, as the server and InvokeAI count img2img steps.
+function stepsToRun(strength, steps) {
+  return Math.floor(strength * steps);
+}
+
+function updateStepsRun() {
+  const strength = Number($("strength").value);
+  const steps = intValue("steps");
+  $("strength-value").textContent = $("strength").value;
+  const out = $("steps-run");
+  if (!Number.isFinite(steps) || steps < 1) {
+    out.textContent = "Enter the number of steps to see how many will run.";
+  } else if (!state.init) {
+    out.textContent = `No init image: txt2img runs all ${steps} steps (strength only applies to img2img).`;
+  } else {
+    const n = stepsToRun(strength, steps);
+    out.textContent = n === 0
+      ? `0 of ${steps} steps will run: the init image comes back as it is, through the VAE.`
+      : `${n} of ${steps} steps will run.`;
+  }
+}
+
+function setSeedRandom(random) {
+  $("seed_random").checked = random;
+  $("seed").disabled = random;
+}
+
+function clearFieldErrors() {
+  $("form-error").hidden = true;
+  $("form-error").textContent = "";
+  for (const el of document.querySelectorAll("[aria-invalid=true]")) el.removeAttribute("aria-invalid");
+}
+
+function showFormError(field, message) {
+  const err = $("form-error");
+  err.textContent = field ? `${field.replace(/_/g, " ")}: ${message}` : message;
+  err.hidden = false;
+  const control = field && $(FIELD_CONTROL[field] || field);
+  if (control) {
+    control.setAttribute("aria-invalid", "true");
+    control.focus();
+  }
+}
+
+function note(message) {
+  $("form-note").textContent = message;
+}
+
+// The request's params from the form, or throws an ApiError-shaped complaint naming the field.
+function readParams() {
+  const prompt = $("prompt").value;
+  if (!prompt.trim()) throw new ApiError(0, "prompt", "write what the image should show.");
+  const steps = intValue("steps");
+  if (!(steps >= 1 && steps <= 1000)) throw new ApiError(0, "steps", "must be a whole number from 1 to 1000.");
+  const cfg = Number($("cfg_scale").value);
+  if ($("cfg_scale").value.trim() === "" || !Number.isFinite(cfg)) {
+    throw new ApiError(0, "cfg_scale", "must be a number (7.5 is the usual value).");
+  }
+  const params = {
+    prompt,
+    negative_prompt: $("negative_prompt").value,
+    steps,
+    cfg_scale: cfg,
+    sampler: $("sampler").value,
+    seed: null,
+    width: intValue("width"),
+    height: intValue("height"),
+    strength: Number($("strength").value),
+    fit: $("fit").checked,
+  };
+  for (const f of ["width", "height"]) {
+    if (!Number.isFinite(params[f])) throw new ApiError(0, f, "must be a whole number of pixels, e.g. 512.");
+  }
+  if (!$("seed_random").checked) {
+    const seed = intValue("seed");
+    if (!(seed <= 4294967295)) {
+      throw new ApiError(0, "seed", "must be a whole number from 0 to 4294967295, or tick Random.");
+    }
+    params.seed = seed;
+  }
+  const karras = intValue("karras_max");
+  if (!Number.isFinite(karras)) throw new ApiError(0, "karras_max", "must be a whole number (30 by default).");
+  params.karras_max = karras;
+  if (state.init && state.init.kind === "gallery") params.init_image_id = state.init.id;
+  return params;
+}
+
+async function generate() {
+  if (state.submitting) return;
+  clearFieldErrors();
+  let params;
+  try {
+    params = readParams();
+  } catch (e) {
+    showFormError(e.field, e.message);
+    return;
+  }
+  let options;
+  if (state.init && state.init.kind === "file") {
+    const body = new FormData();
+    body.append("params", JSON.stringify(params));
+    body.append("init_image", state.init.file, state.init.file.name);
+    options = { method: "POST", body };
+  } else {
+    options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
+  }
+  state.submitting = true;
+  $("generate").disabled = true;
+  try {
+    const job = await api("/api/jobs", options);
+    state.lastSeed = job.params.seed;
+    $("seed_reuse").disabled = false;
+    note(`Job #${job.id} queued with seed ${job.params.seed}.`);
+    showJob(job.id);
+    onJob(job);
+  } catch (e) {
+    showFormError(e.field, e.message);
+  } finally {
+    state.submitting = false;
+    $("generate").disabled = false;
+  }
+}
+
+async function cancelJob(id) {
+  try {
+    onJob(await api(`/api/jobs/${id}/cancel`, { method: "POST" }));
+  } catch (e) {
+    note(e.status === 409 ? `Job #${id} had already finished.` : `Could not cancel job #${id}: ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- init image
+
+function setInit(init) {
+  if (state.init && state.init.kind === "file") URL.revokeObjectURL(state.init.url);
+  state.init = init;
+  const img = $("init-preview");
+  $("drop").dataset.hasImage = String(Boolean(init));
+  $("init-clear").hidden = !init;
+  img.hidden = !init;
+  if (init) {
+    img.src = init.url;
+    img.alt = init.kind === "file" ? `Init image: ${init.file.name}` : `Init image: gallery image #${init.id}`;
+    $("init-label").textContent = init.kind === "file" ? `${init.file.name}. Drop another, or`
+      : `Gallery image #${init.id}. Drop another, or`;
+  } else {
+    img.removeAttribute("src");
+    $("init-label").textContent = "Drop an image here, or";
+  }
+  updateStepsRun();
+}
+
+function setFileInit(file) {
+  clearFieldErrors();
+  const byName = /\.(png|jpe?g|webp|bmp)$/i.test(file.name);
+  if (!UPLOAD_TYPES.includes(file.type) && !byName) {
+    showFormError("init_image", `${file.name} is not a PNG, JPEG, WebP or BMP image.`);
+    return;
+  }
+  if (file.size > MAX_UPLOAD_BYTES) {
+    showFormError("init_image", `${file.name} is ${(file.size / 1048576).toFixed(1)} MB; the limit is 20 MB.`);
+    return;
+  }
+  setInit({ kind: "file", file, url: URL.createObjectURL(file) });
+}
+
+function setGalleryInit(id) {
+  setInit({ kind: "gallery", id, url: `/api/images/${id}/file` });
+}
+
+function bindInit() {
+  $("init-file").addEventListener("change", (e) => {
+    const file = e.target.files && e.target.files[0];
+    if (file) setFileInit(file);
+    e.target.value = ""; // so choosing the same file again still fires `change`
+  });
+  $("init-clear").addEventListener("click", () => {
+    setInit(null);
+    $("init-file").focus();
+  });
+  const drop = $("drop");
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => {
+      e.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const file = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) return setFileInit(file);
+    // A gallery thumbnail dragged onto the zone arrives as its URL.
+    const uri = e.dataTransfer.getData("text/uri-list") || e.dataTransfer.getData("text/plain");
+    const m = /\/api\/images\/(\d+)\/file/.exec(uri || "");
+    if (m) setGalleryInit(Number(m[1]));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- jobs and events
+
+function formatEta(s) {
+  if (typeof s !== "number" || !Number.isFinite(s)) return "";
+  if (s < 1) return "ETA < 1 s";
+  if (s < 60) return `ETA ${Math.round(s)} s`;
+  return `ETA ${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+}
+
+// Points the progress panel at a job and resets what it showed for the previous one.
+function showJob(id) {
+  if (state.shownJobId === id) return;
+  state.shownJobId = id;
+  $("preview").hidden = true;
+  $("result").hidden = true;
+  $("stage-caption").textContent = "";
+  $("progress-bar").value = 0;
+  $("progress-step").textContent = "–";
+  $("progress-step").dataset.stepsSeen = (state.stepsSeen.get(id) || []).join(",");
+  $("progress-eta").textContent = "";
+}
+
+function renderShownJob() {
+  const job = state.jobs.get(state.shownJobId);
+  if (!job) return;
+  let text = `Job #${job.id} (${job.mode}, ${job.steps_total} steps, seed ${job.params.seed}): ${job.status}`;
+  if (job.status === "failed" && job.error) text += `: ${job.error}`;
+  $("job-status").textContent = text;
+  $("job-status").dataset.status = job.status;
+  $("cancel").disabled = FINISHED.has(job.status);
+  if (job.status === "done") {
+    $("progress-bar").value = 1;
+    $("progress-eta").textContent = "";
+    if (job.image_id != null && $("result").hidden) showResult(job.image_id, `/api/images/${job.image_id}/file`);
+  }
+}
+
+function showResult(imageId, url, caption) {
+  const result = $("result");
+  result.src = url;
+  result.dataset.imageId = String(imageId);
+  result.hidden = false;
+  $("preview").hidden = true;
+  $("stage-caption").textContent = caption || `Image #${imageId}`;
+}
+
+function renderQueue() {
+  const list = $("queue");
+  list.replaceChildren();
+  const open = [...state.jobs.values()].filter((j) => !FINISHED.has(j.status)).sort((a, b) => a.id - b.id);
+  if (open.length === 0) {
+    const li = document.createElement("li");
+    li.className = "hint";
+    li.textContent = "Nothing queued.";
+    list.append(li);
+  }
+  for (const job of open) {
+    const li = document.createElement("li");
+    const text = document.createElement("span");
+    const prompt = job.params.prompt.length > 40 ? `${job.params.prompt.slice(0, 40)}…` : job.params.prompt;
+    text.textContent = `#${job.id} ${job.status}: ${prompt}`;
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "secondary small";
+    btn.textContent = "Cancel";
+    btn.setAttribute("aria-label", `Cancel job #${job.id}`);
+    btn.addEventListener("click", () => cancelJob(job.id));
+    li.append(text, btn);
+    list.append(li);
+  }
+}
+
+function onJob(report) {
+  const known = state.jobs.get(report.id);
+  // Events and the POST reply can arrive in either order: never let an older status overwrite a newer one.
+  const job = known && STATUS_RANK[report.status] < STATUS_RANK[known.status] ? known : report;
+  state.jobs.set(job.id, job);
+  if (job.status === "running") showJob(job.id);
+  if (job.id === state.shownJobId) renderShownJob();
+  renderQueue();
+}
+
+function onProgress(p) {
+  const job = state.jobs.get(p.job_id);
+  if (job && FINISHED.has(job.status)) return;
+  showJob(p.job_id);
+  const seen = state.stepsSeen.get(p.job_id) || [];
+  seen.push(p.step);
+  state.stepsSeen.set(p.job_id, seen);
+  const total = Math.max(1, p.total);
+  $("progress-bar").value = p.step / total;
+  $("progress-step").textContent = `step ${p.step} / ${p.total}`;
+  $("progress-step").dataset.stepsSeen = seen.join(",");
+  $("progress-eta").textContent = formatEta(p.eta_s);
+  if (typeof p.preview === "string" && p.preview.startsWith("data:image/")) {
+    $("preview").src = p.preview;
+    $("preview").hidden = false;
+    $("result").hidden = true;
+    $("stage-caption").textContent = `Preview after step ${p.step}`;
+  }
+}
+
+function onImage(ev) {
+  const image = ev.image;
+  if (ev.job_id === state.shownJobId) {
+    showResult(image.id, image.url, `Image #${image.id}: seed ${image.seed}, ${image.width}×${image.height}`);
+  }
+  if (state.page === 1) loadGallery(1);
+  else $("gallery-status").textContent = "New images are on page 1.";
+}
+
+function parseEvent(handler) {
+  return (e) => {
+    let data;
+    try {
+      data = JSON.parse(e.data);
+    } catch (err) {
+      console.warn("Ignoring an event that is not JSON", e.data);
+      return;
+    }
+    handler(data);
+  };
+}
+
+function connectEvents() {
+  const conn = $("conn");
+  const events = new EventSource("/api/events");
+  events.addEventListener("open", () => {
+    conn.textContent = "Live";
+    conn.dataset.state = "open";
+    document.body.dataset.sse = "open";
+    // Events sent while disconnected are lost: catch up on the jobs still open and on the gallery.
+    if (state.everConnected) resync();
+    state.everConnected = true;
+  });
+  events.addEventListener("error", () => {
+    conn.textContent = "Connection lost, reconnecting…";
+    conn.dataset.state = "closed";
+    document.body.dataset.sse = "closed";
+  });
+  events.addEventListener("job", parseEvent(onJob));
+  events.addEventListener("progress", parseEvent(onProgress));
+  events.addEventListener("image", parseEvent(onImage));
+}
+
+async function resync() {
+  for (const job of [...state.jobs.values()].filter((j) => !FINISHED.has(j.status))) {
+    try {
+      onJob(await api(`/api/jobs/${job.id}`));
+    } catch (e) {
+      console.warn(`Could not refresh job #${job.id}`, e);
+    }
+  }
+  loadGallery(state.page);
+}
+
+// ---------------------------------------------------------------------------------------------- gallery
+
+function formatValue(v) {
+  if (typeof v === "string") return v === "" ? "(empty)" : v;
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "number") return String(v);
+  return JSON.stringify(v);
+}
+
+function paramEntries(params) {
+  const keys = Object.keys(params || {}).filter((k) => params[k] !== null && params[k] !== undefined);
+  const rank = (k) => (PARAM_ORDER.includes(k) ? PARAM_ORDER.indexOf(k) : PARAM_ORDER.length);
+  keys.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  return keys.map((k) => [k, params[k]]);
+}
+
+function useAll(image) {
+  const p = image.params || {};
+  const set = (id, v) => {
+    if (v !== undefined && v !== null) $(id).value = String(v);
+  };
+  set("prompt", p.prompt);
+  set("negative_prompt", p.negative_prompt);
+  if (p.sampler && ![...$("sampler").options].some((o) => o.value === p.sampler)) {
+    $("sampler").append(new Option(p.sampler, p.sampler));
+  }
+  set("sampler", p.sampler);
+  set("steps", p.steps);
+  set("cfg_scale", p.cfg_scale);
+  set("width", p.width);
+  set("height", p.height);
+  set("strength", p.strength);
+  set("karras_max", p.karras_max);
+  $("fit").checked = Boolean(p.fit);
+  setSeedRandom(false);
+  set("seed", image.seed);
+  let msg = `Settings of image #${image.id} loaded.`;
+  if (typeof p.init_image_id === "number") {
+    setGalleryInit(p.init_image_id);
+  } else if (/(^|\s)-I\s/.test(image.dream || "")) {
+    msg += " Its init image was an upload: choose that file again to reproduce it.";
+  } else {
+    setInit(null);
+  }
+  updateStepsRun();
+  note(msg);
+  $("prompt").focus();
+}
+
+async function deleteImage(image) {
+  if (!window.confirm(`Delete image #${image.id}? Its file is removed too.`)) return;
+  try {
+    await api(`/api/images/${image.id}`, { method: "DELETE" });
+  } catch (e) {
+    $("gallery-status").textContent = `Could not delete image #${image.id}: ${e.message}`;
+    return;
+  }
+  if (state.init && state.init.kind === "gallery" && state.init.id === image.id) setInit(null);
+  const lastOnPage = $("gallery").children.length === 1 && state.page > 1;
+  await loadGallery(lastOnPage ? state.page - 1 : state.page);
+  $("gallery-heading").focus();
+}
+
+function renderCard(image) {
+  const li = $("card-template").content.firstElementChild.cloneNode(true);
+  const p = image.params || {};
+  li.dataset.imageId = String(image.id);
+  li.dataset.jobId = String(image.job_id);
+  const link = li.querySelector(".thumb");
+  link.href = image.url;
+  link.setAttribute("aria-label", `Open image #${image.id} full size`);
+  const img = li.querySelector("img");
+  img.src = image.url;
+  img.alt = `Image #${image.id}: ${p.prompt || "(no prompt)"}`;
+  img.width = image.width;
+  img.height = image.height;
+  const when = image.created_at ? new Date(image.created_at).toLocaleString() : "";
+  li.querySelector(".card-title").textContent = `#${image.id} · seed ${image.seed} · ${image.width}×${image.height}`
+    + (when ? ` · ${when}` : "");
+  const dl = li.querySelector("dl");
+  for (const [k, v] of paramEntries(p)) {
+    const dt = document.createElement("dt");
+    dt.textContent = k.replace(/_/g, " ");
+    const dd = document.createElement("dd");
+    dd.dataset.key = k;
+    dd.textContent = formatValue(v);
+    dl.append(dt, dd);
+  }
+  li.querySelector(".dream").textContent = image.dream || "";
+  const download = li.querySelector("[data-act=download]");
+  download.href = image.url;
+  download.download = `ember-${image.id}-${image.seed}.png`;
+  const actions = {
+    "use-all": () => useAll(image),
+    "use-seed": () => {
+      setSeedRandom(false);
+      $("seed").value = String(image.seed);
+      note(`Seed ${image.seed} of image #${image.id} will be used.`);
+      $("seed").focus();
+    },
+    "use-init": () => {
+      setGalleryInit(image.id);
+      note(`Image #${image.id} is the init image.`);
+      $("strength").focus();
+    },
+    delete: () => deleteImage(image),
+  };
+  for (const btn of li.querySelectorAll("button[data-act]")) {
+    btn.setAttribute("aria-label", `${btn.textContent}: image #${image.id}`);
+    btn.addEventListener("click", actions[btn.dataset.act]);
+  }
+  return li;
+}
+
+async function loadGallery(page) {
+  let data;
+  try {
+    data = await api(`/api/images?page=${page}&per_page=${PER_PAGE}`);
+  } catch (e) {
+    $("gallery-status").textContent = `Could not load the gallery: ${e.message}`;
+    return;
+  }
+  state.page = data.page || page;
+  state.totalImages = data.total || 0;
+  const pages = Math.max(1, Math.ceil(state.totalImages / (data.per_page || PER_PAGE)));
+  $("gallery").replaceChildren(...data.images.map(renderCard));
+  $("gallery-total").textContent = `(${state.totalImages})`;
+  $("gallery-status").textContent = state.totalImages === 0 ? "No images yet: generate one." : "";
+  $("page-info").textContent = `Page ${state.page} of ${pages}`;
+  $("page-prev").disabled = state.page <= 1;
+  $("page-next").disabled = state.page >= pages;
+}
+
+// ---------------------------------------------------------------------------------------------- start
+
+async function loadSamplers() {
+  try {
+    const { samplers } = await api("/api/samplers");
+    const current = $("sampler").value;
+    $("sampler").replaceChildren(...samplers.map((s) => new Option(s, s)));
+    if (samplers.includes(current)) $("sampler").value = current;
+  } catch (e) {
+    note(`Could not load the sampler list (${e.message}); k_lms is available.`);
+  }
+}
+
+async function loadJobs() {
+  try {
+    const { jobs } = await api("/api/jobs?limit=50");
+    if (jobs.length > 0) {
+      state.lastSeed = jobs[0].params.seed;
+      $("seed_reuse").disabled = false;
+    }
+    for (const job of [...jobs].reverse()) onJob(job);
+    const running = jobs.find((j) => j.status === "running") || jobs.find((j) => j.status === "queued");
+    if (running) {
+      showJob(running.id);
+      renderShownJob();
+    }
+  } catch (e) {
+    note(`Could not load the job list: ${e.message}`);
+  }
+}
+
+function bindForm() {
+  $("gen-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    generate();
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      generate();
+    }
+  });
+  $("cancel").addEventListener("click", () => {
+    if (state.shownJobId != null) cancelJob(state.shownJobId);
+  });
+  $("seed_random").addEventListener("change", (e) => setSeedRandom(e.target.checked));
+  $("seed_reuse").addEventListener("click", () => {
+    if (state.lastSeed == null) return;
+    setSeedRandom(false);
+    $("seed").value = String(state.lastSeed);
+    note(`Seed ${state.lastSeed} of the last job will be used.`);
+  });
+  for (const id of ["strength", "steps"]) $(id).addEventListener("input", updateStepsRun);
+  $("gen-form").addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
+  $("page-prev").addEventListener("click", () => loadGallery(state.page - 1));
+  $("page-next").addEventListener("click", () => loadGallery(state.page + 1));
+}
+
+function start() {
+  bindForm();
+  bindInit();
+  updateStepsRun();
+  renderQueue();
+  connectEvents();
+  loadSamplers();
+  loadJobs();
+  loadGallery(1);
+}
+
+document.addEventListener("DOMContentLoaded", start);

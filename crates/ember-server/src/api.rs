@@ -1,0 +1,523 @@
+//! The HTTP API of docs/api.md: jobs, events, gallery, samplers and models. Handlers validate everything that comes
+//! from the client and answer with [`ApiError`]s naming the field at fault; they never panic on input.
+
+use crate::db::{self, NewJob};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::types::{
+    Image, ImagePage, Job, JobList, JobStatus, Mode, ModelInfo, ModelList, Params, ParamsInput, SamplerList,
+};
+use crate::upload::{self, MAX_UPLOAD_BYTES};
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ember::image::init::prepare_init_image;
+use ember::request::InitImage;
+use ember::sample::SamplerKind;
+use futures_util::stream::Stream;
+use serde::Deserialize;
+use std::convert::Infallible;
+use utoipa::{IntoParams, ToSchema};
+
+/// The multipart form of `POST /api/jobs` (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JobUpload {
+    /// The same JSON object as the plain JSON body.
+    params: String,
+    /// PNG, JPEG, WebP or BMP; at most 20 MB and 8192×8192 pixels.
+    #[schema(value_type = Option<String>, format = Binary)]
+    init_image: Option<Vec<u8>>,
+}
+
+/// Largest `params` part of a multipart form: a prompt is a few hundred bytes.
+const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+    request_body(content(
+        (ParamsInput = "application/json"),
+        (JobUpload = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Queued", body = Job),
+        (status = 400, description = "Invalid parameters or image", body = ErrorBody),
+        (status = 413, description = "Upload over 20 MB", body = ErrorBody),
+    ))]
+pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiResult<(StatusCode, Json<Job>)> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let (params_json, upload) = if content_type.starts_with("multipart/form-data") {
+        read_multipart(request, &state).await?
+    } else if content_type.starts_with("application/json") {
+        let bytes = Bytes::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
+        (bytes.to_vec(), None)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            format!("content type '{content_type}' is not accepted; send application/json or multipart/form-data"),
+        ));
+    };
+
+    let input = parse_params(&params_json)?;
+    let params = input.resolve(random_seed);
+    let new_job = check_job(&state, params, upload).await?;
+    let (queue, events) = (state.queue.clone(), state.events.clone());
+    let job = state
+        .db
+        .call(move |conn| {
+            queue.transition(|| {
+                let job = db::insert_job(conn, &new_job)?;
+                events.job(&job);
+                Ok(job)
+            })
+        })
+        .await?;
+    state.queue.notify();
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Reads the `params` and `init_image` parts, in either order.
+async fn read_multipart(request: Request, state: &AppState) -> ApiResult<(Vec<u8>, Option<(String, Vec<u8>)>)> {
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
+    let (mut params, mut upload) = (None, None);
+    loop {
+        let field = multipart.next_field().await.map_err(multipart_error)?;
+        let Some(mut field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        let limit = match name.as_str() {
+            "params" if params.is_none() => MAX_PARAMS_BYTES,
+            "init_image" if upload.is_none() => MAX_UPLOAD_BYTES,
+            "params" | "init_image" => {
+                return Err(ApiError::bad_request(
+                    Some(name.as_str()),
+                    format!("the form has more than one '{name}' part"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    Some(name.as_str()),
+                    format!(
+                        "unknown form part '{}'; send 'params' and optionally 'init_image'",
+                        clip(&name)
+                    ),
+                ))
+            }
+        };
+        let file_name = field.file_name().map(upload_name);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Some(name.as_str()),
+                    format!("'{name}' is larger than {limit} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if name == "params" {
+            params = Some(bytes);
+        } else {
+            upload = Some((file_name.unwrap_or_else(|| "upload".into()), bytes));
+        }
+    }
+    let params = params.ok_or_else(|| {
+        ApiError::bad_request(
+            Some("params"),
+            "the form has no 'params' part with the job's JSON parameters",
+        )
+    })?;
+    Ok((params, upload))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let field = (e.status() == StatusCode::PAYLOAD_TOO_LARGE).then_some("init_image");
+    ApiError::new(e.status(), field, format!("cannot read the form: {}", e.body_text()))
+}
+
+/// The name an upload is recorded under (the Dream command's `-I`): the last path component, printable, short.
+fn upload_name(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(100).collect();
+    if clean.trim().is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+/// Client text echoed in a message, cut short.
+fn clip(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// JSON → [`ParamsInput`]; a type error names the field it is in.
+fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
+    // Syntax first: a syntax error is about the whole body, not the field the parser happened to be in.
+    let value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        // serde would read an array as the struct's fields in order.
+        return Err(ApiError::bad_request(None, "the parameters must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        ApiError::bad_request(field.as_deref(), e.into_inner().to_string())
+    })
+}
+
+/// Checks the parameters (and the upload) as the engine would, so a bad job fails at submit time, not in the queue.
+async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec<u8>)>) -> ApiResult<NewJob> {
+    if params.prompt.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            Some("prompt"),
+            "is required and must not be empty",
+        ));
+    }
+    if !(0.0..=1.0).contains(&params.strength) {
+        return Err(ApiError::bad_request(
+            Some("strength"),
+            format!(
+                "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try 0.75)",
+                params.strength
+            ),
+        ));
+    }
+    if let Some(id) = params.init_image_id {
+        if upload.is_some() {
+            return Err(ApiError::bad_request(
+                Some("init_image_id"),
+                "give either an uploaded init_image or an init_image_id, not both",
+            ));
+        }
+        let exists = state
+            .db
+            .call(move |conn| Ok(db::image_file(conn, id)?.is_some()))
+            .await?;
+        if !exists {
+            return Err(ApiError::bad_request(
+                Some("init_image_id"),
+                format!("there is no gallery image with id {id}"),
+            ));
+        }
+    }
+    let img2img = upload.is_some() || params.init_image_id.is_some();
+    // The engine only needs to know that there is an init image to check the rest.
+    let placeholder = img2img.then(|| InitImage::Path("init image".into()));
+    let request = params.to_request(placeholder)?;
+    request.validate()?;
+    let steps_total = request.steps_to_run();
+
+    let upload = match upload {
+        Some(upload) => Some(check_upload(upload, &params).await?),
+        None => None,
+    };
+    Ok(NewJob {
+        params,
+        mode: if img2img { Mode::Img2img } else { Mode::Txt2img },
+        steps_total,
+        upload,
+    })
+}
+
+/// Decodes and sizes an uploaded init image as the worker will, so a bad image fails now, naming `init_image`.
+async fn check_upload((name, bytes): (String, Vec<u8>), params: &Params) -> ApiResult<(String, Vec<u8>)> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(Some("init_image"), "the uploaded file is empty"));
+    }
+    let fit = params.fit.then_some((params.width as u32, params.height as u32));
+    // Decoding and resizing are CPU work: off the async executor.
+    tokio::task::spawn_blocking(move || {
+        let source = InitImage::Memory {
+            name: name.clone(),
+            image: upload::decode(&bytes)?,
+        };
+        prepare_init_image(&source, fit).map_err(|e| ApiError::bad_request(Some("init_image"), e.to_string()))?;
+        Ok((name, bytes))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+}
+
+/// A seed from the OS's entropy, for jobs submitted without one.
+fn random_seed() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Only when the OS has no entropy source at all.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    }
+    u32::from_le_bytes(bytes)
+}
+
+/// Ids in paths are positive integers; anything else (`..%2Fetc`, `abc`) is an unknown id.
+fn parse_id(raw: Result<Path<String>, PathRejection>, what: &str) -> ApiResult<i64> {
+    let unknown = |raw: &str| ApiError::not_found(format!("there is no {what} with id '{}'", clip(raw)));
+    let Path(raw) = raw.map_err(|_| unknown("?"))?;
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(unknown(&raw)),
+    }
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad_request(None, format!("bad query string: {}", e.body_text()))
+}
+
+/// A positive integer query parameter within `max`.
+fn query_number(value: Option<&str>, name: &str, default: i64, max: i64) -> ApiResult<i64> {
+    let Some(value) = value else { return Ok(default) };
+    match value.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            Some(name),
+            format!("'{}' is not a whole number in 1..={max}", clip(value)),
+        )),
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// queued, running, done, failed or canceled.
+    status: Option<String>,
+    /// 1..=500, default 50.
+    #[param(value_type = Option<u32>)]
+    limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, description = "Newest first", body = JobList), (status = 400, body = ErrorBody)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> ApiResult<Json<JobList>> {
+    let Query(query) = query.map_err(query_error)?;
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                Some("status"),
+                format!(
+                    "unknown status '{}'; use queued, running, done, failed or canceled",
+                    clip(s)
+                ),
+            )
+        })?),
+    };
+    let limit = query_number(query.limit.as_deref(), "limit", 50, 500)?;
+    let jobs = state
+        .db
+        .call(move |conn| Ok(db::list_jobs(conn, status, limit)?))
+        .await?;
+    Ok(Json(JobList { jobs }))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn get_job(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Job>> {
+    let id = parse_id(id, "job")?;
+    let job = state.db.call(move |conn| Ok(db::get_job(conn, id)?)).await?;
+    job.map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("there is no job with id {id}")))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "A queued job is canceled at once; a running one stops within a step", body = Job),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    ))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Job>> {
+    let id = parse_id(id, "job")?;
+    let (queue, events) = (state.queue.clone(), state.events.clone());
+    let job = state
+        .db
+        .call(move |conn| {
+            // The worker may claim or finish the job meanwhile; each branch rechecks under the new status.
+            for _ in 0..3 {
+                let job = db::get_job(conn, id)?
+                    .ok_or_else(|| ApiError::not_found(format!("there is no job with id {id}")))?;
+                match job.status {
+                    JobStatus::Queued => {
+                        let canceled = queue.transition(|| -> ApiResult<Option<Job>> {
+                            if !db::cancel_queued(conn, id)? {
+                                return Ok(None);
+                            }
+                            let job = db::get_job(conn, id)?.unwrap_or(job);
+                            events.job(&job);
+                            Ok(Some(job))
+                        })?;
+                        match canceled {
+                            Some(job) => return Ok(job),
+                            // The worker claimed it first: cancel it as a running job.
+                            None => continue,
+                        }
+                    }
+                    JobStatus::Running if queue.cancel_running(id) => return Ok(job),
+                    status if status.is_finished() => {
+                        return Err(ApiError::conflict(format!(
+                            "job {id} is already {}; only queued or running jobs can be canceled",
+                            status.as_str()
+                        )))
+                    }
+                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+            Err(ApiError::conflict(format!(
+                "job {id} changed state while being canceled; try again"
+            )))
+        })
+        .await?;
+    Ok(Json(job))
+}
+
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    responses((status = 200,
+        description = "Server-Sent Events: `job` (a Job), `progress` (a Progress), `image` (an ImageEvent)",
+        content_type = "text/event-stream", body = String)))]
+pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    state.events.sse()
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImagesQuery {
+    /// 1-based, default 1.
+    #[param(value_type = Option<u32>)]
+    page: Option<String>,
+    /// 1..=200, default 24.
+    #[param(value_type = Option<u32>)]
+    per_page: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/images", tag = "gallery", params(ImagesQuery),
+    responses((status = 200, description = "Newest first", body = ImagePage), (status = 400, body = ErrorBody)))]
+pub async fn list_images(
+    State(state): State<AppState>,
+    query: Result<Query<ImagesQuery>, QueryRejection>,
+) -> ApiResult<Json<ImagePage>> {
+    let Query(query) = query.map_err(query_error)?;
+    let page = query_number(query.page.as_deref(), "page", 1, 1_000_000)?;
+    let per_page = query_number(query.per_page.as_deref(), "per_page", 24, 200)?;
+    let (images, total) = state
+        .db
+        .call(move |conn| Ok(db::list_images(conn, page, per_page)?))
+        .await?;
+    Ok(Json(ImagePage {
+        images,
+        total,
+        page,
+        per_page,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/images/{id}", tag = "gallery", params(("id" = i64, Path)),
+    responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
+pub async fn get_image(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Image>> {
+    let id = parse_id(id, "image")?;
+    let image = state.db.call(move |conn| Ok(db::get_image(conn, id)?)).await?;
+    image
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))
+}
+
+#[utoipa::path(get, path = "/api/images/{id}/file", tag = "gallery", params(("id" = i64, Path)),
+    responses((status = 200, description = "The PNG with its Dream, sd-metadata and parameters text chunks",
+        content_type = "image/png", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let id = parse_id(id, "image")?;
+    let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
+    let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    // The name comes from our own database, but a file name with a separator would still leave the folder.
+    if file.contains(['/', '\\']) || file.starts_with('.') {
+        return Err(ApiError::internal(format!(
+            "image {id} has an unsafe file name in the database"
+        )));
+    }
+    let bytes = tokio::fs::read(state.images_dir.join(&file)).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ApiError::not_found(format!("the file of image {id} is missing from the images folder"))
+        } else {
+            ApiError::internal(format!("cannot read the file of image {id}: {e}"))
+        }
+    })?;
+    let disposition = HeaderValue::from_str(&format!("inline; filename=\"{file}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("inline"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (header::CONTENT_DISPOSITION, disposition),
+            // Ids are never reused, so an image's bytes never change.
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=31536000, immutable"),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/api/images/{id}", tag = "gallery", params(("id" = i64, Path)),
+    responses((status = 204, description = "Deleted, file included"), (status = 404, body = ErrorBody)))]
+pub async fn delete_image(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(id, "image")?;
+    let file = state.db.call(move |conn| Ok(db::delete_image(conn, id)?)).await?;
+    let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    if !file.contains(['/', '\\']) {
+        match tokio::fs::remove_file(state.images_dir.join(&file)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("image {id} was removed from the gallery but its file stays: {e}"),
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/samplers", tag = "other", responses((status = 200, body = SamplerList)))]
+pub async fn samplers() -> Json<SamplerList> {
+    Json(SamplerList {
+        samplers: SamplerKind::ALL.iter().map(|k| k.name().to_string()).collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/models", tag = "other", responses((status = 200, body = ModelList)))]
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        models: vec![ModelInfo {
+            name: state.model_name.to_string(),
+            loaded: true,
+        }],
+    })
+}
+
+/// Unknown API paths get the JSON error shape too.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /api/openapi.json")
+}

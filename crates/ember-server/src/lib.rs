@@ -1,0 +1,189 @@
+//! Ember's web server: the HTTP API of `docs/api.md` and the web page, over the Ember engine.
+//!
+//! ```text
+//! browser ──HTTP──► api.rs ──► db.rs (SQLite: jobs, images) ◄── worker.rs (one thread, owns the Pipeline)
+//!         ◄──SSE─── events.rs ◄─────────────── progress, job and image events ───┘
+//! ```
+//!
+//! Jobs are rows in SQLite, so queued jobs survive a restart; the worker thread takes the oldest queued job, runs
+//! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
+//! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
+
+mod api;
+mod config;
+mod db;
+mod error;
+mod events;
+mod openapi;
+mod static_files;
+mod types;
+mod upload;
+mod worker;
+
+pub use config::Config;
+pub use openapi::ApiDoc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use ember::device::{parse_device, parse_dtype};
+use ember::pipeline::Pipeline;
+use events::Events;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use worker::{Queue, Worker};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    db: db::Db,
+    events: Events,
+    queue: Arc<Queue>,
+    images_dir: Arc<PathBuf>,
+    model_name: Arc<str>,
+}
+
+/// Room for the 20 MB upload plus the params part and multipart framing.
+const MAX_JOB_BODY: usize = upload::MAX_UPLOAD_BYTES + 1024 * 1024;
+
+fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/jobs",
+            post(api::create_job)
+                .get(api::list_jobs)
+                .layer(DefaultBodyLimit::max(MAX_JOB_BODY)),
+        )
+        .route("/jobs/{id}", get(api::get_job))
+        .route("/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/events", get(api::events))
+        .route("/images", get(api::list_images))
+        .route("/images/{id}", get(api::get_image).delete(api::delete_image))
+        .route("/images/{id}/file", get(api::image_file))
+        .route("/samplers", get(api::samplers))
+        .route("/models", get(api::models))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(api::not_found);
+    Router::new()
+        .route("/", get(static_files::index))
+        .route("/assets/{file}", get(static_files::file))
+        .nest("/api", api)
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// A server started by [`start`]: its address, and the means to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// The model's name, as `GET /api/models` reports it.
+    pub model_name: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, ends open event streams, stops the running job and waits for the worker.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("the server task failed")?
+    }
+}
+
+/// Loads the model, opens the database (recovering from a crash), binds the listener and starts the worker and the
+/// HTTP server in the background. `config.port` 0 picks a free port: see [`RunningServer::addr`].
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let images_dir = config.images_dir();
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("cannot create the data folder {}", images_dir.display()))?;
+    let api_conn = db::open(&config.db_path())?;
+    let interrupted = db::fail_interrupted(&api_conn).context("cannot recover the job queue")?;
+    if interrupted > 0 {
+        tracing::warn!("{interrupted} job(s) were running when the server last stopped; they are marked failed");
+    }
+    let worker_conn = db::open(&config.db_path())?;
+
+    let (model, device, dtype) = (config.model.clone(), config.device.clone(), config.dtype.clone());
+    let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
+        let device = parse_device(&device)?;
+        let dtype = parse_dtype(&dtype)?;
+        Pipeline::load(&model, &device, dtype)
+            .with_context(|| format!("cannot load the model '{model}'; pass a local model with --model PATH"))
+    })
+    .await
+    .context("the model loading task failed")??;
+    let model_name = pipeline.model_name().to_string();
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another server using the port? (try --port)"))?;
+    let local_addr = listener.local_addr()?;
+
+    let state = AppState {
+        db: db::Db::new(api_conn),
+        events: Events::default(),
+        queue: Arc::new(Queue::default()),
+        images_dir: Arc::new(images_dir.clone()),
+        model_name: model_name.as_str().into(),
+    };
+    let worker = Worker {
+        conn: worker_conn,
+        pipeline,
+        queue: state.queue.clone(),
+        events: state.events.clone(),
+        images_dir,
+    }
+    .spawn()
+    .context("cannot start the worker thread")?;
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (events, queue) = (state.events.clone(), state.queue.clone());
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+                // Event streams never end on their own; graceful shutdown would wait for them forever.
+                events.close();
+            })
+            .await;
+        queue.stop();
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .context("cannot wait for the worker")?
+            .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+        served.context("the HTTP server failed")
+    });
+    Ok(RunningServer {
+        addr: local_addr,
+        model_name,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+/// Runs the server until Ctrl-C, printing its address on stdout.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    println!(
+        "Ember is listening on http://{}/ (model: {})",
+        server.addr, server.model_name
+    );
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    eprintln!("stopping: the running job (if any) is marked failed; queued jobs run after the next start");
+    server.shutdown().await
+}
+
+/// [`serve`] on its own multi-threaded tokio runtime, for callers without one (the `ember` binary).
+pub fn serve_blocking(config: Config) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(config))
+}

@@ -1,0 +1,302 @@
+//! The generation worker: ONE dedicated OS thread that owns the engine [`Pipeline`] and runs queued jobs one at a
+//! time, oldest first. It never runs on the async executor — a step can take seconds on a CPU.
+//!
+//! Per job: claim it (queued → running), build the engine request, generate with a [`CancelToken`] while
+//! publishing a `progress` event (with a latent preview) per step, write the PNG with its metadata, record it in
+//! the gallery and mark the job done — or failed / canceled. Every status change is published as a `job` event.
+
+use crate::db::{self, NewImage, INTERRUPTED};
+use crate::events::Events;
+use crate::types::{Image, ImageEvent, Job, JobStatus, Progress};
+use crate::upload;
+use base64::prelude::{Engine, BASE64_STANDARD};
+use ember::image::metadata::dream_command;
+use ember::image::png_meta::{next_output_path, write_png};
+use ember::image::preview::latents_to_rgb;
+use ember::pipeline::{CancelToken, Event, Pipeline};
+use ember::request::InitImage;
+use rusqlite::Connection;
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How the API and the worker talk besides the database: "there is new work", "cancel job N", "stop".
+#[derive(Default)]
+pub struct Queue {
+    /// Held while a job changes status *and* its `job` event is published, so events reach clients in the order the
+    /// changes happened (a job's `running` can never overtake its `queued`).
+    transitions: Mutex<()>,
+    pending: Mutex<bool>,
+    wake: Condvar,
+    running: Mutex<Option<(i64, CancelToken)>>,
+    stop: AtomicBool,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a flag, an id) is still valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Queue {
+    /// Runs a status change and the publication of its event as one step (see `transitions`).
+    pub fn transition<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _order = lock(&self.transitions);
+        change()
+    }
+
+    /// A job was queued.
+    pub fn notify(&self) {
+        *lock(&self.pending) = true;
+        self.wake.notify_one();
+    }
+
+    /// Asks the running job `id` to stop after its current step; false when `id` is not the one running.
+    pub fn cancel_running(&self, id: i64) -> bool {
+        match &*lock(&self.running) {
+            Some((running, token)) if *running == id => {
+                token.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Server shutdown: the running job stops and the worker thread ends.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some((_, token)) = &*lock(&self.running) {
+            token.cancel();
+        }
+        self.notify();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until notified or `timeout` (the timeout also covers jobs queued by another process).
+    fn wait(&self, timeout: Duration) {
+        let pending = lock(&self.pending);
+        let (mut pending, _) = self
+            .wake
+            .wait_timeout_while(pending, timeout, |p| !*p)
+            .unwrap_or_else(PoisonError::into_inner);
+        *pending = false;
+    }
+
+    fn set_running(&self, running: Option<(i64, CancelToken)>) {
+        *lock(&self.running) = running;
+    }
+}
+
+pub struct Worker {
+    pub conn: Connection,
+    pub pipeline: Pipeline,
+    pub queue: Arc<Queue>,
+    pub events: Events,
+    pub images_dir: PathBuf,
+}
+
+/// How a job ended.
+enum Outcome {
+    Done(Box<Image>),
+    Canceled,
+    Failed(String),
+}
+
+impl Worker {
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("ember-worker".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        while !self.queue.stopping() {
+            match db::next_queued(&self.conn) {
+                Ok(Some(job)) => self.run_job(job),
+                Ok(None) => self.queue.wait(Duration::from_secs(1)),
+                Err(e) => {
+                    tracing::error!("cannot read the job queue: {e}; retrying in a second");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let token = CancelToken::new();
+        // Registered before the claim, so a cancel that sees the job running always finds its token.
+        self.queue.set_running(Some((job.id, token.clone())));
+        let claimed = self.queue.transition(|| {
+            let claimed = db::claim(&self.conn, job.id);
+            if let Ok(true) = claimed {
+                self.publish_job(job.id);
+            }
+            claimed
+        });
+        match claimed {
+            Ok(true) => {}
+            // Canceled between the read and the claim.
+            Ok(false) => return self.queue.set_running(None),
+            Err(e) => {
+                tracing::error!("cannot start job {}: {e}", job.id);
+                self.queue.set_running(None);
+                return std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+
+        // A panic in the engine fails this job, not the server.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&job, &token))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Outcome::Failed(format!("internal error in the engine ({what}); please report it"))
+        });
+        self.queue.set_running(None);
+
+        let finished = match &outcome {
+            Outcome::Done(image) => {
+                self.events.image(&ImageEvent {
+                    job_id: job.id,
+                    image: (**image).clone(),
+                });
+                Ok(())
+            }
+            // A shutdown cancels the running job too; it was interrupted, not canceled by anyone.
+            Outcome::Canceled if self.queue.stopping() => {
+                db::finish(&self.conn, job.id, JobStatus::Failed, Some(INTERRUPTED))
+            }
+            Outcome::Canceled => db::finish(&self.conn, job.id, JobStatus::Canceled, None),
+            Outcome::Failed(message) => {
+                tracing::warn!("job {} failed: {message}", job.id);
+                db::finish(&self.conn, job.id, JobStatus::Failed, Some(message))
+            }
+        };
+        if let Err(e) = finished {
+            tracing::error!("cannot record the end of job {}: {e}", job.id);
+        }
+        self.publish_job(job.id);
+    }
+
+    fn publish_job(&self, id: i64) {
+        match db::get_job(&self.conn, id) {
+            Ok(Some(job)) => self.events.job(&job),
+            Ok(None) => tracing::error!("job {id} vanished from the database"),
+            Err(e) => tracing::error!("cannot read job {id}: {e}"),
+        }
+    }
+
+    fn generate(&mut self, job: &Job, token: &CancelToken) -> Outcome {
+        let init = match self.init_image(job) {
+            Ok(init) => init,
+            Err(message) => return Outcome::Failed(message),
+        };
+        let request = match job.params.to_request(init) {
+            Ok(request) => request,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let generated = {
+            let (conn, events, id) = (&self.conn, &self.events, job.id);
+            let mut started = Instant::now();
+            let mut on_event = |event: Event<'_>| match event {
+                Event::Warning(w) => tracing::warn!("job {id}: {w}"),
+                Event::Started { .. } => started = Instant::now(),
+                Event::Step {
+                    step,
+                    total_steps,
+                    latents,
+                } => {
+                    if let Err(e) = db::set_steps_done(conn, id, step) {
+                        tracing::warn!("cannot record progress of job {id}: {e}");
+                    }
+                    let per_step = started.elapsed().as_secs_f64() / step.max(1) as f64;
+                    let preview = latents_to_rgb(latents)
+                        .map_err(|e| e.to_string())
+                        .and_then(|rgb| png_data_url(&rgb))
+                        .unwrap_or_else(|e| {
+                            tracing::warn!("no preview for job {id}: {e}");
+                            String::new()
+                        });
+                    events.progress(&Progress {
+                        job_id: id,
+                        step,
+                        total: total_steps,
+                        eta_s: per_step * total_steps.saturating_sub(step) as f64,
+                        preview,
+                    });
+                }
+            };
+            self.pipeline.generate(&request, token, &mut on_event)
+        };
+        let generated = match generated {
+            Ok(generated) if !token.is_cancelled() => generated,
+            Ok(_) | Err(ember::Error::Cancelled) => return Outcome::Canceled,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+
+        let path = match next_output_path(&self.images_dir, request.seed)
+            .and_then(|path| write_png(&path, &generated.image, &generated.record).map(|()| path))
+        {
+            Ok(path) => path,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dream = dream_command(&generated.record);
+        let new_image = NewImage {
+            job_id: job.id,
+            file: &file,
+            seed: request.seed,
+            width: generated.image.width(),
+            height: generated.image.height(),
+            params: &job.params,
+            dream: &dream,
+        };
+        let recorded = db::insert_image_and_finish(&mut self.conn, &new_image)
+            .and_then(|image_id| db::get_image(&self.conn, image_id));
+        match recorded {
+            Ok(Some(image)) => Outcome::Done(Box::new(image)),
+            Ok(None) => Outcome::Failed("the image was recorded but cannot be read back".into()),
+            Err(e) => {
+                // No row points at the file: remove it rather than leave an orphan in the gallery folder.
+                let _ = std::fs::remove_file(&path);
+                Outcome::Failed(format!("cannot record the image in the gallery: {e}"))
+            }
+        }
+    }
+
+    /// The job's init image: its upload, or a gallery image named by `init_image_id`, or none (txt2img).
+    fn init_image(&self, job: &Job) -> Result<Option<InitImage>, String> {
+        let (name, bytes) = if let Some(upload) = db::job_upload(&self.conn, job.id).map_err(|e| e.to_string())? {
+            upload
+        } else if let Some(image_id) = job.params.init_image_id {
+            let missing = || format!("gallery image {image_id} (init_image_id) was deleted before the job ran");
+            let file = db::image_file(&self.conn, image_id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(missing)?;
+            let bytes = std::fs::read(self.images_dir.join(&file)).map_err(|_| missing())?;
+            (file, bytes)
+        } else {
+            return Ok(None);
+        };
+        let image = upload::decode(&bytes).map_err(|e| format!("cannot use the init image {name}: {}", e.message))?;
+        Ok(Some(InitImage::Memory { name, image }))
+    }
+}
+
+/// A PNG as a `data:` URL, for progress previews.
+fn png_data_url(rgb: &image::RgbImage) -> Result<String, String> {
+    let mut png = Vec::new();
+    rgb.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png)))
+}

@@ -1,0 +1,177 @@
+// A stand-in for `ember serve` that follows docs/api.md closely enough to work on the page without the engine:
+// jobs "run" one step every 150 ms and every image is the init-64x96 fixture. Development only; the e2e test
+// runs against the real server unless EMBER_E2E_MOCK=1.
+//
+//   node tests/e2e/mock-server.mjs [PORT]      then open http://127.0.0.1:PORT/
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const ASSETS = path.join(REPO, "crates/ember-server/assets");
+const IMAGE = fs.readFileSync(path.join(REPO, "tests/fixtures/init-64x96.png"));
+const SAMPLERS = ["k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "k_dpmpp_2", "k_dpmpp_2_a",
+  "ddim", "plms"];
+const PREVIEW = `data:image/png;base64,${IMAGE.toString("base64")}`;
+const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css" };
+
+const jobs = [];
+const images = [];
+const clients = new Set();
+const now = () => new Date().toISOString();
+
+function send(res, status, body) {
+  res.writeHead(status, { "Content-Type": "application/json" });
+  res.end(body === undefined ? "" : JSON.stringify(body));
+}
+const fail = (res, status, field, message) => send(res, status, { error: { field, message } });
+
+function emit(event, data) {
+  for (const c of clients) c.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+}
+
+/** The `params` part and whether an `init_image` part came, from a multipart body (enough for a browser's). */
+function parseMultipart(body, contentType) {
+  const boundary = /boundary=(?:"([^"]+)"|([^;]+))/.exec(contentType);
+  if (!boundary) return null;
+  const text = body.toString("latin1");
+  const out = { params: null, hasImage: false };
+  for (const part of text.split(`--${boundary[1] || boundary[2]}`)) {
+    const name = /name="([^"]+)"/.exec(part);
+    if (!name) continue;
+    const content = part.slice(part.indexOf("\r\n\r\n") + 4).replace(/\r\n$/, "");
+    if (name[1] === "params") out.params = Buffer.from(content, "latin1").toString("utf8");
+    if (name[1] === "init_image") out.hasImage = content.length > 0;
+  }
+  return out;
+}
+
+function createJob(req, res, body) {
+  let raw = body.toString("utf8");
+  let hasImage = false;
+  const ct = req.headers["content-type"] || "";
+  if (ct.startsWith("multipart/form-data")) {
+    const mp = parseMultipart(body, ct);
+    if (!mp || mp.params === null) return fail(res, 400, null, "the multipart body needs a `params` part");
+    raw = mp.params;
+    hasImage = mp.hasImage;
+  }
+  let p;
+  try {
+    p = JSON.parse(raw);
+  } catch (e) {
+    return fail(res, 400, null, `params are not JSON: ${e.message}`);
+  }
+  if (typeof p.prompt !== "string" || !p.prompt.trim()) return fail(res, 400, "prompt", "must not be empty");
+  const params = { negative_prompt: "", steps: 50, cfg_scale: 7.5, sampler: "k_lms", width: 512, height: 512,
+    strength: 0.75, fit: false, karras_max: 30, ...p };
+  if (params.seed == null) params.seed = Math.floor(Math.random() * 4294967296);
+  if (params.init_image_id != null && !images.some((i) => i.id === params.init_image_id)) {
+    return fail(res, 400, "init_image_id", `there is no image ${params.init_image_id} in the gallery`);
+  }
+  const img2img = hasImage || params.init_image_id != null;
+  for (const f of ["width", "height"]) {
+    if (!img2img && params[f] % 8 !== 0) return fail(res, 400, f, `${params[f]} is not a multiple of 8`);
+  }
+  const job = { id: jobs.length + 1, status: "queued", params, mode: img2img ? "img2img" : "txt2img",
+    steps_total: img2img ? Math.floor(params.strength * params.steps) : params.steps, steps_done: 0,
+    created_at: now(), started_at: null, finished_at: null, error: null, image_id: null };
+  jobs.push(job);
+  send(res, 201, job);
+  emit("job", job);
+  work();
+}
+
+let busy = false;
+async function work() {
+  if (busy) return;
+  busy = true;
+  for (let job; (job = jobs.find((j) => j.status === "queued"));) {
+    Object.assign(job, { status: "running", started_at: now() });
+    emit("job", job);
+    for (let step = 1; step <= job.steps_total && job.status === "running"; step++) {
+      await new Promise((r) => setTimeout(r, 150));
+      if (job.status !== "running") break;
+      job.steps_done = step;
+      emit("progress", { job_id: job.id, step, total: job.steps_total, eta_s: (job.steps_total - step) * 0.15,
+        preview: PREVIEW });
+    }
+    if (job.status === "running") {
+      const id = images.length ? images[images.length - 1].id + 1 : 1;
+      const image = { id, job_id: job.id, url: `/api/images/${id}/file`, seed: job.params.seed, width: 64,
+        height: 96, created_at: now(), params: job.params,
+        dream: `"${job.params.prompt}" -s ${job.params.steps} -S ${job.params.seed}`
+          + (job.mode === "img2img" ? ` -I upload.png -A ${job.params.sampler} -f ${job.params.strength}` : "") };
+      images.push(image);
+      Object.assign(job, { status: "done", finished_at: now(), image_id: id });
+      emit("job", job);
+      emit("image", { job_id: job.id, image });
+    }
+  }
+  busy = false;
+}
+
+function route(req, res, body) {
+  const url = new URL(req.url, "http://x");
+  const p = url.pathname;
+  let m;
+  if (req.method === "GET" && (p === "/" || (m = /^\/assets\/([\w.-]+)$/.exec(p)))) {
+    const file = path.join(ASSETS, m ? m[1] : "index.html");
+    if (!fs.existsSync(file)) return fail(res, 404, null, "no such asset");
+    res.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream" });
+    return res.end(fs.readFileSync(file));
+  }
+  if (p === "/api/events") {
+    res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
+    res.write(": connected\n\n");
+    clients.add(res);
+    return res.on("close", () => clients.delete(res));
+  }
+  if (p === "/api/samplers") return send(res, 200, { samplers: SAMPLERS });
+  if (p === "/api/models") return send(res, 200, { models: [{ name: "mock", loaded: true }] });
+  if (p === "/api/jobs" && req.method === "POST") return createJob(req, res, body);
+  if (p === "/api/jobs") {
+    const st = url.searchParams.get("status");
+    const list = jobs.filter((j) => !st || j.status === st).reverse();
+    return send(res, 200, { jobs: list.slice(0, Number(url.searchParams.get("limit") || 50)) });
+  }
+  if ((m = /^\/api\/jobs\/(\d+)(\/cancel)?$/.exec(p))) {
+    const job = jobs.find((j) => j.id === Number(m[1]));
+    if (!job) return fail(res, 404, null, `no job ${m[1]}`);
+    if (!m[2]) return send(res, 200, job);
+    if (!["queued", "running"].includes(job.status)) return fail(res, 409, null, `job ${job.id} is ${job.status}`);
+    Object.assign(job, { status: "canceled", finished_at: now() });
+    emit("job", job);
+    return send(res, 200, job);
+  }
+  if (p === "/api/images") {
+    const page = Number(url.searchParams.get("page") || 1);
+    const per = Number(url.searchParams.get("per_page") || 24);
+    const list = [...images].reverse().slice((page - 1) * per, page * per);
+    return send(res, 200, { images: list, total: images.length, page, per_page: per });
+  }
+  if ((m = /^\/api\/images\/(\d+)(\/file)?$/.exec(p))) {
+    const i = images.findIndex((im) => im.id === Number(m[1]));
+    if (i < 0) return fail(res, 404, null, `no image ${m[1]}`);
+    if (m[2]) {
+      res.writeHead(200, { "Content-Type": "image/png" });
+      return res.end(IMAGE);
+    }
+    if (req.method === "DELETE") {
+      images.splice(i, 1);
+      res.writeHead(204);
+      return res.end();
+    }
+    return send(res, 200, images[i]);
+  }
+  return fail(res, 404, null, `no route for ${req.method} ${p}`);
+}
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => route(req, res, Buffer.concat(chunks)));
+});
+const port = Number(process.argv[2] || 9090);
+server.listen(port, "127.0.0.1", () => console.log(`mock Ember API on http://127.0.0.1:${port}/`));

@@ -1,0 +1,248 @@
+// End-to-end test of the web page against the real `ember serve` (tiny test model, CPU): upload an init image,
+// generate img2img at strength 0.7 × 10 steps, watch the 7 steps arrive, find the image and its parameters in the
+// gallery, then the gallery buttons, cancel, error display and the phone layout. Prints "N passed, M failed" last.
+//
+//   node tests/e2e/run.mjs          (EMBER_BIN=path/to/ember, CHROMIUM=path/to/chromium, EMBER_E2E_MOCK=1)
+import path from "node:path";
+import { launchBrowser, openPage, REPO, startServer } from "./lib.mjs";
+
+const INIT_IMAGE = path.join(REPO, "tests/fixtures/init-64x96.png");
+const LONG = { timeout: 120_000 }; // a generation in a debug build
+const SHORT = { timeout: 15_000 };
+
+const results = [];
+async function check(name, fn) {
+  try {
+    await fn();
+    results.push(true);
+    console.log(`ok   ${name}`);
+  } catch (e) {
+    results.push(false);
+    console.log(`FAIL ${name}\n     ${String((e && e.stack) || e).split("\n").slice(0, 4).join("\n     ")}`);
+  }
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+function assertEq(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const b = JSON.stringify(expected);
+  if (a !== b) throw new Error(`${what}: expected ${b}, got ${a}`);
+}
+
+/** Records every "step i / n" text and preview update the page shows from now on. */
+async function watchProgress(page) {
+  await page.evaluate(() => {
+    window.__steps = [];
+    window.__previews = 0;
+    const step = document.getElementById("progress-step");
+    const preview = document.getElementById("preview");
+    new MutationObserver((records) => {
+      for (const r of records) for (const n of r.addedNodes) window.__steps.push(n.textContent);
+    }).observe(step, { childList: true });
+    new MutationObserver((records) => {
+      window.__previews += records.length;
+    }).observe(preview, { attributes: true, attributeFilter: ["src"] });
+  });
+}
+
+/** Clicks/presses `action`, returns the Job the server answered to the POST /api/jobs it caused. */
+async function submitJob(page, action) {
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/api/jobs") && r.request().method() === "POST", SHORT),
+    action(),
+  ]);
+  assertEq(response.status(), 201, `POST /api/jobs status (${await response.text()})`);
+  return { job: await response.json(), request: response.request() };
+}
+
+async function waitJobStatus(page, jobId, status, options = LONG) {
+  await page.waitForFunction(
+    ([id, st]) => {
+      const el = document.getElementById("job-status");
+      return el.dataset.status === st && el.textContent.startsWith(`Job #${id} `);
+    },
+    [jobId, status],
+    options,
+  );
+}
+
+let server = null;
+
+async function main() {
+  server = await startServer();
+  let browser;
+  const externalRequests = [];
+  const pageErrors = [];
+  try {
+    browser = await launchBrowser();
+    browser.context.on("request", (r) => {
+      const u = r.url();
+      if (!u.startsWith(server.url) && !u.startsWith("data:") && !u.startsWith("blob:")) externalRequests.push(u);
+    });
+    const watchErrors = (p) => p.on("pageerror", (e) => pageErrors.push(String(e)));
+    browser.context.pages().forEach(watchErrors);
+    browser.context.on("page", watchErrors);
+    let page;
+    await check("the page loads, connects to /api/events and lists the samplers", async () => {
+      page = await openPage(browser.context, server.url);
+      const samplers = await page.$$eval("#sampler option", (os) => os.map((o) => o.value));
+      assert(samplers.includes("k_lms") && samplers.includes("ddim"), `samplers: ${samplers}`);
+    });
+    if (!page) throw new Error("the page did not load; the remaining checks need it");
+
+    await check("strength 0.7 with 10 steps and an uploaded init image shows 7 steps will run", async () => {
+      await page.setInputFiles("#init-file", INIT_IMAGE);
+      await page.waitForSelector("#init-preview:visible", SHORT);
+      await page.fill("#prompt", "fire");
+      await page.fill("#steps", "10");
+      await page.fill("#strength", "0.7");
+      assertEq(await page.textContent("#strength-value"), "0.7", "strength shown");
+      assertEq(await page.textContent("#steps-run"), "7 of 10 steps will run.", "steps that will run");
+      await page.fill("#strength", "0.4");
+      assertEq(await page.textContent("#steps-run"), "4 of 10 steps will run.", "steps at 0.4");
+      await page.fill("#steps", "29");
+      await page.fill("#strength", "0.7");
+      assertEq(await page.textContent("#steps-run"), "20 of 29 steps will run.", "Python's int(0.7 * 29)");
+      await page.fill("#steps", "10");
+    });
+
+    let first;
+    await check("Generate sends the upload and the page shows 7 progress steps with previews", async () => {
+      await watchProgress(page);
+      const { job, request } = await submitJob(page, () => page.click("#generate"));
+      first = job;
+      const contentType = (await request.allHeaders())["content-type"] || "";
+      assert(contentType.startsWith("multipart/form-data"), `the upload is multipart: ${contentType}`);
+      assertEq([job.mode, job.steps_total, job.params.strength, job.params.steps], ["img2img", 7, 0.7, 10], "job");
+      assert(Number.isInteger(job.params.seed), `the server chose a seed: ${job.params.seed}`);
+      await waitJobStatus(page, job.id, "done");
+      first = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
+      assert(Number.isInteger(first.image_id), `the done job names its image: ${first.image_id}`);
+      await page.waitForFunction(() => {
+        const img = document.getElementById("result");
+        return !img.hidden && img.complete && img.naturalWidth > 0;
+      }, null, SHORT);
+      const steps = (await page.evaluate(() => window.__steps)).filter((t) => /^step \d+ \/ \d+$/.test(t));
+      assertEq(steps, [1, 2, 3, 4, 5, 6, 7].map((i) => `step ${i} / 7`), "steps shown on the page");
+      assertEq(await page.getAttribute("#progress-step", "data-steps-seen"), "1,2,3,4,5,6,7", "steps received");
+      assert((await page.evaluate(() => window.__previews)) >= 7, "a preview image for every step");
+      const size = await page.$eval("#result", (img) => [img.naturalWidth, img.naturalHeight]);
+      assertEq(size, [64, 96], "the final image keeps the init image's size");
+    });
+
+    const card = () => page.locator(`#gallery .card[data-job-id="${first.id}"]`);
+    await check("the image appears in the gallery and its parameters show strength 0.7 and the seed", async () => {
+      await card().waitFor(SHORT);
+      assertEq(await page.locator("#gallery .card").count(), 1, "gallery cards");
+      await card().locator("summary").click();
+      await card().locator("dd[data-key=strength]").waitFor({ state: "visible", ...SHORT });
+      assertEq(await card().locator("dd[data-key=strength]").textContent(), "0.7", "strength in the gallery");
+      assertEq(await card().locator("dd[data-key=seed]").textContent(), String(first.params.seed), "seed");
+      const dream = await card().locator(".dream").textContent();
+      assert(dream.includes(`-S ${first.params.seed}`) && dream.includes("-f 0.7"), `Dream command: ${dream}`);
+      const href = await card().locator("a[data-act=download]").getAttribute("href");
+      const png = await page.request.get(server.url + href);
+      assertEq([png.status(), png.headers()["content-type"]], [200, "image/png"], "download link");
+    });
+
+    await check("\"use seed\" and \"use all\" fill the form from a gallery image", async () => {
+      await page.fill("#prompt", "something else");
+      await page.fill("#steps", "3");
+      await card().getByRole("button", { name: /^Use seed/ }).click();
+      assertEq(await page.inputValue("#seed"), String(first.params.seed), "seed after use seed");
+      assert(!(await page.isChecked("#seed_random")), "random is off after use seed");
+      await card().getByRole("button", { name: /^Use all/ }).click();
+      const values = await Promise.all(["#prompt", "#steps", "#strength"].map((s) => page.inputValue(s)));
+      assertEq(values, ["fire", "10", "0.7"], "prompt, steps, strength after use all");
+    });
+
+    await check("\"use as init\" and Ctrl+Enter generate from a gallery image (init_image_id)", async () => {
+      await card().getByRole("button", { name: /^Use as init/ }).click();
+      assert((await page.textContent("#init-label")).includes(`#${first.image_id}`), "init label names the image");
+      await page.focus("#prompt");
+      const { job, request } = await submitJob(page, () => page.keyboard.press("Control+Enter"));
+      assertEq(JSON.parse(request.postData()).init_image_id, first.image_id, "init_image_id sent");
+      assertEq([job.mode, job.steps_total, job.params.seed], ["img2img", 7, first.params.seed], "second job");
+      await waitJobStatus(page, job.id, "done");
+      await page.locator(`#gallery .card[data-job-id="${job.id}"]`).waitFor(SHORT);
+      assertEq(await page.locator("#gallery .card").count(), 2, "gallery cards");
+      assertEq(await page.textContent("#gallery-total"), "(2)", "gallery total");
+    });
+
+    await check("delete removes an image from the gallery and the server", async () => {
+      page.once("dialog", (d) => d.accept());
+      await card().getByRole("button", { name: /^Delete/ }).click();
+      await card().waitFor({ state: "detached", ...SHORT });
+      assertEq(await page.locator("#gallery .card").count(), 1, "gallery cards after delete");
+      const res = await page.request.get(`${server.url}/api/images/${first.image_id}`);
+      assertEq(res.status(), 404, "deleted image");
+    });
+
+    await check("a server validation error is shown and points at its field", async () => {
+      if (await page.isVisible("#init-clear")) await page.click("#init-clear");
+      await page.fill("#width", "12");
+      await page.click("#generate");
+      await page.waitForSelector("#form-error:visible", SHORT);
+      assertEq(await page.getAttribute("#width", "aria-invalid"), "true", "width marked invalid");
+      assert((await page.textContent("#form-error")).startsWith("width:"), "the message names the field");
+    });
+
+    await check("Cancel stops a running job", async () => {
+      // Big enough that the tiny model is still running when Cancel is clicked.
+      await page.fill("#width", "256");
+      await page.fill("#height", "256");
+      await page.fill("#steps", "1000");
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      await waitJobStatus(page, job.id, "running", SHORT);
+      await page.waitForSelector("#cancel:enabled", SHORT);
+      await page.click("#cancel");
+      await waitJobStatus(page, job.id, "canceled", SHORT);
+      const res = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
+      assertEq(res.status, "canceled", "job status on the server");
+      assert(res.steps_done < 1000, `steps done: ${res.steps_done}`);
+    });
+
+    await check("a phone-sized screen needs no horizontal scrolling", async () => {
+      await page.setViewportSize({ width: 390, height: 844 });
+      const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+      assert(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px window`);
+    });
+
+    await check("every control has a label", async () => {
+      const unlabeled = await page.$$eval("input, select, textarea", (els) =>
+        els.filter((e) => e.labels.length === 0 && !e.getAttribute("aria-label")).map((e) => e.id || e.outerHTML));
+      assertEq(unlabeled, [], "controls without a label");
+    });
+
+    await check("no external requests and no script errors", async () => {
+      assertEq(externalRequests, [], "external requests");
+      assertEq(pageErrors, [], "uncaught errors in the page");
+    });
+  } finally {
+    if (browser) await browser.close();
+    await server.stop();
+    if (results.includes(false)) console.log(`--- server output ---\n${server.log()}`);
+  }
+}
+
+const watchdog = setTimeout(() => {
+  console.log("the test ran for over 10 minutes: giving up");
+  if (server) server.kill();
+  results.push(false);
+  console.log(`${results.filter(Boolean).length} passed, ${results.filter((r) => !r).length} failed`);
+  process.exit(1);
+}, 600_000);
+
+try {
+  await main();
+} catch (e) {
+  results.push(false);
+  console.log(`FAIL ${String((e && e.stack) || e)}`);
+}
+clearTimeout(watchdog);
+const failed = results.filter((r) => !r).length;
+console.log(`${results.length - failed} passed, ${failed} failed`);
+process.exit(failed > 0 ? 1 : 0);
