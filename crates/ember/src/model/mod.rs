@@ -101,7 +101,8 @@ pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<ModelWeig
     let hash = match format {
         ModelFormat::Diffusers => None,
         _ => {
-            let hex = sha256::file_hex(&path).map_err(|e| Error::model(&path, format!("cannot read it: {e}")))?;
+            let hex =
+                sha256::file_hex_cached(&path).map_err(|e| Error::model(&path, format!("cannot read it: {e}")))?;
             Some(hex[..10].to_string())
         }
     };
