@@ -46,7 +46,7 @@ pub struct ModelArgs {
     /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Compute precision: f32, f16 or bf16.
+    /// Compute precision: f32, f16 or bf16 (f64: slow, exact, for reference checks).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
@@ -100,7 +100,7 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Compute precision: f32, f16 or bf16.
+    /// Compute precision: f32, f16 or bf16 (f64: slow, exact, for reference checks).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Device: cpu, cuda, cuda:N, or auto.
