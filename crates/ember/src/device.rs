@@ -36,7 +36,7 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
         "f64" | "fp64" | "float64" => Ok(DType::F64),
         other => Err(Error::invalid(
             "dtype",
-            format!("unknown precision '{other}'; use f32, f16 or bf16"),
+            format!("unknown precision '{other}'; use f32, f16, bf16 or f64"),
         )),
     }
 }
