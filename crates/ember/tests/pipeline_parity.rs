@@ -65,18 +65,9 @@ fn load_as(model: &str, dtype: DType) -> Pipeline {
     Pipeline::load(fixture(model).to_str().expect("utf-8 path"), &Device::Cpu, dtype).expect("tiny model loads")
 }
 
+/// max |a − b|, with `a` (Ember's output, possibly f64) compared in f32 like the stored references.
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_value(&(a.to_dtype(DType::F32).unwrap() - b).unwrap())
 }
 
 fn max_abs_value(a: &Tensor) -> f32 {
