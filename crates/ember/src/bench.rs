@@ -19,7 +19,7 @@ impl SimpleBackend for RandomWeights {
     fn get(
         &self,
         shape: Shape,
-        _name: &str,
+        name: &str,
         _init: candle_nn::Init,
         dtype: DType,
         dev: &Device,
@@ -29,7 +29,7 @@ impl SimpleBackend for RandomWeights {
         let std = (1.0 / fan_in as f64).sqrt();
         let t = if dims.len() == 1 {
             // Norm scales and biases: around 1 and 0 like trained ones.
-            (Tensor::randn(0f32, 0.02, shape, dev)? + if _name.ends_with("weight") { 1.0 } else { 0.0 })?
+            (Tensor::randn(0f32, 0.02, shape, dev)? + if name.ends_with("weight") { 1.0 } else { 0.0 })?
         } else {
             Tensor::randn(0f32, std as f32, shape, dev)?
         };
