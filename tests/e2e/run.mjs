@@ -1,6 +1,7 @@
 // End-to-end test of the web page against the real `ember serve` (tiny test model, CPU): upload an init image,
 // generate img2img at strength 0.7 × 10 steps, watch the 7 steps arrive, find the image and its parameters in the
-// gallery, then the gallery buttons, cancel, error display and the phone layout. Prints "N passed, M failed" last.
+// gallery, then the gallery buttons, cancel, error display, the Advanced options with "Variations", and the phone
+// layout. Prints "N passed, M failed" last.
 //
 //   node tests/e2e/run.mjs          (EMBER_BIN=path/to/ember, CHROMIUM=path/to/chromium, EMBER_E2E_MOCK=1)
 import path from "node:path";
@@ -204,6 +205,50 @@ async function main() {
       assertEq(res.status, "canceled", "job status on the server");
       assert(res.steps_done < 1000, `steps done: ${res.steps_done}`);
     });
+
+    // The mock server does not resolve variation_amount into with_variations; only the real one is checked.
+    const realServer = process.env.EMBER_E2E_MOCK !== "1";
+    if (realServer) {
+      const name = "Advanced options reach the server, and \"Variations\" blends a fresh seed into an image";
+      await check(name, async () => {
+        await page.fill("#width", "64");
+        await page.fill("#height", "64");
+        await page.fill("#steps", "2");
+        await page.click("#advanced summary");
+        await page.fill("#perlin", "1.5");
+        await page.click("#generate");
+        await page.waitForSelector("#form-error:visible", SHORT);
+        assertEq(await page.getAttribute("#perlin", "aria-invalid"), "true", "perlin marked invalid");
+        await page.fill("#perlin", "0.1");
+        await page.fill("#variation_amount", "0.2");
+        await page.check("#seamless");
+        const { job, request } = await submitJob(page, () => page.click("#generate"));
+        const sent = JSON.parse(request.postData());
+        assertEq([sent.variation_amount, sent.perlin, sent.seamless, sent.with_variations], [0.2, 0.1, true, []],
+          "sent");
+        const [variation] = job.params.with_variations;
+        assert(job.params.with_variations.length === 1 && Number.isInteger(variation.seed), "a variation seed chosen");
+        assertEq([variation.weight, job.params.perlin, job.params.seamless], [0.2, 0.1, true], "resolved params");
+        await waitJobStatus(page, job.id, "done");
+        const made = page.locator(`#gallery .card[data-job-id="${job.id}"]`);
+        await made.waitFor(SHORT);
+        await made.locator("summary").click();
+        assertEq(await made.locator("dd[data-key=with_variations]").textContent(), `${variation.seed}:0.2`, "card");
+
+        const { job: child, request: childRequest } = await submitJob(page,
+          () => made.getByRole("button", { name: /^Variations/ }).click());
+        const childSent = JSON.parse(childRequest.postData());
+        assertEq([childSent.variation_amount, childSent.with_variations], [0.1, job.params.with_variations], "sent");
+        assertEq([child.params.seed, child.params.with_variations.length], [job.params.seed, 2], "same seed, one more");
+        assertEq(child.params.with_variations[1].weight, 0.1, "the new blend");
+        await waitJobStatus(page, child.id, "done");
+
+        await page.locator(`#gallery .card[data-job-id="${job.id}"]`).getByRole("button", { name: /^Use all/ }).click();
+        assertEq(await page.inputValue("#with_variations"), `${variation.seed}:0.2`, "use all fills the variations");
+        assertEq(await page.inputValue("#variation_amount"), "0", "and asks for no new one");
+        assert(await page.isChecked("#seamless"), "use all fills seamless");
+      });
+    }
 
     await check("a phone-sized screen needs no horizontal scrolling", async () => {
       await page.setViewportSize({ width: 390, height: 844 });

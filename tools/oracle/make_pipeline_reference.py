@@ -30,9 +30,19 @@ Semantics (InvokeAI 2.x):
   timesteps[steps - t_enc:] from add_noise(init_latent, noise, t0); img2img plms restarts PLMS at the first step that
   runs: timesteps [ts0, ts1, ts1, ts2, ...] from the DDIM-style list (this equals PNDM's own list at strength 1).
 - image = (vae.decode(latents / 0.18215).sample / 2 + 0.5).clamp(0, 1).
+- exact_steps: the schedule is the shortest whose int(strength * schedule) reaches the requested steps.
+- hires_fix (InvokeAI 2.x txt2img2img): first pass at the native area (see hires_first_pass) from the first draw,
+  F.interpolate(bilinear) to the target latent size, then img2img (t_enc = int(strength*steps)) from a second draw
+  of the same generator. N/first_pass holds the first pass's latents.
+- with_variations / perlin: the noise is make_variation_reference.initial_noise (InvokeAI's chain on torch's global
+  generator), and ancestral samplers continue on that generator. threshold: CFGDenoiser's warm-up threshold on the
+  guided denoised estimate (k-samplers). seamless: padding_mode="circular" on every Conv2d of UNet and VAE.
+  Unlike InvokeAI 2.1.2 (whose k-sampler img2img drew a second noise and so ignored variations), img2img uses the
+  variation noise too.
 """
 
 import json
+import math
 import os
 
 import k_diffusion as K
@@ -43,6 +53,8 @@ from safetensors.torch import save_file
 
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
+
+import make_variation_reference as variation_reference  # InvokeAI's noise chain, slerp, threshold
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -68,10 +80,13 @@ def make_cases():
     cases = []
 
     def case(name, sampler, prompt="a photo of an astronaut riding a horse", negative="", seed=42, steps=8,
-             cfg=7.5, width=64, height=64, strength=None, init_image=None, karras_max=30):
+             cfg=7.5, width=64, height=64, strength=None, init_image=None, karras_max=30, exact_steps=False,
+             hires_fix=False, with_variations=(), perlin=0.0, threshold=0.0, seamless=False):
         cases.append(dict(name=name, prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg,
                           sampler=sampler, width=width, height=height, strength=strength, init_image=init_image,
-                          karras_max=karras_max))
+                          karras_max=karras_max, exact_steps=exact_steps, hires_fix=hires_fix,
+                          with_variations=[list(v) for v in with_variations], perlin=perlin, threshold=threshold,
+                          seamless=seamless))
 
     for s in ALL_SAMPLERS:  # txt2img, Karras sigmas for k-samplers (8 < 30)
         case(f"txt2img_{s}", s)
@@ -92,7 +107,51 @@ def make_cases():
     long_prompt = ", ".join(["a highly detailed matte painting of a castle on a hill at sunset"] * 8)
     case("txt2img_96x64_long_prompt", "k_euler_a", prompt=long_prompt, seed=7, width=96, height=64)
     case("txt2img_72x40", "k_lms", prompt="a red bicycle", seed=1234, width=72, height=40)
+    # --exact-steps: 20 steps from the image at strength 0.7 -> a 29-step schedule (the seed document's -s 29).
+    # The longer prompt keeps these well conditioned ("fire" with 20 ddim steps amplifies a 1e-13 change of the
+    # conditioning to 5e-3 on the random model).
+    for s in ("k_lms", "ddim"):
+        case(f"img2img_{s}_exact20", s, seed=1592514025, steps=20, width=64, height=96, strength=0.7,
+             init_image="init-64x96.png", exact_steps=True)
+    # --hires_fix: first pass at the native area (64x64 for the tiny model: 72x48 for 128x96), then img2img.
+    for s in ("k_lms", "k_euler_a", "ddim"):
+        case(f"hires_{s}", s, prompt="a red bicycle", seed=77, steps=8, width=128, height=96, strength=0.75,
+             hires_fix=True)
+    # -V variations (ancestral noise then comes from the last variation seed's generator), --perlin, --threshold,
+    # --seamless, and a variation of an img2img run.
+    case("variation_k_euler_a", "k_euler_a", with_variations=[(7, 0.2)])
+    case("variations2_k_lms", "k_lms", with_variations=[(3, 0.25), (99, 0.5)])
+    case("perlin_k_lms", "k_lms", perlin=0.3)
+    case("threshold_k_lms", "k_lms", threshold=1.0)
+    case("threshold_k_heun", "k_heun", threshold=1.5)
+    case("seamless_k_euler", "k_euler", seamless=True)
+    case("img2img_variation_k_lms", "k_lms", prompt="fire", seed=1592514025, steps=10, width=64, height=96,
+         strength=0.7, init_image="init-64x96.png", with_variations=[(5, 0.3)])
     return cases
+
+
+def exact_schedule_steps(strength, steps):
+    """The shortest schedule from which InvokeAI's int(strength * schedule) runs `steps` steps."""
+    schedule = 1
+    while int(strength * schedule) < steps:
+        schedule += 1
+    return schedule
+
+
+def hires_first_pass(width, height, native):
+    """InvokeAI 2.x txt2img2img's first-pass size: the native area at the target's aspect ratio, the shorter side at
+    least native/2, floored and trimmed to multiples of 8."""
+    aspect = width / height
+    min_dim = math.floor(native * 0.5)
+    area = native * native
+    if aspect > 1.0:
+        h = max(min_dim, math.sqrt(area / aspect))
+        w = h * aspect
+    else:
+        w = max(min_dim, math.sqrt(area * aspect))
+        h = w / aspect
+    w, h = math.floor(w), math.floor(h)
+    return w - w % 8, h - h % 8
 
 
 class Model:
@@ -140,9 +199,12 @@ def run_k(model, c, cond, uncond, noise, g, init_latent, t_enc, out):
     out["start"] = x.clone()
     cond_in = torch.cat([uncond, cond])
 
+    threshold = variation_reference.WarmupThreshold(c["threshold"], len(sigmas) - 1) if c.get("threshold") else None
+
     def cfg_denoiser(x, sigma, **_):
         u, v = denoiser(torch.cat([x] * 2), torch.cat([sigma] * 2), cond=cond_in).chunk(2)
-        return u + c["cfg"] * (v - u)
+        guided = u + c["cfg"] * (v - u)
+        return threshold(guided) if threshold else guided
 
     kwargs = {"disable": True}
     if c["sampler"] in ANCESTRAL:
@@ -191,7 +253,19 @@ def generate(model, c):
     out["uncond"] = model.encode_text(c["negative"])
     g = torch.Generator("cpu").manual_seed(c["seed"])
     w, h = c["width"], c["height"]
-    noise = torch.randn([1, 4, h // 8, w // 8], generator=g, dtype=torch.float32).double()
+    if c["exact_steps"]:
+        c = dict(c, steps=exact_schedule_steps(c["strength"], c["steps"]))
+    if c["hires_fix"]:
+        return generate_hires(model, c, out, g)
+    if c["with_variations"] or c["perlin"]:
+        # InvokeAI's noise chain on torch's global generator, which sampling then goes on drawing from.
+        torch.set_default_dtype(torch.float32)  # InvokeAI draws (and mixes Perlin noise) in float32
+        noise = variation_reference.initial_noise(c["seed"], c["with_variations"], c["perlin"], h // 8, w // 8)
+        torch.set_default_dtype(torch.float64)
+        noise = noise.float().double()
+        g = torch.default_generator
+    else:
+        noise = torch.randn([1, 4, h // 8, w // 8], generator=g, dtype=torch.float32).double()
     out["noise"] = noise.clone()
     init_latent, t_enc = None, None
     if c["init_image"] is not None:
@@ -207,6 +281,39 @@ def generate(model, c):
         latents = run_k(model, c, out["cond"], out["uncond"], noise, g, start_from, t_enc, out)
     else:
         latents = run_discrete(model, c, out["cond"], out["uncond"], noise, start_from, t_enc, out)
+    out["latents"] = latents
+    out["image"] = (model.vae.decode(latents / SCALE).sample / 2 + 0.5).clamp(0, 1)
+    return out
+
+
+def set_circular_padding(model, on):
+    """--seamless: every Conv2d of the UNet and VAE pads circularly (InvokeAI's configure_model_padding)."""
+    for net in (model.unet, model.vae):
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.padding_mode = "circular" if on else "zeros"
+
+
+def run_sampler(model, c, cond, uncond, noise, g, init_latent, t_enc, out):
+    if c["sampler"] in K_SAMPLERS:
+        return run_k(model, c, cond, uncond, noise, g, init_latent, t_enc, out)
+    return run_discrete(model, c, cond, uncond, noise, init_latent, t_enc, out)
+
+
+def generate_hires(model, c, out, g):
+    """txt2img at the first-pass size from the seed's first draw; latents resized with torch's bilinear
+    interpolation; img2img over the same schedule from them with a fresh draw of the same generator."""
+    w, h = c["width"], c["height"]
+    native = 8 * json.load(open(os.path.join(MODEL, "unet", "config.json")))["sample_size"]
+    w1, h1 = hires_first_pass(w, h, native)
+    noise = torch.randn([1, 4, h1 // 8, w1 // 8], generator=g, dtype=torch.float32).double()
+    out["noise"] = noise.clone()
+    first = run_sampler(model, dict(c, width=w1, height=h1), out["cond"], out["uncond"], noise, g, None, None, {})
+    out["first_pass"] = first
+    resized = torch.nn.functional.interpolate(first, size=(h // 8, w // 8), mode="bilinear")
+    noise2 = torch.randn([1, 4, h // 8, w // 8], generator=g, dtype=torch.float32).double()
+    t_enc = int(np.floor(c["strength"] * c["steps"]))
+    latents = run_sampler(model, c, out["cond"], out["uncond"], noise2, g, resized, t_enc, out)
     out["latents"] = latents
     out["image"] = (model.vae.decode(latents / SCALE).sample / 2 + 0.5).clamp(0, 1)
     return out
@@ -256,7 +363,9 @@ def main():
     cases = make_cases()
     tensors = {}
     for c in cases:
+        set_circular_padding(model, c["seamless"])
         out = generate(model, c)
+        set_circular_padding(model, False)
         for k, v in out.items():
             tensors[f"{c['name']}/{k}"] = v.detach().float().contiguous()
         lat = out["latents"]

@@ -1,7 +1,12 @@
 //! Command-line syntax: long flags plus InvokeAI 2.x's short switches, with InvokeAI's defaults.
+//!
+//! The per-image switches live in one struct, [`Switches`], shared by `ember generate`, the REPL's launch flags
+//! (which become the sticky defaults of every `invoke>` line) and the `invoke>` line parser itself
+//! ([`crate::dream_line`]). Every field is optional there; [`Switches::over`] layers a line over the launch flags,
+//! and [`crate::runner::Settings`] fills what is still unset with InvokeAI's defaults.
+//! Long flags are written with `-` (`--cfg-scale`); InvokeAI's `_` spellings (`--cfg_scale`) are accepted too.
 
-use clap::{Args, Parser, Subcommand};
-use ember::request::{DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// The default model: downloaded into the Hugging Face cache on first use.
@@ -10,6 +15,10 @@ pub const DEFAULT_MODEL: &str = ember::model::DEFAULT_REPO_ID;
 const ABOUT: &str = "Ember: Stable Diffusion 1.x image generation (txt2img and img2img) on your CPU or GPU.";
 
 const LONG_ABOUT: &str = "Ember: Stable Diffusion 1.x image generation (txt2img and img2img) on your CPU or GPU.
+
+Without a subcommand (or with `ember repl`) Ember opens InvokeAI's `invoke>` prompt: the model stays
+loaded and each line is a prompt with switches, e.g. `a red fox -s 30 -S 42 -W 512 -H 512 -C 7.5`.
+Type !help there for its commands.
 
 img2img: give a drawing or photo with -I and a --strength (-f) between 0 and 1. The image is
 encoded to latents, mixed with the seed's noise as if floor(strength × steps) of the steps had
@@ -21,18 +30,36 @@ Example (InvokeAI's img2img study):
   ember generate \"fire\" -I fire-drawing.png -f 0.7 -s 10 -S 1592514025 -A k_lms --model sd15.safetensors";
 
 #[derive(Debug, Parser)]
-#[command(name = "ember", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "ember",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    // `-V` is InvokeAI's --with_variations, so the version flag is long-only (declared below).
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Launch flags of the REPL that opens when no subcommand is given.
+    #[command(flatten)]
+    pub repl: ReplArgs,
+    /// Print version.
+    #[arg(long, action = ArgAction::Version)]
+    pub version: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images from a prompt (txt2img) or from a prompt and an init image (img2img).
     Generate(GenerateArgs),
+    /// Open the interactive `invoke>` prompt (the default without a subcommand).
+    Repl(ReplArgs),
     /// Time the networks of an SD1.5-size model with random weights (no model file needed).
     Bench(BenchArgs),
+    /// One init image at several strengths and/or step counts → a labelled grid PNG (the img2img study tables).
+    Study(crate::study::StudyArgs),
     /// Start the web UI and HTTP API (a job queue with live previews and a gallery); see docs/api.md.
     Serve(ServeArgs),
 }
@@ -51,49 +78,155 @@ pub struct ModelArgs {
     pub dtype: String,
 }
 
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    /// The prompt.
-    pub prompt: String,
-    /// Negative prompt: what the image should not show.
-    #[arg(long, default_value = "")]
-    pub negative: String,
-    /// Number of steps of the full schedule (img2img runs floor(strength × steps) of them).
-    #[arg(short = 's', long, default_value_t = DEFAULT_STEPS)]
-    pub steps: usize,
-    /// Seed (0..=4294967295); a random one is chosen and printed when omitted.
-    #[arg(short = 'S', long)]
-    pub seed: Option<u32>,
-    /// Width in pixels (multiple of 8); ignored for img2img unless --fit.
-    #[arg(short = 'W', long, default_value_t = DEFAULT_SIZE)]
-    pub width: usize,
-    /// Height in pixels (multiple of 8); ignored for img2img unless --fit.
-    #[arg(short = 'H', long, default_value_t = DEFAULT_SIZE)]
-    pub height: usize,
-    /// Classifier-free guidance scale: how strongly the prompt is followed.
-    #[arg(short = 'C', long, default_value_t = DEFAULT_CFG_SCALE)]
-    pub cfg_scale: f64,
-    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms.
-    #[arg(short = 'A', long, default_value = "k_lms")]
-    pub sampler: String,
-    /// Init image for img2img (PNG, JPEG, WebP, BMP).
-    #[arg(short = 'I', long)]
-    pub init_image: Option<PathBuf>,
-    /// img2img strength in [0, 1]: how much of the schedule runs on the init image.
-    #[arg(short = 'f', long, default_value_t = DEFAULT_STRENGTH)]
-    pub strength: f64,
+/// The switches of one image request (InvokeAI 2.x's `invoke>` switches). Unset fields fall back to the REPL's
+/// launch flags, then to InvokeAI's defaults.
+#[derive(Debug, Args, Clone, Default, PartialEq)]
+pub struct Switches {
+    /// Number of steps of the full schedule (img2img runs floor(strength × steps) of them) [default: 50].
+    #[arg(short = 's', long)]
+    pub steps: Option<usize>,
+    /// Seed (0..=4294967295), random when omitted; in the REPL -1 reuses the previous image's seed (-2 the one before).
+    #[arg(short = 'S', long, allow_negative_numbers = true)]
+    pub seed: Option<i64>,
+    /// Width in pixels (multiple of 8); ignored for img2img unless --fit [default: 512].
+    #[arg(short = 'W', long)]
+    pub width: Option<usize>,
+    /// Height in pixels (multiple of 8); ignored for img2img unless --fit [default: 512].
+    #[arg(short = 'H', long)]
+    pub height: Option<usize>,
+    /// Classifier-free guidance scale: how strongly the prompt is followed [default: 7.5].
+    #[arg(short = 'C', long, alias = "cfg_scale")]
+    pub cfg_scale: Option<f64>,
+    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms [default: k_lms].
+    #[arg(short = 'A', long)]
+    pub sampler: Option<String>,
+    /// Init image for img2img (PNG, JPEG, WebP, BMP); in the REPL -1 is the previous output (-2 the one before).
+    #[arg(
+        short = 'I',
+        long,
+        alias = "init_image",
+        alias = "init_img",
+        alias = "init-img",
+        allow_hyphen_values = true
+    )]
+    pub init_image: Option<String>,
+    /// img2img strength in [0, 1]: how much of the schedule runs on the init image (also --hires_fix's) [default: 0.75].
+    #[arg(short = 'f', long)]
+    pub strength: Option<f64>,
     /// img2img: scale the init image into the -W × -H box, keeping its aspect ratio.
     #[arg(short = 'T', long)]
     pub fit: bool,
-    /// Number of images; each after the first gets a fresh random seed.
-    #[arg(short = 'n', long, default_value_t = 1)]
-    pub iterations: usize,
-    /// Folder for the PNGs (created if missing).
-    #[arg(short = 'o', long, default_value = "outputs")]
-    pub outdir: PathBuf,
-    /// k-samplers use the Karras noise schedule below this many steps, the model's own schedule from it on.
-    #[arg(long, default_value_t = DEFAULT_KARRAS_MAX)]
-    pub karras_max: usize,
+    /// Number of images; each after the first gets a fresh random seed (with -v: a fresh variation seed) [default: 1].
+    #[arg(short = 'n', long)]
+    pub iterations: Option<usize>,
+    /// Also write a grid PNG of the -n images.
+    #[arg(short = 'g', long)]
+    pub grid: bool,
+    /// Variation amount in [0, 1]: each image blends the seed's noise toward a fresh random seed's by this much.
+    #[arg(short = 'v', long, alias = "variation_amount")]
+    pub variation_amount: Option<f64>,
+    /// Variations applied to the seed's noise, in order: "seed:weight,seed:weight".
+    #[arg(short = 'V', long, alias = "with_variations")]
+    pub with_variations: Option<String>,
+    /// Circular padding, so the image tiles seamlessly.
+    #[arg(long)]
+    pub seamless: bool,
+    /// txt2img larger than the model's native size: first generate at about the native size, then img2img up.
+    #[arg(long = "hires-fix", alias = "hires_fix")]
+    pub hires_fix: bool,
+    /// InvokeAI's dynamic threshold of the guided prediction (0 = off).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Fraction of Perlin noise mixed into the initial noise, in [0, 1] (0 = off).
+    #[arg(long)]
+    pub perlin: Option<f64>,
+    /// Print how the prompt was tokenized, with each token's weight.
+    #[arg(short = 't', long, alias = "log_tokenization")]
+    pub log_tokenization: bool,
+    /// Keep prompt blend weights as written instead of normalising them to sum 1.
+    #[arg(short = 'x', long, alias = "skip_normalize")]
+    pub skip_normalize: bool,
+    /// Folder for the PNGs (created if missing) [default: outputs].
+    #[arg(short = 'o', long)]
+    pub outdir: Option<PathBuf>,
+    /// k-samplers use the Karras noise schedule below this many steps, the model's own from it on [default: 30].
+    #[arg(long, alias = "karras_max")]
+    pub karras_max: Option<usize>,
+    /// Negative prompt: what the image should not show.
+    #[arg(long)]
+    pub negative: Option<String>,
+    /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x) instead of encoding long prompts in 77-token chunks.
+    #[arg(long, alias = "truncate_prompts")]
+    pub truncate_prompts: bool,
+    /// img2img: lengthen the schedule so that exactly -s steps run from the init image.
+    #[arg(long, alias = "exact_steps")]
+    pub exact_steps: bool,
+    /// Write {prefix}.{seed}.strip.png next to each image: the latent at every step taken.
+    #[arg(long, alias = "step_strip")]
+    pub step_strip: bool,
+    /// Write every N-th step as {prefix}.{seed}.step-{k}.png (a fast latent preview, see --decode-intermediates).
+    #[arg(long, alias = "save_intermediates", value_name = "N")]
+    pub save_intermediates: Option<usize>,
+    /// With --save-intermediates: decode those steps with the VAE (full size, slower) instead of the fast preview.
+    #[arg(long, alias = "decode_intermediates")]
+    pub decode_intermediates: bool,
+}
+
+impl Switches {
+    /// `self` (a command line) layered over `base` (the launch flags): set values win; flags add up.
+    pub fn over(&self, base: &Switches) -> Switches {
+        Switches {
+            steps: self.steps.or(base.steps),
+            seed: self.seed.or(base.seed),
+            width: self.width.or(base.width),
+            height: self.height.or(base.height),
+            cfg_scale: self.cfg_scale.or(base.cfg_scale),
+            sampler: self.sampler.clone().or_else(|| base.sampler.clone()),
+            init_image: self.init_image.clone().or_else(|| base.init_image.clone()),
+            strength: self.strength.or(base.strength),
+            fit: self.fit || base.fit,
+            iterations: self.iterations.or(base.iterations),
+            grid: self.grid || base.grid,
+            variation_amount: self.variation_amount.or(base.variation_amount),
+            with_variations: self.with_variations.clone().or_else(|| base.with_variations.clone()),
+            seamless: self.seamless || base.seamless,
+            hires_fix: self.hires_fix || base.hires_fix,
+            threshold: self.threshold.or(base.threshold),
+            perlin: self.perlin.or(base.perlin),
+            log_tokenization: self.log_tokenization || base.log_tokenization,
+            skip_normalize: self.skip_normalize || base.skip_normalize,
+            outdir: self.outdir.clone().or_else(|| base.outdir.clone()),
+            karras_max: self.karras_max.or(base.karras_max),
+            negative: self.negative.clone().or_else(|| base.negative.clone()),
+            truncate_prompts: self.truncate_prompts || base.truncate_prompts,
+            exact_steps: self.exact_steps || base.exact_steps,
+            step_strip: self.step_strip || base.step_strip,
+            save_intermediates: self.save_intermediates.or(base.save_intermediates),
+            decode_intermediates: self.decode_intermediates || base.decode_intermediates,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The prompt (give either a prompt or --from-file).
+    #[arg(required_unless_present = "from_file")]
+    pub prompt: Option<String>,
+    /// Run one `invoke>` command line per line of FILE (`-` reads standard input); blank lines and # comments
+    /// are skipped. The other switches given here are the defaults of every line.
+    #[arg(long, alias = "from_file", value_name = "FILE", conflicts_with = "prompt")]
+    pub from_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub switches: Switches,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `ember` / `ember repl`: the model and the sticky defaults of every `invoke>` line.
+#[derive(Debug, Args, Clone)]
+pub struct ReplArgs {
+    #[command(flatten)]
+    pub switches: Switches,
     #[command(flatten)]
     pub model: ModelArgs,
 }

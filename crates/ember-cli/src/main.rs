@@ -1,12 +1,8 @@
 //! `ember`: the command-line front-end of the Ember engine. It parses arguments, builds requests and
-//! shows events; all the work happens in the `ember` library.
-
-mod args;
-mod bench;
-mod generate;
-mod serve;
+//! shows events; all the work happens in the `ember` library. Without a subcommand it opens the `invoke>` REPL.
 
 use clap::Parser;
+use ember_cli::{args, bench, generate, repl, serve, study};
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
@@ -17,12 +13,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Some(args::Command::Generate(g)) => generate::run(&g),
+        Some(args::Command::Repl(r)) => repl::run(&r),
         Some(args::Command::Bench(b)) => bench::run(&b),
         Some(args::Command::Serve(s)) => serve::run(&s),
-        None => {
-            use clap::CommandFactory;
-            args::Cli::command().print_help().map_err(Into::into)
-        }
+        Some(args::Command::Study(s)) => study::run(&s),
+        None => repl::run(&cli.repl),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -190,3 +190,89 @@ fn help_explains_img2img() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("img2img") && text.contains("strength"), "{text}");
 }
+
+#[test]
+fn strips_intermediates_and_grids_are_written_next_to_the_images() {
+    let outdir = tempfile::tempdir().expect("tempdir");
+    let out = ember(&[
+        "generate",
+        "a fox",
+        "-s",
+        "4",
+        "-S",
+        "42",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-n",
+        "2",
+        "-g",
+        "--step-strip",
+        "--save-intermediates",
+        "2",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+        "--outdir",
+        outdir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names: Vec<String> = std::fs::read_dir(outdir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let second_seed = names[4].split('.').nth(1).unwrap().to_string();
+    let want = [
+        "000001.42.png".to_string(),
+        "000001.42.step-2.png".into(),
+        "000001.42.step-4.png".into(),
+        "000001.42.strip.png".into(),
+        format!("000002.{second_seed}.png"),
+        format!("000002.{second_seed}.step-2.png"),
+        format!("000002.{second_seed}.step-4.png"),
+        format!("000002.{second_seed}.strip.png"),
+        "000003.42.grid.png".into(),
+    ];
+    assert_eq!(names, want);
+    let size = |n: &str| image::open(outdir.path().join(n)).expect(n).dimensions();
+    use image::GenericImageView;
+    // Fast previews are latent-sized; the grid is two 64×64 images side by side.
+    assert_eq!(size("000001.42.step-2.png"), (8, 8));
+    assert_eq!(size("000003.42.grid.png"), (128, 64));
+}
+
+#[test]
+fn from_file_runs_each_line_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("batch.txt");
+    std::fs::write(&file, "# batch\na fox -S 1\n\na fox -S 2 -s 0\n\"a cat\" -S 3 -C 5\n").unwrap();
+    let out = ember(&[
+        "generate",
+        "--from-file",
+        file.to_str().unwrap(),
+        "-s",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+        "--outdir",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "line 4 is bad, so the batch fails");
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 4") && err.contains("steps") && err.contains("1 of 3"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = stdout.lines().map(|l| l.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["000001.1.png", "000002.3.png"]);
+}

@@ -1,5 +1,6 @@
 // Ember's web page: builds generation requests from the form, follows jobs through the server-sent events of
-// /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md.
+// /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md. The form's
+// Advanced section lives in advanced.js, the gallery cards in gallery.js; the scripts share their top-level names.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,9 +11,6 @@ const PER_PAGE = 24;
 const FINISHED = new Set(["done", "failed", "canceled"]);
 // Statuses only move forward; used to ignore a stale report that arrives after a newer one.
 const STATUS_RANK = { queued: 0, running: 1, done: 2, failed: 2, canceled: 2 };
-// Order in which an image's parameters are listed; keys not named here follow, alphabetically.
-const PARAM_ORDER = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-  "strength", "fit", "karras_max", "init_image_id"];
 // API error `field` → the control to point at.
 const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file" };
 
@@ -78,8 +76,16 @@ function updateStepsRun() {
   const out = $("steps-run");
   if (!Number.isFinite(steps) || steps < 1) {
     out.textContent = "Enter the number of steps to see how many will run.";
+  } else if (!state.init && $("hires_fix").checked) {
+    out.textContent = `Hires fix: ${steps} steps at about 512 × 512, then ${stepsToRun(strength, steps)} at full size`
+      + " (when the image is larger than 512 × 512).";
   } else if (!state.init) {
     out.textContent = `No init image: txt2img runs all ${steps} steps (strength only applies to img2img).`;
+  } else if ($("exact_steps").checked) {
+    const schedule = exactSchedule(strength, steps);
+    out.textContent = schedule === null
+      ? `Exact steps: ${steps} steps at this strength would need a schedule over 1000 steps.`
+      : `Exact steps: ${steps} steps will run, from a schedule of ${schedule}.`;
   } else {
     const n = stepsToRun(strength, steps);
     out.textContent = n === 0
@@ -103,8 +109,11 @@ function showFormError(field, message) {
   const err = $("form-error");
   err.textContent = field ? `${field.replace(/_/g, " ")}: ${message}` : message;
   err.hidden = false;
-  const control = field && $(FIELD_CONTROL[field] || field);
+  // A field inside a list (`with_variations[0].seed`) points at the list's control.
+  const control = field && $(FIELD_CONTROL[field] || field.replace(/[[.].*$/, ""));
   if (control) {
+    const section = control.closest("details");
+    if (section) section.open = true;
     control.setAttribute("aria-invalid", "true");
     control.focus();
   }
@@ -150,7 +159,7 @@ function readParams() {
   if (!Number.isFinite(karras)) throw new ApiError(0, "karras_max", "must be a whole number (30 by default).");
   params.karras_max = karras;
   if (state.init && state.init.kind === "gallery") params.init_image_id = state.init.id;
-  return params;
+  return readAdvancedParams(params);
 }
 
 async function generate() {
@@ -163,11 +172,16 @@ async function generate() {
     showFormError(e.field, e.message);
     return;
   }
+  await submitJob(params, state.init && state.init.kind === "file" ? state.init.file : null);
+}
+
+// POSTs a job (multipart when there is an uploaded init image) and follows it; errors go to the form.
+async function submitJob(params, file) {
   let options;
-  if (state.init && state.init.kind === "file") {
+  if (file) {
     const body = new FormData();
     body.append("params", JSON.stringify(params));
-    body.append("init_image", state.init.file, state.init.file.name);
+    body.append("init_image", file, file.name);
     options = { method: "POST", body };
   } else {
     options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
@@ -178,7 +192,10 @@ async function generate() {
     const job = await api("/api/jobs", options);
     state.lastSeed = job.params.seed;
     $("seed_reuse").disabled = false;
-    note(`Job #${job.id} queued with seed ${job.params.seed}.`);
+    const variations = job.params.with_variations || [];
+    const fresh = params.variation_amount > 0 && variations.length > 0 ? variations[variations.length - 1] : null;
+    note(`Job #${job.id} queued with seed ${job.params.seed}`
+      + (fresh ? ` and variation seed ${fresh.seed} (weight ${fresh.weight}).` : "."));
     showJob(job.id);
     onJob(job);
   } catch (e) {
@@ -422,139 +439,6 @@ async function resync() {
   loadGallery(state.page);
 }
 
-// ---------------------------------------------------------------------------------------------- gallery
-
-function formatValue(v) {
-  if (typeof v === "string") return v === "" ? "(empty)" : v;
-  if (typeof v === "boolean") return v ? "yes" : "no";
-  if (typeof v === "number") return String(v);
-  return JSON.stringify(v);
-}
-
-function paramEntries(params) {
-  const keys = Object.keys(params || {}).filter((k) => params[k] !== null && params[k] !== undefined);
-  const rank = (k) => (PARAM_ORDER.includes(k) ? PARAM_ORDER.indexOf(k) : PARAM_ORDER.length);
-  keys.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
-  return keys.map((k) => [k, params[k]]);
-}
-
-function useAll(image) {
-  const p = image.params || {};
-  const set = (id, v) => {
-    if (v !== undefined && v !== null) $(id).value = String(v);
-  };
-  set("prompt", p.prompt);
-  set("negative_prompt", p.negative_prompt);
-  if (p.sampler && ![...$("sampler").options].some((o) => o.value === p.sampler)) {
-    $("sampler").append(new Option(p.sampler, p.sampler));
-  }
-  set("sampler", p.sampler);
-  set("steps", p.steps);
-  set("cfg_scale", p.cfg_scale);
-  set("width", p.width);
-  set("height", p.height);
-  set("strength", p.strength);
-  set("karras_max", p.karras_max);
-  $("fit").checked = Boolean(p.fit);
-  setSeedRandom(false);
-  set("seed", image.seed);
-  let msg = `Settings of image #${image.id} loaded.`;
-  if (typeof p.init_image_id === "number") {
-    setGalleryInit(p.init_image_id);
-  } else if (/(^|\s)-I\s/.test(image.dream || "")) {
-    msg += " Its init image was an upload: choose that file again to reproduce it.";
-  } else {
-    setInit(null);
-  }
-  updateStepsRun();
-  note(msg);
-  $("prompt").focus();
-}
-
-async function deleteImage(image) {
-  if (!window.confirm(`Delete image #${image.id}? Its file is removed too.`)) return;
-  try {
-    await api(`/api/images/${image.id}`, { method: "DELETE" });
-  } catch (e) {
-    $("gallery-status").textContent = `Could not delete image #${image.id}: ${e.message}`;
-    return;
-  }
-  if (state.init && state.init.kind === "gallery" && state.init.id === image.id) setInit(null);
-  const lastOnPage = $("gallery").children.length === 1 && state.page > 1;
-  await loadGallery(lastOnPage ? state.page - 1 : state.page);
-  $("gallery-heading").focus();
-}
-
-function renderCard(image) {
-  const li = $("card-template").content.firstElementChild.cloneNode(true);
-  const p = image.params || {};
-  li.dataset.imageId = String(image.id);
-  li.dataset.jobId = String(image.job_id);
-  const link = li.querySelector(".thumb");
-  link.href = image.url;
-  link.setAttribute("aria-label", `Open image #${image.id} full size`);
-  const img = li.querySelector("img");
-  img.src = image.url;
-  img.alt = `Image #${image.id}: ${p.prompt || "(no prompt)"}`;
-  img.width = image.width;
-  img.height = image.height;
-  const when = image.created_at ? new Date(image.created_at).toLocaleString() : "";
-  li.querySelector(".card-title").textContent = `#${image.id} · seed ${image.seed} · ${image.width}×${image.height}`
-    + (when ? ` · ${when}` : "");
-  const dl = li.querySelector("dl");
-  for (const [k, v] of paramEntries(p)) {
-    const dt = document.createElement("dt");
-    dt.textContent = k.replace(/_/g, " ");
-    const dd = document.createElement("dd");
-    dd.dataset.key = k;
-    dd.textContent = formatValue(v);
-    dl.append(dt, dd);
-  }
-  li.querySelector(".dream").textContent = image.dream || "";
-  const download = li.querySelector("[data-act=download]");
-  download.href = image.url;
-  download.download = `ember-${image.id}-${image.seed}.png`;
-  const actions = {
-    "use-all": () => useAll(image),
-    "use-seed": () => {
-      setSeedRandom(false);
-      $("seed").value = String(image.seed);
-      note(`Seed ${image.seed} of image #${image.id} will be used.`);
-      $("seed").focus();
-    },
-    "use-init": () => {
-      setGalleryInit(image.id);
-      note(`Image #${image.id} is the init image.`);
-      $("strength").focus();
-    },
-    delete: () => deleteImage(image),
-  };
-  for (const btn of li.querySelectorAll("button[data-act]")) {
-    btn.setAttribute("aria-label", `${btn.textContent}: image #${image.id}`);
-    btn.addEventListener("click", actions[btn.dataset.act]);
-  }
-  return li;
-}
-
-async function loadGallery(page) {
-  let data;
-  try {
-    data = await api(`/api/images?page=${page}&per_page=${PER_PAGE}`);
-  } catch (e) {
-    $("gallery-status").textContent = `Could not load the gallery: ${e.message}`;
-    return;
-  }
-  state.page = data.page || page;
-  state.totalImages = data.total || 0;
-  const pages = Math.max(1, Math.ceil(state.totalImages / (data.per_page || PER_PAGE)));
-  $("gallery").replaceChildren(...data.images.map(renderCard));
-  $("gallery-total").textContent = `(${state.totalImages})`;
-  $("gallery-status").textContent = state.totalImages === 0 ? "No images yet: generate one." : "";
-  $("page-info").textContent = `Page ${state.page} of ${pages}`;
-  $("page-prev").disabled = state.page <= 1;
-  $("page-next").disabled = state.page >= pages;
-}
-
 // ---------------------------------------------------------------------------------------------- start
 
 async function loadSamplers() {
@@ -608,6 +492,7 @@ function bindForm() {
     note(`Seed ${state.lastSeed} of the last job will be used.`);
   });
   for (const id of ["strength", "steps"]) $(id).addEventListener("input", updateStepsRun);
+  for (const id of ["hires_fix", "exact_steps"]) $(id).addEventListener("change", updateStepsRun);
   $("gen-form").addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
   $("page-prev").addEventListener("click", () => loadGallery(state.page - 1));
   $("page-next").addEventListener("click", () => loadGallery(state.page + 1));

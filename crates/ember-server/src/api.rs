@@ -70,7 +70,7 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     };
 
     let input = parse_params(&params_json)?;
-    let params = input.resolve(random_seed);
+    let params = input.resolve(random_seed)?;
     let new_job = check_job(&state, params, upload).await?;
     let (queue, events) = (state.queue.clone(), state.events.clone());
     let job = state
@@ -220,12 +220,25 @@ async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec
     let placeholder = img2img.then(|| InitImage::Path("init image".into()));
     let request = params.to_request(placeholder)?;
     request.validate()?;
+    // With hires_fix the worker corrects this once the engine reports the passes' total.
     let steps_total = request.steps_to_run();
 
     let upload = match upload {
-        Some(upload) => Some(check_upload(upload, &params).await?),
+        Some(upload) => {
+            let (upload, size) = check_upload(upload, &params).await?;
+            check_perlin_size(&params, size, "the init image")?;
+            Some(upload)
+        }
         None => None,
     };
+    if params.perlin > 0.0 {
+        if let Some(id) = params.init_image_id {
+            let size = gallery_init_size(state, id, &params).await?;
+            check_perlin_size(&params, size, "the init image")?;
+        } else if !img2img {
+            check_perlin_size(&params, (params.width as u32, params.height as u32), "the image")?;
+        }
+    }
     Ok(NewJob {
         params,
         mode: if img2img { Mode::Img2img } else { Mode::Txt2img },
@@ -234,23 +247,67 @@ async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec
     })
 }
 
+/// The upload and the size it runs at.
+type CheckedUpload = ((String, Vec<u8>), (u32, u32));
+
 /// Decodes and sizes an uploaded init image as the worker will, so a bad image fails now, naming `init_image`.
-async fn check_upload((name, bytes): (String, Vec<u8>), params: &Params) -> ApiResult<(String, Vec<u8>)> {
+async fn check_upload((name, bytes): (String, Vec<u8>), params: &Params) -> ApiResult<CheckedUpload> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(Some("init_image"), "the uploaded file is empty"));
     }
     let fit = params.fit.then_some((params.width as u32, params.height as u32));
     // Decoding and resizing are CPU work: off the async executor.
     tokio::task::spawn_blocking(move || {
-        let source = InitImage::Memory {
-            name: name.clone(),
-            image: upload::decode(&bytes)?,
-        };
-        prepare_init_image(&source, fit).map_err(|e| ApiError::bad_request(Some("init_image"), e.to_string()))?;
-        Ok((name, bytes))
+        let size = prepared_size(&name, &bytes, fit)?;
+        Ok(((name, bytes), size))
     })
     .await
     .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+}
+
+/// The size a gallery image runs at as the init image of `params` (for checks that depend on it).
+async fn gallery_init_size(state: &AppState, id: i64, params: &Params) -> ApiResult<(u32, u32)> {
+    let missing =
+        move || ApiError::bad_request(Some("init_image_id"), format!("there is no gallery image with id {id}"));
+    let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
+    let path = state.images_dir.join(file.ok_or_else(missing)?);
+    let fit = params.fit.then_some((params.width as u32, params.height as u32));
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|_| missing())?;
+        prepared_size(&format!("gallery image {id}"), &bytes, fit)
+            .map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+}
+
+/// Decodes an init image and sizes it as the engine will; blocking.
+fn prepared_size(name: &str, bytes: &[u8], fit: Option<(u32, u32)>) -> ApiResult<(u32, u32)> {
+    let source = InitImage::Memory {
+        name: name.to_string(),
+        image: upload::decode(bytes)?,
+    };
+    let prepared =
+        prepare_init_image(&source, fit).map_err(|e| ApiError::bad_request(Some("init_image"), e.to_string()))?;
+    Ok(prepared.rgb.dimensions())
+}
+
+/// Perlin noise cuts the latent into 8×8 cells (InvokeAI's `rand_perlin_2d`): the image that is generated must have
+/// sides that are multiples of 64 pixels.
+fn check_perlin_size(params: &Params, (width, height): (u32, u32), what: &str) -> ApiResult<()> {
+    if params.perlin <= 0.0 || (width % 64 == 0 && height % 64 == 0) {
+        return Ok(());
+    }
+    let round = |v: u32| (v / 64).max(1) * 64;
+    Err(ApiError::bad_request(
+        Some("perlin"),
+        format!(
+            "Perlin noise needs an image whose sides are multiples of 64 pixels, and {what} is {width}×{height}; \
+             use e.g. {}×{} (with fit for an init image), or set perlin to 0",
+            round(width),
+            round(height)
+        ),
+    ))
 }
 
 /// A seed from the OS's entropy, for jobs submitted without one.

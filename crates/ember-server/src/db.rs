@@ -230,6 +230,15 @@ pub fn set_steps_done(conn: &Connection, id: i64, steps: usize) -> rusqlite::Res
     Ok(())
 }
 
+/// The engine's count of the steps a job runs, once it started (a hires-fix run has two passes).
+pub fn set_steps_total(conn: &Connection, id: i64, steps: usize) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE jobs SET steps_total = ?2 WHERE id = ?1",
+        params![id, steps as i64],
+    )?;
+    Ok(())
+}
+
 /// running → failed or canceled.
 pub fn finish(conn: &Connection, id: i64, status: JobStatus, error: Option<&str>) -> rusqlite::Result<()> {
     conn.execute(

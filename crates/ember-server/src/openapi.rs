@@ -4,7 +4,7 @@ use crate::api;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
     Image, ImageEvent, ImagePage, Job, JobList, JobStatus, Mode, ModelInfo, ModelList, Params, ParamsInput, Progress,
-    SamplerList,
+    SamplerList, Variation,
 };
 use axum::Json;
 use utoipa::OpenApi;
@@ -33,6 +33,7 @@ use utoipa::OpenApi;
     components(schemas(
         ParamsInput,
         Params,
+        Variation,
         Job,
         JobStatus,
         Mode,

@@ -20,6 +20,16 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/app.js"),
     ),
     (
+        "advanced.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/advanced.js"),
+    ),
+    (
+        "gallery.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/gallery.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../assets/style.css"),

@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamsInput {
-    /// Required, non-empty.
+    /// Required, non-empty. InvokeAI's prompt language: `word+`, `(phrase)1.3`, `[negative words]`, blends
+    /// `("a", "b").blend(1, 1)` and `a:0.25 b:0.75`.
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
     /// Default 50.
@@ -26,7 +27,7 @@ pub struct ParamsInput {
     pub width: Option<usize>,
     /// Default 512.
     pub height: Option<usize>,
-    /// img2img only, in [0, 1]; default 0.75.
+    /// img2img, and the second pass of `hires_fix`: in [0, 1]; default 0.75.
     pub strength: Option<f64>,
     /// img2img: scale the init image into width × height. Default false.
     pub fit: Option<bool>,
@@ -34,10 +35,45 @@ pub struct ParamsInput {
     pub karras_max: Option<usize>,
     /// A gallery image to use as init image (not with an uploaded `init_image`).
     pub init_image_id: Option<i64>,
+    /// img2img: lengthen the schedule so that exactly `steps` steps run from the init image. Default false.
+    pub exact_steps: Option<bool>,
+    /// InvokeAI's `-V`: the seed's noise is walked toward each `seed`'s noise by `weight` (in [0, 1]), in order.
+    pub with_variations: Option<Vec<Variation>>,
+    /// InvokeAI's `-v`, in [0, 1] (0 = none): a fresh random seed is chosen at submit time and appended to
+    /// `with_variations` with this weight; the job's params report it there.
+    pub variation_amount: Option<f64>,
+    /// Circular padding, so the image tiles. Default false.
+    pub seamless: Option<bool>,
+    /// InvokeAI's dynamic threshold of the guided prediction, k-samplers only; ≥ 0, 0 = off (default).
+    pub threshold: Option<f64>,
+    /// Fraction of Perlin noise mixed into the initial noise, in [0, 1], 0 = off (default); the image's sides must
+    /// be multiples of 64 pixels.
+    pub perlin: Option<f64>,
+    /// txt2img larger than the model's native size: a first pass at about the native size, then img2img up to
+    /// width × height with `strength`. Default false.
+    pub hires_fix: Option<bool>,
+    /// Keep prompt blend weights as written instead of normalising them to sum 1. Default false.
+    pub skip_normalize: Option<bool>,
+    /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x) instead of encoding long prompts in 77-token chunks.
+    /// Default false.
+    pub truncate_prompts: Option<bool>,
 }
 
-/// Job parameters with defaults and the seed filled in: what runs, and what a job and its image report.
+/// One variation of the initial noise: slerp toward the noise of `seed` by `weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variation {
+    pub seed: u32,
+    /// In [0, 1]: 0 keeps the noise, 1 replaces it by `seed`'s.
+    pub weight: f64,
+}
+
+/// Job parameters with defaults and the seeds filled in: what runs, and what a job and its image report.
+///
+/// Stored as JSON in the database; `serde(default)` lets rows written before a field existed load with that
+/// field's default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct Params {
     pub prompt: String,
     pub negative_prompt: String,
@@ -51,24 +87,69 @@ pub struct Params {
     pub fit: bool,
     pub karras_max: usize,
     pub init_image_id: Option<i64>,
+    pub exact_steps: bool,
+    /// Every variation applied, `variation_amount`'s included.
+    pub with_variations: Vec<Variation>,
+    pub seamless: bool,
+    pub threshold: f64,
+    pub perlin: f64,
+    pub hires_fix: bool,
+    pub skip_normalize: bool,
+    pub truncate_prompts: bool,
+}
+
+impl Default for Params {
+    /// InvokeAI's defaults, with an empty prompt and seed 0.
+    fn default() -> Self {
+        ParamsInput::default().resolve_with(0, Vec::new())
+    }
 }
 
 impl ParamsInput {
-    /// Fills in the defaults; `random_seed` is called only when no seed was given.
-    pub fn resolve(self, random_seed: impl FnOnce() -> u32) -> Params {
+    /// Fills in the defaults. `random_seed` is called for the seed when none was given, then for the variation
+    /// seed of a non-zero `variation_amount`. Fails, naming the field, on a `variation_amount` outside [0, 1].
+    pub fn resolve(mut self, mut random_seed: impl FnMut() -> u32) -> ember::Result<Params> {
+        let amount = self.variation_amount.unwrap_or(0.0);
+        // NaN fails `contains` too.
+        if !(0.0..=1.0).contains(&amount) {
+            return Err(ember::Error::invalid(
+                "variation_amount",
+                format!("{amount} is outside [0, 1]; 0.1 gives a close variation, 1 an unrelated image"),
+            ));
+        }
+        let seed = self.seed.unwrap_or_else(&mut random_seed);
+        let mut variations = self.with_variations.take().unwrap_or_default();
+        if amount > 0.0 {
+            variations.push(Variation {
+                seed: random_seed(),
+                weight: amount,
+            });
+        }
+        Ok(self.resolve_with(seed, variations))
+    }
+
+    fn resolve_with(self, seed: u32, with_variations: Vec<Variation>) -> Params {
         Params {
             prompt: self.prompt.unwrap_or_default(),
             negative_prompt: self.negative_prompt.unwrap_or_default(),
             steps: self.steps.unwrap_or(DEFAULT_STEPS),
             cfg_scale: self.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE),
             sampler: self.sampler.unwrap_or_else(|| SamplerKind::KLms.name().to_string()),
-            seed: self.seed.unwrap_or_else(random_seed),
+            seed,
             width: self.width.unwrap_or(DEFAULT_SIZE),
             height: self.height.unwrap_or(DEFAULT_SIZE),
             strength: self.strength.unwrap_or(DEFAULT_STRENGTH),
             fit: self.fit.unwrap_or(false),
             karras_max: self.karras_max.unwrap_or(DEFAULT_KARRAS_MAX),
             init_image_id: self.init_image_id,
+            exact_steps: self.exact_steps.unwrap_or(false),
+            with_variations,
+            seamless: self.seamless.unwrap_or(false),
+            threshold: self.threshold.unwrap_or(0.0),
+            perlin: self.perlin.unwrap_or(0.0),
+            hires_fix: self.hires_fix.unwrap_or(false),
+            skip_normalize: self.skip_normalize.unwrap_or(false),
+            truncate_prompts: self.truncate_prompts.unwrap_or(false),
         }
     }
 }
@@ -89,6 +170,14 @@ impl Params {
             strength: self.strength,
             fit: self.fit,
             karras_max: self.karras_max,
+            exact_steps: self.exact_steps,
+            with_variations: self.with_variations.iter().map(|v| (v.seed, v.weight)).collect(),
+            seamless: self.seamless,
+            threshold: self.threshold,
+            perlin: self.perlin,
+            hires_fix: self.hires_fix,
+            skip_normalize: self.skip_normalize,
+            truncate_prompts: self.truncate_prompts,
         })
     }
 }
@@ -227,4 +316,67 @@ pub struct Progress {
 pub struct ImageEvent {
     pub job_id: i64,
     pub image: Image,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variation_amount_appends_a_fresh_seed_after_the_given_variations() {
+        let input = ParamsInput {
+            prompt: Some("a".into()),
+            with_variations: Some(vec![Variation { seed: 7, weight: 0.3 }]),
+            variation_amount: Some(0.1),
+            ..Default::default()
+        };
+        let mut seeds = [11, 12].into_iter();
+        let params = input.resolve(|| seeds.next().unwrap_or(0)).expect("valid");
+        assert_eq!(params.seed, 11, "the seed is drawn first");
+        assert_eq!(
+            params.with_variations,
+            [Variation { seed: 7, weight: 0.3 }, Variation { seed: 12, weight: 0.1 }]
+        );
+        let request = params.to_request(None).expect("request");
+        assert_eq!(request.with_variations, [(7, 0.3), (12, 0.1)]);
+
+        // Amount 0 (or none) draws nothing.
+        let zero = ParamsInput {
+            seed: Some(5),
+            variation_amount: Some(0.0),
+            ..Default::default()
+        };
+        let params = zero.resolve(|| panic!("no seed to draw")).expect("valid");
+        assert!(params.with_variations.is_empty());
+
+        for bad in [1.5, -0.1, f64::NAN] {
+            let input = ParamsInput {
+                variation_amount: Some(bad),
+                ..Default::default()
+            };
+            let err = input.resolve(|| 1).expect_err("out of range");
+            assert!(
+                matches!(&err, ember::Error::InvalidRequest { field, .. } if *field == "variation_amount"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn params_stored_before_the_new_options_load_with_their_defaults() {
+        // A row's `params` exactly as the previous version wrote it.
+        let old = r#"{"prompt":"fire","negative_prompt":"","steps":5,"cfg_scale":7.5,"sampler":"k_euler","seed":42,
+                      "width":64,"height":64,"strength":0.75,"fit":false,"karras_max":30,"init_image_id":null}"#;
+        let params: Params = serde_json::from_str(old).expect("an old row loads");
+        assert_eq!((params.prompt.as_str(), params.seed, params.steps), ("fire", 42, 5));
+        let request = params.to_request(None).expect("request");
+        let default = GenerateRequest::default();
+        assert_eq!(request.with_variations, default.with_variations);
+        assert_eq!(
+            (request.exact_steps, request.seamless, request.hires_fix),
+            (false, false, false)
+        );
+        assert_eq!((request.threshold, request.perlin), (0.0, 0.0));
+        assert_eq!((request.skip_normalize, request.truncate_prompts), (false, false));
+    }
 }

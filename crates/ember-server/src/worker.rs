@@ -186,11 +186,7 @@ impl Worker {
     }
 
     fn publish_job(&self, id: i64) {
-        match db::get_job(&self.conn, id) {
-            Ok(Some(job)) => self.events.job(&job),
-            Ok(None) => tracing::error!("job {id} vanished from the database"),
-            Err(e) => tracing::error!("cannot read job {id}: {e}"),
-        }
+        publish_job(&self.conn, &self.events, id);
     }
 
     fn generate(&mut self, job: &Job, token: &CancelToken) -> Outcome {
@@ -203,11 +199,20 @@ impl Worker {
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let generated = {
-            let (conn, events, id) = (&self.conn, &self.events, job.id);
+            let (conn, events, queue, id) = (&self.conn, &self.events, &self.queue, job.id);
             let mut started = Instant::now();
             let mut on_event = |event: Event<'_>| match event {
                 Event::Warning(w) => tracing::warn!("job {id}: {w}"),
-                Event::Started { .. } => started = Instant::now(),
+                Event::Started { total_steps, .. } => {
+                    started = Instant::now();
+                    // The submit-time count cannot know a hires-fix run's two passes; the engine's is the truth.
+                    if total_steps as i64 != job.steps_total {
+                        queue.transition(|| match db::set_steps_total(conn, id, total_steps) {
+                            Ok(()) => publish_job(conn, events, id),
+                            Err(e) => tracing::warn!("cannot record the step count of job {id}: {e}"),
+                        });
+                    }
+                }
                 Event::Step {
                     step,
                     total_steps,
@@ -290,6 +295,15 @@ impl Worker {
         };
         let image = upload::decode(&bytes).map_err(|e| format!("cannot use the init image {name}: {}", e.message))?;
         Ok(Some(InitImage::Memory { name, image }))
+    }
+}
+
+/// Publishes job `id` as the database has it now.
+fn publish_job(conn: &Connection, events: &Events, id: i64) {
+    match db::get_job(conn, id) {
+        Ok(Some(job)) => events.job(&job),
+        Ok(None) => tracing::error!("job {id} vanished from the database"),
+        Err(e) => tracing::error!("cannot read job {id}: {e}"),
     }
 }
 

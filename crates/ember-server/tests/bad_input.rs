@@ -115,6 +115,58 @@ async fn bad_job_parameters_name_the_field() {
             "unknown gallery image",
         ),
         (json!({"prompt": 5}), "prompt", "prompt as a number"),
+        (json!({"prompt": "a", "perlin": 1.5}), "perlin", "perlin 1.5"),
+        (json!({"prompt": "a", "perlin": -0.1}), "perlin", "negative perlin"),
+        (
+            json!({"prompt": "a", "perlin": 0.1, "width": 96}),
+            "perlin",
+            "perlin at a width that is no multiple of 64",
+        ),
+        (
+            json!({"prompt": "a", "threshold": -1}),
+            "threshold",
+            "negative threshold",
+        ),
+        (
+            json!({"prompt": "a", "with_variations": [{"seed": 1, "weight": 1.5}]}),
+            "with_variations",
+            "variation weight 1.5",
+        ),
+        (
+            json!({"prompt": "a", "with_variations": [{"seed": 1, "weight": -0.5}]}),
+            "with_variations",
+            "negative variation weight",
+        ),
+        (
+            json!({"prompt": "a", "with_variations": [{"seed": -1, "weight": 0.5}]}),
+            "with_variations[0].seed",
+            "negative variation seed",
+        ),
+        (
+            json!({"prompt": "a", "with_variations": "1:0.5"}),
+            "with_variations",
+            "variations as InvokeAI's text",
+        ),
+        (
+            json!({"prompt": "a", "variation_amount": 1.5}),
+            "variation_amount",
+            "variation amount 1.5",
+        ),
+        (
+            json!({"prompt": "a", "variation_amount": -0.1}),
+            "variation_amount",
+            "negative variation amount",
+        ),
+        (
+            json!({"prompt": "a", "hires_fix": "yes"}),
+            "hires_fix",
+            "hires_fix as text",
+        ),
+        (
+            json!({"prompt": "a", "seamless": 1}),
+            "seamless",
+            "seamless as a number",
+        ),
     ];
     for (params, field, what) in cases {
         assert_error(t.post_json("/api/jobs", &params).await, bad, Some(field), what);
@@ -213,6 +265,13 @@ async fn bad_uploads_are_refused_before_decoding() {
         Some("strength"),
         "img2img strength 1.5",
     );
+    let message = assert_error(
+        submit_form(&t, Some(json!({"prompt": "a", "perlin": 0.2})), Some(init.clone())).await,
+        bad,
+        Some("perlin"),
+        "perlin with a 64×96 init image",
+    );
+    assert!(message.contains("64×96"), "{message}");
     let with_both = json!({"prompt": "a", "init_image_id": 1});
     assert_error(
         submit_form(&t, Some(with_both), Some(init.clone())).await,
@@ -355,6 +414,21 @@ async fn page_samplers_models_and_openapi() {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
     assert!(doc["components"]["schemas"]["Job"].is_object());
+    let input = &doc["components"]["schemas"]["ParamsInput"]["properties"];
+    for field in [
+        "with_variations",
+        "variation_amount",
+        "seamless",
+        "threshold",
+        "perlin",
+        "hires_fix",
+        "exact_steps",
+        "skip_normalize",
+        "truncate_prompts",
+    ] {
+        assert!(input[field].is_object(), "ParamsInput.{field} is documented");
+    }
+    assert!(doc["components"]["schemas"]["Variation"].is_object());
 
     let page = t.client.get(t.url("/")).send().await.expect("page");
     assert_eq!(page.status(), StatusCode::OK);
@@ -363,7 +437,12 @@ async fn page_samplers_models_and_openapi() {
         .expect("ascii")
         .starts_with("text/html"));
     assert!(page.text().await.expect("html").contains("/assets/app.js"));
-    for (file, kind) in [("app.js", "text/javascript"), ("style.css", "text/css")] {
+    for (file, kind) in [
+        ("app.js", "text/javascript"),
+        ("advanced.js", "text/javascript"),
+        ("gallery.js", "text/javascript"),
+        ("style.css", "text/css"),
+    ] {
         let asset = t
             .client
             .get(t.url(&format!("/assets/{file}")))

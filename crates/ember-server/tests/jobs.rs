@@ -171,6 +171,18 @@ async fn img2img_upload_runs_floor_strength_times_steps() {
         "{dream}"
     );
 
+    // Perlin noise needs sides that are multiples of 64; the gallery image is checked at submit time too.
+    let (status, body) = t
+        .post_json(
+            "/api/jobs",
+            &json!({"prompt": "ice", "perlin": 0.1, "init_image_id": image["id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (field, message) = common::error_of(&body);
+    assert_eq!(field.as_deref(), Some("perlin"), "{body}");
+    assert!(message.contains("64×96"), "{message}");
+
     // A gallery image as init image: floor(0.5 × 4) = 2 steps.
     let job = t
         .submit(json!({"prompt": "ice", "strength": 0.5, "steps": 4, "init_image_id": image["id"], "seed": 7}))
@@ -298,5 +310,202 @@ async fn fifty_concurrent_submissions_all_complete_in_submission_order() {
         (page["total"].as_i64(), page["images"].as_array().map(Vec::len)),
         (Some(50), Some(10))
     );
+    t.stop().await;
+}
+
+/// The pixels of a gallery image.
+async fn image_pixels(t: &common::TestServer, image_id: &Value) -> Vec<u8> {
+    let response = t
+        .client
+        .get(t.url(&format!("/api/images/{image_id}/file")))
+        .send()
+        .await
+        .expect("file");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.expect("bytes");
+    image::load_from_memory(&bytes).expect("a PNG").to_rgb8().into_raw()
+}
+
+/// Submits a job, waits for it and returns (the job as submitted, the done job, its image).
+async fn run_job(t: &common::TestServer, params: Value) -> (Value, Value, Value) {
+    let job = t.submit(params).await;
+    let done = t.wait_finished(job["id"].as_i64().expect("id")).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let (status, image) = t.get(&format!("/api/images/{}", done["image_id"])).await;
+    assert_eq!(status, StatusCode::OK, "{image}");
+    (job, done, image)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variations_and_noise_options_resolve_at_submit_and_reproduce() {
+    let t = start().await;
+    let base = json!({"prompt": "fire", "steps": 3, "width": 64, "height": 64, "seed": 42, "sampler": "k_euler"});
+    let (_, _, plain) = run_job(&t, base.clone()).await;
+    assert_eq!(plain["params"]["with_variations"], json!([]), "{plain}");
+    assert_eq!(plain["params"]["perlin"], 0.0);
+
+    let mut params = base.clone();
+    let options = json!({
+        "with_variations": [{"seed": 7, "weight": 0.3}],
+        "variation_amount": 0.2,
+        "seamless": true,
+        "threshold": 2.5,
+        "perlin": 0.1,
+        "skip_normalize": true,
+        "truncate_prompts": true,
+    });
+    for (k, v) in options.as_object().expect("object") {
+        params[k] = v.clone();
+    }
+    let (job, done, image) = run_job(&t, params).await;
+    let resolved = &job["params"];
+    let variations = resolved["with_variations"].as_array().expect("a list");
+    assert_eq!(variations.len(), 2, "-V's entry, then variation_amount's: {resolved}");
+    assert_eq!(variations[0], json!({"seed": 7, "weight": 0.3}));
+    assert_eq!(variations[1]["weight"], 0.2);
+    let fresh = variations[1]["seed"]
+        .as_u64()
+        .expect("the variation seed chosen at submit time");
+    assert!(
+        resolved.get("variation_amount").is_none(),
+        "resolved into with_variations: {resolved}"
+    );
+    for key in ["seamless", "threshold", "perlin", "skip_normalize", "truncate_prompts"] {
+        assert_eq!(resolved[key], options[key], "{key}");
+    }
+    assert_eq!(resolved["seed"], 42);
+    assert_eq!(done["params"], *resolved, "the stored job keeps the resolved params");
+    assert_eq!(image["params"], *resolved, "and so does its image");
+    let dream = image["dream"].as_str().expect("dream");
+    for part in [
+        format!("-V 7:0.3,{fresh}:0.2"),
+        "--seamless".into(),
+        "--perlin 0.1".into(),
+        "--truncate-prompts".into(),
+    ] {
+        assert!(dream.contains(&part), "{part} in {dream}");
+    }
+    let varied = image_pixels(&t, &image["id"]).await;
+    assert_ne!(
+        varied,
+        image_pixels(&t, &plain["id"]).await,
+        "the options change the image"
+    );
+
+    // The resolved params are a valid submission that makes the same image again.
+    let (again, _, replayed) = run_job(&t, resolved.clone()).await;
+    assert_eq!(again["params"], *resolved, "nothing is re-randomised");
+    assert_eq!(image_pixels(&t, &replayed["id"]).await, varied, "byte-identical pixels");
+
+    // img2img with exact steps: 7 steps from the image at strength 0.7 (a schedule of 10).
+    let (job, done, _) = run_job(
+        &t,
+        json!({"prompt": "ice", "init_image_id": image["id"], "strength": 0.7, "steps": 7, "exact_steps": true,
+               "seed": 3}),
+    )
+    .await;
+    assert_eq!(
+        (job["mode"].as_str(), job["steps_total"].as_i64()),
+        (Some("img2img"), Some(7))
+    );
+    assert_eq!(
+        (done["steps_done"].as_i64(), done["params"]["exact_steps"].as_bool()),
+        (Some(7), Some(true))
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hires_fix_runs_two_passes_and_reports_their_steps() {
+    let t = start().await;
+    let mut events = t.events().await;
+    // The single-file tiny model has SD 1.x's config (native 512×512): 640×512 runs 2 steps at about 512² (568×456),
+    // then floor(0.5 × 2) = 1 at 640×512 — the submit-time count of 2 is corrected once the engine starts.
+    let job = t
+        .submit(
+            json!({"prompt": "fire", "steps": 2, "strength": 0.5, "width": 640, "height": 512, "seed": 5, "hires_fix": true}),
+        )
+        .await;
+    let id = job["id"].as_i64().expect("id");
+    assert_eq!(job["params"]["hires_fix"], true);
+    assert_eq!(job["steps_total"], 2, "the server cannot know the model's native size");
+    let seen = events.until_finished(id).await;
+    let steps: Vec<(i64, i64)> = seen
+        .iter()
+        .filter(|(name, data)| name == "progress" && data["job_id"] == id)
+        .map(|(_, data)| {
+            (
+                data["step"].as_i64().expect("step"),
+                data["total"].as_i64().expect("total"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=3).map(|s| (s, 3)).collect::<Vec<_>>(),
+        "both passes, numbered on"
+    );
+    let done = &seen.last().expect("events").1;
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["steps_total"].as_i64(),
+            done["steps_done"].as_i64()
+        ),
+        (Some("done"), Some(3), Some(3)),
+        "{done}"
+    );
+    let (_, image) = t.get(&format!("/api/images/{}", done["image_id"])).await;
+    assert_eq!(
+        (image["width"].as_i64(), image["height"].as_i64()),
+        (Some(640), Some(512))
+    );
+    let dream = image["dream"].as_str().expect("dream");
+    assert!(dream.contains("--hires_fix -f 0.5"), "{dream}");
+    t.stop().await;
+}
+
+/// Params exactly as Ember stored them before the InvokeAI options existed.
+const OLD_PARAMS: &str = r#"{"prompt":"old","negative_prompt":"","steps":2,"cfg_scale":7.5,"sampler":"k_euler","seed":9,"width":64,"height":64,"strength":0.75,"fit":false,"karras_max":30,"init_image_id":null}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_images_stored_by_older_versions_still_load_and_run() {
+    let data_dir = start().await.stop_keeping_data().await;
+    let conn = rusqlite::Connection::open(data_dir.path().join("ember.sqlite")).expect("open the database");
+    conn.execute_batch(&format!(
+        "INSERT INTO jobs (id, status, params, mode, steps_total, created_at)
+           VALUES (100, 'queued', '{OLD_PARAMS}', 'txt2img', 2, '2026-01-01T00:00:00.000Z');
+         INSERT INTO images (id, job_id, file, seed, width, height, created_at, params, dream)
+           VALUES (50, 99, 'gone.png', 9, 64, 64, '2026-01-01T00:00:00.000Z', '{OLD_PARAMS}', '\"old\" -s 2 -S 9');"
+    ))
+    .expect("old rows");
+    drop(conn);
+
+    let t = common::start_in(data_dir).await;
+    let (status, image) = t.get("/api/images/50").await;
+    assert_eq!(status, StatusCode::OK, "{image}");
+    let params = &image["params"];
+    assert_eq!(
+        (params["prompt"].as_str(), params["seed"].as_i64()),
+        (Some("old"), Some(9))
+    );
+    assert_eq!(params["with_variations"], json!([]), "new fields take their defaults");
+    for key in [
+        "exact_steps",
+        "seamless",
+        "hires_fix",
+        "skip_normalize",
+        "truncate_prompts",
+    ] {
+        assert_eq!(params[key], false, "{key}");
+    }
+    assert_eq!(
+        (params["threshold"].as_f64(), params["perlin"].as_f64()),
+        (Some(0.0), Some(0.0))
+    );
+    // The queued old job runs after the restart.
+    let done = t.wait_finished(100).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["params"]["with_variations"], json!([]));
     t.stop().await;
 }

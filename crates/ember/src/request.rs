@@ -49,6 +49,23 @@ pub struct GenerateRequest {
     pub fit: bool,
     /// k-samplers use the Karras schedule when `steps < karras_max`, else the model's own.
     pub karras_max: usize,
+    /// img2img: `steps` counts the steps taken from the image; the schedule is lengthened to
+    /// [`GenerateRequest::schedule_steps`] so that `floor(strength × schedule) = steps`.
+    pub exact_steps: bool,
+    /// `-V`: variations applied in order to the seed's noise, each a slerp toward `(seed, weight)`'s noise.
+    pub with_variations: Vec<(u32, f64)>,
+    /// `--seamless`: circular padding in every convolution, so the image tiles.
+    pub seamless: bool,
+    /// `--threshold`: InvokeAI's dynamic clamp of the guided prediction (0 = off).
+    pub threshold: f64,
+    /// `--perlin`: fraction of Perlin noise mixed into the initial noise (0 = off).
+    pub perlin: f64,
+    /// `--hires_fix`: txt2img larger than 512 first runs at ~512, then img2img to the target size.
+    pub hires_fix: bool,
+    /// Prompt-language option `-x`: keep blend weights as written instead of normalising them to sum 1.
+    pub skip_normalize: bool,
+    /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x / diffusers) instead of encoding them in 77-token chunks.
+    pub truncate_prompts: bool,
 }
 
 impl Default for GenerateRequest {
@@ -66,6 +83,14 @@ impl Default for GenerateRequest {
             strength: DEFAULT_STRENGTH,
             fit: false,
             karras_max: DEFAULT_KARRAS_MAX,
+            exact_steps: false,
+            with_variations: Vec::new(),
+            seamless: false,
+            threshold: 0.0,
+            perlin: 0.0,
+            hires_fix: false,
+            skip_normalize: false,
+            truncate_prompts: false,
         }
     }
 }
@@ -74,10 +99,20 @@ impl Default for GenerateRequest {
 pub const MAX_SIDE: usize = 4096;
 
 impl GenerateRequest {
-    /// Number of denoising steps actually taken: all of them for txt2img, `floor(strength × steps)` for img2img.
+    /// Number of denoising steps actually taken: all of them for txt2img, `floor(strength × schedule)` for img2img.
     pub fn steps_to_run(&self) -> usize {
         if self.init_image.is_some() {
-            img2img_steps(self.strength, self.steps)
+            img2img_steps(self.strength, self.schedule_steps())
+        } else {
+            self.steps
+        }
+    }
+
+    /// Length of the schedule the sampler is planned over: `steps`, or with `exact_steps` (img2img) the
+    /// length that makes exactly `steps` of it run from the image.
+    pub fn schedule_steps(&self) -> usize {
+        if self.exact_steps && self.init_image.is_some() {
+            exact_schedule_steps(self.strength, self.steps).unwrap_or(self.steps)
         } else {
             self.steps
         }
@@ -118,8 +153,90 @@ impl GenerateRequest {
                 ),
             ));
         }
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(Error::invalid(
+                "threshold",
+                format!(
+                    "{} is out of range: 0 turns it off (try --threshold 10)",
+                    self.threshold
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.perlin) {
+            return Err(Error::invalid(
+                "perlin",
+                format!(
+                    "{} is outside [0, 1]: it is the fraction of Perlin noise (try --perlin 0.1)",
+                    self.perlin
+                ),
+            ));
+        }
+        if self.perlin > 0.0 && self.init_image.is_none() {
+            if self.hires_fix {
+                return Err(Error::invalid(
+                    "perlin",
+                    "cannot be combined with --hires_fix: Perlin noise needs sides that are multiples of 64 pixels, \
+                     and the first pass runs at a size chosen from the model (drop one of the two)",
+                ));
+            }
+            if !self.width.is_multiple_of(64) || !self.height.is_multiple_of(64) {
+                return Err(Error::invalid(
+                    "perlin",
+                    format!(
+                        "Perlin noise needs a width and height that are multiples of 64 pixels; {}×{} is not \
+                         (try -W {} -H {})",
+                        self.width,
+                        self.height,
+                        (self.width / 64).max(1) * 64,
+                        (self.height / 64).max(1) * 64
+                    ),
+                ));
+            }
+        }
+        for &(seed, weight) in &self.with_variations {
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(Error::invalid(
+                    "with_variations",
+                    format!("weight {weight} of variation seed {seed} is outside [0, 1] (try -V {seed}:0.1)"),
+                ));
+            }
+        }
+        if self.exact_steps && self.init_image.is_some() {
+            if self.strength <= 0.0 {
+                return Err(Error::invalid(
+                    "strength",
+                    "exact steps need a strength above 0: at 0 no step runs from the image",
+                ));
+            }
+            if exact_schedule_steps(self.strength, self.steps).is_none() {
+                return Err(Error::invalid(
+                    "steps",
+                    format!(
+                        "{} steps at strength {} need a schedule longer than 1000 steps; lower -s or raise -f",
+                        self.steps, self.strength
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// The shortest schedule for which `floor(strength × schedule)` reaches `steps` — exactly `steps`, since the
+/// floor grows by at most one per schedule step when strength ≤ 1. Starts from `ceil(steps / strength)` and
+/// corrects it by the same float64 truncation InvokeAI applies. `None` when it would exceed 1000 steps.
+pub fn exact_schedule_steps(strength: f64, steps: usize) -> Option<usize> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return None;
+    }
+    let mut schedule = (steps as f64 / strength).ceil().max(1.0) as usize;
+    while schedule > 1 && img2img_steps(strength, schedule - 1) >= steps {
+        schedule -= 1;
+    }
+    while img2img_steps(strength, schedule) < steps {
+        schedule += 1;
+    }
+    (schedule <= 1000).then_some(schedule)
 }
 
 /// `floor(strength × steps)` in f64, as InvokeAI computes `t_enc`.
@@ -154,6 +271,65 @@ mod tests {
                 "strength {strength} × {steps} steps"
             );
         }
+    }
+
+    /// `--exact-steps`: the shortest schedule from which Python's `int(strength * schedule)` (InvokeAI's `t_enc`)
+    /// reaches the steps asked for; expected values from a CPython 3.11 loop over schedule = 1, 2, …
+    #[test]
+    fn exact_steps_choose_the_schedule_invokeai_truncates_to_them() {
+        let cases = [
+            (0.7, 20, 29),
+            (0.4, 20, 50),
+            (0.75, 10, 14),
+            (0.3, 10, 34),
+            (0.7, 7, 10),
+            (1.0, 10, 10),
+            (0.05, 10, 200),
+            (0.33, 33, 100),
+            (0.1, 7, 70),
+        ];
+        for (strength, steps, want) in cases {
+            assert_eq!(
+                exact_schedule_steps(strength, steps),
+                Some(want),
+                "{strength} × {steps}"
+            );
+            assert_eq!(
+                img2img_steps(strength, want),
+                steps,
+                "{strength}: schedule {want} runs {steps}"
+            );
+        }
+        assert_eq!(
+            exact_schedule_steps(0.01, 50),
+            None,
+            "5000 steps is beyond the model's 1000"
+        );
+        assert_eq!(exact_schedule_steps(0.0, 5), None);
+        let request = GenerateRequest {
+            init_image: Some(InitImage::Path("x.png".into())),
+            exact_steps: true,
+            strength: 0.7,
+            steps: 20,
+            ..Default::default()
+        };
+        assert_eq!((request.schedule_steps(), request.steps_to_run()), (29, 20));
+        assert!(GenerateRequest {
+            strength: 0.01,
+            steps: 50,
+            ..request.clone()
+        }
+        .validate()
+        .is_err());
+        // txt2img ignores the flag.
+        assert_eq!(
+            GenerateRequest {
+                init_image: None,
+                ..request
+            }
+            .schedule_steps(),
+            20
+        );
     }
 
     #[test]
@@ -204,6 +380,43 @@ mod tests {
                     ..img2img.clone()
                 },
                 "strength",
+            ),
+            (
+                GenerateRequest {
+                    perlin: 0.2,
+                    width: 96,
+                    ..Default::default()
+                },
+                "perlin",
+            ),
+            (
+                GenerateRequest {
+                    perlin: 0.2,
+                    hires_fix: true,
+                    ..Default::default()
+                },
+                "perlin",
+            ),
+            (
+                GenerateRequest {
+                    perlin: 1.5,
+                    ..Default::default()
+                },
+                "perlin",
+            ),
+            (
+                GenerateRequest {
+                    threshold: -1.0,
+                    ..Default::default()
+                },
+                "threshold",
+            ),
+            (
+                GenerateRequest {
+                    with_variations: vec![(7, 0.1), (8, 2.0)],
+                    ..Default::default()
+                },
+                "with_variations",
             ),
         ] {
             let err = request.validate().expect_err(field);

@@ -25,6 +25,12 @@ struct Case {
     strength: Option<f64>,
     init_image: Option<String>,
     karras_max: usize,
+    exact_steps: bool,
+    hires_fix: bool,
+    with_variations: Vec<(u32, f64)>,
+    perlin: f64,
+    threshold: f64,
+    seamless: bool,
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -54,6 +60,15 @@ fn request_for(case: &Case) -> GenerateRequest {
         strength: case.strength.unwrap_or(0.75),
         fit: false,
         karras_max: case.karras_max,
+        exact_steps: case.exact_steps,
+        hires_fix: case.hires_fix,
+        with_variations: case.with_variations.clone(),
+        perlin: case.perlin,
+        threshold: case.threshold,
+        seamless: case.seamless,
+        // The references cut prompts at 77 tokens, as diffusers does.
+        truncate_prompts: true,
+        ..Default::default()
     }
 }
 
@@ -110,9 +125,13 @@ fn check_cases(dtype: DType, select: impl Fn(&Case) -> bool) {
                 }
             })
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let expected_steps = match case.strength {
-            Some(s) => (s * case.steps as f64).floor() as usize,
-            None => case.steps,
+        // Steps from the reference script's rules: floor(strength × schedule) for img2img (the schedule
+        // lengthened with exact_steps so that exactly `steps` run), both passes for the hires fix.
+        let expected_steps = match (case.strength, case.hires_fix) {
+            (Some(_), _) if case.exact_steps => case.steps,
+            (Some(s), true) => case.steps + (s * case.steps as f64).floor() as usize,
+            (Some(s), false) => (s * case.steps as f64).floor() as usize,
+            (None, _) => case.steps,
         };
         assert_eq!(steps_seen, expected_steps, "{}: steps taken", case.name);
 

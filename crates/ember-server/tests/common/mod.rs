@@ -28,7 +28,11 @@ pub struct TestServer {
 }
 
 pub async fn start() -> TestServer {
-    let data_dir = tempfile::tempdir().expect("tempdir");
+    start_in(tempfile::tempdir().expect("tempdir")).await
+}
+
+/// A server on an existing data folder (a restart).
+pub async fn start_in(data_dir: tempfile::TempDir) -> TestServer {
     let config = Config {
         host: "127.0.0.1".into(),
         port: 0,
@@ -115,6 +119,14 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
         }
+    }
+
+    /// Stops the server and hands back its data folder, for [`start_in`].
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+        self.data_dir
     }
 }
 

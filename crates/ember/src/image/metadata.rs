@@ -6,6 +6,9 @@
 //!   `--karras_max`) and `--negative "…"` at the end (InvokeAI had no negative prompt switch). img2img always
 //!   gets `-f` (InvokeAI drops `-f 0`, which then replays at its 0.75 default) and `--fit` when fitted.
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
+//!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
+//!   `--seamless`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`, `--negative "…"`. The line is a
+//!   valid REPL command, which is what `!fetch` relies on: it regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
 //!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given.
 //! - `parameters`: AUTOMATIC1111's text block, read by most image browsers.
@@ -42,7 +45,7 @@ impl ImageRecord {
 
     /// Whether a k-sampler ran on the Karras schedule (InvokeAI: `steps < karras_max`).
     fn uses_karras(&self) -> bool {
-        self.request.sampler.is_k_sampler() && self.request.steps < self.request.karras_max
+        self.request.sampler.is_k_sampler() && self.request.schedule_steps() < self.request.karras_max
     }
 }
 
@@ -83,7 +86,39 @@ pub fn dream_command(record: &ImageRecord) -> String {
             }
             parts.push(format!("-f {}", py_float(r.strength)));
         }
-        None => parts.push(format!("-A {}", r.sampler)),
+        None => {
+            parts.push(format!("-A {}", r.sampler));
+            if r.hires_fix {
+                parts.push("--hires_fix".to_string());
+                parts.push(format!("-f {}", py_float(r.strength)));
+            }
+        }
+    }
+    if r.exact_steps && record.is_img2img() {
+        parts.push("--exact-steps".to_string());
+    }
+    if !r.with_variations.is_empty() {
+        let list: Vec<String> = r
+            .with_variations
+            .iter()
+            .map(|(seed, weight)| format!("{seed}:{}", py_float(*weight)))
+            .collect();
+        parts.push(format!("-V {}", list.join(",")));
+    }
+    if r.seamless {
+        parts.push("--seamless".to_string());
+    }
+    if r.threshold > 0.0 {
+        parts.push(format!("--threshold {}", py_float(r.threshold)));
+    }
+    if r.perlin > 0.0 {
+        parts.push(format!("--perlin {}", py_float(r.perlin)));
+    }
+    if r.skip_normalize {
+        parts.push("-x".to_string());
+    }
+    if r.truncate_prompts {
+        parts.push("--truncate-prompts".to_string());
     }
     if !r.negative_prompt.is_empty() {
         parts.push(format!("--negative {}", quote(&r.negative_prompt)));
@@ -107,22 +142,36 @@ struct SdPrompt<'a> {
     weight: f64,
 }
 
+/// One `-V` entry, as InvokeAI wrote it.
+#[derive(Serialize)]
+struct SdVariation {
+    seed: u32,
+    weight: f64,
+}
+
 #[derive(Serialize)]
 struct SdImage<'a> {
     prompt: Vec<SdPrompt<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     negative_prompt: Option<&'a str>,
+    /// Length of the schedule; with `exact_steps` also `steps_run`, the steps taken from the image.
     steps: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    exact_steps: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps_run: Option<usize>,
     cfg_scale: f64,
-    threshold: u32,
-    perlin: u32,
+    threshold: f64,
+    perlin: f64,
     height: usize,
     width: usize,
     seed: u32,
     seamless: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hires_fix: bool,
     postprocessing: Option<()>,
     sampler: &'static str,
-    variations: [(); 0],
+    variations: Vec<SdVariation>,
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,20 +198,27 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
                 weight: 1.0,
             }],
             negative_prompt: Some(r.negative_prompt.as_str()).filter(|n| !n.is_empty()),
-            steps: r.steps,
+            steps: r.schedule_steps(),
+            exact_steps: r.exact_steps && img2img,
+            steps_run: (r.exact_steps && img2img).then_some(record.steps_run),
             cfg_scale: r.cfg_scale,
-            threshold: 0,
-            perlin: 0,
+            threshold: r.threshold,
+            perlin: r.perlin,
             height: record.height,
             width: record.width,
             seed: r.seed,
-            seamless: false,
+            seamless: r.seamless,
+            hires_fix: r.hires_fix && !img2img,
             postprocessing: None,
             sampler: r.sampler.name(),
-            variations: [],
+            variations: r
+                .with_variations
+                .iter()
+                .map(|&(seed, weight)| SdVariation { seed, weight })
+                .collect(),
             kind: if img2img { "img2img" } else { "txt2img" },
             init_image_path: if img2img { record.init_name() } else { None },
-            strength: img2img.then_some(r.strength),
+            strength: (img2img || r.hires_fix).then_some(r.strength),
             fit: img2img.then_some(r.fit),
         },
     };
@@ -183,7 +239,7 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
         sampler.push_str(" Karras");
     }
     let mut fields = vec![
-        format!("Steps: {}", r.steps),
+        format!("Steps: {}", r.schedule_steps()),
         format!("Sampler: {sampler}"),
         format!("CFG scale: {}", py_float(r.cfg_scale)),
         format!("Seed: {}", r.seed),
@@ -194,8 +250,16 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
         fields.push(format!("Model hash: {}", hash.chars().take(10).collect::<String>()));
     }
     fields.push(format!("Model: {}", a1111_quote(&record.model_name)));
-    if record.is_img2img() {
+    if record.is_img2img() || r.hires_fix {
         fields.push(format!("Denoising strength: {}", py_float(r.strength)));
+    }
+    // A1111 has one variation seed; the last `-V` entry is the one a single variation run adds.
+    if let Some((seed, weight)) = r.with_variations.last() {
+        fields.push(format!("Variation seed: {seed}"));
+        fields.push(format!("Variation seed strength: {}", py_float(*weight)));
+    }
+    if r.seamless {
+        fields.push("Tiling: True".to_string());
     }
     out.push('\n');
     out.push_str(&fields.join(", "));

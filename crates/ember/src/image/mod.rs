@@ -1,6 +1,8 @@
-//! Images: init-image preparation, and PNG output with generation metadata.
+//! Images: init-image preparation, PNG output with generation metadata, step previews and strips, grids.
 
+pub mod grid;
 pub mod init;
 pub mod metadata;
 pub mod png_meta;
 pub mod preview;
+pub mod strip;

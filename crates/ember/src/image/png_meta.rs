@@ -13,10 +13,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, ErrorKind};
 use std::path::{Path, PathBuf};
 
-/// Writes `rgb` with its metadata to `path`, which must not exist yet. The image is written to a hidden
-/// temporary file in the same folder and linked into place, so a reader never sees half a file and an
-/// existing file is never replaced.
+/// Writes `rgb` with its generation metadata to `path`, which must not exist yet (see [`write_png_with_text`]).
 pub fn write_png(path: &Path, rgb: &RgbImage, record: &ImageRecord) -> Result<()> {
+    write_png_with_text(path, rgb, &text_chunks(record))
+}
+
+/// Writes `rgb` with the given text chunks to `path`, which must not exist yet. The image is written to a
+/// hidden temporary file in the same folder and linked into place, so a reader never sees half a file and an
+/// existing file is never replaced.
+pub fn write_png_with_text(path: &Path, rgb: &RgbImage, chunks: &[(&str, String)]) -> Result<()> {
     let write_err = |source: std::io::Error| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -33,21 +38,22 @@ pub fn write_png(path: &Path, rgb: &RgbImage, record: &ImageRecord) -> Result<()
         .create_new(true)
         .open(&tmp)
         .map_err(write_err)?;
-    let written = encode(file, rgb, record).and_then(|()| publish(&tmp, path));
+    let written = encode(file, rgb, chunks).and_then(|()| publish(&tmp, path));
     // The temporary name is gone after a successful link/rename; after a failure it must not linger.
     let _ = std::fs::remove_file(&tmp);
     written.map_err(write_err)
 }
 
-fn encode(file: File, rgb: &RgbImage, record: &ImageRecord) -> std::io::Result<()> {
+fn encode(file: File, rgb: &RgbImage, chunks: &[(&str, String)]) -> std::io::Result<()> {
     let mut encoder = png::Encoder::new(BufWriter::new(&file), rgb.width(), rgb.height());
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    for (keyword, text) in text_chunks(record) {
+    for (keyword, text) in chunks {
+        let keyword = keyword.to_string();
         let added = if text.is_ascii() {
-            encoder.add_text_chunk(keyword.to_string(), text)
+            encoder.add_text_chunk(keyword, text.clone())
         } else {
-            encoder.add_itxt_chunk(keyword.to_string(), text)
+            encoder.add_itxt_chunk(keyword, text.clone())
         };
         added.map_err(std::io::Error::other)?;
     }
@@ -136,5 +142,25 @@ mod tests {
         assert_eq!(numeric_prefix("fire-drawing.png"), None);
         assert_eq!(numeric_prefix("000040.1.txt"), None);
         assert_eq!(numeric_prefix(".000050.1.png.123.tmp"), None);
+    }
+
+    fn pixels(v: u8) -> RgbImage {
+        RgbImage::from_pixel(3, 2, image::Rgb([v, 255 - v, v / 2]))
+    }
+
+    #[test]
+    fn writes_text_chunks_and_never_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("study.1.png");
+        let chunks = [
+            ("Description", "strengths 0.7, 0.4 — ×".to_string()),
+            ("Software", "Ember".to_string()),
+        ];
+        write_png_with_text(&path, &pixels(9), &chunks).expect("write");
+        let text = read_png_text(&path).expect("read");
+        assert!(text.contains(&("Software".to_string(), "Ember".to_string())));
+        assert!(text.contains(&("Description".to_string(), chunks[0].1.clone())));
+        assert_eq!(image::open(&path).expect("png").to_rgb8(), pixels(9));
+        assert!(write_png_with_text(&path, &pixels(0), &chunks).is_err());
     }
 }

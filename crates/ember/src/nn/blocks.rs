@@ -5,6 +5,58 @@
 use super::attention::Attention;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+thread_local! {
+    /// `--seamless`: every padded convolution wraps around (circular padding) instead of padding with zeros.
+    /// Per thread, so one immutable model shared by several front-ends can run tiling and normal requests; the
+    /// pipeline turns it on for a run with [`seamless_scope`].
+    static CIRCULAR_PADDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, this thread's convolutions pad as [`seamless_scope`] asked; dropping it restores the previous mode.
+/// Not `Send`: it must be dropped on the thread that made it.
+#[must_use = "the padding mode reverts as soon as the scope is dropped"]
+pub struct SeamlessScope {
+    previous: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Switches this thread's UNet and VAE convolutions to circular padding (`enabled`) or zero padding, as InvokeAI 2.x's
+/// `configure_model_padding` did for `--seamless` (every `Conv2d` of the model; unpadded ones are unaffected, so the
+/// VAE's explicitly zero-padded downsampling stays as it is). Hold the returned scope for the run.
+pub fn seamless_scope(enabled: bool) -> SeamlessScope {
+    let previous = CIRCULAR_PADDING.with(|c| c.replace(enabled));
+    SeamlessScope {
+        previous,
+        _not_send: PhantomData,
+    }
+}
+
+impl Drop for SeamlessScope {
+    fn drop(&mut self) {
+        CIRCULAR_PADDING.with(|c| c.set(self.previous));
+    }
+}
+
+/// Whether this thread's convolutions currently pad circularly.
+pub fn seamless_enabled() -> bool {
+    CIRCULAR_PADDING.with(|c| c.get())
+}
+
+/// torch's `F.pad(x, (p, p, p, p), mode="circular")` on `[B, C, H, W]`: each side gets the opposite edge's `p`
+/// rows/columns (corners from the opposite corner).
+pub fn pad_circular(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if p > h || p > w {
+        candle_core::bail!("circular padding of {p} cannot wrap a {h}×{w} feature map");
+    }
+    let wrap = |x: &Tensor, dim: usize, n: usize| -> Result<Tensor> {
+        Tensor::cat(&[&x.narrow(dim, n - p, p)?, x, &x.narrow(dim, 0, p)?], dim)
+    };
+    wrap(&wrap(x, 3, w)?, 2, h)
+}
 
 /// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). candle's CPU convolution has
 /// no bf16 kernel, so bf16 on the CPU convolves in f32 with weights widened per call: keeping f32 copies
@@ -35,15 +87,31 @@ impl Conv {
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv {
+    /// Convolves with `cfg` (the layer's own, or the same without padding after circular padding).
+    fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
         if x.dtype() == DType::BF16 && x.device().is_cpu() {
             let weight = self.conv.weight().to_dtype(DType::F32)?;
             let bias = self.conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
-            let wide = Conv2d::new(weight, bias, self.cfg);
+            let wide = Conv2d::new(weight, bias, cfg);
             return wide.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
         }
-        self.conv.forward(x)
+        if own_cfg {
+            return self.conv.forward(x);
+        }
+        // Tensors are reference-counted: this shares the weights.
+        Conv2d::new(self.conv.weight().clone(), self.conv.bias().cloned(), cfg).forward(x)
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let padding = self.cfg.padding;
+        if padding > 0 && seamless_enabled() {
+            let unpadded = Conv2dConfig { padding: 0, ..self.cfg };
+            return self.convolve(&pad_circular(x, padding)?, unpadded, false);
+        }
+        self.convolve(x, self.cfg, true)
     }
 }
 

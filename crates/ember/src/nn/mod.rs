@@ -8,6 +8,7 @@ pub mod config;
 pub mod unet;
 pub mod vae;
 
+pub use blocks::{seamless_enabled, seamless_scope, SeamlessScope};
 pub use clip::ClipTextModel;
 pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;

@@ -1,9 +1,11 @@
 //! Sampling: torch-compatible noise, noise schedules, and the samplers that walk them.
 
 pub mod denoiser;
+pub mod perlin;
 pub mod rng;
 pub mod samplers;
 pub mod schedule;
+pub mod variation;
 
 use std::fmt;
 use std::str::FromStr;

@@ -134,6 +134,12 @@ impl TorchRng {
         data
     }
 
+    /// `n` uniforms in [0, 1), exactly `torch.rand(n, generator=g)` (float32, CPU): torch's uniform kernel is
+    /// serial, one engine draw per element, whatever `n` is (no 16-block path as for `randn`).
+    pub fn rand(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform_f32()).collect()
+    }
+
     /// `torch.randn(shape, generator=g)` as an f32 tensor on `device`.
     pub fn randn_tensor(&mut self, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n = shape.iter().product();

@@ -12,6 +12,7 @@ use super::denoiser::{CompVisDenoiser, EpsModel};
 use super::rng::NoiseSource;
 use super::schedule::NoiseSchedule;
 use super::SamplerKind;
+use crate::guidance::ThresholdedDenoiser;
 use crate::{Error, Result};
 use candle_core::Tensor;
 
@@ -111,9 +112,26 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     on_step: &mut OnStep<'_>,
 ) -> Result<Tensor> {
+    sample_with_threshold(kind, model, schedule, x, plan, noise, 0.0, on_step)
+}
+
+/// [`sample`] with `--threshold` (0 = off): k-samplers clamp the guided clean-latent estimate as InvokeAI 2.x's
+/// `CFGDenoiser` did ([`ThresholdedDenoiser`]); DDIM and PLMS never read it, there as in InvokeAI.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with_threshold(
+    kind: SamplerKind,
+    model: &dyn EpsModel,
+    schedule: &NoiseSchedule,
+    x: Tensor,
+    plan: &SamplingPlan,
+    noise: &mut dyn NoiseSource,
+    threshold: f64,
+    on_step: &mut OnStep<'_>,
+) -> Result<Tensor> {
     match plan {
         SamplingPlan::Sigmas(sigmas) if kind.is_k_sampler() => {
-            let d = CompVisDenoiser::new(model, schedule);
+            let model_denoiser = CompVisDenoiser::new(model, schedule);
+            let d = ThresholdedDenoiser::new(&model_denoiser, threshold, plan.steps());
             match kind {
                 SamplerKind::KLms => lms(&d, x, sigmas, on_step),
                 SamplerKind::KEuler => euler(&d, x, sigmas, on_step),

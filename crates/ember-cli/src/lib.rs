@@ -1,0 +1,12 @@
+//! The `ember` command line as a library: argument definitions, the `invoke>` line parser, the runner shared by
+//! `generate`, `--from-file` and the REPL, and one module per subcommand. `main.rs` only dispatches; tests use
+//! the parser and the argument types directly.
+
+pub mod args;
+pub mod bench;
+pub mod dream_line;
+pub mod generate;
+pub mod repl;
+pub mod runner;
+pub mod serve;
+pub mod study;

@@ -1,0 +1,166 @@
+//! The REPL's `!` commands (InvokeAI 2.x's set): `!fetch`, `!replay`, `!history`, `!NNN`, `!search`, `!models`,
+//! `!switch`, `!clear`, `!help`.
+
+use super::config::{load_models, models_file};
+use super::Repl;
+use crate::args::ModelArgs;
+use crate::dream_line::{fetch_command, shell_split};
+use anyhow::{bail, Context};
+use rustyline::history::History;
+use std::path::Path;
+
+const HELP: &str = "\
+A line is a prompt with switches, e.g.:  a red fox -s 30 -S 42 -W 512 -H 512 -C 7.5 -A k_lms
+  img2img: -I drawing.png -f 0.7 (-I -1: the previous image)   -S -1: the previous seed
+  -n N images, -g grid, -v AMOUNT variations, -V seed:weight,…, --step-strip, --save-intermediates N
+  (`ember generate --help` lists every switch)
+Commands:
+  !fetch FILE      put the command line that made FILE (a PNG) into the edit buffer
+  !replay FILE     run each command line of a text file
+  !history         list the history; !NNN puts entry NNN into the edit buffer
+  !search TEXT     list the history entries that contain TEXT
+  !models          list the named models of the models file
+  !switch NAME     load a named model
+  !clear           clear the history
+  q                quit (also Ctrl-D); Ctrl-C cancels the running image";
+
+impl Repl {
+    /// Runs `!command` (the text after the `!`).
+    pub(super) fn command(&mut self, command: &str) -> anyhow::Result<()> {
+        let (name, rest) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+        let rest = rest.trim();
+        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+            return self.recall(name);
+        }
+        match name {
+            "fetch" => {
+                let line = fetch_command(Path::new(&one_path(rest, "!fetch")?))?;
+                self.offer(line);
+            }
+            "replay" => self.replay(&one_path(rest, "!replay")?)?,
+            "history" => {
+                for (i, entry) in self.editor.history().iter().enumerate() {
+                    println!("[{i}] {entry}");
+                }
+            }
+            "search" => {
+                if rest.is_empty() {
+                    bail!("!search needs some text, e.g. !search fox");
+                }
+                let needle = rest.to_lowercase();
+                for (i, entry) in self.editor.history().iter().enumerate() {
+                    if entry.to_lowercase().contains(&needle) {
+                        println!("[{i}] {entry}");
+                    }
+                }
+            }
+            "clear" => {
+                self.editor.clear_history()?;
+                // rustyline only appends to a file it wrote before; removing it makes the save a rewrite.
+                if let Some(path) = &self.history_path {
+                    let _ = std::fs::remove_file(path);
+                }
+                self.save_history();
+                println!("history cleared");
+            }
+            "models" => self.list_models()?,
+            "switch" => self.switch(rest)?,
+            "help" | "" => println!("{HELP}"),
+            other => bail!("unknown command !{other}; type !help for the list"),
+        }
+        Ok(())
+    }
+
+    /// `!NNN`: history entry NNN (as numbered by `!history`) into the edit buffer.
+    fn recall(&mut self, number: &str) -> anyhow::Result<()> {
+        let history = self.editor.history();
+        let index: usize = number.parse().context("no such history entry")?;
+        let Some(entry) = history.iter().nth(index) else {
+            bail!(
+                "there is no history entry {index}; !history lists the {} there are",
+                history.len()
+            );
+        };
+        let entry = entry.clone();
+        self.offer(entry);
+        Ok(())
+    }
+
+    /// `!replay FILE`: each non-blank, non-`#` line is run as if typed; `!` lines are skipped.
+    fn replay(&mut self, path: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('!') {
+                eprintln!("{path}:{}: skipped, !commands are not replayed: {line}", number + 1);
+                continue;
+            }
+            println!("{PROMPT}{line}", PROMPT = super::PROMPT);
+            if let Err(e) = self.runner.run_line(line) {
+                if matches!(e.downcast_ref::<ember::Error>(), Some(ember::Error::Cancelled)) {
+                    return Err(e);
+                }
+                eprintln!("error: {path}:{}: {e:#}", number + 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn list_models(&self) -> anyhow::Result<()> {
+        let Some(file) = models_file() else {
+            bail!("no models file: set EMBER_CONFIG to a models.toml");
+        };
+        let models = load_models(&file)?;
+        if models.is_empty() {
+            println!(
+                "no named models in {}; add tables like [models.sd15] with path = \"…\"",
+                file.display()
+            );
+        }
+        let current = &self.runner.model().model;
+        for (name, entry) in &models {
+            let mark = if &entry.path == current { "*" } else { " " };
+            let description = entry.description.as_deref().unwrap_or("");
+            println!("{mark} {name:<16} {description}  ({})", entry.path);
+        }
+        Ok(())
+    }
+
+    fn switch(&mut self, name: &str) -> anyhow::Result<()> {
+        if name.is_empty() {
+            bail!("!switch needs a model name; !models lists them");
+        }
+        let file = models_file().context("no models file: set EMBER_CONFIG to a models.toml")?;
+        let models = load_models(&file)?;
+        let Some(entry) = models.get(name) else {
+            let names: Vec<&str> = models.keys().map(String::as_str).collect();
+            bail!(
+                "no model named '{name}' in {} (it has: {})",
+                file.display(),
+                names.join(", ")
+            );
+        };
+        let current = self.runner.model().clone();
+        let model = ModelArgs {
+            model: entry.path.clone(),
+            device: entry.device.clone().unwrap_or(current.device),
+            dtype: entry.dtype.clone().unwrap_or(current.dtype),
+        };
+        eprintln!("loading model {name} ({}) …", entry.path);
+        self.runner.switch_model(model)?;
+        eprintln!("model {name} loaded");
+        Ok(())
+    }
+}
+
+/// The single (possibly quoted) path argument of a command.
+fn one_path(rest: &str, command: &str) -> anyhow::Result<String> {
+    let mut words = shell_split(rest)?;
+    if words.len() != 1 {
+        bail!("{command} takes one file name (quote it if it has spaces)");
+    }
+    Ok(words.remove(0))
+}

@@ -1,0 +1,346 @@
+//! Runs one parsed command line — `-n` images with their seeds and variations, each PNG, its step strip and
+//! intermediates, and the `-g` grid — for `ember generate`, `--from-file` and the REPL alike.
+//!
+//! A [`Runner`] keeps the loaded model, the sticky defaults (launch flags) and the images it made, so `-S -1`
+//! and `-I -1` can refer back to them. Every request is checked before the model is loaded, so a typo fails
+//! at once instead of after a long load.
+
+use crate::args::{ModelArgs, Switches};
+use crate::dream_line::{self, DreamLine};
+use anyhow::Context;
+use ember::device::{parse_device, parse_dtype};
+use ember::image::grid::image_grid;
+use ember::image::metadata::dream_command;
+use ember::image::png_meta::write_png_with_text;
+use ember::image::png_meta::{next_output_path, write_png};
+use ember::image::preview::latents_to_rgb;
+use ember::image::strip::{strip_path, StepStrip};
+use ember::pipeline::{CancelToken, Event, Pipeline};
+use ember::request::{GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
+use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
+use ember::Error;
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where images go when neither the line nor the launch flags say.
+pub const DEFAULT_OUTDIR: &str = "outputs";
+
+/// A loaded model plus what one session remembers between command lines.
+pub struct Runner {
+    model: ModelArgs,
+    pipeline: Option<Pipeline>,
+    /// Sticky defaults: the launch flags, under every line's own switches.
+    defaults: Switches,
+    cancel: CancelToken,
+    /// Every image written so far, oldest first: `(path, seed)`.
+    outputs: Vec<(PathBuf, u32)>,
+}
+
+impl Runner {
+    pub fn new(model: ModelArgs, defaults: Switches) -> Self {
+        Self {
+            model,
+            pipeline: None,
+            defaults,
+            cancel: CancelToken::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The token that stops the running image (the REPL's Ctrl-C handler holds a clone).
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    pub fn model(&self) -> &ModelArgs {
+        &self.model
+    }
+
+    /// Loads the model now if it is not loaded yet.
+    pub fn load(&mut self) -> anyhow::Result<&Pipeline> {
+        if self.pipeline.is_none() {
+            self.pipeline = Some(load_pipeline(&self.model)?);
+        }
+        self.pipeline
+            .as_ref()
+            .context("the model is not loaded; pass --model path/to/model.safetensors")
+    }
+
+    /// Loads another model; on failure the current one stays.
+    pub fn switch_model(&mut self, model: ModelArgs) -> anyhow::Result<()> {
+        let pipeline = load_pipeline(&model)?;
+        self.pipeline = Some(pipeline);
+        self.model = model;
+        Ok(())
+    }
+
+    /// Parses and runs one `invoke>` command line; returns the image paths written.
+    pub fn run_line(&mut self, line: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let parsed = dream_line::parse(line)?;
+        self.run(&parsed)
+    }
+
+    /// Runs one command: `-n` images (seed, variations), each written as it finishes, then the `-g` grid.
+    pub fn run(&mut self, line: &DreamLine) -> anyhow::Result<Vec<PathBuf>> {
+        let sw = line.switches.over(&self.defaults);
+        let plan = self.plan(&line.prompt, &sw)?;
+        self.cancel.reset();
+        let cancel = self.cancel.clone();
+        let pipeline = self.load()?;
+        if sw.log_tokenization {
+            // stderr: stdout carries only the image paths, for scripts.
+            eprintln!("{}", pipeline.describe_tokenization(&plan.request)?);
+        }
+        let mut written = Vec::new();
+        let mut images = Vec::new();
+        let mut first_dream = None;
+        let mut request = plan.request.clone();
+        for iteration in 0..plan.iterations {
+            if plan.variation_amount > 0.0 {
+                // InvokeAI's -v: the seed stays, each image adds a fresh variation seed (recorded as -V r:AMOUNT).
+                request.with_variations = plan.request.with_variations.clone();
+                request.with_variations.push((random_seed(), plan.variation_amount));
+            } else if iteration > 0 {
+                request.seed = random_seed();
+            }
+            if plan.seed_was_random || iteration > 0 {
+                eprintln!("seed: {}", request.seed);
+            }
+            let (path, image, dream) = generate_one(pipeline, &cancel, &request, &sw, &plan.outdir)?;
+            first_dream.get_or_insert(dream);
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", path.display())?;
+            stdout.flush()?;
+            written.push((path, request.seed));
+            if sw.grid {
+                images.push(image);
+            }
+        }
+        if sw.grid && !images.is_empty() {
+            let grid = image_grid(&images, None)?;
+            let image_path = next_output_path(&plan.outdir, plan.request.seed)?;
+            let path = image_path.with_file_name(format!("{}.grid.png", file_stem(&image_path)));
+            // The first image's command with the grid switches: replaying it remakes the grid.
+            let dream = format!("{} -n {} -g", first_dream.unwrap_or_default(), images.len());
+            write_png_with_text(&path, &grid, &[("Dream", dream)])?;
+            eprintln!("grid: {}", path.display());
+        }
+        let paths = written.iter().map(|(p, _)| p.clone()).collect();
+        self.outputs.extend(written);
+        Ok(paths)
+    }
+
+    /// Resolves the switches into a checked request (nothing is loaded yet).
+    fn plan(&self, prompt: &str, sw: &Switches) -> anyhow::Result<Plan> {
+        let iterations = sw.iterations.unwrap_or(1);
+        if iterations == 0 {
+            return Err(Error::invalid("iterations", "0 images requested (use -n 1 or more)").into());
+        }
+        let (seed, seed_was_random) = match sw.seed {
+            None => (random_seed(), true),
+            Some(back) if back < 0 => (self.previous(back, "-S")?.1, false),
+            Some(seed) => (
+                u32::try_from(seed).map_err(|_| Error::invalid("seed", format!("{seed} is outside 0..=4294967295")))?,
+                false,
+            ),
+        };
+        let init_image = match sw.init_image.as_deref() {
+            None | Some("") => None,
+            Some(back) if is_back_reference(back) => {
+                let n: i64 = back
+                    .parse()
+                    .map_err(|_| Error::invalid("init_image", back.to_string()))?;
+                Some(self.previous(n, "-I")?.0)
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        if let Some(path) = &init_image {
+            if !path.is_file() {
+                return Err(Error::image(path, "no such file").into());
+            }
+        }
+        let variation_amount = sw.variation_amount.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&variation_amount) {
+            return Err(Error::invalid(
+                "variation_amount",
+                format!("{variation_amount} is outside [0, 1] (try -v 0.1)"),
+            )
+            .into());
+        }
+        if sw.save_intermediates == Some(0) {
+            return Err(Error::invalid("save_intermediates", "must be at least 1 (every N-th step)").into());
+        }
+        let with_variations = match &sw.with_variations {
+            Some(list) => dream_line::parse_variations(list)?,
+            None => Vec::new(),
+        };
+        let request = GenerateRequest {
+            prompt: prompt.to_string(),
+            negative_prompt: sw.negative.clone().unwrap_or_default(),
+            steps: sw.steps.unwrap_or(DEFAULT_STEPS),
+            cfg_scale: sw.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE),
+            sampler: sw.sampler.as_deref().unwrap_or("k_lms").parse()?,
+            seed,
+            width: sw.width.unwrap_or(DEFAULT_SIZE),
+            height: sw.height.unwrap_or(DEFAULT_SIZE),
+            init_image: init_image.map(InitImage::Path),
+            strength: sw.strength.unwrap_or(DEFAULT_STRENGTH),
+            fit: sw.fit,
+            karras_max: sw.karras_max.unwrap_or(DEFAULT_KARRAS_MAX),
+            exact_steps: sw.exact_steps,
+            with_variations,
+            seamless: sw.seamless,
+            threshold: sw.threshold.unwrap_or(0.0),
+            perlin: sw.perlin.unwrap_or(0.0),
+            hires_fix: sw.hires_fix,
+            skip_normalize: sw.skip_normalize,
+            truncate_prompts: sw.truncate_prompts,
+        };
+        request.validate()?;
+        Ok(Plan {
+            request,
+            iterations,
+            variation_amount,
+            seed_was_random,
+            outdir: sw.outdir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUTDIR)),
+        })
+    }
+
+    /// `-1` → the latest image, `-2` the one before, … (InvokeAI's negative `-S`/`-I`).
+    fn previous(&self, back: i64, switch: &str) -> anyhow::Result<(PathBuf, u32)> {
+        let index = usize::try_from(back.unsigned_abs())
+            .ok()
+            .and_then(|n| self.outputs.len().checked_sub(n));
+        match index.and_then(|i| self.outputs.get(i)) {
+            Some(found) => Ok(found.clone()),
+            None => Err(Error::invalid(
+                if switch == "-S" { "seed" } else { "init_image" },
+                format!(
+                    "{switch} {back} refers to an earlier image, but this session has made {} so far",
+                    self.outputs.len()
+                ),
+            )
+            .into()),
+        }
+    }
+}
+
+/// A command's request and what varies per image.
+struct Plan {
+    request: GenerateRequest,
+    iterations: usize,
+    variation_amount: f64,
+    seed_was_random: bool,
+    outdir: PathBuf,
+}
+
+fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
+    let device = parse_device(&model.device)?;
+    let dtype = parse_dtype(&model.dtype)?;
+    Pipeline::load(&model.model, &device, dtype)
+        .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())
+}
+
+/// Generates one image and writes it, with its strip and intermediates; returns its path, pixels and Dream line.
+fn generate_one(
+    pipeline: &Pipeline,
+    cancel: &CancelToken,
+    request: &GenerateRequest,
+    sw: &Switches,
+    outdir: &Path,
+) -> anyhow::Result<(PathBuf, RgbImage, String)> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} ({elapsed} elapsed, ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("seed {}", request.seed));
+    let mut strip: Option<StepStrip> = None;
+    let mut intermediates: Vec<(usize, RgbImage)> = Vec::new();
+    // The event callback cannot fail the run; the first preview error is reported after it.
+    let mut preview_error: Option<Error> = None;
+    let generated = pipeline.generate(request, cancel, &mut |event| match event {
+        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Started {
+            total_steps,
+            schedule_steps,
+        } => {
+            bar.set_length(total_steps as u64);
+            if sw.step_strip {
+                strip = Some(StepStrip::for_run(total_steps, schedule_steps));
+            }
+        }
+        Event::Step { step, latents, .. } => {
+            bar.set_position(step as u64);
+            if let Some(strip) = strip.as_mut() {
+                if let Err(e) = strip.push(latents) {
+                    preview_error.get_or_insert(e);
+                }
+            }
+            if sw.save_intermediates.is_some_and(|n| n > 0 && step % n == 0) {
+                let picture = if sw.decode_intermediates {
+                    pipeline.decode_latents(latents)
+                } else {
+                    latents_to_rgb(latents)
+                };
+                match picture {
+                    Ok(p) => intermediates.push((step, p)),
+                    Err(e) => {
+                        preview_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let generated = generated?;
+    let path = next_output_path(outdir, request.seed)?;
+    write_png(&path, &generated.image, &generated.record)?;
+    if let Some(e) = preview_error {
+        eprintln!("warning: step previews incomplete: {e}");
+    }
+    match strip {
+        Some(strip) if !strip.is_empty() => {
+            let strip_file = strip_path(&path);
+            write_png_with_text(&strip_file, &strip.render(), &[])?;
+            eprintln!("strip: {}", strip_file.display());
+        }
+        Some(_) => eprintln!("warning: no step was taken, so there is no step strip"),
+        None if sw.step_strip => eprintln!("warning: no step was taken, so there is no step strip"),
+        None => {}
+    }
+    let stem = file_stem(&path);
+    for (step, picture) in &intermediates {
+        let file = path.with_file_name(format!("{stem}.step-{step}.png"));
+        write_png_with_text(&file, picture, &[])?;
+    }
+    Ok((path, generated.image, dream_command(&generated.record)))
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `-1`, `-2`, …: InvokeAI's reference to an earlier output in place of an init image path.
+fn is_back_reference(s: &str) -> bool {
+    s.strip_prefix('-')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A seed from the OS's entropy, for runs without `-S` and for `-v`'s variation seeds.
+pub fn random_seed() -> u32 {
+    let mut bytes = [0u8; 4];
+    // Falls back to the clock only if the OS has no entropy source at all.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return nanos;
+    }
+    u32::from_le_bytes(bytes)
+}

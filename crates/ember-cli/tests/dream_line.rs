@@ -1,0 +1,270 @@
+//! Golden tests of the `invoke>` line parser: InvokeAI's prompt/switch split, every switch in its short, long and
+//! InvokeAI `_` spellings, and the `Dream` chunk (Ember's writer and InvokeAI's own PNGs) read back exactly.
+//! Expected values are written out by hand from InvokeAI 2.x's rules (`Args.parse_cmd`, Python `shlex`).
+
+use ember::image::metadata::{dream_command, ImageRecord};
+use ember::request::{GenerateRequest, InitImage};
+use ember_cli::args::Switches;
+use ember_cli::dream_line::{fetch_command, parse, parse_variations, split_prompt};
+use std::path::{Path, PathBuf};
+
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/invokeai-img2img");
+
+fn words(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn prompt_and_switches_split_like_invokeai() {
+    let cases: Vec<(&str, &str, Vec<String>)> = vec![
+        ("a red fox -s 30 -S 42", "a red fox", words(&["-s", "30", "-S", "42"])),
+        (r#""a -s fox" -s 30"#, "a -s fox", words(&["-s", "30"])),
+        // Hyphens inside words, a lone dash and a negative number are prompt text.
+        (
+            "well-known cat - a dog -5 -s5",
+            "well-known cat - a dog -5",
+            words(&["-s5"]),
+        ),
+        ("fire --steps 10", "fire", words(&["--steps", "10"])),
+        ("-S 42 -s 3", "", words(&["-S", "42", "-s", "3"])),
+        ("just a prompt", "just a prompt", vec![]),
+        // Unlike InvokeAI's regex, a flag may end the line.
+        ("a fox -g", "a fox", words(&["-g"])),
+        (
+            r#"a cat --negative "blurry, \"bad\"" -s 2"#,
+            "a cat",
+            words(&["--negative", r#"blurry, "bad""#, "-s", "2"]),
+        ),
+        ("a cat -s 2 # a comment -S 5", "a cat", words(&["-s", "2"])),
+    ];
+    for (line, prompt, switches) in cases {
+        let (p, w) = split_prompt(line).expect(line);
+        assert_eq!((p.as_str(), &w), (prompt, &switches), "{line}");
+    }
+}
+
+#[test]
+fn every_switch_in_short_form() {
+    let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
+                -V 1:0.1,2:0.2 -t -x -o out --seamless --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
+                --negative \"ugly hands\" --truncate-prompts --exact-steps --step-strip --save-intermediates 2 \
+                --decode-intermediates";
+    let want = Switches {
+        steps: Some(10),
+        seed: Some(1592514025),
+        width: Some(384),
+        height: Some(320),
+        cfg_scale: Some(7.5),
+        sampler: Some("k_lms".into()),
+        init_image: Some("init.png".into()),
+        strength: Some(0.75),
+        fit: true,
+        iterations: Some(3),
+        grid: true,
+        variation_amount: Some(0.2),
+        with_variations: Some("1:0.1,2:0.2".into()),
+        seamless: true,
+        hires_fix: true,
+        threshold: Some(5.0),
+        perlin: Some(0.1),
+        log_tokenization: true,
+        skip_normalize: true,
+        outdir: Some(PathBuf::from("out")),
+        karras_max: Some(20),
+        negative: Some("ugly hands".into()),
+        truncate_prompts: true,
+        exact_steps: true,
+        step_strip: true,
+        save_intermediates: Some(2),
+        decode_intermediates: true,
+    };
+    let parsed = parse(line).expect("parses");
+    assert_eq!(parsed.prompt, "fire");
+    assert_eq!(parsed.switches, want);
+}
+
+#[test]
+fn every_switch_in_long_forms_with_underscores_and_dashes() {
+    let line = "fire --steps 10 --seed 7 --width 64 --height 72 --cfg_scale 5 --sampler ddim --init_img a.png \
+                --strength 0.5 --fit --iterations 2 --grid --variation_amount 0.3 --with_variations 9:0.5 \
+                --log_tokenization --skip_normalize --outdir o --hires-fix --karras-max 10 --truncate_prompts \
+                --exact_steps --step_strip --save_intermediates 3 --decode_intermediates";
+    let s = parse(line).expect("parses").switches;
+    assert_eq!(
+        (s.steps, s.seed, s.width, s.height, s.cfg_scale),
+        (Some(10), Some(7), Some(64), Some(72), Some(5.0))
+    );
+    assert_eq!(
+        (s.sampler.as_deref(), s.init_image.as_deref()),
+        (Some("ddim"), Some("a.png"))
+    );
+    assert_eq!(
+        (s.strength, s.iterations, s.variation_amount),
+        (Some(0.5), Some(2), Some(0.3))
+    );
+    assert_eq!(s.with_variations.as_deref(), Some("9:0.5"));
+    assert!(s.fit && s.grid && s.log_tokenization && s.skip_normalize && s.hires_fix);
+    assert!(s.truncate_prompts && s.exact_steps && s.step_strip && s.decode_intermediates);
+    assert_eq!((s.karras_max, s.save_intermediates), (Some(10), Some(3)));
+    assert_eq!(s.outdir, Some(PathBuf::from("o")));
+    for alias in ["--init-image", "--init_image", "--init-img"] {
+        let s = parse(&format!("x {alias} b.png")).expect(alias).switches;
+        assert_eq!(s.init_image.as_deref(), Some("b.png"), "{alias}");
+    }
+    // The REPL's back references: previous seed, previous output.
+    let s = parse("x -S -1 -I -2").expect("negative values").switches;
+    assert_eq!((s.seed, s.init_image.as_deref()), (Some(-1), Some("-2")));
+}
+
+#[test]
+fn bad_lines_are_errors_that_name_the_problem() {
+    for (line, needle) in [
+        ("x --no-such-switch", "--no-such-switch"),
+        ("x -s ten", "ten"),
+        ("x -S 42 stray words", "stray words"),
+        (r#""open quote -s 3"#, "double quote"),
+    ] {
+        let err = parse(line).expect_err(line).to_string();
+        assert!(err.contains(needle), "{line}: {err}");
+    }
+    assert_eq!(
+        parse_variations("1234:0.1, 5678:0.25").unwrap(),
+        vec![(1234, 0.1), (5678, 0.25)]
+    );
+    for bad in ["1234", "x:0.1", "1:2.0", "1:y"] {
+        assert!(parse_variations(bad).is_err(), "{bad}");
+    }
+}
+
+fn record(request: GenerateRequest, size: (usize, usize)) -> ImageRecord {
+    ImageRecord {
+        request,
+        width: size.0,
+        height: size.1,
+        steps_run: 0,
+        model_name: "tiny".into(),
+        model_hash: None,
+        init_image_name: None,
+    }
+}
+
+/// Ember's own `Dream` writer → parser gives back every field (prompts with quotes, backslashes, prompt-language
+/// escapes, unicode and switch-like text included).
+#[test]
+fn dream_chunks_read_back_exactly() {
+    let nasty = r#"a "quoted" \(escaped\) back\slash -s 99 ünïcödé: 火 #tag"#;
+    let txt2img = GenerateRequest {
+        prompt: nasty.into(),
+        negative_prompt: r#"blur "x" \y"#.into(),
+        steps: 12,
+        cfg_scale: 6.0,
+        sampler: "k_euler_a".parse().unwrap(),
+        seed: 4294967295,
+        width: 128,
+        height: 64,
+        karras_max: 10,
+        with_variations: vec![(12, 0.1), (34, 0.25)],
+        seamless: true,
+        threshold: 2.5,
+        perlin: 0.2,
+        hires_fix: true,
+        strength: 0.6,
+        skip_normalize: true,
+        truncate_prompts: true,
+        ..Default::default()
+    };
+    let line = dream_command(&record(txt2img.clone(), (128, 64)));
+    let parsed = parse(&line).expect(&line);
+    assert_eq!(parsed.prompt, nasty, "{line}");
+    let s = &parsed.switches;
+    assert_eq!(s.negative.as_deref(), Some(txt2img.negative_prompt.as_str()));
+    assert_eq!(
+        (s.steps, s.seed, s.width, s.height),
+        (Some(12), Some(4294967295), Some(128), Some(64))
+    );
+    assert_eq!(
+        (s.cfg_scale, s.karras_max, s.sampler.as_deref()),
+        (Some(6.0), Some(10), Some("k_euler_a"))
+    );
+    assert_eq!(
+        parse_variations(s.with_variations.as_deref().expect("-V")).unwrap(),
+        txt2img.with_variations
+    );
+    assert!(s.seamless && s.hires_fix && s.skip_normalize && s.truncate_prompts);
+    assert_eq!((s.threshold, s.perlin, s.strength), (Some(2.5), Some(0.2), Some(0.6)));
+
+    let img2img = GenerateRequest {
+        prompt: "fire".into(),
+        steps: 10,
+        seed: 1592514025,
+        init_image: Some(InitImage::Path("dir with space/fire drawing.png".into())),
+        strength: 0.7,
+        fit: true,
+        exact_steps: true,
+        ..Default::default()
+    };
+    let line = dream_command(&record(img2img, (512, 512)));
+    let parsed = parse(&line).expect(&line);
+    let s = &parsed.switches;
+    assert_eq!(
+        s.init_image.as_deref(),
+        Some("dir with space/fire drawing.png"),
+        "{line}"
+    );
+    assert_eq!((s.strength, s.fit, s.exact_steps), (Some(0.7), true, true));
+}
+
+/// InvokeAI 2.x's own outputs: the Dream line of the seed document's img2img study.
+#[test]
+fn fetches_invokeai_pngs() {
+    let path = Path::new(SHARED).join("000032.1592514025.png");
+    let line = fetch_command(&path).expect("InvokeAI PNG");
+    let parsed = parse(&line).expect(&line);
+    assert_eq!(parsed.prompt, "fire");
+    let s = parsed.switches;
+    assert_eq!(
+        (s.steps, s.seed, s.width, s.height),
+        (Some(10), Some(1592514025), Some(384), Some(384))
+    );
+    assert_eq!(
+        (s.cfg_scale, s.sampler.as_deref(), s.strength),
+        (Some(7.5), Some("ddim"), Some(0.7))
+    );
+    assert_eq!(
+        s.init_image.as_deref(),
+        Some("outputs/img-samples/../../docs/assets/img2img/fire-drawing.png")
+    );
+}
+
+/// Without a Dream chunk the line is rebuilt from InvokeAI's sd-metadata JSON.
+#[test]
+fn falls_back_to_sd_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta-only.png");
+    let json = r#"{"model": "stable diffusion", "image": {"prompt": [{"prompt": "a \"b\" c", "weight": 1.0}],
+        "steps": 20, "cfg_scale": 7.5, "height": 256, "width": 320, "seed": 77, "sampler": "k_heun",
+        "type": "img2img", "init_image_path": "in it.png", "strength": 0.4, "fit": true,
+        "variations": [{"seed": 5, "weight": 0.1}], "seamless": true, "threshold": 0, "perlin": 0}}"#;
+    let pixels = image::RgbImage::new(8, 8);
+    ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json.to_string())]).unwrap();
+    let line = fetch_command(&path).expect("sd-metadata");
+    let parsed = parse(&line).expect(&line);
+    assert_eq!(parsed.prompt, r#"a "b" c"#);
+    let s = parsed.switches;
+    assert_eq!(
+        (s.steps, s.seed, s.width, s.height),
+        (Some(20), Some(77), Some(320), Some(256))
+    );
+    assert_eq!(
+        (s.sampler.as_deref(), s.init_image.as_deref()),
+        (Some("k_heun"), Some("in it.png"))
+    );
+    assert_eq!((s.strength, s.fit, s.seamless), (Some(0.4), true, true));
+    assert_eq!(s.with_variations.as_deref(), Some("5:0.1"));
+    assert_eq!((s.threshold, s.perlin), (None, None));
+    // A PNG without either chunk is an error that says so.
+    let bare = dir.path().join("bare.png");
+    ember::image::png_meta::write_png_with_text(&bare, &pixels, &[]).unwrap();
+    let err = fetch_command(&bare).expect_err("no metadata").to_string();
+    assert!(err.contains("Dream") && err.contains("bare.png"), "{err}");
+}

@@ -1,0 +1,410 @@
+//! The engine's one entry point: a loaded model that turns a [`GenerateRequest`] into an image,
+//! reporting progress through [`Event`]s and stopping when its [`CancelToken`] is set.
+//!
+//! The stages run in the order of the crate docs: text → latents → sample → decode. Writing the PNG is
+//! left to the caller ([`crate::image::png_meta::write_png`]) so front-ends choose where images go.
+
+use crate::guidance::GuidedUNet;
+use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
+use crate::image::png_meta::ImageRecord;
+use crate::model::{load_model, ModelWeights};
+use crate::nn::clip::ClipTextModel;
+use crate::nn::unet::UNet2DConditionModel;
+use crate::nn::vae::AutoencoderKL;
+use crate::request::{img2img_steps, GenerateRequest};
+use crate::sample::rng::TorchRng;
+use crate::sample::samplers::{self, StepProgress};
+use crate::sample::schedule::NoiseSchedule;
+use crate::sample::variation::{initial_noise, seed_noise};
+use crate::text::conditioning::{describe_tokenization, encode_prompts, PromptOptions};
+use crate::text::tokenizer::ClipTokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+mod hires;
+
+/// Shared flag a front-end sets to stop a running generation (Ctrl-C, a web "cancel" button).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a generation reports while it runs.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Something the user should know that does not stop the run (a truncated prompt, a flattened alpha channel).
+    Warning(String),
+    /// Sampling starts; `total_steps` denoising steps will run, the last ones of a `schedule_steps`-long
+    /// schedule (img2img skips the first `schedule_steps - total_steps`; txt2img runs them all). A hires-fix
+    /// run counts both passes, and its latents grow from the first pass's size to the target's.
+    Started { total_steps: usize, schedule_steps: usize },
+    /// Step `step` (1-based) of `total_steps` finished; `latents` is the current sample.
+    Step {
+        step: usize,
+        total_steps: usize,
+        latents: &'a Tensor,
+    },
+}
+
+/// The state one request's sampler passes share: its guidance, its generator (ancestral noise continues across
+/// passes), and the step count reported so far.
+struct SamplingRun<'r> {
+    request: &'r GenerateRequest,
+    guided: &'r GuidedUNet<'r>,
+    rng: &'r mut TorchRng,
+    cancel: &'r CancelToken,
+    on_event: &'r mut dyn FnMut(Event<'_>),
+    steps_done: usize,
+    total_steps: usize,
+}
+
+impl SamplingRun<'_> {
+    fn started(&mut self, total_steps: usize, schedule_steps: usize) {
+        self.total_steps = total_steps;
+        (self.on_event)(Event::Started {
+            total_steps,
+            schedule_steps,
+        });
+    }
+}
+
+/// A finished image and everything needed to write it.
+pub struct Generated {
+    pub image: ::image::RgbImage,
+    pub record: ImageRecord,
+    /// Final latents, before the VAE decode (used by parity tests and previews).
+    pub latents: Tensor,
+}
+
+/// A loaded Stable Diffusion 1.x model, ready to run requests one at a time.
+pub struct Pipeline {
+    device: Device,
+    dtype: DType,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    vae_scale: f64,
+    schedule: NoiseSchedule,
+    model_name: String,
+    model_hash: Option<String>,
+    /// The side in pixels the UNet was trained at (`sample_size × 8`: 512 for SD 1.x).
+    native_size: usize,
+}
+
+impl Pipeline {
+    /// Loads a model from a path (diffusers folder, `.safetensors`, `.ckpt`) or a Hugging Face repo id.
+    pub fn load(model: &str, device: &Device, dtype: DType) -> Result<Self> {
+        let weights = load_model(model, device, dtype)?;
+        Self::from_weights(weights, device, dtype)
+    }
+
+    /// Builds the networks from already-located weights.
+    pub fn from_weights(weights: ModelWeights, device: &Device, dtype: DType) -> Result<Self> {
+        let tokenizer = match &weights.tokenizer_dir {
+            Some(dir) => ClipTokenizer::from_dir(dir)?,
+            None => ClipTokenizer::bundled()?,
+        };
+        let model_err = |what: &str, e: candle_core::Error| {
+            Error::model(
+                &weights.source,
+                format!("the {what} weights do not fit an SD 1.x {what}: {e}"),
+            )
+        };
+        let text_encoder = ClipTextModel::new(weights.text_encoder.clone(), &weights.clip_config)
+            .map_err(|e| model_err("text encoder", e))?;
+        let unet =
+            UNet2DConditionModel::new(weights.unet.clone(), &weights.unet_config).map_err(|e| model_err("UNet", e))?;
+        let vae = AutoencoderKL::new(weights.vae.clone(), &weights.vae_config).map_err(|e| model_err("VAE", e))?;
+        Ok(Self {
+            device: device.clone(),
+            dtype,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            vae_scale: weights.vae_config.scaling_factor,
+            schedule: NoiseSchedule::sd15(),
+            model_name: weights.name.clone(),
+            model_hash: weights.hash.clone(),
+            native_size: weights.unet_config.sample_size * 8,
+        })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs one request. Events arrive in order: warnings, `Started`, one `Step` per denoising step.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Generated> {
+        request.validate()?;
+
+        // Init image first: its size decides the latent size when there is one.
+        let init = match &request.init_image {
+            Some(source) => {
+                let fit_box = request.fit.then_some((request.width as u32, request.height as u32));
+                let prepared = prepare_init_image(source, fit_box)?;
+                for warning in &prepared.warnings {
+                    on_event(Event::Warning(warning.clone()));
+                }
+                Some(prepared.rgb)
+            }
+            None => None,
+        };
+        let (width, height) = match &init {
+            Some(rgb) => (rgb.width() as usize, rgb.height() as usize),
+            None => (request.width, request.height),
+        };
+        let steps_run = request.steps_to_run();
+        if init.is_some() && steps_run == 0 && request.strength > 0.0 {
+            on_event(Event::Warning(format!(
+                "strength {} × {} steps rounds down to 0 steps: the image only goes through the VAE. \
+                 Raise --strength or --steps to change it.",
+                request.strength, request.steps
+            )));
+        }
+        let hires_first_pass = match init {
+            None if request.hires_fix => self.hires_first_pass(width, height, request, on_event),
+            _ => None,
+        };
+
+        // text: prompt language → weighted CLIP hidden states, prompt and negative of equal length.
+        let text = encode_prompts(
+            &self.tokenizer,
+            &self.text_encoder,
+            &self.device,
+            &request.prompt,
+            &request.negative_prompt,
+            &prompt_options(request),
+        )?;
+        for warning in text.warnings {
+            on_event(Event::Warning(warning));
+        }
+        let guided = GuidedUNet::new(&self.unet, &text.uncond, &text.cond, request.cfg_scale)?;
+
+        if request.threshold > 0.0 && !request.sampler.is_k_sampler() {
+            on_event(Event::Warning(format!(
+                "--threshold acts on the k-samplers only; {} ignores it (as in InvokeAI)",
+                request.sampler
+            )));
+        }
+        // Every convolution of this run (UNet and VAE) pads circularly while the scope lives.
+        let _seamless = crate::nn::seamless_scope(request.seamless);
+
+        // latents: the seed's noise (with -V variations and --perlin mixed in); ancestral samplers go on drawing
+        // from the generator of the last seed used.
+        let (noise_w, noise_h) = hires_first_pass.unwrap_or((width, height));
+        let (noise, mut rng) = initial_noise(
+            request.seed,
+            &request.with_variations,
+            request.perlin,
+            &[1, 4, noise_h / 8, noise_w / 8],
+            &Device::Cpu,
+        )?;
+        let noise = noise.to_dtype(self.latent_dtype())?.to_device(&self.device)?;
+        let init_latent = match &init {
+            Some(rgb) => Some(self.encode_image(rgb)?),
+            None => None,
+        };
+
+        let mut run = SamplingRun {
+            request,
+            guided: &guided,
+            rng: &mut rng,
+            cancel,
+            on_event,
+            steps_done: 0,
+            total_steps: 0,
+        };
+        let latents = match (&init_latent, hires_first_pass) {
+            // Nothing to denoise: the init image makes a round trip through the VAE.
+            (Some(latent), _) if steps_run == 0 => latent.clone(),
+            (Some(latent), _) => {
+                run.started(steps_run, request.schedule_steps());
+                // Strength 1 runs the whole schedule: the image is ignored, giving txt2img with this seed.
+                let start_from = Some(latent).filter(|_| steps_run < request.schedule_steps());
+                self.denoise(&mut run, Some(steps_run), start_from, &noise)?
+            }
+            (None, None) => {
+                run.started(request.steps, request.steps);
+                self.denoise(&mut run, None, None, &noise)?
+            }
+            // hires fix: txt2img at the first-pass size, latents resized, then img2img with fresh noise.
+            (None, Some(_)) => {
+                let second_pass = img2img_steps(request.strength, request.steps);
+                // Both passes' steps, back to back: no step of this run is skipped.
+                run.started(request.steps + second_pass, request.steps + second_pass);
+                let small = self.denoise(&mut run, None, None, &noise)?;
+                let resized = hires::resize_bilinear(&small, height / 8, width / 8)?;
+                if second_pass == 0 {
+                    resized
+                } else {
+                    let noise = self.draw_noise(run.rng, height, width, request.perlin)?;
+                    self.denoise(&mut run, Some(second_pass), Some(&resized), &noise)?
+                }
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+
+        // decode: latents → RGB.
+        let image = self.decode_latents(&latents)?;
+        let record = ImageRecord {
+            request: request.clone(),
+            width,
+            height,
+            steps_run,
+            model_name: self.model_name.clone(),
+            model_hash: self.model_hash.clone(),
+            init_image_name: request.init_image.as_ref().map(|i| i.display_name()),
+        };
+        Ok(Generated { image, record, latents })
+    }
+
+    /// The first-pass size of a hires-fix run, or `None` (with a warning) when the target is no larger than
+    /// the model's native size, where a second pass would only repeat the first.
+    fn hires_first_pass(
+        &self,
+        width: usize,
+        height: usize,
+        request: &GenerateRequest,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Option<(usize, usize)> {
+        let first = hires::first_pass_size(width, height, self.native_size);
+        if first.0 >= width && first.1 >= height {
+            on_event(Event::Warning(format!(
+                "--hires_fix has no effect at {width}×{height}: the model's native size is {n}×{n}; \
+                 it helps for larger images (e.g. -W {w} -H {h})",
+                n = self.native_size,
+                w = self.native_size * 2,
+                h = self.native_size,
+            )));
+            return None;
+        }
+        debug_assert!(request.hires_fix);
+        Some(first)
+    }
+
+    /// Fresh noise `[1, 4, h/8, w/8]` from the run's generator (with `perlin` mixed in), in the samplers' dtype.
+    fn draw_noise(&self, rng: &mut TorchRng, height: usize, width: usize, perlin: f64) -> Result<Tensor> {
+        let shape = [1, 4, height / 8, width / 8];
+        let noise = seed_noise(rng, &shape, perlin)?;
+        Ok(Tensor::from_vec(noise, &shape, &Device::Cpu)?
+            .to_dtype(self.latent_dtype())?
+            .to_device(&self.device)?)
+    }
+
+    /// One sampler run over the request's schedule: txt2img (`t_enc` None) or the last `t_enc` steps from
+    /// `init`. Step events continue the numbering of earlier passes of the same request.
+    fn denoise(
+        &self,
+        run: &mut SamplingRun<'_>,
+        t_enc: Option<usize>,
+        init: Option<&Tensor>,
+        noise: &Tensor,
+    ) -> Result<Tensor> {
+        let request = run.request;
+        let plan = samplers::plan(
+            request.sampler,
+            &self.schedule,
+            request.schedule_steps(),
+            request.karras_max,
+            t_enc,
+        );
+        let start = samplers::start_latent(&plan, &self.schedule, noise, init)?;
+        let (offset, total) = (run.steps_done, run.total_steps);
+        let cancel = run.cancel;
+        let on_event = &mut *run.on_event;
+        let mut on_step = |progress: StepProgress<'_>| {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            on_event(Event::Step {
+                step: offset + progress.step,
+                total_steps: total,
+                latents: progress.x,
+            });
+            Ok(())
+        };
+        let latents = samplers::sample_with_threshold(
+            request.sampler,
+            run.guided,
+            &self.schedule,
+            start,
+            &plan,
+            &mut *run.rng,
+            request.threshold,
+            &mut on_step,
+        )?;
+        run.steps_done += plan.steps();
+        Ok(latents)
+    }
+
+    /// The prompt's tokens as CLIP sees them, with their weights and chunks, for `-t` (InvokeAI's
+    /// `--log_tokenization`).
+    pub fn describe_tokenization(&self, request: &GenerateRequest) -> Result<String> {
+        describe_tokenization(
+            &self.tokenizer,
+            &request.prompt,
+            &request.negative_prompt,
+            &prompt_options(request),
+        )
+    }
+
+    /// Samplers keep latents in f32 whatever the networks compute in (f64 in the reference-parity mode).
+    fn latent_dtype(&self) -> DType {
+        crate::nn::accumulation_dtype(self.dtype)
+    }
+
+    /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI).
+    fn encode_image(&self, rgb: &::image::RgbImage) -> Result<Tensor> {
+        let pixels = rgb_to_tensor(rgb, &self.device)?.to_dtype(self.dtype)?;
+        let mean = self.vae.encode_mean(&pixels)?.to_dtype(self.latent_dtype())?;
+        Ok((mean * self.vae_scale)?)
+    }
+
+    /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits).
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<::image::RgbImage> {
+        let decoded = self.decode_to_unit_range(latents)?;
+        tensor_to_rgb(&decoded)
+    }
+
+    /// Latents → `[1, 3, H, W]` f32 in [0, 1].
+    pub fn decode_to_unit_range(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = (latents / self.vae_scale)?.to_dtype(self.dtype)?;
+        let x = self.vae.decode(&z)?.to_dtype(DType::F32)?;
+        Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
+}
+
+fn prompt_options(request: &GenerateRequest) -> PromptOptions {
+    PromptOptions {
+        truncate: request.truncate_prompts,
+        skip_normalize: request.skip_normalize,
+    }
+}

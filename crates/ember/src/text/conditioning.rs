@@ -1,0 +1,362 @@
+//! Prompt → weighted CLIP conditioning, computed as compel 2.x computes it for SD 1.x (what InvokeAI 3+
+//! feeds the UNet), with InvokeAI 2.x's prompt conventions on top (see [`crate::text::prompt`]).
+//!
+//! - Tokens: each fragment is tokenized on its own and the ids concatenated; BOS/EOS frame each chunk.
+//! - Long prompts: without `truncate`, the tokens are cut into 75-token chunks, each encoded as its own
+//!   77-token sequence (BOS + 75 + EOS/padding), and the chunks' hidden states are concatenated along the
+//!   sequence axis (compel's `truncate_long_prompts=False` with `SplitLongTextMode.BRUTAL`; A1111 does the
+//!   same). Cond and uncond are padded to the same chunk count with the encoding of the empty prompt, as
+//!   compel's `pad_conditioning_tensors_to_same_length`. With `truncate`, the first 75 tokens are kept.
+//! - Weight w ≠ 1 on a token: its hidden state becomes `empty + (z − empty)·w` (empty = the empty prompt's
+//!   states at the same position).
+//! - Weight w < 1 on a fragment additionally mixes in the prompt encoded without that fragment, with mixing
+//!   weight `tan((1 − w)·π/2)` against 1 for the full prompt (normalised), so w → 0 approaches the prompt
+//!   without it. That is compel's `DownweightMode.REMOVE` (InvokeAI 2.x's behaviour); compel's default
+//!   `MASK` needs attention masks in the text encoder, which Ember's CLIP does not take.
+//! - Blends: each prompt's conditioning (padded to equal length) mixed by the blend weights.
+
+use crate::nn::clip::ClipTextModel;
+use crate::text::prompt::{self, Fragment, Prompt};
+use crate::text::tokenizer::ClipTokenizer;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use std::cell::OnceCell;
+
+/// CLIP's sequence length for SD 1.x: BOS + 75 tokens + EOS.
+pub const CHUNK_LEN: usize = 77;
+const TOKENS_PER_CHUNK: usize = CHUNK_LEN - 2;
+
+/// How prompts are turned into conditioning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptOptions {
+    /// Keep only the first 75 tokens (one 77-token sequence), as InvokeAI 2.x and diffusers do, instead of
+    /// encoding long prompts in chunks.
+    pub truncate: bool,
+    /// Do not normalise the weights of a legacy `text:weight` blend (InvokeAI's `-x`).
+    pub skip_normalize: bool,
+}
+
+/// The UNet's text inputs: `cond` and `uncond` are both `[1, 77·chunks, hidden]` with the same chunk count,
+/// in the text encoder's dtype.
+#[derive(Debug)]
+pub struct Conditioning {
+    pub cond: Tensor,
+    pub uncond: Tensor,
+    /// For the user: dropped tokens (with `truncate`), legacy blend weights that sum to zero.
+    pub warnings: Vec<String>,
+}
+
+/// Encodes `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax).
+pub fn encode_prompts(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextModel,
+    device: &Device,
+    prompt: &str,
+    negative: &str,
+    options: &PromptOptions,
+) -> Result<Conditioning> {
+    let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
+    let negative_text = join_nonempty(negative, &parsed.negative);
+    let negative_prompt = prompt::parse(&negative_text.replace('\n', " "))?;
+    let enc = Encoder::new(tokenizer, encoder, device, options.truncate);
+    let mut warnings = parsed.warnings;
+    for (what, p) in [("prompt", &parsed.prompt), ("negative prompt", &negative_prompt)] {
+        if let Some(dropped) = enc.dropped_text(p) {
+            warnings.push(format!(
+                "the {what} is longer than CLIP's {CHUNK_LEN} tokens; this part was ignored: \"{dropped}\""
+            ));
+        }
+    }
+    let cond = enc.prompt(&parsed.prompt)?;
+    let uncond = enc.prompt(&negative_prompt)?;
+    let chunks = chunk_count(&cond)?.max(chunk_count(&uncond)?);
+    Ok(Conditioning {
+        cond: enc.pad_to(cond, chunks)?,
+        uncond: enc.pad_to(uncond, chunks)?,
+        warnings,
+    })
+}
+
+fn join_nonempty(a: &str, b: &str) -> String {
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (_, true) => a.to_string(),
+        (true, false) => b.to_string(),
+        (false, false) => format!("{a} {b}"),
+    }
+}
+
+fn chunk_count(t: &Tensor) -> Result<usize> {
+    Ok(t.dim(1)? / CHUNK_LEN)
+}
+
+/// Token ids and per-token weights laid out in 77-token chunks.
+pub(crate) struct Chunked {
+    pub ids: Vec<u32>,
+    pub weights: Vec<f64>,
+    /// Tokens cut off by `truncate`.
+    pub dropped: Vec<u32>,
+}
+
+/// compel's `get_token_ids_and_expand_weights` + `_chunk_and_pad_token_ids` (brutal split): each fragment
+/// tokenized alone, the ids concatenated and laid out as BOS + 75 + EOS (+ padding) chunks.
+fn chunk_ids(tokenizer: &ClipTokenizer, fragments: &[Fragment], truncate: bool) -> Chunked {
+    let mut tokens = Vec::new();
+    let mut token_weights = Vec::new();
+    for f in fragments {
+        let ids = tokenizer.encode(&f.text);
+        let ids = &ids[1..ids.len() - 1];
+        token_weights.extend(std::iter::repeat_n(f.weight, ids.len()));
+        tokens.extend_from_slice(ids);
+    }
+    let mut out = Chunked {
+        ids: Vec::new(),
+        weights: Vec::new(),
+        dropped: Vec::new(),
+    };
+    let mut start = 0;
+    loop {
+        let end = (start + TOKENS_PER_CHUNK).min(tokens.len());
+        let pad = CHUNK_LEN - (end - start) - 2;
+        out.ids.push(tokenizer.bos_id());
+        out.ids.extend_from_slice(&tokens[start..end]);
+        out.ids.push(tokenizer.eos_id());
+        out.ids.extend(std::iter::repeat_n(tokenizer.pad_id(), pad));
+        out.weights.push(1.0);
+        out.weights.extend_from_slice(&token_weights[start..end]);
+        out.weights.extend(std::iter::repeat_n(1.0, pad + 1));
+        start = end;
+        if truncate {
+            out.dropped = tokens[start..].to_vec();
+            break;
+        }
+        if start >= tokens.len() {
+            break;
+        }
+    }
+    out
+}
+
+pub(crate) struct Encoder<'a> {
+    tokenizer: &'a ClipTokenizer,
+    model: &'a ClipTextModel,
+    device: &'a Device,
+    truncate: bool,
+    empty: OnceCell<Tensor>,
+}
+
+impl<'a> Encoder<'a> {
+    pub fn new(tokenizer: &'a ClipTokenizer, model: &'a ClipTextModel, device: &'a Device, truncate: bool) -> Self {
+        Self {
+            tokenizer,
+            model,
+            device,
+            truncate,
+            empty: OnceCell::new(),
+        }
+    }
+
+    fn chunk(&self, fragments: &[Fragment]) -> Chunked {
+        chunk_ids(self.tokenizer, fragments, self.truncate)
+    }
+
+    /// Text the truncation drops from `prompt` (the longest of a blend's parts), if any.
+    fn dropped_text(&self, prompt: &Prompt) -> Option<String> {
+        let parts: Vec<&[Fragment]> = match prompt {
+            Prompt::Weighted(f) => vec![f.as_slice()],
+            Prompt::Blend(b) => b.prompts.iter().map(Vec::as_slice).collect(),
+        };
+        parts
+            .into_iter()
+            .map(|f| self.chunk(f).dropped)
+            .filter(|d| !d.is_empty())
+            .max_by_key(Vec::len)
+            .map(|d| self.tokenizer.decode(&d))
+    }
+
+    /// Hidden states of the empty prompt: `[1, 77, hidden]`.
+    fn empty(&self) -> Result<&Tensor> {
+        if let Some(t) = self.empty.get() {
+            return Ok(t);
+        }
+        let chunked = self.chunk(&[Fragment {
+            text: String::new(),
+            weight: 1.0,
+        }]);
+        let z = self.encode_ids(&chunked.ids)?;
+        Ok(self.empty.get_or_init(|| z))
+    }
+
+    fn encode_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.device)?.unsqueeze(0)?;
+        Ok(self.model.forward(&ids)?)
+    }
+
+    /// compel's `build_weighted_embedding_tensor`: each chunk encoded, then `empty + (z − empty)·w` on the
+    /// tokens whose weight is not exactly 1 (those keep `z` untouched).
+    fn weighted_embedding(&self, chunked: &Chunked) -> Result<Tensor> {
+        let mut out = Vec::new();
+        for (ids, weights) in chunked.ids.chunks(CHUNK_LEN).zip(chunked.weights.chunks(CHUNK_LEN)) {
+            let z = self.encode_ids(ids)?;
+            if weights.iter().all(|&w| w == 1.0) {
+                out.push(z);
+                continue;
+            }
+            let empty = self.empty()?;
+            let w = Tensor::new(weights, self.device)?
+                .to_dtype(z.dtype())?
+                .reshape((1, CHUNK_LEN, 1))?;
+            let weighted = (empty + z.sub(empty)?.broadcast_mul(&w)?)?;
+            let keep: Vec<u8> = weights.iter().map(|&w| u8::from(w == 1.0)).collect();
+            let keep = Tensor::new(keep.as_slice(), self.device)?
+                .reshape((1, CHUNK_LEN, 1))?
+                .broadcast_as(z.shape())?;
+            out.push(keep.where_cond(&z, &weighted)?);
+        }
+        Ok(Tensor::cat(&out, 1)?)
+    }
+
+    /// One weighted prompt (compel's `get_embeddings_for_weighted_prompt_fragments`, REMOVE mode).
+    pub fn weighted_prompt(&self, fragments: &[Fragment]) -> Result<Tensor> {
+        let base = self.weighted_embedding(&self.chunk(fragments))?;
+        let mut embeddings = vec![base];
+        let mut mix = vec![1.0];
+        for (i, f) in fragments.iter().enumerate() {
+            if f.weight >= 1.0 {
+                continue;
+            }
+            let mut without = fragments.to_vec();
+            without.remove(i);
+            let z = self.weighted_embedding(&self.chunk(&without))?;
+            // Removing a fragment can drop a chunk; compel would fail there, Ember pads with the empty prompt.
+            embeddings.push(self.pad_to(z, chunk_count(&embeddings[0])?)?);
+            mix.push(((1.0 - f.weight.max(1e-5)) * std::f64::consts::FRAC_PI_2).tan());
+        }
+        self.mix(&embeddings, &mix, true)
+    }
+
+    /// Conditioning of a parsed prompt, `[1, 77·chunks, hidden]`.
+    pub fn prompt(&self, prompt: &Prompt) -> Result<Tensor> {
+        match prompt {
+            Prompt::Weighted(fragments) => self.weighted_prompt(fragments),
+            Prompt::Blend(blend) => {
+                let parts = blend
+                    .prompts
+                    .iter()
+                    .map(|p| self.weighted_prompt(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let chunks = parts.iter().map(chunk_count).try_fold(0, |m, c| c.map(|c| m.max(c)))?;
+                let parts = parts
+                    .into_iter()
+                    .map(|p| self.pad_to(p, chunks))
+                    .collect::<Result<Vec<_>>>()?;
+                self.mix(&parts, &blend.weights, blend.normalize)
+            }
+        }
+    }
+
+    /// `Σ wᵢ·eᵢ` (compel's `apply_embedding_weights`), weights divided by their sum when `normalize`.
+    fn mix(&self, embeddings: &[Tensor], weights: &[f64], normalize: bool) -> Result<Tensor> {
+        let dtype = embeddings[0].dtype();
+        // compel builds the weights in the embeddings' dtype before normalising.
+        let cast = |w: f64| if dtype == DType::F64 { w } else { w as f32 as f64 };
+        let sum: f64 = weights.iter().map(|&w| cast(w)).sum();
+        if normalize && sum == 0.0 {
+            return Err(Error::invalid(
+                "prompt",
+                "the blend weights add up to zero; change them or skip normalisation",
+            ));
+        }
+        let mut acc: Option<Tensor> = None;
+        for (e, &w) in embeddings.iter().zip(weights) {
+            let w = if normalize { cast(w) / sum } else { cast(w) };
+            let term = e.affine(w, 0.0)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+        acc.ok_or_else(|| Error::invalid("prompt", "nothing to blend"))
+    }
+
+    /// Appends empty-prompt chunks until `t` has `chunks` chunks.
+    pub fn pad_to(&self, t: Tensor, chunks: usize) -> Result<Tensor> {
+        let have = chunk_count(&t)?;
+        if have >= chunks {
+            return Ok(t);
+        }
+        let mut parts = vec![t];
+        parts.extend(std::iter::repeat_n(self.empty()?.clone(), chunks - have));
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+}
+
+/// A readable tokenization of `prompt` and `negative` for `-t`: each chunk's tokens, with the weight of
+/// every weighted run, blend parts with their weights, and what `truncate` drops.
+pub fn describe_tokenization(
+    tokenizer: &ClipTokenizer,
+    prompt: &str,
+    negative: &str,
+    options: &PromptOptions,
+) -> Result<String> {
+    let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
+    let negative_prompt = prompt::parse(&join_nonempty(negative, &parsed.negative).replace('\n', " "))?;
+    // Tokenizing needs no model; only `chunk` is used.
+    let mut out = String::new();
+    for (label, p) in [("prompt", &parsed.prompt), ("negative prompt", &negative_prompt)] {
+        let parts: Vec<(String, &[Fragment])> = match p {
+            Prompt::Weighted(f) => vec![(label.to_string(), f.as_slice())],
+            Prompt::Blend(b) => (b.prompts.iter().zip(&b.weights).enumerate())
+                .map(|(i, (f, w))| (format!("{label}, blend part {} (weight {w})", i + 1), f.as_slice()))
+                .collect(),
+        };
+        for (title, fragments) in parts {
+            let chunked = chunk_ids(tokenizer, fragments, options.truncate);
+            let chunks = chunked.ids.len() / CHUNK_LEN;
+            out.push_str(&format!("{title}: {chunks} chunk(s) of {CHUNK_LEN} tokens\n"));
+            for (i, (ids, weights)) in chunked
+                .ids
+                .chunks(CHUNK_LEN)
+                .zip(chunked.weights.chunks(CHUNK_LEN))
+                .enumerate()
+            {
+                out.push_str(&format!(
+                    "  chunk {}: {}\n",
+                    i + 1,
+                    describe_run(tokenizer, ids, weights)
+                ));
+            }
+            if !chunked.dropped.is_empty() {
+                out.push_str(&format!(
+                    "  dropped ({} tokens past {TOKENS_PER_CHUNK}): {}\n",
+                    chunked.dropped.len(),
+                    tokenizer.decode(&chunked.dropped)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Tokens between BOS and EOS, runs of equal weight ≠ 1 shown as `(text)×w`.
+fn describe_run(tokenizer: &ClipTokenizer, ids: &[u32], weights: &[f64]) -> String {
+    // The chunk's content lies between its BOS and its first EOS.
+    let len = ids.iter().skip(1).position(|&i| i == tokenizer.eos_id()).unwrap_or(0);
+    let content: Vec<(u32, f64)> = ids[1..=len]
+        .iter()
+        .zip(&weights[1..=len])
+        .map(|(&i, &w)| (i, w))
+        .collect();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < content.len() {
+        let w = content[start].1;
+        let end = (start..content.len())
+            .find(|&j| content[j].1 != w)
+            .unwrap_or(content.len());
+        let run: Vec<u32> = content[start..end].iter().map(|&(i, _)| i).collect();
+        let text = tokenizer.decode(&run);
+        pieces.push(if w == 1.0 { text } else { format!("({text})×{w:.4}") });
+        start = end;
+    }
+    format!("[{} tokens] {}", content.len(), pieces.join(" "))
+}

@@ -1,0 +1,132 @@
+//! `--seamless` (circular padding in every UNet and VAE convolution) against diffusers' tiny model with every
+//! `nn.Conv2d` switched to `padding_mode="circular"` (tools/oracle/make_seamless_reference.py, torch f32 CPU).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use ember::nn::config::{UNetConfig, VaeConfig};
+use ember::nn::{seamless_enabled, seamless_scope, AutoencoderKL, UNet2DConditionModel};
+use std::collections::HashMap;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-sd");
+const REFERENCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/seamless_reference.safetensors"
+);
+
+/// The same bounds as the zero-padded parity tests (nn_parity.rs): f32 vs torch f32, only accumulation order differs.
+const TOL_UNET: f32 = 1e-4;
+const TOL_VAE: f32 = 1e-3;
+
+fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
+}
+
+fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
+    r.get(key)
+        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_seamless_reference.py").into())
+}
+
+fn weights(sub: &str) -> Result<VarBuilder<'static>, Box<dyn std::error::Error>> {
+    let path = format!("{MODEL}/{sub}/diffusion_pytorch_model.safetensors");
+    // SAFETY: the fixture file is not modified while the test runs.
+    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? })
+}
+
+fn config<T: serde::de::DeserializeOwned>(sub: &str) -> Result<T, Box<dyn std::error::Error>> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(format!(
+        "{MODEL}/{sub}/config.json"
+    ))?)?)
+}
+
+fn max_err(got: &Tensor, want: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
+    if got.dims() != want.dims() {
+        return Err(format!("shape {:?} vs reference {:?}", got.dims(), want.dims()).into());
+    }
+    Ok((got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+fn check(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
+    let err = max_err(got, want)?;
+    println!("{what}: max |Δ| = {err:e}");
+    assert!(err <= tol, "{what}: max |Δ| = {err} > {tol}");
+    Ok(())
+}
+
+#[test]
+fn unet_with_circular_padding_matches_diffusers() -> TestResult {
+    let r = reference()?;
+    let cfg: UNetConfig = config("unet")?;
+    let unet = UNet2DConditionModel::new(weights("unet")?, &cfg)?;
+    let (sample, context) = (get(&r, "unet/sample")?, get(&r, "unet/context")?);
+    let odd = get(&r, "unet/odd_sample")?;
+    let (tiled, tiled_odd) = {
+        let _seamless = seamless_scope(true);
+        let odd_out = unet.forward(odd, 999.0, &context.narrow(0, 0, 1)?)?;
+        (unet.forward(sample, 500.5, context)?, odd_out)
+    };
+    check("unet seamless 8x8", &tiled, get(&r, "unet/out_t500.5")?, TOL_UNET)?;
+    check("unet seamless 5x9", &tiled_odd, get(&r, "unet/odd_out_t999")?, TOL_UNET)?;
+
+    // The scope ended: zero padding again, and the outputs differ from the circular ones where edges matter.
+    assert!(!seamless_enabled());
+    let plain = unet.forward(sample, 500.5, context)?;
+    let diff = max_err(&plain, &tiled)?;
+    assert!(
+        diff > 1e-2,
+        "zero and circular padding give nearly the same output ({diff})"
+    );
+    Ok(())
+}
+
+#[test]
+fn vae_with_circular_padding_matches_diffusers() -> TestResult {
+    let r = reference()?;
+    let cfg: VaeConfig = config("vae")?;
+    let vae = AutoencoderKL::new(weights("vae")?, &cfg)?;
+    let _seamless = seamless_scope(true);
+    check(
+        "vae seamless encode mean",
+        &vae.encode_mean(get(&r, "vae/input")?)?,
+        get(&r, "vae/mean")?,
+        TOL_VAE,
+    )?;
+    check(
+        "vae seamless decode",
+        &vae.decode(get(&r, "vae/latent")?)?,
+        get(&r, "vae/decoded")?,
+        TOL_VAE,
+    )
+}
+
+#[test]
+fn scopes_nest_and_restore() {
+    assert!(!seamless_enabled());
+    {
+        let _on = seamless_scope(true);
+        assert!(seamless_enabled());
+        {
+            let _off = seamless_scope(false);
+            assert!(!seamless_enabled());
+        }
+        assert!(seamless_enabled());
+    }
+    assert!(!seamless_enabled());
+}
+
+#[test]
+fn circular_pad_wraps_like_torch() -> TestResult {
+    // F.pad(arange(6).reshape(1, 1, 2, 3), (1, 1, 1, 1), mode="circular"):
+    let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 1, 2, 3))?;
+    let padded = ember::nn::blocks::pad_circular(&x, 1)?;
+    let want: Vec<f32> = vec![
+        5., 3., 4., 5., 3., //
+        2., 0., 1., 2., 0., //
+        5., 3., 4., 5., 3., //
+        2., 0., 1., 2., 0.,
+    ];
+    assert_eq!(padded.dims(), &[1, 1, 4, 5]);
+    assert_eq!(padded.flatten_all()?.to_vec1::<f32>()?, want);
+    Ok(())
+}
