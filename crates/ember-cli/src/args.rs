@@ -3,7 +3,7 @@
 //! The per-image switches live in one struct, [`Switches`], shared by `ember generate`, the REPL's launch flags
 //! (which become the sticky defaults of every `invoke>` line) and the `invoke>` line parser itself
 //! ([`crate::dream_line`]). Every field is optional there; [`Switches::over`] layers a line over the launch flags,
-//! and [`crate::runner::Settings`] fills what is still unset with InvokeAI's defaults.
+//! and [`crate::runner::Runner`] fills what is still unset with InvokeAI's defaults.
 //! Long flags are written with `-` (`--cfg-scale`); InvokeAI's `_` spellings (`--cfg_scale`) are accepted too.
 
 use clap::{ArgAction, Args, Parser, Subcommand};

@@ -289,3 +289,36 @@ fn malformed_prompts_do_not_panic() -> TestResult {
     }
     Ok(())
 }
+
+/// A pasted file as a prompt is refused with the field named, unless the user asks for truncation.
+#[test]
+fn absurdly_long_prompts_are_refused() -> TestResult {
+    let (tokenizer, encoder) = model(DType::F32)?;
+    let huge = "a red fox in the snow, ".repeat(600);
+    for (prompt, negative, field) in [
+        (huge.as_str(), "", "prompt"),
+        ("a fox", huge.as_str(), "negative_prompt"),
+    ] {
+        let err = encode_prompts(
+            &tokenizer,
+            &encoder,
+            &Device::Cpu,
+            prompt,
+            negative,
+            &PromptOptions::default(),
+        )
+        .expect_err("too long");
+        assert!(
+            matches!(&err, ember::Error::InvalidRequest { field: f, .. } if *f == field),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--truncate-prompts"), "{err}");
+    }
+    let truncate = PromptOptions {
+        truncate: true,
+        skip_normalize: false,
+    };
+    let c = encode_prompts(&tokenizer, &encoder, &Device::Cpu, &huge, "", &truncate)?;
+    assert_eq!(c.cond.dims()[1], CHUNK_LEN);
+    Ok(())
+}

@@ -25,6 +25,9 @@ use std::cell::OnceCell;
 /// CLIP's sequence length for SD 1.x: BOS + 75 tokens + EOS.
 pub const CHUNK_LEN: usize = 77;
 const TOKENS_PER_CHUNK: usize = CHUNK_LEN - 2;
+/// Longest prompt encoded, in chunks (2,400 tokens): the UNet's cross-attention grows with every chunk, and a
+/// prompt this long is almost surely a pasted file rather than a description.
+pub const MAX_CHUNKS: usize = 32;
 
 /// How prompts are turned into conditioning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,6 +61,22 @@ pub fn encode_prompts(
     let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
     let negative_text = join_nonempty(negative, &parsed.negative);
     let negative_prompt = prompt::parse(&negative_text.replace('\n', " "))?;
+    for (field, p) in [("prompt", &parsed.prompt), ("negative_prompt", &negative_prompt)] {
+        let longest = parts(p)
+            .into_iter()
+            .map(|f| chunk_ids(tokenizer, f, options.truncate).ids.len() / CHUNK_LEN)
+            .max()
+            .unwrap_or(0);
+        if longest > MAX_CHUNKS {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{longest} chunks of {TOKENS_PER_CHUNK} tokens is more than the {MAX_CHUNKS} Ember encodes; \
+                     shorten it (or pass --truncate-prompts to keep only the first {TOKENS_PER_CHUNK} tokens)"
+                ),
+            ));
+        }
+    }
     let enc = Encoder::new(tokenizer, encoder, device, options.truncate);
     let mut warnings = parsed.warnings;
     for (what, p) in [("prompt", &parsed.prompt), ("negative prompt", &negative_prompt)] {
@@ -82,6 +101,14 @@ fn join_nonempty(a: &str, b: &str) -> String {
         (_, true) => a.to_string(),
         (true, false) => b.to_string(),
         (false, false) => format!("{a} {b}"),
+    }
+}
+
+/// The fragment lists a prompt is encoded from: one, or one per blend part.
+fn parts(prompt: &Prompt) -> Vec<&[Fragment]> {
+    match prompt {
+        Prompt::Weighted(f) => vec![f.as_slice()],
+        Prompt::Blend(b) => b.prompts.iter().map(Vec::as_slice).collect(),
     }
 }
 
@@ -161,11 +188,7 @@ impl<'a> Encoder<'a> {
 
     /// Text the truncation drops from `prompt` (the longest of a blend's parts), if any.
     fn dropped_text(&self, prompt: &Prompt) -> Option<String> {
-        let parts: Vec<&[Fragment]> = match prompt {
-            Prompt::Weighted(f) => vec![f.as_slice()],
-            Prompt::Blend(b) => b.prompts.iter().map(Vec::as_slice).collect(),
-        };
-        parts
+        parts(prompt)
             .into_iter()
             .map(|f| self.chunk(f).dropped)
             .filter(|d| !d.is_empty())
