@@ -10,13 +10,18 @@ Loads the tiny model's tokenizer and text encoder (tests/fixtures/tiny-sd, float
   tests/fixtures/prompt_reference.json         the cases and, for each, compel's parse of the positive and negative
                                                 prompt (fragments with weights, or a blend), plus parse-only cases
   tests/fixtures/prompt_reference.safetensors  cond/{i}, uncond/{i}: [1, 77*chunks, 16] float32 per case
+  tests/fixtures/prompt_reference_mask.json    the same for compel's default DownweightMode.MASK: every case above with
+  tests/fixtures/prompt_reference_mask.safetensors  a weight < 1 (index `case` into the cases above) plus MASK_CASES;
+                                                also clip/ids, clip/mask, clip/out: transformers' CLIPTextModel on
+                                                token ids with an attention mask (one masked run, one all-ones)
 
 Conditioning is what InvokeAI 2.3's `get_uc_and_c_and_ec` computes, with compel configured as Ember:
   - InvokeAI 2.x pre-processing, restated here from ldm/invoke/conditioning.py: newlines -> spaces; `[words]` are
     removed (replaced by a space, runs of spaces collapsed) and joined into the negative prompt; a positive prompt
     that splits into more than one `text:weight` piece (split_weighted_subprompts) becomes a compel Blend of the
     pieces' parses, weights normalised to sum 1 unless skip_normalize (zero sum -> equal weights).
-  - Compel(truncate_long_prompts=<case>, downweight_mode=REMOVE, split_long_text_mode=BRUTAL); the negative prompt is
+  - Compel(truncate_long_prompts=<case>, downweight_mode=REMOVE (MASK for the _mask files),
+    split_long_text_mode=BRUTAL); the negative prompt is
     the case's negative plus the bracketed words; cond and uncond are then padded with
     compel.pad_conditioning_tensors_to_same_length.
 Deterministic: no randomness is involved.
@@ -38,6 +43,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODEL = os.path.join(ROOT, "tests", "fixtures", "tiny-sd")
 OUT_JSON = os.path.join(ROOT, "tests", "fixtures", "prompt_reference.json")
 OUT_TENSORS = os.path.join(ROOT, "tests", "fixtures", "prompt_reference.safetensors")
+OUT_MASK_JSON = os.path.join(ROOT, "tests", "fixtures", "prompt_reference_mask.json")
+OUT_MASK_TENSORS = os.path.join(ROOT, "tests", "fixtures", "prompt_reference_mask.safetensors")
 
 LONG = ("a breathtaking panorama of a mountain valley at dawn, mist over a winding river, pine forests, snow capped "
         "peaks, golden light on the cliffs, a small wooden cabin with smoke from the chimney, deer grazing in a "
@@ -65,6 +72,19 @@ CASES = [
     ("", "blurry, ugly", False, False),
     ("a cat [blurry] on a mat [ugly hands]", "low quality", False, False),
     ("a (cat on a mat", LONG, False, False),
+]
+
+# Extra cases for DownweightMode.MASK only: a down-weighted fragment spanning the chunk boundary of a long prompt,
+# straddling or wholly past the truncation point, at the very start, weight 0, and in the negative prompt.
+MASK_CASES = [
+    (LONG.replace("wide angle lens, cinematic composition", "(wide angle lens, cinematic composition)0.4"), "", False,
+     False),
+    (LONG.replace("wide angle lens", "(wide angle lens)0.5"), "", True, False),
+    (LONG.replace("masterpiece, award winning photograph", "(masterpiece, award winning photograph)0.3"), "", True,
+     False),
+    ("(a cat)0.3 on a mat", "", False, False),
+    ("a cat on a (mat)0", "", False, False),
+    ("a cat on a mat", "(blurry)0.5, (ugly)0.2 hands", False, False),
 ]
 
 # Parse-only cases (compel syntax, no InvokeAI pre-processing).
@@ -142,6 +162,54 @@ def invokeai_prompts(prompt, negative, skip_normalize):
     return positive_obj, parse(negative_text)
 
 
+def has_downweight(obj):
+    if isinstance(obj, Blend):
+        return any(has_downweight(p) for p in obj.prompts)
+    return any(f.weight < 1 for f in obj.children)
+
+
+def conditioning(tokenizer, encoder, mode, prompt, negative, truncate, skip_normalize):
+    compel = Compel(tokenizer=tokenizer, text_encoder=encoder, truncate_long_prompts=truncate,
+                    downweight_mode=mode, split_long_text_mode=SplitLongTextMode.BRUTAL)
+    positive_obj, negative_obj = invokeai_prompts(prompt, negative, skip_normalize)
+    with torch.no_grad():
+        cond, _ = compel.build_conditioning_tensor_for_prompt_object(positive_obj)
+        uncond, _ = compel.build_conditioning_tensor_for_prompt_object(negative_obj)
+        cond, uncond = compel.pad_conditioning_tensors_to_same_length([cond[0], uncond[0]])
+    cond = cond.reshape(1, -1, cond.shape[-1]).float().contiguous()
+    uncond = uncond.reshape(1, -1, uncond.shape[-1]).float().contiguous()
+    return cond, uncond, positive_obj, negative_obj
+
+
+def write_mask_reference(tokenizer, encoder):
+    tensors, cases = {}, []
+    todo = [(i, c) for i, c in enumerate(CASES)
+            if any(has_downweight(o) for o in invokeai_prompts(c[0], c[1], c[3]))] + [(None, c) for c in MASK_CASES]
+    for j, (i, (prompt, negative, truncate, skip_normalize)) in enumerate(todo):
+        cond, uncond, _, _ = conditioning(tokenizer, encoder, DownweightMode.MASK, prompt, negative, truncate,
+                                          skip_normalize)
+        tensors[f"cond/{j}"], tensors[f"uncond/{j}"] = cond, uncond
+        cases.append({"case": i, "prompt": prompt, "negative": negative, "truncate": truncate,
+                      "skip_normalize": skip_normalize, "chunks": cond.shape[1] // 77})
+    # The text encoder alone with an attention mask (0 = ignore that key), as compel's MASK mode calls it.
+    ids = tokenizer("a red cat with green eyes on a mat", padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    masks = torch.ones(2, 77, dtype=torch.long)
+    masks[0, 2:4] = 0
+    masks[0, 6] = 0
+    with torch.no_grad():
+        out = encoder(ids.repeat(2, 1), attention_mask=masks).last_hidden_state
+    tensors["clip/ids"] = ids.repeat(2, 1).to(torch.int64).contiguous()
+    tensors["clip/mask"] = masks.float().contiguous()
+    tensors["clip/out"] = out.float().contiguous()
+    with open(OUT_MASK_JSON, "w") as f:
+        json.dump({"compel_version": importlib.metadata.version("compel"), "cases": cases}, f, indent=1,
+                  ensure_ascii=False)
+        f.write("\n")
+    save_file(tensors, OUT_MASK_TENSORS)
+    print(f"wrote {OUT_MASK_JSON} and {OUT_MASK_TENSORS} ({len(cases)} cases)")
+
+
 def main():
     tokenizer = CLIPTokenizer.from_pretrained(os.path.join(MODEL, "tokenizer"))
     encoder = CLIPTextModel.from_pretrained(os.path.join(MODEL, "text_encoder"), torch_dtype=torch.float32).eval()
@@ -168,6 +236,7 @@ def main():
         f.write("\n")
     save_file(tensors, OUT_TENSORS)
     print(f"wrote {OUT_JSON} and {OUT_TENSORS} ({len(cases)} cases)")
+    write_mask_reference(tokenizer, encoder)
 
 
 if __name__ == "__main__":

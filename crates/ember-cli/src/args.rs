@@ -6,7 +6,7 @@
 //! and [`crate::runner::Runner`] fills what is still unset with InvokeAI's defaults.
 //! Long flags are written with `-` (`--cfg-scale`); InvokeAI's `_` spellings (`--cfg_scale`) are accepted too.
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// The default model: downloaded into the Hugging Face cache on first use.
@@ -158,6 +158,10 @@ pub struct Switches {
     /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x) instead of encoding long prompts in 77-token chunks.
     #[arg(long, alias = "truncate_prompts")]
     pub truncate_prompts: bool,
+    /// How a prompt fragment weighted below 1 fades: `remove` mixes in the prompt without it (InvokeAI 2.x),
+    /// `mask` the same tokens with the fragment masked out of the text encoder's attention (compel) [default: remove].
+    #[arg(long, value_enum)]
+    pub downweight: Option<Downweight>,
     /// img2img: lengthen the schedule so that exactly -s steps run from the init image.
     #[arg(long, alias = "exact_steps")]
     pub exact_steps: bool,
@@ -170,6 +174,13 @@ pub struct Switches {
     /// With --save-intermediates: decode those steps with the VAE (full size, slower) instead of the fast preview.
     #[arg(long, alias = "decode_intermediates")]
     pub decode_intermediates: bool,
+}
+
+/// `--downweight`'s values (see `ember::text::conditioning::Downweight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Downweight {
+    Remove,
+    Mask,
 }
 
 impl Switches {
@@ -199,6 +210,7 @@ impl Switches {
             karras_max: self.karras_max.or(base.karras_max),
             negative: self.negative.clone().or_else(|| base.negative.clone()),
             truncate_prompts: self.truncate_prompts || base.truncate_prompts,
+            downweight: self.downweight.or(base.downweight),
             exact_steps: self.exact_steps || base.exact_steps,
             step_strip: self.step_strip || base.step_strip,
             save_intermediates: self.save_intermediates.or(base.save_intermediates),

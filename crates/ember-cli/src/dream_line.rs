@@ -277,6 +277,9 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
             line.push(format!("{flag} {}", image[key]));
         }
     }
+    if image["downweight"] == "mask" {
+        line.push("--downweight mask".to_string());
+    }
     if let Some(negative) = image["negative_prompt"].as_str().filter(|n| !n.is_empty()) {
         line.push(format!("--negative {}", quote(negative)));
     }

@@ -5,7 +5,7 @@
 //! and `-I -1` can refer back to them. Every request is checked before the model is loaded, so a typo fails
 //! at once instead of after a long load.
 
-use crate::args::{ModelArgs, Switches};
+use crate::args::{Downweight, ModelArgs, Switches};
 use crate::dream_line::{self, DreamLine};
 use anyhow::Context;
 use ember::device::{parse_device, parse_dtype};
@@ -197,6 +197,7 @@ impl Runner {
             hires_fix: sw.hires_fix,
             skip_normalize: sw.skip_normalize,
             truncate_prompts: sw.truncate_prompts,
+            downweight_mask: sw.downweight == Some(Downweight::Mask),
         };
         request.validate()?;
         Ok(Plan {

@@ -4,7 +4,7 @@
 
 use ember::image::metadata::{dream_command, ImageRecord};
 use ember::request::{GenerateRequest, InitImage};
-use ember_cli::args::Switches;
+use ember_cli::args::{Downweight, Switches};
 use ember_cli::dream_line::{fetch_command, parse, parse_variations, split_prompt};
 use std::path::{Path, PathBuf};
 
@@ -47,8 +47,8 @@ fn prompt_and_switches_split_like_invokeai() {
 fn every_switch_in_short_form() {
     let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
                 -V 1:0.1,2:0.2 -t -x -o out --seamless --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
-                --negative \"ugly hands\" --truncate-prompts --exact-steps --step-strip --save-intermediates 2 \
-                --decode-intermediates";
+                --negative \"ugly hands\" --truncate-prompts --downweight mask --exact-steps --step-strip \
+                --save-intermediates 2 --decode-intermediates";
     let want = Switches {
         steps: Some(10),
         seed: Some(1592514025),
@@ -73,6 +73,7 @@ fn every_switch_in_short_form() {
         karras_max: Some(20),
         negative: Some("ugly hands".into()),
         truncate_prompts: true,
+        downweight: Some(Downweight::Mask),
         exact_steps: true,
         step_strip: true,
         save_intermediates: Some(2),
@@ -88,7 +89,7 @@ fn every_switch_in_long_forms_with_underscores_and_dashes() {
     let line = "fire --steps 10 --seed 7 --width 64 --height 72 --cfg_scale 5 --sampler ddim --init_img a.png \
                 --strength 0.5 --fit --iterations 2 --grid --variation_amount 0.3 --with_variations 9:0.5 \
                 --log_tokenization --skip_normalize --outdir o --hires-fix --karras-max 10 --truncate_prompts \
-                --exact_steps --step_strip --save_intermediates 3 --decode_intermediates";
+                --exact_steps --step_strip --save_intermediates 3 --decode_intermediates --downweight remove";
     let s = parse(line).expect("parses").switches;
     assert_eq!(
         (s.steps, s.seed, s.width, s.height, s.cfg_scale),
@@ -106,6 +107,7 @@ fn every_switch_in_long_forms_with_underscores_and_dashes() {
     assert!(s.fit && s.grid && s.log_tokenization && s.skip_normalize && s.hires_fix);
     assert!(s.truncate_prompts && s.exact_steps && s.step_strip && s.decode_intermediates);
     assert_eq!((s.karras_max, s.save_intermediates), (Some(10), Some(3)));
+    assert_eq!(s.downweight, Some(Downweight::Remove));
     assert_eq!(s.outdir, Some(PathBuf::from("o")));
     for alias in ["--init-image", "--init_image", "--init-img"] {
         let s = parse(&format!("x {alias} b.png")).expect(alias).switches;
@@ -121,6 +123,7 @@ fn bad_lines_are_errors_that_name_the_problem() {
     for (line, needle) in [
         ("x --no-such-switch", "--no-such-switch"),
         ("x -s ten", "ten"),
+        ("x --downweight fade", "fade"),
         ("x -S 42 stray words", "stray words"),
         (r#""open quote -s 3"#, "double quote"),
     ] {
@@ -171,9 +174,14 @@ fn dream_chunks_read_back_exactly() {
         strength: 0.6,
         skip_normalize: true,
         truncate_prompts: true,
+        downweight_mask: true,
         ..Default::default()
     };
     let line = dream_command(&record(txt2img.clone(), (128, 64)));
+    assert!(
+        line.contains(" --truncate-prompts --downweight mask --negative "),
+        "{line}"
+    );
     let parsed = parse(&line).expect(&line);
     assert_eq!(parsed.prompt, nasty, "{line}");
     let s = &parsed.switches;
@@ -191,6 +199,7 @@ fn dream_chunks_read_back_exactly() {
         txt2img.with_variations
     );
     assert!(s.seamless && s.hires_fix && s.skip_normalize && s.truncate_prompts);
+    assert_eq!(s.downweight, Some(Downweight::Mask));
     assert_eq!((s.threshold, s.perlin, s.strength), (Some(2.5), Some(0.2), Some(0.6)));
 
     let img2img = GenerateRequest {
@@ -212,6 +221,7 @@ fn dream_chunks_read_back_exactly() {
         "{line}"
     );
     assert_eq!((s.strength, s.fit, s.exact_steps), (Some(0.7), true, true));
+    assert_eq!(s.downweight, None, "the default is not written: {line}");
 }
 
 /// InvokeAI 2.x's own outputs: the Dream line of the seed document's img2img study.
@@ -244,7 +254,8 @@ fn falls_back_to_sd_metadata() {
     let json = r#"{"model": "stable diffusion", "image": {"prompt": [{"prompt": "a \"b\" c", "weight": 1.0}],
         "steps": 20, "cfg_scale": 7.5, "height": 256, "width": 320, "seed": 77, "sampler": "k_heun",
         "type": "img2img", "init_image_path": "in it.png", "strength": 0.4, "fit": true,
-        "variations": [{"seed": 5, "weight": 0.1}], "seamless": true, "threshold": 0, "perlin": 0}}"#;
+        "variations": [{"seed": 5, "weight": 0.1}], "seamless": true, "threshold": 0, "perlin": 0,
+        "downweight": "mask"}}"#;
     let pixels = image::RgbImage::new(8, 8);
     ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json.to_string())]).unwrap();
     let line = fetch_command(&path).expect("sd-metadata");
@@ -262,6 +273,7 @@ fn falls_back_to_sd_metadata() {
     assert_eq!((s.strength, s.fit, s.seamless), (Some(0.4), true, true));
     assert_eq!(s.with_variations.as_deref(), Some("5:0.1"));
     assert_eq!((s.threshold, s.perlin), (None, None));
+    assert_eq!(s.downweight, Some(Downweight::Mask));
     // A PNG without either chunk is an error that says so.
     let bare = dir.path().join("bare.png");
     ember::image::png_meta::write_png_with_text(&bare, &pixels, &[]).unwrap();

@@ -57,6 +57,9 @@ pub struct ParamsInput {
     /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x) instead of encoding long prompts in 77-token chunks.
     /// Default false.
     pub truncate_prompts: Option<bool>,
+    /// Fade prompt fragments weighted below 1 by masking their tokens in the text encoder's attention (compel's
+    /// default) instead of mixing in the prompt without them (InvokeAI 2.x). Default false.
+    pub downweight_mask: Option<bool>,
 }
 
 /// One variation of the initial noise: slerp toward the noise of `seed` by `weight`.
@@ -96,6 +99,7 @@ pub struct Params {
     pub hires_fix: bool,
     pub skip_normalize: bool,
     pub truncate_prompts: bool,
+    pub downweight_mask: bool,
 }
 
 impl Default for Params {
@@ -150,6 +154,7 @@ impl ParamsInput {
             hires_fix: self.hires_fix.unwrap_or(false),
             skip_normalize: self.skip_normalize.unwrap_or(false),
             truncate_prompts: self.truncate_prompts.unwrap_or(false),
+            downweight_mask: self.downweight_mask.unwrap_or(false),
         }
     }
 }
@@ -178,6 +183,7 @@ impl Params {
             hires_fix: self.hires_fix,
             skip_normalize: self.skip_normalize,
             truncate_prompts: self.truncate_prompts,
+            downweight_mask: self.downweight_mask,
         })
     }
 }
@@ -378,5 +384,6 @@ mod tests {
         );
         assert_eq!((request.threshold, request.perlin), (0.0, 0.0));
         assert_eq!((request.skip_normalize, request.truncate_prompts), (false, false));
+        assert!(!request.downweight_mask);
     }
 }

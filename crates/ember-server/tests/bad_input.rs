@@ -425,6 +425,7 @@ async fn page_samplers_models_and_openapi() {
         "exact_steps",
         "skip_normalize",
         "truncate_prompts",
+        "downweight_mask",
     ] {
         assert!(input[field].is_object(), "ParamsInput.{field} is documented");
     }

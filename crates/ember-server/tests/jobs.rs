@@ -353,6 +353,7 @@ async fn variations_and_noise_options_resolve_at_submit_and_reproduce() {
         "perlin": 0.1,
         "skip_normalize": true,
         "truncate_prompts": true,
+        "downweight_mask": true,
     });
     for (k, v) in options.as_object().expect("object") {
         params[k] = v.clone();
@@ -370,7 +371,14 @@ async fn variations_and_noise_options_resolve_at_submit_and_reproduce() {
         resolved.get("variation_amount").is_none(),
         "resolved into with_variations: {resolved}"
     );
-    for key in ["seamless", "threshold", "perlin", "skip_normalize", "truncate_prompts"] {
+    for key in [
+        "seamless",
+        "threshold",
+        "perlin",
+        "skip_normalize",
+        "truncate_prompts",
+        "downweight_mask",
+    ] {
         assert_eq!(resolved[key], options[key], "{key}");
     }
     assert_eq!(resolved["seed"], 42);
@@ -382,6 +390,7 @@ async fn variations_and_noise_options_resolve_at_submit_and_reproduce() {
         "--seamless".into(),
         "--perlin 0.1".into(),
         "--truncate-prompts".into(),
+        "--downweight mask".into(),
     ] {
         assert!(dream.contains(&part), "{part} in {dream}");
     }
@@ -496,6 +505,7 @@ async fn jobs_and_images_stored_by_older_versions_still_load_and_run() {
         "hires_fix",
         "skip_normalize",
         "truncate_prompts",
+        "downweight_mask",
     ] {
         assert_eq!(params[key], false, "{key}");
     }

@@ -66,6 +66,9 @@ pub struct GenerateRequest {
     pub skip_normalize: bool,
     /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x / diffusers) instead of encoding them in 77-token chunks.
     pub truncate_prompts: bool,
+    /// `--downweight mask`: fade a fragment weighted below 1 by masking its tokens in the text encoder's attention
+    /// (compel's default) instead of re-encoding the prompt without it (InvokeAI 2.x).
+    pub downweight_mask: bool,
 }
 
 impl Default for GenerateRequest {
@@ -91,6 +94,7 @@ impl Default for GenerateRequest {
             hires_fix: false,
             skip_normalize: false,
             truncate_prompts: false,
+            downweight_mask: false,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The prompt language against compel: parses, legacy `text:weight` splits and the weighted / chunked
 //! conditioning on the tiny model's text encoder. References come from tools/oracle/make_prompt_reference.py
-//! (compel with DownweightMode.REMOVE and brutal chunk splitting, transformers, float32, CPU).
+//! (compel with DownweightMode.REMOVE, and MASK for the `_mask` files, brutal chunk splitting, transformers,
+//! float32, CPU).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::ClipTextConfig;
 use ember::nn::ClipTextModel;
-use ember::text::conditioning::{describe_tokenization, encode_prompts, PromptOptions, CHUNK_LEN};
+use ember::text::conditioning::{describe_tokenization, encode_prompts, Downweight, PromptOptions, CHUNK_LEN};
 use ember::text::prompt::{self, Fragment, Prompt};
 use ember::text::tokenizer::ClipTokenizer;
 use serde_json::Value;
@@ -22,6 +23,14 @@ const REFERENCE_JSON: &str = concat!(
 const REFERENCE_TENSORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../tests/fixtures/prompt_reference.safetensors"
+);
+const MASK_JSON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/prompt_reference_mask.json"
+);
+const MASK_TENSORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/prompt_reference_mask.safetensors"
 );
 
 /// f32 against torch f32 on CPU: only accumulation order differs (CLIP alone agrees to ~1e-6 here).
@@ -47,6 +56,7 @@ fn options(case: &Value) -> PromptOptions {
     PromptOptions {
         truncate: case["truncate"].as_bool().unwrap_or(false),
         skip_normalize: case["skip_normalize"].as_bool().unwrap_or(false),
+        downweight: Downweight::Remove,
     }
 }
 
@@ -199,6 +209,84 @@ fn conditioning_matches_compel_f64() -> TestResult {
     check_conditioning(DType::F64)
 }
 
+/// compel's default `DownweightMode.MASK`: the reference's cases with a weight < 1, plus long prompts with a
+/// down-weighted fragment across the chunk boundary / the truncation point, weight 0 and a weighted negative.
+fn check_mask_conditioning(dtype: DType) -> TestResult {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(MASK_JSON)?)?;
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(MASK_TENSORS, &Device::Cpu)?;
+    let (tokenizer, encoder) = model(dtype)?;
+    let (mut worst, mut distinct) = (0f32, 0);
+    let cases = r["cases"].as_array().ok_or("mask reference lacks cases")?;
+    for (j, case) in cases.iter().enumerate() {
+        let text = str_of(case, "prompt")?;
+        let negative = str_of(case, "negative")?;
+        let mask = PromptOptions {
+            downweight: Downweight::Mask,
+            ..options(case)
+        };
+        let c = encode_prompts(&tokenizer, &encoder, &Device::Cpu, text, negative, &mask)?;
+        let removed = encode_prompts(&tokenizer, &encoder, &Device::Cpu, text, negative, &options(case))?;
+        let chunks = case["chunks"].as_u64().ok_or("chunks")? as usize;
+        let mut differs = false;
+        for (name, got, other) in [("cond", &c.cond, &removed.cond), ("uncond", &c.uncond, &removed.uncond)] {
+            let want = tensors
+                .get(&format!("{name}/{j}"))
+                .ok_or("mask reference lacks a tensor")?;
+            assert_eq!(got.dims(), want.dims(), "mask case {j} {name} {text:?}");
+            assert_eq!(got.dim(1)?, chunks * CHUNK_LEN, "mask case {j} {name}");
+            let err = max_err(got, want)?;
+            worst = worst.max(err);
+            assert!(err <= TOL, "mask case {j} {name} ({text:?}): max |Δ| {err:e} > {TOL:e}");
+            differs |= other.dims() != want.dims() || max_err(other, want)? > 100.0 * TOL;
+        }
+        distinct += usize::from(differs);
+    }
+    println!(
+        "{dtype:?}: worst max |Δ| vs compel MASK {worst:e} ({distinct}/{} cases differ from REMOVE)",
+        cases.len()
+    );
+    // Only the case whose down-weighted fragment lies wholly past the truncation point is the same in both modes
+    // (compel gives it no term); every other case must tell the modes apart, or the comparison proves nothing.
+    assert!(
+        distinct + 1 >= cases.len(),
+        "{distinct} of {} cases differ from REMOVE",
+        cases.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn mask_conditioning_matches_compel_f32() -> TestResult {
+    check_mask_conditioning(DType::F32)
+}
+
+#[test]
+fn mask_conditioning_matches_compel_f64() -> TestResult {
+    check_mask_conditioning(DType::F64)
+}
+
+/// The text encoder with transformers' `attention_mask` (three tokens masked; and all ones, which must equal
+/// the unmasked forward).
+#[test]
+fn masked_clip_matches_transformers() -> TestResult {
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(MASK_TENSORS, &Device::Cpu)?;
+    let get = |k: &str| tensors.get(k).ok_or(format!("mask reference lacks {k}"));
+    let ids = get("clip/ids")?.to_dtype(DType::U32)?;
+    let (mask, want) = (get("clip/mask")?, get("clip/out")?);
+    for dtype in [DType::F32, DType::F64] {
+        let (_, encoder) = model(dtype)?;
+        let got = encoder.forward_masked(&ids, Some(mask))?;
+        let err = max_err(&got, want)?;
+        println!("{dtype:?}: masked CLIP max |Δ| vs transformers {err:e}");
+        assert!(err <= TOL, "{dtype:?}: max |Δ| {err:e}");
+        let unmasked = encoder.forward(&ids.narrow(0, 1, 1)?)?;
+        assert!(max_err(&unmasked, &want.narrow(0, 1, 1)?)? <= TOL);
+        // The masked tokens really change the result.
+        assert!(max_err(&got.narrow(0, 0, 1)?, &want.narrow(0, 1, 1)?)? > 100.0 * TOL);
+    }
+    Ok(())
+}
+
 /// `truncate` on an unweighted prompt must give exactly what the pipeline's plain 77-token encoding gives
 /// (the engine's parity tests rely on it).
 #[test]
@@ -208,7 +296,7 @@ fn truncated_plain_prompt_equals_plain_encoding() -> TestResult {
     let (tokenizer, encoder) = model(DType::F32)?;
     let opts = PromptOptions {
         truncate: true,
-        skip_normalize: false,
+        ..Default::default()
     };
     for text in [long, "a photo of a cat on a mat", "fire, smoke and embers!", ""] {
         let c = encode_prompts(&tokenizer, &encoder, &Device::Cpu, text, "", &opts)?;
@@ -316,7 +404,7 @@ fn absurdly_long_prompts_are_refused() -> TestResult {
     }
     let truncate = PromptOptions {
         truncate: true,
-        skip_normalize: false,
+        ..Default::default()
     };
     let c = encode_prompts(&tokenizer, &encoder, &Device::Cpu, &huge, "", &truncate)?;
     assert_eq!(c.cond.dims()[1], CHUNK_LEN);

@@ -7,10 +7,11 @@
 //!   gets `-f` (InvokeAI drops `-f 0`, which then replays at its 0.75 default) and `--fit` when fitted.
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
 //!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
-//!   `--seamless`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`, `--negative "…"`. The line is a
-//!   valid REPL command, which is what `!fetch` relies on: it regenerates the same image.
+//!   `--seamless`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`, `--downweight mask`,
+//!   `--negative "…"`. The line is a valid REPL command, which is what `!fetch` relies on: it regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
-//!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given.
+//!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given
+//!   and `downweight: "mask"` with `--downweight mask`.
 //! - `parameters`: AUTOMATIC1111's text block, read by most image browsers.
 
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
@@ -120,6 +121,9 @@ pub fn dream_command(record: &ImageRecord) -> String {
     if r.truncate_prompts {
         parts.push("--truncate-prompts".to_string());
     }
+    if r.downweight_mask {
+        parts.push("--downweight mask".to_string());
+    }
     if !r.negative_prompt.is_empty() {
         parts.push(format!("--negative {}", quote(&r.negative_prompt)));
     }
@@ -169,6 +173,9 @@ struct SdImage<'a> {
     seamless: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     hires_fix: bool,
+    /// `"mask"` with `--downweight mask`; absent for the default (InvokeAI 2.x's removal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downweight: Option<&'static str>,
     postprocessing: Option<()>,
     sampler: &'static str,
     variations: Vec<SdVariation>,
@@ -209,6 +216,7 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             seed: r.seed,
             seamless: r.seamless,
             hires_fix: r.hires_fix && !img2img,
+            downweight: r.downweight_mask.then_some("mask"),
             postprocessing: None,
             sampler: r.sampler.name(),
             variations: r

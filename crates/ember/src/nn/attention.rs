@@ -10,18 +10,33 @@ use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 /// time, while the small ones (cross-attention, low resolutions) still batch many slices per matmul.
 const SCORE_BUDGET_BYTES: usize = 64 << 20;
 
-/// `softmax(q·kᵀ/√d [+ causal mask]) · v` for `q: [B, H, N, d]`, `k, v: [B, H, M, d]`, returning `[B, H, N, d]`
-/// in `q`'s dtype. `causal` masks key positions after the query's (CLIP's text encoder).
+/// `softmax(q·kᵀ/√d [+ causal mask] [+ key_mask]) · v` for `q: [B, H, N, d]`, `k, v: [B, H, M, d]`, returning
+/// `[B, H, N, d]` in `q`'s dtype. `causal` masks key positions after the query's (CLIP's text encoder).
+/// `key_mask` is added to the scores: any shape that broadcasts to `[B, H, N, M]` (e.g. `[B, 1, 1, M]` with 0 to
+/// keep a key and −∞ to ignore it, as transformers' `attention_mask`); a query row whose keys are all −∞ gives NaN.
 ///
 /// The (batch × head) slices are processed in chunks so that the score matrices alive at any time stay
 /// within [`SCORE_BUDGET_BYTES`] (but at least one slice); never all heads' N×M matrices at once.
 /// Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs: with f16 scores the
 /// rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own f16.
-pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
-    attention_in_chunks(q, k, v, causal, SCORE_BUDGET_BYTES)
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    key_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
 }
 
-fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, budget_bytes: usize) -> Result<Tensor> {
+fn attention_in_chunks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    key_mask: Option<&Tensor>,
+    budget_bytes: usize,
+) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let m = k.dim(2)?;
     let (dtype, slices) = (q.dtype(), b * h);
@@ -38,6 +53,19 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, budget_
     } else {
         None
     };
+    // One mask row per (batch × head) slice so that chunks can narrow it like q; a per-key mask keeps its single
+    // query row (broadcast over N when added), so it stays B·H·M values.
+    let key_mask = match key_mask {
+        Some(mask) => {
+            let rows = match mask.rank() {
+                r if r >= 2 && mask.dims()[r - 2] == 1 => 1,
+                _ => n,
+            };
+            let full = mask.to_dtype(acc)?.broadcast_as((b, h, rows, m))?;
+            Some(full.contiguous()?.reshape((slices, rows, m))?)
+        }
+        None => None,
+    };
     let per_chunk = (budget_bytes / (n * m * 4).max(1)).clamp(1, slices);
     let mut outs = Vec::with_capacity(slices.div_ceil(per_chunk));
     let mut start = 0;
@@ -46,6 +74,10 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, budget_
         let scores = q.narrow(0, start, len)?.matmul(&k.narrow(0, start, len)?.t()?)?;
         let scores = match &mask {
             Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let scores = match &key_mask {
+            Some(key_mask) => scores.broadcast_add(&key_mask.narrow(0, start, len)?)?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -99,7 +131,7 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(x)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, false)?;
+        let out = scaled_dot_product_attention(&q, &k, &v, false, None)?;
         let (b, h, n, d) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
         self.to_out.forward(&out)
@@ -128,12 +160,66 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (b, h, n, d), &dev)?;
         let k = Tensor::randn(0f32, 1., (b, h, m, d), &dev)?;
         let v = Tensor::randn(0f32, 1., (b, h, m, d), &dev)?;
-        for causal in [false, true] {
-            let whole = attention_in_chunks(&q, &k, &v, causal, usize::MAX)?;
+        let key_mask = Tensor::new(&[0f32, f32::NEG_INFINITY, 0., 0.], &dev)?
+            .repeat(m / 4)?
+            .reshape((1, 1, 1, m))?;
+        for (causal, mask) in [
+            (false, None),
+            (true, None),
+            (false, Some(&key_mask)),
+            (true, Some(&key_mask)),
+        ] {
+            let whole = attention_in_chunks(&q, &k, &v, causal, mask, usize::MAX)?;
             for slices_per_chunk in [1, 2] {
-                let got = attention_in_chunks(&q, &k, &v, causal, slices_per_chunk * n * m * 4)?;
+                let got = attention_in_chunks(&q, &k, &v, causal, mask, slices_per_chunk * n * m * 4)?;
                 let err = (got - &whole)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
                 assert!(err < 1e-6, "chunks of {slices_per_chunk}: max abs difference {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The additive key mask against torch's `F.scaled_dot_product_attention` with the same `attn_mask` (fixture
+    /// from tools/oracle/make_attention_reference.py), alone and combined with the causal mask; run with one
+    /// slice per chunk too, so the per-slice narrowing of the mask is covered.
+    #[test]
+    fn key_mask_matches_torch() -> Result<()> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/attention_mask_reference.safetensors"
+        );
+        let r = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let get = |name: &str| {
+            r.get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("{path} lacks {name}")))
+        };
+        for (prefix, causal) in [("", false), ("causal_", true)] {
+            let (q, k, v) = (
+                get(&format!("{prefix}q"))?,
+                get(&format!("{prefix}k"))?,
+                get(&format!("{prefix}v"))?,
+            );
+            let mask = get(&format!("{prefix}key_mask"))?;
+            let want = get(&format!("{prefix}out"))?;
+            let (n, m) = (q.dim(2)?, k.dim(2)?);
+            for budget in [usize::MAX, n * m * 4] {
+                let got = attention_in_chunks(q, k, v, causal, Some(mask), budget)?;
+                let err = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(err < 1e-6, "{prefix}out, budget {budget}: max abs difference {err}");
+                let got64 = attention_in_chunks(
+                    &q.to_dtype(candle_core::DType::F64)?,
+                    &k.to_dtype(candle_core::DType::F64)?,
+                    &v.to_dtype(candle_core::DType::F64)?,
+                    causal,
+                    Some(mask),
+                    budget,
+                )?;
+                let err = (got64.to_dtype(candle_core::DType::F32)? - want)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?;
+                assert!(err < 1e-6, "{prefix}out f64, budget {budget}: max abs difference {err}");
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! transformers' `CLIPTextModel`: token ids → the last hidden state (after the final layer norm), the
 //! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
+//! An optional attention mask hides tokens from the others (compel's `DownweightMode.MASK`).
 
 use super::attention::scaled_dot_product_attention;
 use super::blocks::{layer_norm, LayerNorm};
@@ -63,7 +64,8 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `key_mask`: additive, `[B, 1, 1, N]`.
+    fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let heads = |t: Tensor| {
             t.reshape((b, n, self.heads, d / self.heads))?
@@ -74,7 +76,7 @@ impl EncoderLayer {
         let q = heads(self.q_proj.forward(&h)?)?;
         let k = heads(self.k_proj.forward(&h)?)?;
         let v = heads(self.v_proj.forward(&h)?)?;
-        let attn = scaled_dot_product_attention(&q, &k, &v, true)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, true, key_mask)?;
         let attn = attn.transpose(1, 2)?.reshape((b, n, d))?;
         let x = (self.out_proj.forward(&attn)? + x)?;
         let h = self
@@ -130,15 +132,39 @@ impl ClipTextModel {
 
     /// `input_ids: [B, N]` (u32, N ≤ max positions, 77 for SD) → `[B, N, hidden]` in the weights' dtype.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (_, n) = input_ids.dims2()?;
+        self.forward_masked(input_ids, None)
+    }
+
+    /// [`Self::forward`] with transformers' `attention_mask`: `[B, N]`, nonzero = attend to that token, 0 = no
+    /// query attends to it (on top of the causal mask). Every query must keep at least one visible key (position 0
+    /// at least, as compel's masks always do), or its row of hidden states becomes NaN.
+    pub fn forward_masked(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n) = input_ids.dims2()?;
         if n > self.max_positions {
             candle_core::bail!("CLIP: {n} tokens exceed the model's {} positions", self.max_positions);
         }
+        let key_mask = match attention_mask {
+            Some(mask) => {
+                if mask.dims() != [b, n] {
+                    candle_core::bail!(
+                        "CLIP: attention mask {:?} does not match the ids' [{b}, {n}]",
+                        mask.dims()
+                    );
+                }
+                // Additive: 0 where attended, −∞ where masked (transformers uses the dtype's minimum; both give
+                // exactly zero probability once a visible key exists).
+                let keep = mask.ne(0f64)?;
+                let zeros = Tensor::zeros((b, n), DType::F32, mask.device())?;
+                let hidden = Tensor::full(f32::NEG_INFINITY, (b, n), mask.device())?;
+                Some(keep.where_cond(&zeros, &hidden)?.reshape((b, 1, 1, n))?)
+            }
+            None => None,
+        };
         let positions = Tensor::arange(0u32, n as u32, input_ids.device())?;
         let tokens = self.token_embedding.forward(&input_ids.to_dtype(DType::U32)?)?;
         let mut x = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, key_mask.as_ref())?;
         }
         self.final_layer_norm.forward(&x)
     }

@@ -16,7 +16,7 @@ use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_prompts, PromptOptions};
+use crate::text::conditioning::{describe_tokenization, encode_prompts, Downweight, PromptOptions};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -406,5 +406,10 @@ fn prompt_options(request: &GenerateRequest) -> PromptOptions {
     PromptOptions {
         truncate: request.truncate_prompts,
         skip_normalize: request.skip_normalize,
+        downweight: if request.downweight_mask {
+            Downweight::Mask
+        } else {
+            Downweight::Remove
+        },
     }
 }

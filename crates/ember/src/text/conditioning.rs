@@ -11,8 +11,11 @@
 //!   states at the same position).
 //! - Weight w < 1 on a fragment additionally mixes in the prompt encoded without that fragment, with mixing
 //!   weight `tan((1 − w)·π/2)` against 1 for the full prompt (normalised), so w → 0 approaches the prompt
-//!   without it. That is compel's `DownweightMode.REMOVE` (InvokeAI 2.x's behaviour); compel's default
-//!   `MASK` needs attention masks in the text encoder, which Ember's CLIP does not take.
+//!   without it. "Without" is, per [`Downweight`], either the prompt re-tokenized without the fragment (compel's
+//!   `DownweightMode.REMOVE`, InvokeAI 2.x's behaviour and Ember's default) or the same tokens with the fragment's
+//!   tokens hidden by the text encoder's attention mask (compel's default `DownweightMode.MASK`; the other tokens
+//!   keep their positions). As in compel, with `truncate` a fragment that starts past the cut, and every fragment
+//!   after it, gets no such term.
 //! - Blends: each prompt's conditioning (padded to equal length) mixed by the blend weights.
 
 use crate::nn::clip::ClipTextModel;
@@ -37,6 +40,19 @@ pub struct PromptOptions {
     pub truncate: bool,
     /// Do not normalise the weights of a legacy `text:weight` blend (InvokeAI's `-x`).
     pub skip_normalize: bool,
+    /// What a fragment with weight < 1 is mixed with.
+    pub downweight: Downweight,
+}
+
+/// How a fragment weighted below 1 is faded out (compel's `DownweightMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Downweight {
+    /// Mix with the prompt tokenized without the fragment (InvokeAI 2.x; the later tokens move up).
+    #[default]
+    Remove,
+    /// Mix with the same tokens encoded while the fragment's tokens are masked out of the text encoder's attention
+    /// (compel's default, InvokeAI 3+).
+    Mask,
 }
 
 /// The UNet's text inputs: `cond` and `uncond` are both `[1, 77·chunks, hidden]` with the same chunk count,
@@ -77,7 +93,7 @@ pub fn encode_prompts(
             ));
         }
     }
-    let enc = Encoder::new(tokenizer, encoder, device, options.truncate);
+    let enc = Encoder::new(tokenizer, encoder, device, options);
     let mut warnings = parsed.warnings;
     for (what, p) in [("prompt", &parsed.prompt), ("negative prompt", &negative_prompt)] {
         if let Some(dropped) = enc.dropped_text(p) {
@@ -122,6 +138,8 @@ pub(crate) struct Chunked {
     pub weights: Vec<f64>,
     /// Tokens cut off by `truncate`.
     pub dropped: Vec<u32>,
+    /// How many tokens each fragment has (before chunking and truncation).
+    pub fragment_tokens: Vec<usize>,
 }
 
 /// compel's `get_token_ids_and_expand_weights` + `_chunk_and_pad_token_ids` (brutal split): each fragment
@@ -129,16 +147,19 @@ pub(crate) struct Chunked {
 fn chunk_ids(tokenizer: &ClipTokenizer, fragments: &[Fragment], truncate: bool) -> Chunked {
     let mut tokens = Vec::new();
     let mut token_weights = Vec::new();
+    let mut fragment_tokens = Vec::with_capacity(fragments.len());
     for f in fragments {
         let ids = tokenizer.encode(&f.text);
         let ids = &ids[1..ids.len() - 1];
         token_weights.extend(std::iter::repeat_n(f.weight, ids.len()));
         tokens.extend_from_slice(ids);
+        fragment_tokens.push(ids.len());
     }
     let mut out = Chunked {
         ids: Vec::new(),
         weights: Vec::new(),
         dropped: Vec::new(),
+        fragment_tokens,
     };
     let mut start = 0;
     loop {
@@ -163,21 +184,69 @@ fn chunk_ids(tokenizer: &ClipTokenizer, fragments: &[Fragment], truncate: bool) 
     out
 }
 
+/// Inclusive positions in `chunked.ids` of each fragment's tokens, as compel's `_get_token_ranges_for_fragments`
+/// finds them: None for a fragment without tokens. With `truncate`, a fragment running past the cut ends at the
+/// EOS position (76), and the list stops at the first fragment starting past the cut: compel gives that fragment
+/// and all later ones no down-weighting term.
+fn fragment_ranges(chunked: &Chunked, truncate: bool) -> Vec<Option<(usize, usize)>> {
+    let position = |t: usize| (t / TOKENS_PER_CHUNK) * CHUNK_LEN + 1 + t % TOKENS_PER_CHUNK;
+    let mut out = Vec::with_capacity(chunked.fragment_tokens.len());
+    let mut start = 0;
+    for &len in &chunked.fragment_tokens {
+        if len == 0 {
+            out.push(None);
+            continue;
+        }
+        if truncate && start >= TOKENS_PER_CHUNK {
+            break;
+        }
+        let last = if truncate {
+            (start + len).min(CHUNK_LEN - 1)
+        } else {
+            position(start + len - 1)
+        };
+        out.push(Some((position(start), last)));
+        start += len;
+    }
+    out
+}
+
+/// compel's MASK-mode attention mask (1 = attend) hiding positions `first..=last`; without `truncate` every
+/// chunk's BOS and last position stay visible (they frame the chunk even when a fragment spans two chunks).
+fn mask_without(len: usize, (first, last): (usize, usize), truncate: bool) -> Vec<u8> {
+    let mut mask = vec![1u8; len];
+    mask[first..=last.min(len - 1)].fill(0);
+    if !truncate {
+        for chunk in mask.chunks_mut(CHUNK_LEN) {
+            chunk[0] = 1;
+            chunk[CHUNK_LEN - 1] = 1;
+        }
+    }
+    mask
+}
+
 pub(crate) struct Encoder<'a> {
     tokenizer: &'a ClipTokenizer,
     model: &'a ClipTextModel,
     device: &'a Device,
     truncate: bool,
+    downweight: Downweight,
     empty: OnceCell<Tensor>,
 }
 
 impl<'a> Encoder<'a> {
-    pub fn new(tokenizer: &'a ClipTokenizer, model: &'a ClipTextModel, device: &'a Device, truncate: bool) -> Self {
+    pub fn new(
+        tokenizer: &'a ClipTokenizer,
+        model: &'a ClipTextModel,
+        device: &'a Device,
+        options: &PromptOptions,
+    ) -> Self {
         Self {
             tokenizer,
             model,
             device,
-            truncate,
+            truncate: options.truncate,
+            downweight: options.downweight,
             empty: OnceCell::new(),
         }
     }
@@ -205,21 +274,30 @@ impl<'a> Encoder<'a> {
             text: String::new(),
             weight: 1.0,
         }]);
-        let z = self.encode_ids(&chunked.ids)?;
+        let z = self.encode_ids(&chunked.ids, None)?;
         Ok(self.empty.get_or_init(|| z))
     }
 
-    fn encode_ids(&self, ids: &[u32]) -> Result<Tensor> {
+    /// One 77-token chunk; `mask` as transformers' `attention_mask` (1 = attend).
+    fn encode_ids(&self, ids: &[u32], mask: Option<&[u8]>) -> Result<Tensor> {
         let ids = Tensor::new(ids, self.device)?.unsqueeze(0)?;
-        Ok(self.model.forward(&ids)?)
+        let mask = mask
+            .map(|m| Tensor::new(m, self.device).and_then(|t| t.unsqueeze(0)))
+            .transpose()?;
+        Ok(self.model.forward_masked(&ids, mask.as_ref())?)
     }
 
-    /// compel's `build_weighted_embedding_tensor`: each chunk encoded, then `empty + (z − empty)·w` on the
-    /// tokens whose weight is not exactly 1 (those keep `z` untouched).
-    fn weighted_embedding(&self, chunked: &Chunked) -> Result<Tensor> {
+    /// compel's `build_weighted_embedding_tensor`: each chunk encoded (under `mask`, laid out like `chunked.ids`),
+    /// then `empty + (z − empty)·w` on the tokens whose weight is not exactly 1 (those keep `z` untouched).
+    fn weighted_embedding(&self, chunked: &Chunked, mask: Option<&[u8]>) -> Result<Tensor> {
         let mut out = Vec::new();
-        for (ids, weights) in chunked.ids.chunks(CHUNK_LEN).zip(chunked.weights.chunks(CHUNK_LEN)) {
-            let z = self.encode_ids(ids)?;
+        for (i, (ids, weights)) in chunked
+            .ids
+            .chunks(CHUNK_LEN)
+            .zip(chunked.weights.chunks(CHUNK_LEN))
+            .enumerate()
+        {
+            let z = self.encode_ids(ids, mask.map(|m| &m[i * CHUNK_LEN..(i + 1) * CHUNK_LEN]))?;
             if weights.iter().all(|&w| w == 1.0) {
                 out.push(z);
                 continue;
@@ -238,20 +316,34 @@ impl<'a> Encoder<'a> {
         Ok(Tensor::cat(&out, 1)?)
     }
 
-    /// One weighted prompt (compel's `get_embeddings_for_weighted_prompt_fragments`, REMOVE mode).
+    /// One weighted prompt (compel's `get_embeddings_for_weighted_prompt_fragments`).
     pub fn weighted_prompt(&self, fragments: &[Fragment]) -> Result<Tensor> {
-        let base = self.weighted_embedding(&self.chunk(fragments))?;
+        let chunked = self.chunk(fragments);
+        // compel's base embedding in MASK mode passes an all-ones mask, which changes nothing: encode unmasked.
+        let base = self.weighted_embedding(&chunked, None)?;
+        let chunks = chunk_count(&base)?;
         let mut embeddings = vec![base];
         let mut mix = vec![1.0];
-        for (i, f) in fragments.iter().enumerate() {
+        let ranges = fragment_ranges(&chunked, self.truncate);
+        for (i, (f, range)) in fragments.iter().zip(&ranges).enumerate() {
             if f.weight >= 1.0 {
                 continue;
             }
-            let mut without = fragments.to_vec();
-            without.remove(i);
-            let z = self.weighted_embedding(&self.chunk(&without))?;
-            // Removing a fragment can drop a chunk; compel would fail there, Ember pads with the empty prompt.
-            embeddings.push(self.pad_to(z, chunk_count(&embeddings[0])?)?);
+            let z = match (self.downweight, range) {
+                (Downweight::Remove, _) => {
+                    let mut without = fragments.to_vec();
+                    without.remove(i);
+                    // Removing a fragment can drop a chunk; compel would fail there, Ember pads with the empty prompt.
+                    self.pad_to(self.weighted_embedding(&self.chunk(&without), None)?, chunks)?
+                }
+                (Downweight::Mask, Some(range)) => {
+                    let mask = mask_without(chunked.ids.len(), *range, self.truncate);
+                    self.weighted_embedding(&chunked, Some(&mask))?
+                }
+                // No tokens, nothing to mask: the term would equal the base (compel raises an error here).
+                (Downweight::Mask, None) => continue,
+            };
+            embeddings.push(z);
             mix.push(((1.0 - f.weight.max(1e-5)) * std::f64::consts::FRAC_PI_2).tan());
         }
         self.mix(&embeddings, &mix, true)
