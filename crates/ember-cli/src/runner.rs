@@ -237,7 +237,8 @@ struct Plan {
     outdir: PathBuf,
 }
 
-fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
+/// Loads the model the flags name, on their device and in their precision.
+pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let device = parse_device(&model.device)?;
     let dtype = parse_dtype(&model.dtype)?;
     Pipeline::load(&model.model, &device, dtype)

@@ -8,13 +8,12 @@
 //! ```
 
 use crate::args::ModelArgs;
-use anyhow::Context;
-use ember::device::{parse_device, parse_dtype};
+use crate::runner::{load_pipeline, random_seed};
 use ember::image::grid::{labelled_grid, stack_vertical, text_image, LABEL_SCALE};
 use ember::image::png_meta::write_png_with_text;
 use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::strip::{strip_path, StepStrip};
-use ember::pipeline::{CancelToken, Event, Pipeline};
+use ember::pipeline::{CancelToken, Event};
 use ember::request::{GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,7 +95,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     let seed = match args.seed {
         Some(seed) => seed,
         None => {
-            let seed = random_seed()?;
+            let seed = random_seed();
             eprintln!("seed: {seed}");
             seed
         }
@@ -133,10 +132,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
 
-    let device = parse_device(&args.model.device)?;
-    let dtype = parse_dtype(&args.model.dtype)?;
-    let pipeline = Pipeline::load(&args.model.model, &device, dtype)
-        .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())?;
+    let pipeline = load_pipeline(&args.model)?;
     let cancel = CancelToken::new();
     let mut stdout = std::io::stdout().lock();
 
@@ -329,11 +325,4 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// A seed from the OS's entropy, for studies without `-S`.
-fn random_seed() -> anyhow::Result<u32> {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no seed given and no OS randomness ({e}); pass -S"))?;
-    Ok(u32::from_le_bytes(bytes))
 }
