@@ -8,6 +8,7 @@
 
 use crate::args::Switches;
 use clap::Parser;
+use ember::image::metadata::{quote, quote_if_needed};
 use ember::Error;
 use std::path::Path;
 
@@ -284,28 +285,6 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
         line.push(format!("--negative {}", quote(negative)));
     }
     Some(line.join(" "))
-}
-
-/// A double-quoted word that [`shell_split`] reads back unchanged.
-pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-fn quote_if_needed(s: &str) -> String {
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || "\"'\\#".contains(c)) {
-        quote(s)
-    } else {
-        s.to_string()
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::preview::latents_to_rgb;
 use ember::image::strip::{strip_path, StepStrip};
 use ember::pipeline::{CancelToken, Event, Pipeline};
-use ember::request::{GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
+use ember::request::{random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
 use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
 use ember::Error;
 use image::RgbImage;
@@ -331,18 +331,4 @@ fn file_stem(path: &Path) -> String {
 fn is_back_reference(s: &str) -> bool {
     s.strip_prefix('-')
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A seed from the OS's entropy, for runs without `-S` and for `-v`'s variation seeds.
-pub fn random_seed() -> u32 {
-    let mut bytes = [0u8; 4];
-    // Falls back to the clock only if the OS has no entropy source at all.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        return nanos;
-    }
-    u32::from_le_bytes(bytes)
 }

@@ -8,13 +8,15 @@
 //! ```
 
 use crate::args::ModelArgs;
-use crate::runner::{load_pipeline, random_seed};
+use crate::runner::load_pipeline;
 use ember::image::grid::{labelled_grid, stack_vertical, text_image, LABEL_SCALE};
 use ember::image::png_meta::write_png_with_text;
 use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::strip::{strip_path, StepStrip};
 use ember::pipeline::{CancelToken, Event};
-use ember::request::{GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH};
+use ember::request::{
+    random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

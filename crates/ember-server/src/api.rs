@@ -16,7 +16,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ember::image::init::prepare_init_image;
-use ember::request::InitImage;
+use ember::request::{random_seed, InitImage};
+use ember::sample::perlin::check_image_size;
 use ember::sample::SamplerKind;
 use futures_util::stream::Stream;
 use serde::Deserialize;
@@ -226,18 +227,15 @@ async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec
     let upload = match upload {
         Some(upload) => {
             let (upload, size) = check_upload(upload, &params).await?;
-            check_perlin_size(&params, size, "the init image")?;
+            check_perlin_size(&params, size)?;
             Some(upload)
         }
         None => None,
     };
-    if params.perlin > 0.0 {
-        if let Some(id) = params.init_image_id {
-            let size = gallery_init_size(state, id, &params).await?;
-            check_perlin_size(&params, size, "the init image")?;
-        } else if !img2img {
-            check_perlin_size(&params, (params.width as u32, params.height as u32), "the image")?;
-        }
+    // txt2img sizes were checked by `validate`; an init image's size is known only now.
+    if let Some(id) = params.init_image_id.filter(|_| params.perlin > 0.0) {
+        let size = gallery_init_size(state, id, &params).await?;
+        check_perlin_size(&params, size)?;
     }
     Ok(NewJob {
         params,
@@ -292,35 +290,12 @@ fn prepared_size(name: &str, bytes: &[u8], fit: Option<(u32, u32)>) -> ApiResult
     Ok(prepared.rgb.dimensions())
 }
 
-/// Perlin noise cuts the latent into 8×8 cells (InvokeAI's `rand_perlin_2d`): the image that is generated must have
-/// sides that are multiples of 64 pixels.
-fn check_perlin_size(params: &Params, (width, height): (u32, u32), what: &str) -> ApiResult<()> {
-    if params.perlin <= 0.0 || (width % 64 == 0 && height % 64 == 0) {
-        return Ok(());
+/// With Perlin noise, the init image (as prepared) must have sides that are multiples of 64 pixels.
+fn check_perlin_size(params: &Params, (width, height): (u32, u32)) -> ApiResult<()> {
+    if params.perlin > 0.0 {
+        check_image_size(width as usize, height as usize)?;
     }
-    let round = |v: u32| (v / 64).max(1) * 64;
-    Err(ApiError::bad_request(
-        Some("perlin"),
-        format!(
-            "Perlin noise needs an image whose sides are multiples of 64 pixels, and {what} is {width}×{height}; \
-             use e.g. {}×{} (with fit for an init image), or set perlin to 0",
-            round(width),
-            round(height)
-        ),
-    ))
-}
-
-/// A seed from the OS's entropy, for jobs submitted without one.
-fn random_seed() -> u32 {
-    let mut bytes = [0u8; 4];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Only when the OS has no entropy source at all.
-        return std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    }
-    u32::from_le_bytes(bytes)
+    Ok(())
 }
 
 /// Ids in paths are positive integers; anything else (`..%2Fetc`, `abc`) is an unknown id.

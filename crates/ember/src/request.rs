@@ -183,19 +183,7 @@ impl GenerateRequest {
                      and the first pass runs at a size chosen from the model (drop one of the two)",
                 ));
             }
-            if !self.width.is_multiple_of(64) || !self.height.is_multiple_of(64) {
-                return Err(Error::invalid(
-                    "perlin",
-                    format!(
-                        "Perlin noise needs a width and height that are multiples of 64 pixels; {}×{} is not \
-                         (try -W {} -H {})",
-                        self.width,
-                        self.height,
-                        (self.width / 64).max(1) * 64,
-                        (self.height / 64).max(1) * 64
-                    ),
-                ));
-            }
+            crate::sample::perlin::check_image_size(self.width, self.height)?;
         }
         for &(seed, weight) in &self.with_variations {
             if !(0.0..=1.0).contains(&weight) {
@@ -241,6 +229,19 @@ pub fn exact_schedule_steps(strength: f64, steps: usize) -> Option<usize> {
         schedule += 1;
     }
     (schedule <= 1000).then_some(schedule)
+}
+
+/// A seed from the OS's entropy, for requests made without one (falls back to the clock only if the OS has no
+/// entropy source at all).
+pub fn random_seed() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    }
+    u32::from_le_bytes(bytes)
 }
 
 /// `floor(strength × steps)` in f64, as InvokeAI computes `t_enc`.

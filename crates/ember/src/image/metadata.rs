@@ -300,7 +300,7 @@ fn a1111_quote(v: &str) -> String {
 
 /// A double-quoted shell word as InvokeAI's `shlex.split` reads it back. Line breaks become spaces (CLIP
 /// collapses whitespace anyway) so the command stays one line.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -317,8 +317,10 @@ fn quote(s: &str) -> String {
     out
 }
 
-fn quote_if_needed(s: &str) -> String {
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c)) {
+/// `s` as one shell word: bare when that reads back unchanged, else [`quote`]d. `#` needs quotes too, since
+/// the reader (`shlex.split(comments=True)`, like InvokeAI's) ends the line at a bare one.
+pub fn quote_if_needed(s: &str) -> String {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || "\"'\\#".contains(c)) {
         quote(s)
     } else {
         s.to_string()
@@ -347,6 +349,7 @@ mod tests {
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
         assert_eq!(quote_if_needed("dir/fire drawing.png"), "\"dir/fire drawing.png\"");
         assert_eq!(quote_if_needed("/tmp/fire-drawing.png"), "/tmp/fire-drawing.png");
+        assert_eq!(quote_if_needed("take#2.png"), "\"take#2.png\"");
         assert_eq!(a1111_quote("sd, v1.5"), "\"sd, v1.5\"");
     }
 }

@@ -78,21 +78,30 @@ pub fn mix_perlin(noise: &mut [f32], perlin: &[f32], fraction: f64) {
     }
 }
 
-fn check_size(height: usize, width: usize) -> Result<()> {
-    if height == 0 || width == 0 || !height.is_multiple_of(PERLIN_CELLS) || !width.is_multiple_of(PERLIN_CELLS) {
-        return Err(Error::invalid(
-            "perlin",
-            format!(
-                "Perlin noise needs a width and height that are multiples of 64 pixels (InvokeAI cuts the latent \
-                 into 8×8 cells); this image is {}×{} pixels. Use e.g. -W {} -H {}, or drop --perlin",
-                width * 8,
-                height * 8,
-                (width / PERLIN_CELLS).max(1) * 64,
-                (height / PERLIN_CELLS).max(1) * 64,
-            ),
-        ));
+/// Whether an image of `width × height` pixels can take Perlin noise: InvokeAI tiles the latent (8 pixels a
+/// position) with whole 8×8 cells, so both sides must be multiples of 64 pixels. Front-ends call this for sizes
+/// they know before the run (an init image's, say); the noise itself checks again.
+pub fn check_image_size(width: usize, height: usize) -> Result<()> {
+    let side = PERLIN_CELLS * 8;
+    let fits = |v: usize| v > 0 && v.is_multiple_of(side);
+    if fits(width) && fits(height) {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::invalid(
+        "perlin",
+        format!(
+            "Perlin noise needs a width and height that are multiples of {side} pixels (InvokeAI cuts the latent \
+             into 8×8 cells); this image is {width}×{height} pixels. Use e.g. -W {} -H {} (with --fit for an init \
+             image), or drop --perlin",
+            (width / side).max(1) * side,
+            (height / side).max(1) * side,
+        ),
+    ))
+}
+
+/// [`check_image_size`] for a latent of `height × width` positions.
+fn check_size(height: usize, width: usize) -> Result<()> {
+    check_image_size(width * 8, height * 8)
 }
 
 /// `torch.arange(0, end, step)` in float32 on the CPU. The kernel computes in double and rounds each value; its
