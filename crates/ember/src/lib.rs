@@ -11,10 +11,13 @@
 //!         ─► write:   PNG + metadata                                    image/png_meta.rs
 //! ```
 //!
+//! The networks run on candle's ops, except on the CPU where the heavy ones go to Ember's own kernels (`cpu/`).
+//!
 //! Front-ends (CLI, REPL, web server) build a [`request::GenerateRequest`], hand it to a loaded
 //! [`pipeline::Pipeline`] and consume [`pipeline::Event`]s; none of them touches tensors.
 
 pub mod bench;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod guidance;

@@ -1,5 +1,5 @@
 //! `--seamless` (circular padding in every UNet and VAE convolution) against diffusers' tiny model with every
-//! `nn.Conv2d` switched to `padding_mode="circular"` (tools/oracle/make_seamless_reference.py, torch f32 CPU).
+//! `nn.Conv2d` switched to `padding_mode="circular"` (tools/oracle/make_seamless_reference.py, torch f64 CPU, rounded to f32).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -15,7 +15,7 @@ const REFERENCE: &str = concat!(
     "/../../tests/fixtures/seamless_reference.safetensors"
 );
 
-/// The same bounds as the zero-padded parity tests (nn_parity.rs): f32 vs torch f32, only accumulation order differs.
+/// The same bounds as the zero-padded parity tests (nn_parity.rs): Ember f32 vs torch f64, only f32 rounding differs.
 const TOL_UNET: f32 = 1e-4;
 const TOL_VAE: f32 = 1e-3;
 

@@ -1,8 +1,9 @@
 //! Multi-head attention shared by the three networks: the one `scaled_dot_product_attention` function
-//! (the seam a fused kernel can replace) and diffusers' `Attention` projection module used by the UNet
+//! (the seam where the CPU's fused kernel takes over) and diffusers' `Attention` projection module used by the UNet
 //! (self- and cross-attention) and by the VAE's mid-block.
 
-use candle_core::{Module, Result, Tensor};
+use crate::cpu::attention::FusedAttention;
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 /// Upper bound on the bytes of f32 attention scores alive at once. At 64×64 latents one head's
@@ -17,7 +18,8 @@ const SCORE_BUDGET_BYTES: usize = 64 << 20;
 ///
 /// The (batch × head) slices are processed in chunks so that the score matrices alive at any time stay
 /// within [`SCORE_BUDGET_BYTES`] (but at least one slice); never all heads' N×M matrices at once.
-/// Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs: with f16 scores the
+/// On the CPU, unmasked attention in f32/f16/bf16 runs the fused kernel of `cpu::attention` instead (no score matrix
+/// at all). Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs: with f16 scores the
 /// rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own f16.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
@@ -26,7 +28,22 @@ pub fn scaled_dot_product_attention(
     causal: bool,
     key_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
+        return fused_attention(q, k, v);
+    }
     attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
+}
+
+/// The CPU's fused kernel (`cpu::attention`), in f32 whatever the compute dtype, like the chunked path.
+fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, h, n, d) = q.dims4()?;
+    let m = k.dim(2)?;
+    let as_slices = |t: &Tensor, rows: usize| t.to_dtype(DType::F32)?.reshape((b * h, rows, d))?.contiguous();
+    let op = FusedAttention {
+        scale: (d as f32).powf(-0.5),
+    };
+    let out = as_slices(q, n)?.apply_op3_no_bwd(&as_slices(k, m)?, &as_slices(v, m)?, &op)?;
+    out.reshape((b, h, n, d))?.to_dtype(q.dtype())
 }
 
 fn attention_in_chunks(

@@ -3,6 +3,8 @@
 //! transformer (self-attention, cross-attention, GEGLU feed-forward).
 
 use super::attention::Attention;
+use crate::cpu::conv::Conv2dStride1;
+use crate::cpu::group_norm::FusedGroupNorm;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 use std::cell::Cell;
@@ -58,9 +60,10 @@ pub fn pad_circular(x: &Tensor, p: usize) -> Result<Tensor> {
     wrap(&wrap(x, 3, w)?, 2, h)
 }
 
-/// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). candle's CPU convolution has
-/// no bf16 kernel, so bf16 on the CPU convolves in f32 with weights widened per call: keeping f32 copies
-/// of every weight would add ~1.5 GB to an SD1.5 model's footprint, widening costs ~2% of a step.
+/// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). On the CPU the stride-1 ones (all but
+/// the downsamplers) run Ember's tap-GEMM kernel (`cpu::conv`) in f32 whatever the compute dtype, the rest candle's
+/// convolution, which has no bf16 kernel either. Half-precision weights are widened per call: keeping f32 copies of
+/// every weight would add ~1.5 GB to an SD1.5 model's footprint, widening costs ~2% of a step.
 #[derive(Debug, Clone)]
 pub struct Conv {
     conv: Conv2d,
@@ -90,6 +93,17 @@ impl Conv {
 impl Conv {
     /// Convolves with `cfg` (the layer's own, or the same without padding after circular padding).
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
+        let stride_1 = cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
+        if let (true, true, Some(bias)) = (
+            x.device().is_cpu() && x.dtype() != DType::F64,
+            stride_1,
+            self.conv.bias(),
+        ) {
+            let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+            let op = Conv2dStride1 { padding: cfg.padding };
+            let out = as_f32(x)?.apply_op3_no_bwd(&as_f32(self.conv.weight())?, &as_f32(bias)?, &op)?;
+            return out.to_dtype(x.dtype());
+        }
         if x.dtype() == DType::BF16 && x.device().is_cpu() {
             let weight = self.conv.weight().to_dtype(DType::F32)?;
             let bias = self.conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
@@ -117,7 +131,8 @@ impl Module for Conv {
 
 /// Group normalisation computed entirely in f32 (statistics and the affine step), rounded to the input
 /// dtype once, as torch does for f16/bf16; candle-nn's version applies the affine step in the input dtype,
-/// which doubled the bf16 error against torch's f32 result.
+/// which doubled the bf16 error against torch's f32 result. On the CPU it is one fused kernel (`cpu::group_norm`,
+/// statistics in f64), with the following SiLU when asked.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     /// `[C, 1]` in f32, to broadcast over `[B, C, H·W]`.
@@ -144,6 +159,35 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.normalise(x, false)
+    }
+}
+
+impl GroupNorm {
+    /// `silu(group_norm(x))`, as every resnet block and the networks' output heads use it: one fused pass on the CPU.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.normalise(x, true)
+    }
+
+    fn normalise(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() != DType::F64 {
+            let op = FusedGroupNorm {
+                groups: self.groups,
+                eps: self.eps,
+                silu,
+            };
+            let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+            return x32.apply_op3_no_bwd(&self.weight, &self.bias, &op)?.to_dtype(x.dtype());
+        }
+        let out = self.candle_ops(x)?;
+        if silu {
+            out.silu()
+        } else {
+            Ok(out)
+        }
+    }
+
+    fn candle_ops(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let spatial: usize = dims[2..].iter().product();
@@ -206,7 +250,7 @@ impl ResnetBlock2D {
 
     /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
@@ -214,7 +258,7 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv_shortcut {
             Some(sc) => sc.forward(x)? + h,
             None => x + h,

@@ -206,7 +206,7 @@ impl UNet2DConditionModel {
             }
         }
 
-        let x = self.conv_norm_out.forward(&x)?.silu()?;
+        let x = self.conv_norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x)?.to_dtype(out_dtype)
     }
 }

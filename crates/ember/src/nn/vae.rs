@@ -106,7 +106,7 @@ impl Encoder {
             }
         }
         let x = self.mid.forward(&x)?;
-        self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
     }
 }
 
@@ -167,7 +167,7 @@ impl Decoder {
                 x = us.forward(&x, None)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
     }
 }
 

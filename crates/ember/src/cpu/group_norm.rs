@@ -1,0 +1,190 @@
+//! Group normalisation with the optional SiLU that follows it in every resnet block, in one pass over the output
+//! (candle's ops took eight: statistics, centring, scaling, the affine step and the activation, each into a new
+//! buffer). Statistics are accumulated in f64, the output is computed in f32.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// Sizes of one group-norm call on `[B, C, spatial…]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNormDims {
+    pub batch: usize,
+    pub channels: usize,
+    /// Product of the spatial dimensions.
+    pub spatial: usize,
+    pub groups: usize,
+    pub eps: f64,
+    /// Apply SiLU (`x·σ(x)`) to the normalised, scaled and shifted values.
+    pub silu: bool,
+}
+
+/// `out = [silu](((x − mean_g) / √(var_g + eps))·weight[c] + bias[c])` per batch item and group.
+pub fn group_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims: GroupNormDims) -> Result<()> {
+    let GroupNormDims {
+        batch,
+        channels,
+        spatial,
+        groups,
+        eps,
+        silu,
+    } = dims;
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
+    }
+    let len = batch * channels * spatial;
+    if x.len() != len || out.len() != len || weight.len() != channels || bias.len() != channels {
+        candle_core::bail!(
+            "group norm: buffer sizes x {}, out {}, weight {}, bias {} do not match {batch}×{channels}×{spatial}",
+            x.len(),
+            out.len(),
+            weight.len(),
+            bias.len()
+        );
+    }
+    let per_group = channels / groups * spatial;
+    if per_group == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(per_group)
+        .zip(x.par_chunks(per_group))
+        .enumerate()
+        .for_each(|(index, (out, x))| {
+            let n = x.len() as f64;
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv_std = (1.0 / (var + eps).sqrt()) as f32;
+            let first_channel = index % groups * (channels / groups);
+            for (c, (out, x)) in out.chunks_exact_mut(spatial).zip(x.chunks_exact(spatial)).enumerate() {
+                // Centred in f64: with the mean rounded to f32 (or folded into the shift), groups whose |mean| ≫ std
+                // lost digits.
+                let (scale, shift) = (inv_std * weight[first_channel + c], bias[first_channel + c]);
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = (v as f64 - mean) as f32 * scale + shift;
+                }
+                if silu {
+                    out.iter_mut().for_each(|o| *o /= 1.0 + (-*o).exp());
+                }
+            }
+        });
+    Ok(())
+}
+
+/// [`group_norm`] as a candle operation on contiguous f32 CPU tensors `x: [B, C, …]`, `weight`, `bias`: `C` values.
+pub struct FusedGroupNorm {
+    pub groups: usize,
+    pub eps: f64,
+    pub silu: bool,
+}
+
+impl CustomOp3 for FusedGroupNorm {
+    fn name(&self) -> &'static str {
+        "ember-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        weight: &CpuStorage,
+        weight_l: &Layout,
+        bias: &CpuStorage,
+        bias_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
+            let CpuStorage::F32(data) = s else {
+                candle_core::bail!("group norm: {name} must be f32, got {:?}", s.dtype());
+            };
+            match l.contiguous_offsets() {
+                Some((start, end)) => Ok(&data[start..end]),
+                None => candle_core::bail!("group norm: {name} must be contiguous"),
+            }
+        }
+        let dims = x_l.shape().dims();
+        if dims.len() < 2 {
+            candle_core::bail!("group norm needs [B, C, …], got {:?}", x_l.shape());
+        }
+        let x = contiguous(x, x_l, "input")?;
+        let mut out = vec![0f32; x.len()];
+        let sizes = GroupNormDims {
+            batch: dims[0],
+            channels: dims[1],
+            spatial: dims[2..].iter().product(),
+            groups: self.groups,
+            eps: self.eps,
+            silu: self.silu,
+        };
+        group_norm(
+            x,
+            contiguous(weight, weight_l, "weight")?,
+            contiguous(bias, bias_l, "bias")?,
+            &mut out,
+            sizes,
+        )?;
+        Ok((CpuStorage::F32(out), x_l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_textbook_formula() -> Result<()> {
+        // (batch, channels, spatial, groups): SD's 32 groups, one channel per group, one pixel, odd sizes.
+        for &(batch, channels, spatial, groups) in &[(2, 64, 9, 32), (1, 6, 1, 3), (3, 5, 7, 5), (1, 12, 33, 1)] {
+            let len = batch * channels * spatial;
+            // An offset and spread that differ per group, as real activations do.
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + (i / 50) as f32)
+                .collect();
+            let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
+            let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
+            for silu in [false, true] {
+                let dims = GroupNormDims {
+                    batch,
+                    channels,
+                    spatial,
+                    groups,
+                    eps: 1e-5,
+                    silu,
+                };
+                let mut got = vec![f32::NAN; len];
+                group_norm(&x, &weight, &bias, &mut got, dims)?;
+                let per = channels / groups * spatial;
+                for (g, chunk) in x.chunks(per).enumerate() {
+                    let mean = chunk.iter().map(|&v| v as f64).sum::<f64>() / per as f64;
+                    let var = chunk.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / per as f64;
+                    for (i, &v) in chunk.iter().enumerate() {
+                        let c = (g % groups) * (channels / groups) + i / spatial;
+                        let y = (v as f64 - mean) / (var + 1e-5).sqrt() * weight[c] as f64 + bias[c] as f64;
+                        let want = if silu { y / (1.0 + (-y).exp()) } else { y };
+                        // A few f32 roundings of a value of this size (one ulp at 20 is 1.9e-6).
+                        let err = (got[g * per + i] as f64 - want).abs() / want.abs().max(1.0);
+                        assert!(
+                            err < 5e-7,
+                            "{batch}×{channels}×{spatial}/{groups} silu {silu}: relative error {err}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let dims = GroupNormDims {
+            batch: 1,
+            channels: 6,
+            spatial: 2,
+            groups: 4,
+            eps: 1e-5,
+            silu: false,
+        };
+        let mut out = vec![0f32; 12];
+        assert!(group_norm(&[0.0; 12], &[1.0; 6], &[0.0; 6], &mut out, dims).is_err());
+        let fits = GroupNormDims { groups: 3, ..dims };
+        assert!(group_norm(&[0.0; 11], &[1.0; 6], &[0.0; 6], &mut out, fits).is_err());
+    }
+}
