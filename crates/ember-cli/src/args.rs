@@ -131,6 +131,10 @@ pub struct Switches {
     /// Circular padding, so the image tiles seamlessly.
     #[arg(long)]
     pub seamless: bool,
+    /// Encode and decode with the VAE in overlapping 512-pixel tiles (diffusers' VAE tiling): large images need far
+    /// less memory, pixels differ slightly.
+    #[arg(long = "vae-tiling", alias = "vae_tiling")]
+    pub vae_tiling: bool,
     /// txt2img larger than the model's native size: first generate at about the native size, then img2img up.
     #[arg(long = "hires-fix", alias = "hires_fix")]
     pub hires_fix: bool,
@@ -201,6 +205,7 @@ impl Switches {
             variation_amount: self.variation_amount.or(base.variation_amount),
             with_variations: self.with_variations.clone().or_else(|| base.with_variations.clone()),
             seamless: self.seamless || base.seamless,
+            vae_tiling: self.vae_tiling || base.vae_tiling,
             hires_fix: self.hires_fix || base.hires_fix,
             threshold: self.threshold.or(base.threshold),
             perlin: self.perlin.or(base.perlin),

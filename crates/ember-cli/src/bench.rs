@@ -34,5 +34,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "peak RSS",
         report.peak_rss_bytes as f64 / (1u64 << 30) as f64
     );
+    let peak = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0}"));
+    println!(
+        "\nmeasured peak of this CPU, all threads: f32 FMA {} GFLOP/s, bf16 dot-product {} GFLOP/s",
+        peak(report.peak_f32_gflops),
+        peak(report.peak_bf16_gflops)
+    );
+    for (title, rows) in [
+        ("UNet step 512×512", &report.unet_step_512_ops),
+        ("VAE decode 512×512", &report.vae_decode_512_ops),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        println!("\n{title:<20} {:>9} {:>9} {:>9}", "seconds", "GFLOP", "GFLOP/s");
+        for row in rows {
+            println!(
+                "  {:<18} {:>9.3} {:>9.1} {:>9.1}",
+                row.class, row.seconds, row.gflop, row.gflops_per_s
+            );
+        }
+    }
     Ok(())
 }

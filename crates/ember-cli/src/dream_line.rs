@@ -273,6 +273,9 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
     if image["seamless"] == true {
         line.push("--seamless".to_string());
     }
+    if image["vae_tiling"] == true {
+        line.push("--vae-tiling".to_string());
+    }
     for (flag, key) in [("--threshold", "threshold"), ("--perlin", "perlin")] {
         if image[key].as_f64().is_some_and(|v| v > 0.0) {
             line.push(format!("{flag} {}", image[key]));

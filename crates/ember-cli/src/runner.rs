@@ -198,6 +198,7 @@ impl Runner {
             skip_normalize: sw.skip_normalize,
             truncate_prompts: sw.truncate_prompts,
             downweight_mask: sw.downweight == Some(Downweight::Mask),
+            vae_tiling: sw.vae_tiling,
         };
         request.validate()?;
         Ok(Plan {
@@ -283,7 +284,7 @@ fn generate_one(
             }
             if sw.save_intermediates.is_some_and(|n| n > 0 && step % n == 0) {
                 let picture = if sw.decode_intermediates {
-                    pipeline.decode_latents(latents)
+                    pipeline.decode_latents(latents, request.vae_tiling)
                 } else {
                     latents_to_rgb(latents)
                 };

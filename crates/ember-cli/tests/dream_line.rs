@@ -46,7 +46,7 @@ fn prompt_and_switches_split_like_invokeai() {
 #[test]
 fn every_switch_in_short_form() {
     let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
-                -V 1:0.1,2:0.2 -t -x -o out --seamless --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
+                -V 1:0.1,2:0.2 -t -x -o out --seamless --vae-tiling --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
                 --negative \"ugly hands\" --truncate-prompts --downweight mask --exact-steps --step-strip \
                 --save-intermediates 2 --decode-intermediates";
     let want = Switches {
@@ -64,6 +64,7 @@ fn every_switch_in_short_form() {
         variation_amount: Some(0.2),
         with_variations: Some("1:0.1,2:0.2".into()),
         seamless: true,
+        vae_tiling: true,
         hires_fix: true,
         threshold: Some(5.0),
         perlin: Some(0.1),
@@ -168,6 +169,7 @@ fn dream_chunks_read_back_exactly() {
         karras_max: 10,
         with_variations: vec![(12, 0.1), (34, 0.25)],
         seamless: true,
+        vae_tiling: true,
         threshold: 2.5,
         perlin: 0.2,
         hires_fix: true,
@@ -198,7 +200,7 @@ fn dream_chunks_read_back_exactly() {
         parse_variations(s.with_variations.as_deref().expect("-V")).unwrap(),
         txt2img.with_variations
     );
-    assert!(s.seamless && s.hires_fix && s.skip_normalize && s.truncate_prompts);
+    assert!(s.seamless && s.vae_tiling && s.hires_fix && s.skip_normalize && s.truncate_prompts);
     assert_eq!(s.downweight, Some(Downweight::Mask));
     assert_eq!((s.threshold, s.perlin, s.strength), (Some(2.5), Some(0.2), Some(0.6)));
 
@@ -255,7 +257,7 @@ fn falls_back_to_sd_metadata() {
         "steps": 20, "cfg_scale": 7.5, "height": 256, "width": 320, "seed": 77, "sampler": "k_heun",
         "type": "img2img", "init_image_path": "in it.png", "strength": 0.4, "fit": true,
         "variations": [{"seed": 5, "weight": 0.1}], "seamless": true, "threshold": 0, "perlin": 0,
-        "downweight": "mask"}}"#;
+        "downweight": "mask", "vae_tiling": true}}"#;
     let pixels = image::RgbImage::new(8, 8);
     ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json.to_string())]).unwrap();
     let line = fetch_command(&path).expect("sd-metadata");
@@ -270,7 +272,10 @@ fn falls_back_to_sd_metadata() {
         (s.sampler.as_deref(), s.init_image.as_deref()),
         (Some("k_heun"), Some("in it.png"))
     );
-    assert_eq!((s.strength, s.fit, s.seamless), (Some(0.4), true, true));
+    assert_eq!(
+        (s.strength, s.fit, s.seamless, s.vae_tiling),
+        (Some(0.4), true, true, true)
+    );
     assert_eq!(s.with_variations.as_deref(), Some("5:0.1"));
     assert_eq!((s.threshold, s.perlin), (None, None));
     assert_eq!(s.downweight, Some(Downweight::Mask));

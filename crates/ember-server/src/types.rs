@@ -184,6 +184,8 @@ impl Params {
             skip_normalize: self.skip_normalize,
             truncate_prompts: self.truncate_prompts,
             downweight_mask: self.downweight_mask,
+            // Not offered by the web API yet: jobs decode untiled.
+            vae_tiling: false,
         })
     }
 }

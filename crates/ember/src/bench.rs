@@ -5,6 +5,7 @@ use crate::nn::clip::ClipTextModel;
 use crate::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::AutoencoderKL;
+use crate::op_stats::{self, OpClass};
 use crate::Result;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -57,6 +58,43 @@ pub struct BenchReport {
     pub vae_encode_512_s: f64,
     pub clip_s: f64,
     pub peak_rss_bytes: u64,
+    /// Measured arithmetic peak of this CPU on all threads (None: no AVX-512F / AVX512-BF16, or not on the CPU).
+    pub peak_f32_gflops: Option<f64>,
+    pub peak_bf16_gflops: Option<f64>,
+    /// Where the time of the fastest UNet 512×512 step and VAE 512×512 decode went (CPU only; empty on CUDA).
+    pub unet_step_512_ops: Vec<OpClassReport>,
+    pub vae_decode_512_ops: Vec<OpClassReport>,
+}
+
+/// One op class's share of a measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpClassReport {
+    /// conv, linear, attention, other (the rest: norms, activations, copies), or total.
+    pub class: &'static str,
+    pub seconds: f64,
+    pub gflop: f64,
+    /// Achieved GFLOP/s (0 for "other", whose FLOPs are not counted).
+    pub gflops_per_s: f64,
+}
+
+/// Splits a run of `total_s` seconds into the counted classes, the rest, and the total.
+fn op_breakdown(total_s: f64, totals: &[op_stats::ClassTotals; 3]) -> Vec<OpClassReport> {
+    let report = |class, seconds: f64, flops: f64| OpClassReport {
+        class,
+        seconds,
+        gflop: flops / 1e9,
+        gflops_per_s: if seconds > 0.0 { flops / 1e9 / seconds } else { 0.0 },
+    };
+    let mut rows: Vec<_> = OpClass::ALL
+        .iter()
+        .zip(totals)
+        .map(|(class, t)| report(class.name(), t.time.as_secs_f64(), t.flops))
+        .collect();
+    let counted_s: f64 = rows.iter().map(|r| r.seconds).sum();
+    let flops: f64 = totals.iter().map(|t| t.flops).sum();
+    rows.push(report("other", (total_s - counted_s).max(0.0), 0.0));
+    rows.push(report("total", total_s, flops));
+    rows
 }
 
 /// Options of one benchmark run.
@@ -68,13 +106,23 @@ pub struct BenchOptions {
     pub repeat: usize,
 }
 
-fn time_min<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+fn time_min<T>(repeat: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
+    Ok(time_min_counted(repeat, f)?.0)
+}
+
+/// Like `time_min`, also returning the op-class totals (`op_stats`) of the fastest run.
+fn time_min_counted<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, [op_stats::ClassTotals; 3])> {
     f()?; // warm-up: first-touch page faults and lazy initialisation are not what we measure
-    let mut best = f64::INFINITY;
+    let mut best = (f64::INFINITY, Default::default());
     for _ in 0..repeat.max(1) {
+        op_stats::start();
         let start = Instant::now();
-        f()?;
-        best = best.min(start.elapsed().as_secs_f64());
+        let result = f();
+        let (elapsed, totals) = (start.elapsed().as_secs_f64(), op_stats::stop());
+        result?;
+        if elapsed < best.0 {
+            best = (elapsed, totals);
+        }
     }
     Ok(best)
 }
@@ -98,16 +146,16 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let clip_s = time_min(options.repeat, || Ok(clip.forward(&ids)?.to_device(&Device::Cpu)?))?;
     let context = clip.forward(&ids)?;
 
-    let unet_step = |side: usize| -> Result<f64> {
+    let unet_step = |side: usize| {
         let latent = Tensor::randn(0f32, 1.0, (2, 4, side / 8, side / 8), dev)?.to_dtype(dtype)?;
-        time_min(options.repeat, || {
+        time_min_counted(options.repeat, || {
             Ok(unet.forward(&latent, 500.0, &context)?.to_device(&Device::Cpu)?)
         })
     };
     on_progress("UNet step 384×384 (CFG batch 2)");
-    let unet_step_384_s = unet_step(384)?;
+    let unet_step_384_s = unet_step(384)?.0;
     on_progress("UNet step 512×512 (CFG batch 2)");
-    let unet_step_512_s = unet_step(512)?;
+    let (unet_step_512_s, unet_ops) = unet_step(512)?;
 
     on_progress("VAE encode 512×512");
     let image = Tensor::randn(0f32, 0.5, (1, 3, 512, 512), dev)?.to_dtype(dtype)?;
@@ -116,7 +164,18 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     })?;
     on_progress("VAE decode 512×512");
     let latent = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?.to_dtype(dtype)?;
-    let vae_decode_512_s = time_min(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+    let (vae_decode_512_s, vae_ops) =
+        time_min_counted(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+    let on_cpu = dev.is_cpu();
+    if on_cpu {
+        on_progress("arithmetic peak of this CPU");
+    }
+    let (peak_f32_gflops, peak_bf16_gflops) = if on_cpu {
+        crate::cpu::peak::measure()
+    } else {
+        (None, None)
+    };
+    let breakdown = |total_s, ops| if on_cpu { op_breakdown(total_s, ops) } else { Vec::new() };
 
     Ok(BenchReport {
         dtype: format!("{dtype:?}").to_lowercase(),
@@ -128,6 +187,10 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
         vae_encode_512_s,
         clip_s,
         peak_rss_bytes: peak_rss_bytes(),
+        peak_f32_gflops,
+        peak_bf16_gflops,
+        unet_step_512_ops: breakdown(unet_step_512_s, &unet_ops),
+        vae_decode_512_ops: breakdown(vae_decode_512_s, &vae_ops),
     })
 }
 

@@ -24,6 +24,7 @@ pub mod guidance;
 pub mod image;
 pub mod model;
 pub mod nn;
+pub mod op_stats;
 pub mod pipeline;
 pub mod request;
 pub mod sample;

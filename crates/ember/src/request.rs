@@ -69,6 +69,9 @@ pub struct GenerateRequest {
     /// `--downweight mask`: fade a fragment weighted below 1 by masking its tokens in the text encoder's attention
     /// (compel's default) instead of re-encoding the prompt without it (InvokeAI 2.x).
     pub downweight_mask: bool,
+    /// `--vae-tiling`: encode the init image and decode the result in overlapping 512-pixel tiles (diffusers'
+    /// `enable_tiling()`), so large images fit in memory; pixels differ slightly from the untiled VAE's.
+    pub vae_tiling: bool,
 }
 
 impl Default for GenerateRequest {
@@ -95,6 +98,7 @@ impl Default for GenerateRequest {
             skip_normalize: false,
             truncate_prompts: false,
             downweight_mask: false,
+            vae_tiling: false,
         }
     }
 }

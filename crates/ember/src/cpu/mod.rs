@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod conv;
 pub mod group_norm;
+pub mod peak;
 mod vector_math;
 
 /// Tunes the C allocator for inference: call once at program start, before any threads are started.

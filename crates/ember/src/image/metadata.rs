@@ -7,11 +7,12 @@
 //!   gets `-f` (InvokeAI drops `-f 0`, which then replays at its 0.75 default) and `--fit` when fitted.
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
 //!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
-//!   `--seamless`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`, `--downweight mask`,
-//!   `--negative "…"`. The line is a valid REPL command, which is what `!fetch` relies on: it regenerates the same image.
+//!   `--seamless`, `--vae-tiling`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`,
+//!   `--downweight mask`, `--negative "…"`. The line is a valid REPL command, which is what `!fetch` relies on: it
+//!   regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
 //!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given
-//!   and `downweight: "mask"` with `--downweight mask`.
+//!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`.
 //! - `parameters`: AUTOMATIC1111's text block, read by most image browsers.
 
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
@@ -109,6 +110,10 @@ pub fn dream_command(record: &ImageRecord) -> String {
     if r.seamless {
         parts.push("--seamless".to_string());
     }
+    // Tiles change the pixels slightly: recorded so that `!fetch` reproduces the image.
+    if r.vae_tiling {
+        parts.push("--vae-tiling".to_string());
+    }
     if r.threshold > 0.0 {
         parts.push(format!("--threshold {}", py_float(r.threshold)));
     }
@@ -171,6 +176,9 @@ struct SdImage<'a> {
     width: usize,
     seed: u32,
     seamless: bool,
+    /// `--vae-tiling`; absent when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    vae_tiling: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     hires_fix: bool,
     /// `"mask"` with `--downweight mask`; absent for the default (InvokeAI 2.x's removal).
@@ -215,6 +223,7 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             width: record.width,
             seed: r.seed,
             seamless: r.seamless,
+            vae_tiling: r.vae_tiling,
             hires_fix: r.hires_fix && !img2img,
             downweight: r.downweight_mask.then_some("mask"),
             postprocessing: None,

@@ -2,9 +2,11 @@
 //! (the seam where the CPU's fused kernel takes over) and diffusers' `Attention` projection module used by the UNet
 //! (self- and cross-attention) and by the VAE's mid-block.
 
+use super::linear::{linear, linear_no_bias, Linear};
 use crate::cpu::attention::FusedAttention;
+use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Upper bound on the bytes of f32 attention scores alive at once. At 64×64 latents one head's
 /// 4096×4096 score matrix is exactly this, so the big self-attentions run one (batch × head) slice at a
@@ -28,6 +30,13 @@ pub fn scaled_dot_product_attention(
     causal: bool,
     key_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (b, h, n, d) = q.dims4()?;
+    // q·kᵀ and p·v: 2 multiply-adds per (query, key, channel).
+    let flops = 4.0 * (b * h * n * d) as f64 * k.dim(2)? as f64;
+    op_stats::count(OpClass::Attention, flops, || attention(q, k, v, causal, key_mask))
+}
+
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, key_mask: Option<&Tensor>) -> Result<Tensor> {
     if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
         return fused_attention(q, k, v);
     }

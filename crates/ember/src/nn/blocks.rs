@@ -3,10 +3,12 @@
 //! transformer (self-attention, cross-attention, GEGLU feed-forward).
 
 use super::attention::Attention;
+use super::linear::{linear, Linear};
 use crate::cpu::conv::Conv2dStride1;
 use crate::cpu::group_norm::FusedGroupNorm;
+use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use std::cell::Cell;
 use std::marker::PhantomData;
 
@@ -120,6 +122,18 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, _, height, width) = x.dims4()?;
+        let (cout, cin, k, _) = self.conv.weight().dims4()?;
+        let (pad, stride) = (self.cfg.padding, self.cfg.stride.max(1));
+        let out_pixels =
+            ((height + 2 * pad).saturating_sub(k) / stride + 1) * ((width + 2 * pad).saturating_sub(k) / stride + 1);
+        let flops = 2.0 * (batch * cout * cin * k * k) as f64 * out_pixels as f64;
+        op_stats::count(OpClass::Conv, flops, || self.pad_and_convolve(x))
+    }
+}
+
+impl Conv {
+    fn pad_and_convolve(&self, x: &Tensor) -> Result<Tensor> {
         let padding = self.cfg.padding;
         if padding > 0 && seamless_enabled() {
             let unpadded = Conv2dConfig { padding: 0, ..self.cfg };

@@ -5,8 +5,9 @@
 use super::attention::scaled_dot_product_attention;
 use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
+use super::linear::{linear, Linear};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 #[derive(Debug, Clone, Copy)]
 enum Activation {

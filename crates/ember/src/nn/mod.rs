@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod linear;
 pub mod unet;
 pub mod vae;
 

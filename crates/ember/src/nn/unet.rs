@@ -3,8 +3,9 @@
 
 use super::blocks::{group_norm, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Transformer2DModel, Upsample2D};
 use super::config::UNetConfig;
+use super::linear::{linear, Linear};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// One down or up block: resnets, each optionally followed by a spatial transformer.
 #[derive(Debug, Clone)]

@@ -1,6 +1,9 @@
 //! diffusers' `AutoencoderKL`: the encoder maps RGB in [-1, 1] to the latent posterior (we use its mean),
 //! the decoder maps an (unscaled) latent back to RGB. Scaling by `VaeConfig::scaling_factor` is the
 //! caller's business.
+//!
+//! With [`VaeTiling`], images and latents larger than one tile go through the networks tile by tile
+//! (diffusers' `enable_tiling()`), so the activations of a huge image never have to fit in memory at once.
 
 use super::attention::Attention;
 use super::blocks::{group_norm, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
@@ -180,6 +183,8 @@ pub struct AutoencoderKL {
     quant_conv: Conv,
     post_quant_conv: Conv,
     latent_channels: usize,
+    /// Pixels per latent along a side: 2^(number of blocks − 1), 8 for SD 1.x.
+    downscale: usize,
     dtype: DType,
 }
 
@@ -188,6 +193,10 @@ impl AutoencoderKL {
         if cfg.block_out_channels.is_empty() {
             candle_core::bail!("VAE config: block_out_channels is empty");
         }
+        let downscale = u32::try_from(cfg.block_out_channels.len() - 1)
+            .ok()
+            .and_then(|n| 1usize.checked_shl(n))
+            .ok_or_else(|| candle_core::Error::Msg("VAE config: too many blocks in block_out_channels".into()))?;
         let l = cfg.latent_channels;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
@@ -195,21 +204,215 @@ impl AutoencoderKL {
             quant_conv: conv(2 * l, 2 * l, 1, vb.pp("quant_conv"))?,
             post_quant_conv: conv(l, l, 1, vb.pp("post_quant_conv"))?,
             latent_channels: l,
+            downscale,
             dtype: vb.dtype(),
         })
     }
 
     /// Posterior mean (not scaled) of `x: [B, 3, H, W]` in [-1, 1]; `[B, L, H/8, W/8]` in `x`'s dtype.
     pub fn encode_mean(&self, x: &Tensor) -> Result<Tensor> {
-        let moments = self
-            .quant_conv
-            .forward(&self.encoder.forward(&x.to_dtype(self.dtype)?)?)?;
-        moments.narrow(1, 0, self.latent_channels)?.to_dtype(x.dtype())
+        self.encode_mean_raw(&x.to_dtype(self.dtype)?)?.to_dtype(x.dtype())
     }
 
     /// RGB `[B, 3, 8h, 8w]` (about [-1, 1], unclamped) of the unscaled latent `z`, in `z`'s dtype.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        let z_in = self.post_quant_conv.forward(&z.to_dtype(self.dtype)?)?;
-        self.decoder.forward(&z_in)?.to_dtype(z.dtype())
+        self.decode_raw(&z.to_dtype(self.dtype)?)?.to_dtype(z.dtype())
     }
+
+    /// [`AutoencoderKL::encode_mean`] tile by tile (diffusers' `_tiled_encode`) when `x` is larger than a sample
+    /// tile on either side; otherwise exactly `encode_mean(x)`, as diffusers also falls back.
+    pub fn encode_mean_tiled(&self, x: &Tensor, tiling: &VaeTiling) -> Result<Tensor> {
+        let layout = tiling.layout(self.downscale)?;
+        let (_, _, h, w) = x.dims4()?;
+        if h.max(w) <= layout.sample_tile {
+            return self.encode_mean(x);
+        }
+        let grid = TileGrid {
+            tile: layout.sample_tile,
+            stride: layout.sample_stride,
+            blend: layout.latent_blend,
+            keep: layout.latent_tile - layout.latent_blend,
+        };
+        let mean = grid.map(&x.to_dtype(self.dtype)?, |tile| self.encode_mean_raw(tile))?;
+        mean.to_dtype(x.dtype())
+    }
+
+    /// [`AutoencoderKL::decode`] tile by tile (diffusers' `tiled_decode`) when `z` is larger than a latent tile on
+    /// either side; otherwise exactly `decode(z)`, as diffusers also falls back.
+    pub fn decode_tiled(&self, z: &Tensor, tiling: &VaeTiling) -> Result<Tensor> {
+        let layout = tiling.layout(self.downscale)?;
+        let (_, _, h, w) = z.dims4()?;
+        if h.max(w) <= layout.latent_tile {
+            return self.decode(z);
+        }
+        let grid = TileGrid {
+            tile: layout.latent_tile,
+            stride: layout.latent_stride,
+            blend: layout.sample_blend,
+            keep: layout.sample_tile - layout.sample_blend,
+        };
+        let rgb = grid.map(&z.to_dtype(self.dtype)?, |tile| self.decode_raw(tile))?;
+        rgb.to_dtype(z.dtype())
+    }
+
+    /// Posterior mean of `x`, already in the model's dtype. The mean is taken before any tile blending: blending is
+    /// per channel, so this equals diffusers' blending of the full moments followed by taking the mean.
+    fn encode_mean_raw(&self, x: &Tensor) -> Result<Tensor> {
+        let moments = self.quant_conv.forward(&self.encoder.forward(x)?)?;
+        moments.narrow(1, 0, self.latent_channels)
+    }
+
+    /// Decoded RGB of `z`, already in the model's dtype.
+    fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.post_quant_conv.forward(z)?)
+    }
+}
+
+/// `--vae-tiling`: diffusers' `AutoencoderKL.enable_tiling()` settings. A side longer than a tile is cut into
+/// tiles of `sample_tile` pixels (`sample_tile / 8` latents) that overlap by the fraction `overlap`; each tile is
+/// encoded or decoded on its own and the overlaps are blended linearly, which bounds memory by the tile size at the
+/// cost of slightly different pixels than the untiled VAE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VaeTiling {
+    /// Tile side in pixels (diffusers' `tile_sample_min_size`).
+    pub sample_tile: usize,
+    /// Fraction of a tile shared with its neighbour (diffusers' `tile_overlap_factor`), in [0, 1).
+    pub overlap: f64,
+}
+
+impl Default for VaeTiling {
+    /// diffusers' defaults for SD 1.x: `tile_sample_min_size` is the VAE config's `sample_size`, 512 in SD 1.x's
+    /// `vae/config.json` (and in the configs diffusers builds for single-file SD 1.x checkpoints), overlap 0.25.
+    fn default() -> Self {
+        Self {
+            sample_tile: 512,
+            overlap: 0.25,
+        }
+    }
+}
+
+/// Every size diffusers derives from the tiling settings, on both sides of the VAE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TileLayout {
+    sample_tile: usize,
+    latent_tile: usize,
+    /// Distance between tile starts: `int(tile × (1 − overlap))`.
+    sample_stride: usize,
+    latent_stride: usize,
+    /// Rows/columns blended with the neighbouring tile: `int(tile × overlap)`.
+    sample_blend: usize,
+    latent_blend: usize,
+}
+
+impl VaeTiling {
+    /// diffusers' sizes for a VAE that downscales by `downscale`. Settings under which diffusers' tiles would not
+    /// line up with the output (gaps or repeated rows: the overlap is not a whole number of latent pixels, or the
+    /// tile not a whole number of latents) are refused rather than reproduced.
+    fn layout(&self, downscale: usize) -> Result<TileLayout> {
+        let overlap = self.overlap;
+        if !(0.0..1.0).contains(&overlap) {
+            candle_core::bail!("VAE tiling: overlap {overlap} must be in [0, 1)");
+        }
+        let latent_tile = self.sample_tile / downscale;
+        let latent_blend = latent_tile as f64 * overlap;
+        if latent_tile == 0 || latent_tile * downscale != self.sample_tile || latent_blend.fract() != 0.0 {
+            candle_core::bail!(
+                "VAE tiling: a {}-pixel tile with overlap {overlap} does not fall on whole latents (tiles are \
+                 multiples of {downscale} pixels and overlap × tile / {downscale} is a whole number)",
+                self.sample_tile
+            );
+        }
+        // Python's int() of a positive float truncates, as `as usize` does.
+        let stride = |tile: usize| (tile as f64 * (1.0 - overlap)) as usize;
+        let blend = |tile: usize| (tile as f64 * overlap) as usize;
+        let layout = TileLayout {
+            sample_tile: self.sample_tile,
+            latent_tile,
+            sample_stride: stride(self.sample_tile),
+            latent_stride: stride(latent_tile),
+            sample_blend: blend(self.sample_tile),
+            latent_blend: blend(latent_tile),
+        };
+        if layout.latent_stride == 0 {
+            candle_core::bail!("VAE tiling: overlap {overlap} leaves tiles of {latent_tile} latents no stride");
+        }
+        Ok(layout)
+    }
+}
+
+/// How one tiled pass cuts its input and assembles its output: input tiles of `tile` started every `stride`; output
+/// tiles blended over `blend` rows/columns with the tile above and the tile to the left, then cut to `keep`.
+#[derive(Debug, Clone, Copy)]
+struct TileGrid {
+    tile: usize,
+    stride: usize,
+    blend: usize,
+    keep: usize,
+}
+
+impl TileGrid {
+    /// `(start, length)` of the tiles along a side of `len`: diffusers' `range(0, len, stride)`, each tile cut
+    /// short by the border.
+    fn spans(&self, len: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..len)
+            .step_by(self.stride)
+            .map(move |start| (start, self.tile.min(len - start)))
+    }
+
+    /// Runs `f` on every tile of `x: [B, C, H, W]` and assembles the blended, cropped outputs. Rows are processed
+    /// one after the other, keeping only the previous row's tiles: diffusers blends each tile with the neighbours
+    /// *as already blended* (its `blend_v`/`blend_h` write into the tile), which this reproduces by blending in
+    /// the same order and keeping the blended tiles.
+    fn map(&self, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let mut above: Vec<Tensor> = Vec::new();
+        let mut rows = Vec::new();
+        for (top, height) in self.spans(h) {
+            let mut row: Vec<Tensor> = Vec::new();
+            for (j, (left, width)) in self.spans(w).enumerate() {
+                let mut tile = f(&x.narrow(2, top, height)?.narrow(3, left, width)?)?;
+                if let Some(up) = above.get(j) {
+                    tile = blend(up, &tile, 2, self.blend)?;
+                }
+                if let Some(prev) = row.last() {
+                    tile = blend(prev, &tile, 3, self.blend)?;
+                }
+                row.push(tile);
+            }
+            rows.push(self.assemble_row(&row)?);
+            above = row;
+        }
+        Tensor::cat(&rows, 2)
+    }
+
+    /// The row's tiles cut to `keep × keep` (less at the bottom and right borders), side by side.
+    fn assemble_row(&self, row: &[Tensor]) -> Result<Tensor> {
+        let cropped = row
+            .iter()
+            .map(|tile| {
+                let (_, _, h, w) = tile.dims4()?;
+                tile.narrow(2, 0, self.keep.min(h))?.narrow(3, 0, self.keep.min(w))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&cropped, 3)
+    }
+}
+
+/// diffusers' `blend_v` (`dim` 2) / `blend_h` (`dim` 3): the first `e = min(extent, both lengths)` rows (columns)
+/// of `b` fade in from the last `e` of `a`: `b[y] = a[len − e + y] · (1 − y/e) + b[y] · y/e`.
+fn blend(a: &Tensor, b: &Tensor, dim: usize, extent: usize) -> Result<Tensor> {
+    let (a_len, b_len) = (a.dim(dim)?, b.dim(dim)?);
+    let e = extent.min(a_len).min(b_len);
+    if e == 0 {
+        return Ok(b.clone());
+    }
+    let mut shape = [1usize; 4];
+    shape[dim] = e;
+    let ramp = |weight: fn(f64) -> f64| -> Result<Tensor> {
+        let values: Vec<f64> = (0..e).map(|y| weight(y as f64 / e as f64)).collect();
+        Tensor::from_vec(values, &shape[..], b.device())?.to_dtype(b.dtype())
+    };
+    let from_a = a.narrow(dim, a_len - e, e)?.broadcast_mul(&ramp(|t| 1.0 - t)?)?;
+    let from_b = b.narrow(dim, 0, e)?.broadcast_mul(&ramp(|t| t)?)?;
+    Tensor::cat(&[(from_a + from_b)?, b.narrow(dim, e, b_len - e)?], dim)
 }

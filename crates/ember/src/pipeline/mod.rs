@@ -10,7 +10,7 @@ use crate::image::png_meta::ImageRecord;
 use crate::model::{load_model, ModelWeights};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::unet::UNet2DConditionModel;
-use crate::nn::vae::AutoencoderKL;
+use crate::nn::vae::{AutoencoderKL, VaeTiling};
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
@@ -214,6 +214,13 @@ impl Pipeline {
         }
         // Every convolution of this run (UNet and VAE) pads circularly while the scope lives.
         let _seamless = crate::nn::seamless_scope(request.seamless);
+        if request.seamless && request.vae_tiling {
+            on_event(Event::Warning(
+                "--vae-tiling with --seamless: each VAE tile wraps around its own edges, so an image larger than a \
+                 tile may show seams inside it and tile less cleanly"
+                    .to_string(),
+            ));
+        }
 
         // latents: the seed's noise (with -V variations and --perlin mixed in); ancestral samplers go on drawing
         // from the generator of the last seed used.
@@ -227,7 +234,7 @@ impl Pipeline {
         )?;
         let noise = noise.to_dtype(self.latent_dtype())?.to_device(&self.device)?;
         let init_latent = match &init {
-            Some(rgb) => Some(self.encode_image(rgb)?),
+            Some(rgb) => Some(self.encode_image(rgb, request.vae_tiling)?),
             None => None,
         };
 
@@ -273,7 +280,7 @@ impl Pipeline {
         }
 
         // decode: latents → RGB.
-        let image = self.decode_latents(&latents)?;
+        let image = self.decode_latents(&latents, request.vae_tiling)?;
         let record = ImageRecord {
             request: request.clone(),
             width,
@@ -381,24 +388,32 @@ impl Pipeline {
         crate::nn::accumulation_dtype(self.dtype)
     }
 
-    /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI).
-    fn encode_image(&self, rgb: &::image::RgbImage) -> Result<Tensor> {
+    /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI); in tiles with `vae_tiling`.
+    fn encode_image(&self, rgb: &::image::RgbImage, vae_tiling: bool) -> Result<Tensor> {
         let pixels = rgb_to_tensor(rgb, &self.device)?.to_dtype(self.dtype)?;
-        let mean = self.vae.encode_mean(&pixels)?.to_dtype(self.latent_dtype())?;
-        Ok((mean * self.vae_scale)?)
+        let mean = if vae_tiling {
+            self.vae.encode_mean_tiled(&pixels, &VaeTiling::default())?
+        } else {
+            self.vae.encode_mean(&pixels)?
+        };
+        Ok((mean.to_dtype(self.latent_dtype())? * self.vae_scale)?)
     }
 
-    /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits).
-    pub fn decode_latents(&self, latents: &Tensor) -> Result<::image::RgbImage> {
-        let decoded = self.decode_to_unit_range(latents)?;
+    /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits); in tiles with `vae_tiling`.
+    pub fn decode_latents(&self, latents: &Tensor, vae_tiling: bool) -> Result<::image::RgbImage> {
+        let decoded = self.decode_to_unit_range(latents, vae_tiling)?;
         tensor_to_rgb(&decoded)
     }
 
-    /// Latents → `[1, 3, H, W]` f32 in [0, 1].
-    pub fn decode_to_unit_range(&self, latents: &Tensor) -> Result<Tensor> {
+    /// Latents → `[1, 3, H, W]` f32 in [0, 1]; in tiles with `vae_tiling`.
+    pub fn decode_to_unit_range(&self, latents: &Tensor, vae_tiling: bool) -> Result<Tensor> {
         let z = (latents / self.vae_scale)?.to_dtype(self.dtype)?;
-        let x = self.vae.decode(&z)?.to_dtype(DType::F32)?;
-        Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+        let x = if vae_tiling {
+            self.vae.decode_tiled(&z, &VaeTiling::default())?
+        } else {
+            self.vae.decode(&z)?
+        };
+        Ok(((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 }
 

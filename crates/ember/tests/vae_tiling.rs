@@ -1,0 +1,162 @@
+//! `--vae-tiling` against diffusers' `AutoencoderKL.enable_tiling()` on the tiny VAE
+//! (tools/oracle/make_vae_tiling_reference.py, torch f64 CPU, rounded to f32): tiled encode (posterior mean) and
+//! decode of a 72×104 image / 9×13 latent with the VAE's own 64-pixel tiles and with 32-pixel tiles, and the
+//! untiled fallback for inputs no larger than a tile.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use ember::nn::config::VaeConfig;
+use ember::nn::vae::VaeTiling;
+use ember::nn::AutoencoderKL;
+use std::collections::HashMap;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-sd");
+const REFERENCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/vae_tiling_reference.safetensors"
+);
+
+/// The same bound as the untiled VAE parity tests (nn_parity.rs): Ember f32 vs torch f64, only f32 rounding differs.
+const TOL_VAE: f32 = 1e-3;
+
+fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
+}
+
+fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
+    r.get(key)
+        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_vae_tiling_reference.py").into())
+}
+
+fn vae() -> Result<AutoencoderKL, Box<dyn std::error::Error>> {
+    let cfg: VaeConfig = serde_json::from_str(&std::fs::read_to_string(format!("{MODEL}/vae/config.json"))?)?;
+    let path = format!("{MODEL}/vae/diffusion_pytorch_model.safetensors");
+    // SAFETY: the fixture file is not modified while the test runs.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? };
+    Ok(AutoencoderKL::new(vb, &cfg)?)
+}
+
+/// The tiling diffusers ran with, from the reference's `(tile_sample_min_size, tile_latent_min_size, overlap)`;
+/// the latent tile must be the one Ember derives (sample tile / 8).
+fn tiling(r: &HashMap<String, Tensor>, set: &str) -> Result<VaeTiling, Box<dyn std::error::Error>> {
+    let s = get(r, &format!("{set}/settings"))?.to_vec1::<f32>()?;
+    let [sample, latent, overlap] = s[..] else {
+        return Err(format!("{set}/settings has {} values, not 3", s.len()).into());
+    };
+    assert_eq!(
+        sample,
+        latent * 8.0,
+        "{set}: diffusers' latent tile is not sample tile / 8"
+    );
+    Ok(VaeTiling {
+        sample_tile: sample as usize,
+        overlap: overlap as f64,
+    })
+}
+
+fn max_err(got: &Tensor, want: &Tensor) -> Result<f32, Box<dyn std::error::Error>> {
+    if got.dims() != want.dims() {
+        return Err(format!("shape {:?} vs reference {:?}", got.dims(), want.dims()).into());
+    }
+    Ok((got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+fn check(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
+    let err = max_err(got, want)?;
+    println!("{what}: max |Δ| = {err:e}");
+    assert!(err <= tol, "{what}: max |Δ| = {err} > {tol}");
+    Ok(())
+}
+
+#[test]
+fn tiled_encode_and_decode_match_diffusers() -> TestResult {
+    let r = reference()?;
+    let vae = vae()?;
+    let (input, latent) = (get(&r, "input")?, get(&r, "latent")?);
+    for set in ["tile64", "tile32"] {
+        let tiling = tiling(&r, set)?;
+        check(
+            &format!("{set} tiled encode mean"),
+            &vae.encode_mean_tiled(input, &tiling)?,
+            get(&r, &format!("{set}/mean"))?,
+            TOL_VAE,
+        )?;
+        check(
+            &format!("{set} tiled decode"),
+            &vae.decode_tiled(latent, &tiling)?,
+            get(&r, &format!("{set}/decoded"))?,
+            TOL_VAE,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn inputs_no_larger_than_a_tile_take_the_untiled_path() -> TestResult {
+    let r = reference()?;
+    let vae = vae()?;
+    let tiling = tiling(&r, "tile64")?;
+    let (small_input, small_latent) = (get(&r, "small_input")?, get(&r, "small_latent")?);
+    let mean = vae.encode_mean_tiled(small_input, &tiling)?;
+    let decoded = vae.decode_tiled(small_latent, &tiling)?;
+    check("small tiled encode mean", &mean, get(&r, "tile64/small_mean")?, TOL_VAE)?;
+    check(
+        "small tiled decode",
+        &decoded,
+        get(&r, "tile64/small_decoded")?,
+        TOL_VAE,
+    )?;
+    assert_eq!(max_err(&mean, &vae.encode_mean(small_input)?)?, 0.0);
+    assert_eq!(max_err(&decoded, &vae.decode(small_latent)?)?, 0.0);
+    Ok(())
+}
+
+#[test]
+fn tiling_changes_large_outputs() -> TestResult {
+    // Proves the parity test above ran the tiled path: tiles see less context than the whole image.
+    let r = reference()?;
+    let vae = vae()?;
+    let tiling = tiling(&r, "tile32")?;
+    let (input, latent) = (get(&r, "input")?, get(&r, "latent")?);
+    let encode_diff = max_err(&vae.encode_mean_tiled(input, &tiling)?, &vae.encode_mean(input)?)?;
+    let decode_diff = max_err(&vae.decode_tiled(latent, &tiling)?, &vae.decode(latent)?)?;
+    println!("tiled vs untiled: encode {encode_diff:e}, decode {decode_diff:e}");
+    assert!(
+        encode_diff > 1e-2,
+        "tiled and untiled encodes nearly agree ({encode_diff})"
+    );
+    assert!(
+        decode_diff > 1e-2,
+        "tiled and untiled decodes nearly agree ({decode_diff})"
+    );
+    Ok(())
+}
+
+#[test]
+fn default_is_diffusers_sd15_tiling() {
+    let d = VaeTiling::default();
+    assert_eq!((d.sample_tile, d.overlap), (512, 0.25));
+}
+
+#[test]
+fn settings_that_do_not_fall_on_whole_latents_are_errors() -> TestResult {
+    let vae = vae()?;
+    let image = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+    let latent = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu)?;
+    for (sample_tile, overlap) in [
+        (36, 0.25),
+        (40, 0.25),
+        (4, 0.25),
+        (0, 0.25),
+        (32, 1.0),
+        (32, -0.5),
+        (32, f64::NAN),
+    ] {
+        let tiling = VaeTiling { sample_tile, overlap };
+        assert!(vae.encode_mean_tiled(&image, &tiling).is_err(), "{tiling:?} encodes");
+        assert!(vae.decode_tiled(&latent, &tiling).is_err(), "{tiling:?} decodes");
+    }
+    Ok(())
+}
