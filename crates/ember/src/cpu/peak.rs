@@ -1,5 +1,6 @@
 //! The machine's measured arithmetic peak, for `ember bench` to print achieved GFLOP/s against: a loop of independent
-//! AVX-512 FMAs (f32) and of `vdpbf16ps` (bf16 pairs into f32) on every thread of the pool at once.
+//! AVX-512 FMAs (f32) and of `vdpbf16ps` (bf16 pairs into f32) on every thread of the pool at once. AMX tile units,
+//! where present, are faster still and not measured here.
 
 use std::time::Instant;
 

@@ -20,9 +20,10 @@ const SCORE_BUDGET_BYTES: usize = 64 << 20;
 ///
 /// The (batch × head) slices are processed in chunks so that the score matrices alive at any time stay
 /// within [`SCORE_BUDGET_BYTES`] (but at least one slice); never all heads' N×M matrices at once.
-/// On the CPU, unmasked attention in f32/f16/bf16 runs the fused kernel of `cpu::attention` instead (no score matrix
-/// at all). Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs: with f16 scores the
-/// rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own f16.
+/// On the CPU, unmasked attention in f32/f16/bf16 runs the fused kernel of `cpu::attention` instead (no score
+/// matrix at all). Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs:
+/// with f16 scores the rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own
+/// f16.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,

@@ -93,14 +93,21 @@ impl Conv {
 }
 
 impl Conv {
+    /// Circular padding first under `--seamless`, then the convolution.
+    fn pad_and_convolve(&self, x: &Tensor) -> Result<Tensor> {
+        let padding = self.cfg.padding;
+        if padding > 0 && seamless_enabled() {
+            let unpadded = Conv2dConfig { padding: 0, ..self.cfg };
+            return self.convolve(&pad_circular(x, padding)?, unpadded, false);
+        }
+        self.convolve(x, self.cfg, true)
+    }
+
     /// Convolves with `cfg` (the layer's own, or the same without padding after circular padding).
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
-        let stride_1 = cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
-        if let (true, true, Some(bias)) = (
-            x.device().is_cpu() && x.dtype() != DType::F64,
-            stride_1,
-            self.conv.bias(),
-        ) {
+        let own_kernel =
+            x.device().is_cpu() && x.dtype() != DType::F64 && cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
+        if let (true, Some(bias)) = (own_kernel, self.conv.bias()) {
             let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
             let op = Conv2dStride1 { padding: cfg.padding };
             let out = as_f32(x)?.apply_op3_no_bwd(&as_f32(self.conv.weight())?, &as_f32(bias)?, &op)?;
@@ -129,17 +136,6 @@ impl Module for Conv {
             ((height + 2 * pad).saturating_sub(k) / stride + 1) * ((width + 2 * pad).saturating_sub(k) / stride + 1);
         let flops = 2.0 * (batch * cout * cin * k * k) as f64 * out_pixels as f64;
         op_stats::count(OpClass::Conv, flops, || self.pad_and_convolve(x))
-    }
-}
-
-impl Conv {
-    fn pad_and_convolve(&self, x: &Tensor) -> Result<Tensor> {
-        let padding = self.cfg.padding;
-        if padding > 0 && seamless_enabled() {
-            let unpadded = Conv2dConfig { padding: 0, ..self.cfg };
-            return self.convolve(&pad_circular(x, padding)?, unpadded, false);
-        }
-        self.convolve(x, self.cfg, true)
     }
 }
 
