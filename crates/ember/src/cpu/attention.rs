@@ -7,8 +7,7 @@
 //! Layout: `q: [S, N, d]`, `k, v: [S, M, d]`, out `[S, N, d]`, all contiguous f32 (S = batch × heads). No masks: the
 //! causal / key-masked attention of the text encoder stays on the plain path.
 
-use super::Isa;
-use candle_core::backend::BackendStorage;
+use super::{contiguous_f32, Isa};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
@@ -375,21 +374,12 @@ impl CustomOp3 for FusedAttention {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-            let CpuStorage::F32(data) = s else {
-                candle_core::bail!("fused attention: {name} must be f32, got {:?}", s.dtype());
-            };
-            match l.contiguous_offsets() {
-                Some((start, end)) => Ok(&data[start..end]),
-                None => candle_core::bail!("fused attention: {name} must be contiguous"),
-            }
-        }
         let (slices, queries, head_dim) = q_l.shape().dims3()?;
         let keys = k_l.shape().dims3()?.1;
         let (q, k, v) = (
-            contiguous(q, q_l, "q")?,
-            contiguous(k, k_l, "k")?,
-            contiguous(v, v_l, "v")?,
+            contiguous_f32(q, q_l, "fused attention: q")?,
+            contiguous_f32(k, k_l, "fused attention: k")?,
+            contiguous_f32(v, v_l, "fused attention: v")?,
         );
         let mut out = vec![0f32; q.len()];
         let dims = AttentionDims {
@@ -407,6 +397,7 @@ impl CustomOp3 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_values;
 
     /// Plain three-pass attention in f64: the reference for both kernels.
     fn reference(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims) -> Vec<f32> {
@@ -433,19 +424,6 @@ mod tests {
         out
     }
 
-    /// Deterministic pseudo-random values in [−amp, amp).
-    fn values(len: usize, seed: u64, amp: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-            })
-            .collect()
-    }
-
     #[test]
     fn kernels_match_the_reference_on_odd_shapes() -> Result<()> {
         // SD's head widths (40, 80, 160, 64), odd widths and counts, fewer keys than a block, ragged blocks.
@@ -469,9 +447,10 @@ mod tests {
             };
             let seed = i as u64 * 3;
             // Scores up to ~±30: exercises the running-maximum rescaling.
-            let q = values(slices * queries * head_dim, seed, 3.0);
-            let k = values(slices * keys * head_dim, seed + 1, 3.0);
-            let v = values(slices * keys * head_dim, seed + 2, 1.0);
+            let scaled = |len, seed, amp: f32| -> Vec<f32> { test_values(len, seed).iter().map(|x| x * amp).collect() };
+            let q = scaled(slices * queries * head_dim, seed, 3.0);
+            let k = scaled(slices * keys * head_dim, seed + 1, 3.0);
+            let v = scaled(slices * keys * head_dim, seed + 2, 1.0);
             let want = reference(&q, &k, &v, dims);
             for isa in Isa::all_supported() {
                 let mut got = vec![f32::NAN; want.len()];

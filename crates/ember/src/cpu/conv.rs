@@ -14,7 +14,7 @@
 //! input channels before one store) reached 138 GFLOP/s on the UNet's convolutions against 174 for these GEMM calls
 //! (`ember bench`, same run): gemm's packed panels beat streaming the unpacked weights.
 
-use candle_core::backend::BackendStorage;
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 
 /// Output columns per GEMM: the accumulator for one block of columns (`C_out` × this) stays in cache while the
@@ -250,15 +250,6 @@ impl CustomOp3 for Conv2dStride1 {
         bias: &CpuStorage,
         bias_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-            let CpuStorage::F32(data) = s else {
-                candle_core::bail!("convolution: {name} must be f32, got {:?}", s.dtype());
-            };
-            match l.contiguous_offsets() {
-                Some((start, end)) => Ok(&data[start..end]),
-                None => candle_core::bail!("convolution: {name} must be contiguous"),
-            }
-        }
         let (batch, in_channels, height, width) = input_l.shape().dims4()?;
         let (out_channels, weight_in, kernel, kernel_w) = weight_l.shape().dims4()?;
         if weight_in != in_channels || kernel != kernel_w {
@@ -281,9 +272,9 @@ impl CustomOp3 for Conv2dStride1 {
         };
         let mut out = vec![0f32; batch * out_channels * out_h * out_w];
         conv2d(
-            contiguous(input, input_l, "input")?,
-            contiguous(weight, weight_l, "weight")?,
-            contiguous(bias, bias_l, "bias")?,
+            contiguous_f32(input, input_l, "convolution: input")?,
+            contiguous_f32(weight, weight_l, "convolution: weight")?,
+            contiguous_f32(bias, bias_l, "convolution: bias")?,
             &mut out,
             dims,
         )?;
@@ -294,6 +285,7 @@ impl CustomOp3 for Conv2dStride1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_values;
 
     /// The textbook six-loop convolution in f64.
     fn reference(input: &[f32], weight: &[f32], bias: &[f32], dims: ConvDims) -> Vec<f32> {
@@ -333,18 +325,6 @@ mod tests {
         out
     }
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn matches_the_reference_on_odd_shapes() -> Result<()> {
         // (batch, C_in, C_out, H, W, kernel, padding): SD's 3×3/pad 1 and 1×1, channel counts that are not multiples
@@ -371,9 +351,9 @@ mod tests {
                 kernel,
                 padding,
             };
-            let input = values(batch * in_channels * height * width, 3 * i as u64);
-            let weight = values(out_channels * in_channels * kernel * kernel, 3 * i as u64 + 1);
-            let bias = values(out_channels, 3 * i as u64 + 2);
+            let input = test_values(batch * in_channels * height * width, 3 * i as u64);
+            let weight = test_values(out_channels * in_channels * kernel * kernel, 3 * i as u64 + 1);
+            let bias = test_values(out_channels, 3 * i as u64 + 2);
             let want = reference(&input, &weight, &bias, dims);
             let mut got = vec![f32::NAN; want.len()];
             conv2d(&input, &weight, &bias, &mut got, dims)?;

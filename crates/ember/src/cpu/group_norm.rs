@@ -2,7 +2,7 @@
 //! (candle's ops took eight: statistics, centring, scaling, the affine step and the activation, each into a new
 //! buffer). Statistics are accumulated in f64, the output is computed in f32.
 
-use candle_core::backend::BackendStorage;
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
@@ -91,20 +91,11 @@ impl CustomOp3 for FusedGroupNorm {
         bias: &CpuStorage,
         bias_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
-            let CpuStorage::F32(data) = s else {
-                candle_core::bail!("group norm: {name} must be f32, got {:?}", s.dtype());
-            };
-            match l.contiguous_offsets() {
-                Some((start, end)) => Ok(&data[start..end]),
-                None => candle_core::bail!("group norm: {name} must be contiguous"),
-            }
-        }
         let dims = x_l.shape().dims();
         if dims.len() < 2 {
             candle_core::bail!("group norm needs [B, C, …], got {:?}", x_l.shape());
         }
-        let x = contiguous(x, x_l, "input")?;
+        let x = contiguous_f32(x, x_l, "group norm: input")?;
         let mut out = vec![0f32; x.len()];
         let sizes = GroupNormDims {
             batch: dims[0],
@@ -116,8 +107,8 @@ impl CustomOp3 for FusedGroupNorm {
         };
         group_norm(
             x,
-            contiguous(weight, weight_l, "weight")?,
-            contiguous(bias, bias_l, "bias")?,
+            contiguous_f32(weight, weight_l, "group norm: weight")?,
+            contiguous_f32(bias, bias_l, "group norm: bias")?,
             &mut out,
             sizes,
         )?;

@@ -30,7 +30,35 @@ pub fn tune_allocator() {
     }
 }
 
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result};
 use std::sync::OnceLock;
+
+/// The f32 values of a CPU tensor operand of a custom op, which must be contiguous; `what` names the op and operand
+/// in the error ("convolution: weight").
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what} must be f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Deterministic pseudo-random values in [−1, 1) (xorshift) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
 
 /// The instruction set a kernel runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
