@@ -1,7 +1,7 @@
-//! Ember's own CPU kernels, for the operations where candle's stock CPU path falls short (fused attention, direct
-//! convolution, fused normalisation + activation). Each kernel has a plain portable version, which runs on any CPU
-//! (x86-64 without AVX-512, aarch64), and an AVX-512 version chosen at run time when the CPU has it; tests run both
-//! against a plain reference.
+//! Ember's own CPU kernels, for the operations where candle's stock CPU path falls short (fused attention, stride-1
+//! convolution without im2col, fused normalisation + activation). Everything runs on any CPU (x86-64 without AVX-512,
+//! aarch64); where a kernel has an AVX-512 version it is chosen at run time ([`Isa`]) and tests run both versions
+//! against a plain reference. The convolution's GEMMs come from the `gemm` crate, which picks its own kernels by CPU.
 //!
 //! The networks reach these kernels only through their seams (`nn::attention::scaled_dot_product_attention`,
 //! `nn::blocks::Conv`, `nn::blocks::GroupNorm`), and only for CPU tensors: CUDA stays on candle's own ops.
