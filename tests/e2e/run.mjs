@@ -222,13 +222,15 @@ async function main() {
         await page.fill("#perlin", "0.1");
         await page.fill("#variation_amount", "0.2");
         await page.check("#seamless");
+        await page.check("#vae_tiling");
         const { job, request } = await submitJob(page, () => page.click("#generate"));
         const sent = JSON.parse(request.postData());
-        assertEq([sent.variation_amount, sent.perlin, sent.seamless, sent.with_variations], [0.2, 0.1, true, []],
-          "sent");
+        assertEq([sent.variation_amount, sent.perlin, sent.seamless, sent.vae_tiling, sent.with_variations],
+          [0.2, 0.1, true, true, []], "sent");
         const [variation] = job.params.with_variations;
         assert(job.params.with_variations.length === 1 && Number.isInteger(variation.seed), "a variation seed chosen");
-        assertEq([variation.weight, job.params.perlin, job.params.seamless], [0.2, 0.1, true], "resolved params");
+        assertEq([variation.weight, job.params.perlin, job.params.seamless, job.params.vae_tiling], [0.2, 0.1, true, true],
+          "resolved params");
         await waitJobStatus(page, job.id, "done");
         const made = page.locator(`#gallery .card[data-job-id="${job.id}"]`);
         await made.waitFor(SHORT);
@@ -247,6 +249,7 @@ async function main() {
         assertEq(await page.inputValue("#with_variations"), `${variation.seed}:0.2`, "use all fills the variations");
         assertEq(await page.inputValue("#variation_amount"), "0", "and asks for no new one");
         assert(await page.isChecked("#seamless"), "use all fills seamless");
+        assert(await page.isChecked("#vae_tiling"), "use all fills VAE tiling");
       });
     }
 

@@ -4,7 +4,7 @@
 "use strict";
 
 // Checkboxes of the section, by API field name (= element id).
-const ADVANCED_FLAGS = ["hires_fix", "seamless", "exact_steps", "truncate_prompts", "skip_normalize",
+const ADVANCED_FLAGS = ["hires_fix", "seamless", "vae_tiling", "exact_steps", "truncate_prompts", "skip_normalize",
   "downweight_mask"];
 // The amount a gallery card's "Variations" button asks for: a close relative of the image.
 const CARD_VARIATION_AMOUNT = 0.1;

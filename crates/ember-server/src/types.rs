@@ -44,6 +44,9 @@ pub struct ParamsInput {
     pub variation_amount: Option<f64>,
     /// Circular padding, so the image tiles. Default false.
     pub seamless: Option<bool>,
+    /// VAE encode/decode in overlapping 512-pixel tiles (diffusers' VAE tiling): bounded memory for large images,
+    /// pixels differ slightly. Default false.
+    pub vae_tiling: Option<bool>,
     /// InvokeAI's dynamic threshold of the guided prediction, k-samplers only; ≥ 0, 0 = off (default).
     pub threshold: Option<f64>,
     /// Fraction of Perlin noise mixed into the initial noise, in [0, 1], 0 = off (default); the image's sides must
@@ -94,6 +97,7 @@ pub struct Params {
     /// Every variation applied, `variation_amount`'s included.
     pub with_variations: Vec<Variation>,
     pub seamless: bool,
+    pub vae_tiling: bool,
     pub threshold: f64,
     pub perlin: f64,
     pub hires_fix: bool,
@@ -149,6 +153,7 @@ impl ParamsInput {
             exact_steps: self.exact_steps.unwrap_or(false),
             with_variations,
             seamless: self.seamless.unwrap_or(false),
+            vae_tiling: self.vae_tiling.unwrap_or(false),
             threshold: self.threshold.unwrap_or(0.0),
             perlin: self.perlin.unwrap_or(0.0),
             hires_fix: self.hires_fix.unwrap_or(false),
@@ -184,8 +189,7 @@ impl Params {
             skip_normalize: self.skip_normalize,
             truncate_prompts: self.truncate_prompts,
             downweight_mask: self.downweight_mask,
-            // Not offered by the web API yet: jobs decode untiled.
-            vae_tiling: false,
+            vae_tiling: self.vae_tiling,
         })
     }
 }
@@ -387,5 +391,6 @@ mod tests {
         assert_eq!((request.threshold, request.perlin), (0.0, 0.0));
         assert_eq!((request.skip_normalize, request.truncate_prompts), (false, false));
         assert!(!request.downweight_mask);
+        assert!(!request.vae_tiling);
     }
 }
