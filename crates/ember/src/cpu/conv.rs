@@ -40,6 +40,19 @@ impl ConvDims {
         (self.height + 2 * self.padding, self.width + 2 * self.padding)
     }
 
+    /// Values of one padded image plane, the stride between batch items in a channel row of the padded buffer.
+    fn plane(&self) -> usize {
+        let (hp, wp) = self.padded();
+        hp * wp
+    }
+
+    /// Columns of the wide output: the most a view shifted by the largest tap offset, `(k − 1)·(Wp + 1)`, can
+    /// cover without reading past a channel row of the padded buffer. Needs the kernel to fit (checked first).
+    fn columns(&self) -> usize {
+        let (_, wp) = self.padded();
+        self.batch * self.plane() - (self.kernel - 1) * (wp + 1)
+    }
+
     /// Output height and width; `None` when the kernel does not fit the padded input.
     pub fn output_size(&self) -> Option<(usize, usize)> {
         let (hp, wp) = self.padded();
@@ -82,7 +95,6 @@ pub fn conv2d(input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
         batch: b,
         in_channels: ci,
         out_channels: co,
-        kernel: k,
         ..
     } = dims;
     if out.len() != b * co * out_h * out_w {
@@ -92,11 +104,7 @@ pub fn conv2d(input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
             b * co * out_h * out_w
         );
     }
-    let (hp, wp) = dims.padded();
-    let plane = hp * wp;
-    // The largest tap shift; the columns a shifted view can cover without reading past the buffer.
-    let max_shift = (k - 1) * wp + (k - 1);
-    let columns = b * plane - max_shift;
+    let (plane, columns) = (dims.plane(), dims.columns());
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let Scratch { padded, wide } = &mut *scratch;
@@ -151,8 +159,7 @@ fn convolve_padded(
     let (hp, wp) = dims.padded();
     // conv2d checked that the kernel fits the padded input.
     let (out_h, out_w) = (hp + 1 - k, wp + 1 - k);
-    let plane = hp * wp;
-    let columns = wide.len() / co;
+    let (plane, columns) = (dims.plane(), dims.columns());
     for c in 0..ci {
         for item in 0..b {
             let src = &input[(item * ci + c) * h * w..][..h * w];
@@ -186,9 +193,8 @@ fn sum_taps_with_gemm(padded: &[f32], weight: &[f32], wide: &mut [f32], dims: Co
         kernel: k,
         ..
     } = dims;
-    let (hp, wp) = dims.padded();
-    let plane = hp * wp;
-    let columns = wide.len() / co;
+    let (_, wp) = dims.padded();
+    let (plane, columns) = (dims.plane(), dims.columns());
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -201,7 +207,7 @@ fn sum_taps_with_gemm(padded: &[f32], weight: &[f32], wide: &mut [f32], dims: Co
         for tap in 0..taps {
             let shift = (tap / k) * wp + tap % k;
             // SAFETY: every view stays inside its buffer: `wide` rows are `columns` long (start + n ≤ columns);
-            // `padded` rows are `b·plane` long and start + n + shift ≤ columns + max_shift = b·plane; the weight
+            // `padded` rows are `b·plane` long and start + n + shift ≤ columns + (k − 1)·(wp + 1) = b·plane; the weight
             // view reads element (o, i) at o·ci·taps + i·taps + tap < co·ci·taps.
             unsafe {
                 gemm::gemm(
