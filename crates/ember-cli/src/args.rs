@@ -73,8 +73,9 @@ pub struct ModelArgs {
     /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Compute precision: f32, f16 or bf16 (f64: slow, exact, for reference checks).
-    #[arg(long, default_value = "f32")]
+    /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16 (f64: slow, exact,
+    /// for reference checks).
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
@@ -250,8 +251,8 @@ pub struct ReplArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Compute precision: f32, f16 or bf16 (f64: slow, exact, for reference checks).
-    #[arg(long, default_value = "f32")]
+    /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Device: cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "cpu")]

@@ -2,12 +2,13 @@
 
 use crate::args::BenchArgs;
 use ember::bench::{run as run_bench, BenchOptions};
-use ember::device::{parse_device, parse_dtype};
+use ember::device::{parse_device, resolve_dtype};
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
     let options = BenchOptions {
-        dtype: parse_dtype(&args.dtype)?,
-        device: parse_device(&args.device)?,
+        dtype: resolve_dtype(&args.dtype, &device)?,
+        device,
         repeat: args.repeat,
     };
     let report = run_bench(&options, &mut |stage| eprintln!("bench: {stage}"))?;
@@ -16,8 +17,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "Ember bench — SD1.5-size networks, random weights, {} on {}, {} threads",
-        report.dtype, report.device, report.threads
+        "Ember bench — SD1.5-size networks, random weights, {}{} on {}, {} threads",
+        report.dtype,
+        if report.bf16_tiles {
+            " (AMX tiles, f32 activations)"
+        } else {
+            ""
+        },
+        report.device,
+        report.threads
     );
     println!("{:<34} {:>10}", "measurement", "seconds");
     for (name, secs) in [

@@ -8,7 +8,7 @@
 use crate::args::{Downweight, ModelArgs, Switches};
 use crate::dream_line::{self, DreamLine};
 use anyhow::Context;
-use ember::device::{parse_device, parse_dtype};
+use ember::device::{parse_device, resolve_dtype};
 use ember::image::grid::image_grid;
 use ember::image::metadata::dream_command;
 use ember::image::png_meta::write_png_with_text;
@@ -241,7 +241,7 @@ struct Plan {
 /// Loads the model the flags name, on their device and in their precision.
 pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let device = parse_device(&model.device)?;
-    let dtype = parse_dtype(&model.dtype)?;
+    let dtype = resolve_dtype(&model.dtype, &device)?;
     Pipeline::load(&model.model, &device, dtype)
         .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())
 }

@@ -15,7 +15,7 @@ pub struct Config {
     pub model: String,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
-    /// `f32`, `f16` or `bf16`.
+    /// `auto`, `f32`, `f16` or `bf16` (as `ember generate --dtype`).
     pub dtype: String,
 }
 
@@ -27,7 +27,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ember-data"),
             model: ember::model::DEFAULT_REPO_ID.into(),
             device: "auto".into(),
-            dtype: "f32".into(),
+            dtype: "auto".into(),
         }
     }
 }

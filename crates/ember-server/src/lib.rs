@@ -27,7 +27,7 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use ember::device::{parse_device, parse_dtype};
+use ember::device::{parse_device, resolve_dtype};
 use ember::pipeline::Pipeline;
 use events::Events;
 use std::net::SocketAddr;
@@ -110,7 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let (model, device, dtype) = (config.model.clone(), config.device.clone(), config.dtype.clone());
     let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
         let device = parse_device(&device)?;
-        let dtype = parse_dtype(&dtype)?;
+        let dtype = resolve_dtype(&dtype, &device)?;
         Pipeline::load(&model, &device, dtype)
             .with_context(|| format!("cannot load the model '{model}'; pass a local model with --model PATH"))
     })

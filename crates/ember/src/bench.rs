@@ -5,6 +5,7 @@ use crate::nn::clip::ClipTextModel;
 use crate::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::AutoencoderKL;
+use crate::nn::Precision;
 use crate::op_stats::{self, OpClass};
 use crate::Result;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -49,7 +50,10 @@ impl SimpleBackend for RandomWeights {
 /// What `ember bench` measured. Field names are the `--json` keys.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// The requested compute dtype.
     pub dtype: String,
+    /// bf16 ran as packed bf16 weights on AMX tiles with f32 activations (`nn::Precision`).
+    pub bf16_tiles: bool,
     pub device: String,
     pub threads: usize,
     pub unet_step_512_s: f64,
@@ -130,13 +134,18 @@ fn time_min_counted<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Resul
 /// Builds SD1.5-size networks with random weights and times them. `on_progress` receives a line per stage.
 pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let dev = &options.device;
-    let dtype = options.dtype;
+    let precision = Precision::new(dev, options.dtype);
+    let dtype = precision.activations;
     let vb = || VarBuilder::from_backend(Box::new(RandomWeights), dtype, dev.clone());
 
     on_progress("building random SD1.5-size networks");
-    let clip = ClipTextModel::new(vb(), &ClipTextConfig::default())?;
-    let unet = UNet2DConditionModel::new(vb(), &UNetConfig::default())?;
-    let vae = AutoencoderKL::new(vb(), &VaeConfig::default())?;
+    let (clip, unet, vae) = precision.build(|| -> Result<_> {
+        Ok((
+            ClipTextModel::new(vb(), &ClipTextConfig::default())?,
+            UNet2DConditionModel::new(vb(), &UNetConfig::default())?,
+            AutoencoderKL::new(vb(), &VaeConfig::default())?,
+        ))
+    })?;
 
     let ids: Vec<u32> = (0..2 * 77)
         .map(|i| if i % 77 == 0 { 49406 } else { 320 + (i as u32 % 1000) })
@@ -178,7 +187,8 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let breakdown = |total_s, ops| if on_cpu { op_breakdown(total_s, ops) } else { Vec::new() };
 
     Ok(BenchReport {
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: format!("{:?}", options.dtype).to_lowercase(),
+        bf16_tiles: precision.packed_bf16,
         device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
         threads: candle_core::utils::get_num_threads(),
         unet_step_512_s,

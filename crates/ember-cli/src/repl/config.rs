@@ -6,7 +6,7 @@
 //! ```toml
 //! [models.sd15]
 //! path = "/models/v1-5-pruned-emaonly.safetensors"   # anything --model takes: file, folder or repo id
-//! dtype = "f16"                                      # optional: f32 (default), f16, bf16
+//! dtype = "f16"                                      # optional: auto (default), f32, f16, bf16
 //! device = "cuda"                                    # optional: the REPL's --device otherwise
 //! description = "Stable Diffusion 1.5"               # optional: shown by !models
 //! ```

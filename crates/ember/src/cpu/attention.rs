@@ -32,7 +32,7 @@ pub struct AttentionDims {
 }
 
 impl AttentionDims {
-    fn check(&self, q: &[f32], k: &[f32], v: &[f32], out: &[f32]) -> Result<()> {
+    pub(crate) fn check(&self, q: &[f32], k: &[f32], v: &[f32], out: &[f32]) -> Result<()> {
         let (s, n, m, d) = (self.slices, self.queries, self.keys, self.head_dim);
         if m == 0 || d == 0 {
             candle_core::bail!(

@@ -6,9 +6,12 @@
 //! The networks reach these kernels only through their seams (`nn::attention::scaled_dot_product_attention`,
 //! `nn::blocks::Conv`, `nn::blocks::GroupNorm`), and only for CPU tensors: CUDA stays on candle's own ops.
 
+pub mod amx;
 pub mod attention;
+pub mod attention_bf16;
 pub mod conv;
 pub mod group_norm;
+pub mod linear;
 pub mod peak;
 mod vector_math;
 

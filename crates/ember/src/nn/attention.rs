@@ -4,6 +4,7 @@
 
 use super::linear::{linear, linear_no_bias, Linear};
 use crate::cpu::attention::FusedAttention;
+use crate::cpu::attention_bf16::FusedAttentionBf16;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -24,35 +25,52 @@ const SCORE_BUDGET_BYTES: usize = 64 << 20;
 /// matrix at all). Everything inside runs in f32 (f64 for f64 inputs), as torch's CPU attention does for f16 inputs:
 /// with f16 scores the rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own
 /// f16.
+///
+/// `bf16_tiles` (models built for bf16 on a CPU with AMX, `nn::Precision`): unmasked attention runs
+/// `cpu::attention_bf16` instead, with bf16 matrix products.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     causal: bool,
     key_mask: Option<&Tensor>,
+    bf16_tiles: bool,
 ) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     // q·kᵀ and p·v: 2 multiply-adds per (query, key, channel).
     let flops = 4.0 * (b * h * n * d) as f64 * k.dim(2)? as f64;
-    op_stats::count(OpClass::Attention, flops, || attention(q, k, v, causal, key_mask))
+    op_stats::count(OpClass::Attention, flops, || {
+        attention(q, k, v, causal, key_mask, bf16_tiles)
+    })
 }
 
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, key_mask: Option<&Tensor>) -> Result<Tensor> {
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    key_mask: Option<&Tensor>,
+    bf16_tiles: bool,
+) -> Result<Tensor> {
     if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
-        return fused_attention(q, k, v);
+        return fused_attention(q, k, v, bf16_tiles);
     }
     attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
 }
 
-/// The CPU's fused kernel (`cpu::attention`), in f32 whatever the compute dtype, like the chunked path.
-fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// The CPU's fused kernels (`cpu::attention`, or `cpu::attention_bf16` with `bf16_tiles`), in f32 whatever the
+/// compute dtype, like the chunked path.
+fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bf16_tiles: bool) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let m = k.dim(2)?;
     let as_slices = |t: &Tensor, rows: usize| t.to_dtype(DType::F32)?.reshape((b * h, rows, d))?.contiguous();
-    let op = FusedAttention {
-        scale: (d as f32).powf(-0.5),
+    let (q3, k3, v3) = (as_slices(q, n)?, as_slices(k, m)?, as_slices(v, m)?);
+    let scale = (d as f32).powf(-0.5);
+    let out = if bf16_tiles {
+        q3.apply_op3_no_bwd(&k3, &v3, &FusedAttentionBf16 { scale })?
+    } else {
+        q3.apply_op3_no_bwd(&k3, &v3, &FusedAttention { scale })?
     };
-    let out = as_slices(q, n)?.apply_op3_no_bwd(&as_slices(k, m)?, &as_slices(v, m)?, &op)?;
     out.reshape((b, h, n, d))?.to_dtype(q.dtype())
 }
 
@@ -127,6 +145,8 @@ pub struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
+    /// Built for bf16 on a CPU with AMX: the attention itself uses bf16 tile products too.
+    bf16_tiles: bool,
 }
 
 impl Attention {
@@ -149,6 +169,7 @@ impl Attention {
             to_v: proj(context_dim, "to_v")?,
             to_out: linear(query_dim, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
+            bf16_tiles: super::packing_bf16(vb.device(), vb.dtype()),
         })
     }
 
@@ -158,7 +179,7 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(x)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, false, None)?;
+        let out = scaled_dot_product_attention(&q, &k, &v, false, None, self.bf16_tiles)?;
         let (b, h, n, d) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
         self.to_out.forward(&out)

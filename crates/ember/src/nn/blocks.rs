@@ -4,13 +4,14 @@
 
 use super::attention::Attention;
 use super::linear::{linear, Linear};
-use crate::cpu::conv::Conv2dStride1;
+use crate::cpu::conv::{Conv2dStride1, Conv2dStride1Bf16, PackedConv};
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 thread_local! {
     /// `--seamless`: every padded convolution wraps around (circular padding) instead of padding with zeros.
@@ -63,13 +64,24 @@ pub fn pad_circular(x: &Tensor, p: usize) -> Result<Tensor> {
 }
 
 /// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). On the CPU the stride-1 ones (all but
-/// the downsamplers) run Ember's tap-GEMM kernel (`cpu::conv`) in f32 whatever the compute dtype, the rest candle's
-/// convolution, which has no bf16 kernel either. Half-precision weights are widened per call: keeping f32 copies of
-/// every weight would add ~1.5 GB to an SD1.5 model's footprint, widening costs ~2% of a step.
+/// the downsamplers) run Ember's kernels: bf16 tiles on AMX when the model was built for bf16 there (`nn::Precision`;
+/// the weights are packed once, at load), else the f32 tap-GEMM kernel (`cpu::conv`) whatever the compute dtype; the
+/// rest run candle's convolution, which has no bf16 kernel either. Half-precision weights are widened per call on the
+/// f32 path: keeping f32 copies of every weight would add ~1.5 GB to an SD1.5 model's footprint, widening costs ~2%
+/// of a step.
 #[derive(Debug, Clone)]
 pub struct Conv {
-    conv: Conv2d,
+    weights: ConvWeights,
     cfg: Conv2dConfig,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+}
+
+#[derive(Debug, Clone)]
+enum ConvWeights {
+    Candle(Conv2d),
+    PackedBf16(Arc<PackedConv>),
 }
 
 impl Conv {
@@ -87,12 +99,24 @@ impl Conv {
             stride,
             ..Default::default()
         };
-        let conv = conv2d(cin, cout, k, cfg, vb)?;
-        Ok(Self { conv, cfg })
+        let conv = conv2d(cin, cout, k, cfg, vb.clone())?;
+        let weights = match conv.bias() {
+            Some(bias) if stride == 1 && super::packing_bf16(vb.device(), vb.dtype()) => {
+                let weight = conv.weight().flatten_all()?.to_vec1::<f32>()?;
+                let packed = PackedConv::new(&weight, &bias.to_vec1::<f32>()?, cout, cin, k)?;
+                ConvWeights::PackedBf16(Arc::new(packed))
+            }
+            _ => ConvWeights::Candle(conv),
+        };
+        Ok(Self {
+            weights,
+            cfg,
+            in_channels: cin,
+            out_channels: cout,
+            kernel: k,
+        })
     }
-}
 
-impl Conv {
     /// Circular padding first under `--seamless`, then the convolution.
     fn pad_and_convolve(&self, x: &Tensor) -> Result<Tensor> {
         let padding = self.cfg.padding;
@@ -105,36 +129,45 @@ impl Conv {
 
     /// Convolves with `cfg` (the layer's own, or the same without padding after circular padding).
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
+        let conv = match &self.weights {
+            ConvWeights::PackedBf16(packed) => {
+                let op = Conv2dStride1Bf16 {
+                    weights: packed.clone(),
+                    padding: cfg.padding,
+                };
+                return x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op);
+            }
+            ConvWeights::Candle(conv) => conv,
+        };
         let own_kernel =
             x.device().is_cpu() && x.dtype() != DType::F64 && cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
-        if let (true, Some(bias)) = (own_kernel, self.conv.bias()) {
+        if let (true, Some(bias)) = (own_kernel, conv.bias()) {
             let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
             let op = Conv2dStride1 { padding: cfg.padding };
-            let out = as_f32(x)?.apply_op3_no_bwd(&as_f32(self.conv.weight())?, &as_f32(bias)?, &op)?;
+            let out = as_f32(x)?.apply_op3_no_bwd(&as_f32(conv.weight())?, &as_f32(bias)?, &op)?;
             return out.to_dtype(x.dtype());
         }
         if x.dtype() == DType::BF16 && x.device().is_cpu() {
-            let weight = self.conv.weight().to_dtype(DType::F32)?;
-            let bias = self.conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let weight = conv.weight().to_dtype(DType::F32)?;
+            let bias = conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
             let wide = Conv2d::new(weight, bias, cfg);
             return wide.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
         }
         if own_cfg {
-            return self.conv.forward(x);
+            return conv.forward(x);
         }
         // Tensors are reference-counted: this shares the weights.
-        Conv2d::new(self.conv.weight().clone(), self.conv.bias().cloned(), cfg).forward(x)
+        Conv2d::new(conv.weight().clone(), conv.bias().cloned(), cfg).forward(x)
     }
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (batch, _, height, width) = x.dims4()?;
-        let (cout, cin, k, _) = self.conv.weight().dims4()?;
-        let (pad, stride) = (self.cfg.padding, self.cfg.stride.max(1));
+        let (k, pad, stride) = (self.kernel, self.cfg.padding, self.cfg.stride.max(1));
         let out_pixels =
             ((height + 2 * pad).saturating_sub(k) / stride + 1) * ((width + 2 * pad).saturating_sub(k) / stride + 1);
-        let flops = 2.0 * (batch * cout * cin * k * k) as f64 * out_pixels as f64;
+        let flops = 2.0 * (batch * self.out_channels * self.in_channels * k * k) as f64 * out_pixels as f64;
         op_stats::count(OpClass::Conv, flops, || self.pad_and_convolve(x))
     }
 }

@@ -1,39 +1,78 @@
-//! `nn.Linear` with diffusers'/transformers' weight names: candle-nn's layer, counted per call by `op_stats` (so
-//! `ember bench` can report linear layers' GFLOP/s).
+//! `nn.Linear` with diffusers'/transformers' weight names: candle-nn's layer, or — when the model is built for bf16
+//! on a CPU with AMX (`nn::Precision`) — the weights packed once for `cpu::linear`'s tile kernel. Counted per call by
+//! `op_stats`, so `ember bench` can report linear layers' GFLOP/s.
 
+use crate::cpu::linear::{LinearBf16, PackedLinear};
 use crate::op_stats::{self, OpClass};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weights: Weights,
     in_features: usize,
     out_features: usize,
 }
 
+#[derive(Debug, Clone)]
+enum Weights {
+    Candle(candle_nn::Linear),
+    PackedBf16(Arc<PackedLinear>),
+}
+
 /// A linear layer with bias (`weight: [out, in]`, `bias: [out]`).
 pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear {
-        inner: candle_nn::linear(in_features, out_features, vb)?,
+    Linear::new(
+        candle_nn::linear(in_features, out_features, vb.clone())?,
         in_features,
         out_features,
-    })
+        &vb,
+    )
 }
 
 /// A linear layer without bias.
 pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear {
-        inner: candle_nn::linear_no_bias(in_features, out_features, vb)?,
+    Linear::new(
+        candle_nn::linear_no_bias(in_features, out_features, vb.clone())?,
         in_features,
         out_features,
-    })
+        &vb,
+    )
+}
+
+impl Linear {
+    fn new(loaded: candle_nn::Linear, in_features: usize, out_features: usize, vb: &VarBuilder) -> Result<Self> {
+        let weights = if super::packing_bf16(vb.device(), vb.dtype()) {
+            let weight = loaded.weight().flatten_all()?.to_vec1::<f32>()?;
+            let bias = loaded.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+            Weights::PackedBf16(Arc::new(PackedLinear::new(
+                &weight,
+                bias.as_deref(),
+                out_features,
+                in_features,
+            )?))
+        } else {
+            Weights::Candle(loaded)
+        };
+        Ok(Self {
+            weights,
+            in_features,
+            out_features,
+        })
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / self.in_features.max(1);
         let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
-        op_stats::count(OpClass::Linear, flops, || self.inner.forward(x))
+        op_stats::count(OpClass::Linear, flops, || match &self.weights {
+            Weights::Candle(linear) => linear.forward(x),
+            Weights::PackedBf16(packed) => {
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                x.apply_op1_no_bwd(&LinearBf16(packed.clone()))
+            }
+        })
     }
 }

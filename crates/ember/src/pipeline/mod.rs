@@ -11,6 +11,7 @@ use crate::model::{load_model, ModelWeights};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
+use crate::nn::Precision;
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
@@ -20,6 +21,7 @@ use crate::text::conditioning::{describe_tokenization, encode_prompts, Downweigh
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -126,14 +128,20 @@ impl Pipeline {
                 format!("the {what} weights do not fit an SD 1.x {what}: {e}"),
             )
         };
-        let text_encoder = ClipTextModel::new(weights.text_encoder.clone(), &weights.clip_config)
-            .map_err(|e| model_err("text encoder", e))?;
-        let unet =
-            UNet2DConditionModel::new(weights.unet.clone(), &weights.unet_config).map_err(|e| model_err("UNet", e))?;
-        let vae = AutoencoderKL::new(weights.vae.clone(), &weights.vae_config).map_err(|e| model_err("VAE", e))?;
+        let precision = Precision::new(device, dtype);
+        let (text_encoder, unet, vae) = precision.build(|| -> Result<_> {
+            let in_dtype = |vb: &VarBuilder<'static>| vb.clone().set_dtype(precision.activations);
+            Ok((
+                ClipTextModel::new(in_dtype(&weights.text_encoder), &weights.clip_config)
+                    .map_err(|e| model_err("text encoder", e))?,
+                UNet2DConditionModel::new(in_dtype(&weights.unet), &weights.unet_config)
+                    .map_err(|e| model_err("UNet", e))?,
+                AutoencoderKL::new(in_dtype(&weights.vae), &weights.vae_config).map_err(|e| model_err("VAE", e))?,
+            ))
+        })?;
         Ok(Self {
             device: device.clone(),
-            dtype,
+            dtype: precision.activations,
             tokenizer,
             text_encoder,
             unet,
