@@ -5,16 +5,19 @@
 //! about 4× what the core's AVX-512 FMAs do in f32 (measured here: 936 GFLOP/s on one core with tiles in L1 against
 //! 240 for f32 FMAs). Rust has no stable AMX intrinsics, so the five instructions used are inline assembly.
 //!
-//! Layouts (all padded with zeros to whole tiles, so the kernel has no edge cases):
-//! - **A** (`m × k`): bf16, row-major, `m` a multiple of 32 and `k` of 32.
-//! - **B** (`k × n`): bf16 in AMX's pair-interleaved ("VNNI") layout: row `p` holds, for every column `j`, the two
-//!   values `B[2p][j], B[2p+1][j]` side by side; `n` a multiple of 32.
-//! - **C** (`m × n`): f32, row-major.
+//! Layouts (all padded with zeros to whole tiles, so the kernel has no edge cases), chosen so that every tile load
+//! reads 64-byte-aligned rows (a misaligned `tileloadd` touches twice the cache lines: measured here, it halves the
+//! product's speed) and the B operand streams through memory in order:
+//! - **A** (`m × k`): bf16, row-major in a 64-byte-aligned buffer ([`AlignedBf16`]), the row stride a multiple of
+//!   32 values. A block of 32 rows may start at any row, so a convolution's taps are row offsets into one buffer.
+//! - **B** (`k × n`): [`PanelsB`]: panels of 32 columns, each `[k/2][32][2]` (AMX's pair-interleaved layout: row `p`
+//!   holds `B[2p][j], B[2p+1][j]` side by side for every column `j`), contiguous.
+//! - **C**: each 32×32 block lands in a [`Staging`] buffer; the caller's epilogue adds the bias and writes the real
+//!   rows and columns wherever they belong (no padded C matrix, no second pass).
 //!
-//! A product may sum several *segments* — pairs of (A, B) sub-matrices of the same shape at different offsets — into
-//! the same C tile before it is stored once: the convolution passes one segment per kernel tap.
+//! The callers (`cpu::linear`, `cpu::conv`, `cpu::attention_bf16`) split the work into parallel tasks; each task runs
+//! inside [`with_tiles`] and calls [`block`] per 32×32 output block.
 
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Rows and columns of C one kernel call computes (2×2 tiles of 16×16).
@@ -67,11 +70,14 @@ fn detect() -> bool {
 #[inline(always)]
 pub fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return 0x7fc0;
-    }
     let rounding = 0x7fff + ((bits >> 16) & 1);
-    (bits.wrapping_add(rounding) >> 16) as u16
+    let rounded = (bits.wrapping_add(rounding) >> 16) as u16;
+    // A select rather than an early return, so that loops over slices vectorise.
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        rounded
+    }
 }
 
 /// `x` rounded up to a multiple of `to`.
@@ -79,144 +85,271 @@ pub fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-/// One product `C = Σ_segments A_s · B_s`, with every dimension a multiple of [`BLOCK`] / [`DEPTH`].
-pub struct TileProduct<'a> {
-    /// Rows of A and C.
-    pub m: usize,
-    /// Columns of B and C.
-    pub n: usize,
-    /// Depth of every segment.
-    pub k: usize,
-    /// A's elements, and the distance between its rows (elements, ≥ k).
+/// One cache line of bf16 values.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; 32]);
+
+/// bf16 values in a 64-byte-aligned buffer, zero-initialised, reusable (`resize_zeroed` keeps the allocation).
+#[derive(Default)]
+pub struct AlignedBf16 {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBf16 {
+    pub fn zeroed(len: usize) -> Self {
+        let mut buffer = Self::default();
+        buffer.resize_zeroed(len);
+        buffer
+    }
+
+    /// Makes the buffer `len` zeros long.
+    pub fn resize_zeroed(&mut self, len: usize) {
+        self.lines.clear();
+        self.lines.resize(len.div_ceil(32), Line([0; 32]));
+        self.len = len;
+    }
+
+    /// Makes the buffer `len` values long without clearing what it held (for buffers written in full).
+    pub fn resize_uninit(&mut self, len: usize) {
+        if self.lines.len() < len.div_ceil(32) {
+            self.lines.resize(len.div_ceil(32), Line([0; 32]));
+        }
+        self.len = len;
+    }
+
+    pub fn as_slice(&self) -> &[u16] {
+        // SAFETY: `lines` holds at least `len` u16 values, contiguous (Line is repr(C) over [u16; 32]).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u16, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u16] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u16, self.len) }
+    }
+
+    /// Bytes allocated.
+    pub fn capacity_bytes(&self) -> usize {
+        self.lines.capacity() * 64
+    }
+}
+
+/// A `k × n` B operand in panels of 32 columns (`[n/32][k/2][32][2]`), `k` and `n` padded to whole tiles.
+pub struct PanelsB {
+    depth: usize,
+    columns: usize,
+    data: AlignedBf16,
+}
+
+impl std::fmt::Debug for PanelsB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PanelsB({}×{})", self.depth, self.columns)
+    }
+}
+
+impl PanelsB {
+    /// Packs the `k × n` matrix whose element (row `i`, column `j`) is `value(i, j)`, rounded to bf16.
+    pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
+        let mut data = AlignedBf16::zeroed(depth * columns);
+        use rayon::prelude::*;
+        data.as_mut_slice()
+            .par_chunks_exact_mut(depth * BLOCK)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for (pair, row) in dst.chunks_exact_mut(2 * BLOCK).enumerate() {
+                    for (c, lanes) in row.chunks_exact_mut(2).enumerate() {
+                        let j = panel * BLOCK + c;
+                        for (lane, slot) in lanes.iter_mut().enumerate() {
+                            let i = 2 * pair + lane;
+                            if i < k && j < n {
+                                *slot = bf16_bits(value(i, j));
+                            }
+                        }
+                    }
+                }
+            });
+        Self { depth, columns, data }
+    }
+
+    /// Padded depth (rows) and width (columns).
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The panel holding columns `32·index .. 32·index + 32`.
+    pub fn panel(&self, index: usize) -> &[u16] {
+        &self.data.as_slice()[index * self.depth * BLOCK..][..self.depth * BLOCK]
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.capacity_bytes()
+    }
+}
+
+/// Where [`block`] stores one 32×32 block of C (row-major, f32).
+#[repr(C, align(64))]
+pub struct Staging(pub [f32; BLOCK * BLOCK]);
+
+impl Default for Staging {
+    fn default() -> Self {
+        Staging([0.0; BLOCK * BLOCK])
+    }
+}
+
+impl Staging {
+    /// Row `r` of the block.
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.0[r * BLOCK..][..BLOCK]
+    }
+}
+
+/// One term of a block's sum: 32 rows of A (row-major from `a`, `a_row` values apart) times one B panel, over the
+/// panel's whole depth.
+#[derive(Clone, Copy)]
+pub struct Term<'a> {
     pub a: &'a [u16],
     pub a_row: usize,
-    /// B's elements (pair-interleaved), and the distance between its pair-rows (elements, ≥ 2n).
     pub b: &'a [u16],
-    pub b_pair_row: usize,
-    /// Where each segment's A and B start, in elements of `a` and `b`.
-    pub segments: &'a [(usize, usize)],
-    /// Which operand is the same for many calls (the weights): its block is kept in cache while the other streams.
-    pub weights: Operand,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operand {
-    A,
-    B,
+/// An output buffer that parallel tasks write disjoint parts of (each task its own blocks of C).
+pub struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buffer: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-impl TileProduct<'_> {
-    /// Panics with a description of the mismatch if a view would read outside its buffer.
-    fn check(&self, c_len: usize) {
-        assert!(
-            self.m.is_multiple_of(BLOCK) && self.n.is_multiple_of(BLOCK) && self.k.is_multiple_of(DEPTH) && self.k > 0
-        );
-        assert!(self.a_row >= self.k && self.b_pair_row >= 2 * self.n);
-        for &(a, b) in self.segments {
-            assert!(
-                a + (self.m - 1) * self.a_row + self.k <= self.a.len(),
-                "A segment out of bounds"
-            );
-            assert!(
-                b + (self.k / 2 - 1) * self.b_pair_row + 2 * self.n <= self.b.len(),
-                "B segment out of bounds"
-            );
+// SAFETY: writes go through `write`, whose contract makes concurrent writes touch disjoint elements.
+unsafe impl Send for SharedOut<'_> {}
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    pub fn new(out: &'a mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _buffer: std::marker::PhantomData,
         }
-        assert!(c_len >= self.m * self.n, "C too small");
     }
 
-    /// Computes C (`m × n`, row-major, overwritten) on all threads.
-    pub fn run(&self, c: &mut [f32]) {
-        self.check(c.len());
-        assert!(available(), "AMX tile products need a CPU with AMX-BF16");
-        // Keep the weight operand's block (all segments' depth) within ~768 KiB of the 2 MiB L2.
-        let depth_bytes = self.k * self.segments.len() * 2;
-        let resident = ((768 << 10) / depth_bytes.max(1) / BLOCK * BLOCK).max(BLOCK);
-        let (weight_dim, other_dim) = match self.weights {
-            Operand::A => (self.m, self.n),
-            Operand::B => (self.n, self.m),
-        };
-        let weight_chunk = resident.min(weight_dim);
-        let weight_chunks = weight_dim.div_ceil(weight_chunk);
-        // About four tasks per thread, splitting the streamed dimension.
-        let threads = rayon::current_num_threads().max(1);
-        let other_chunks = (4 * threads).div_ceil(weight_chunks).clamp(1, other_dim / BLOCK);
-        let other_chunk = round_up(other_dim.div_ceil(other_chunks), BLOCK);
-        let tasks: Vec<(usize, usize)> = (0..weight_chunks)
-            .flat_map(|w| (0..other_dim.div_ceil(other_chunk)).map(move |o| (w, o)))
-            .collect();
-        let c_ptr = SendPtr(c.as_mut_ptr());
-        tasks.into_par_iter().for_each(|(w, o)| {
-            let weight_range = (w * weight_chunk, ((w + 1) * weight_chunk).min(weight_dim));
-            let other_range = (o * other_chunk, ((o + 1) * other_chunk).min(other_dim));
-            let (rows, cols) = match self.weights {
-                Operand::A => (weight_range, other_range),
-                Operand::B => (other_range, weight_range),
-            };
-            // SAFETY: AMX is available (asserted); every view is inside its buffer (checked); tasks write disjoint
-            // blocks of C.
-            unsafe { self.run_block(rows, cols, c_ptr) };
-        });
+    pub fn len(&self) -> usize {
+        self.len
     }
 
-    /// Computes C like [`run`](Self::run), on the calling thread only: for callers that already split their work
-    /// into parallel tasks (attention's blocks of query rows).
-    pub fn run_on_this_thread(&self, c: &mut [f32]) {
-        self.check(c.len());
-        assert!(available(), "AMX tile products need a CPU with AMX-BF16");
-        // SAFETY: as in `run`, with one task covering all of C.
-        unsafe { self.run_block((0, self.m), (0, self.n), SendPtr(c.as_mut_ptr())) };
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
-    /// C's rows `rows.0..rows.1` × columns `cols.0..cols.1`: the streamed operand's blocks outside, the resident
-    /// operand's blocks inside.
-    unsafe fn run_block(&self, rows: (usize, usize), cols: (usize, usize), c: SendPtr) {
-        load_tile_config();
-        match self.weights {
-            Operand::A => {
-                for j in (cols.0..cols.1).step_by(BLOCK) {
-                    for i in (rows.0..rows.1).step_by(BLOCK) {
-                        self.block(i, j, c);
-                    }
-                }
-            }
-            Operand::B => {
-                for i in (rows.0..rows.1).step_by(BLOCK) {
-                    for j in (cols.0..cols.1).step_by(BLOCK) {
-                        self.block(i, j, c);
-                    }
-                }
-            }
-        }
-        release_tiles();
-    }
-
-    /// The 32×32 block of C at (`i`, `j`): four accumulator tiles summed over every segment's depth, stored once.
+    /// The elements `start..start + len` (bounds-checked).
+    ///
+    /// # Safety
+    /// No other thread may access these elements while the returned slice is alive.
     #[inline(always)]
-    unsafe fn block(&self, i: usize, j: usize, c: SendPtr) {
-        let a_stride = self.a_row * 2;
-        let b_stride = self.b_pair_row * 2;
-        zero_accumulators();
-        for &(a_start, b_start) in self.segments {
-            let mut a = self.a.as_ptr().add(a_start + i * self.a_row) as *const u8;
-            let mut b = self.b.as_ptr().add(b_start + j * 2) as *const u8;
-            for _ in 0..self.k / DEPTH {
-                multiply_accumulate(a, a.add(16 * a_stride), a_stride, b, b.add(64), b_stride);
-                a = a.add(DEPTH * 2);
-                b = b.add(DEPTH / 2 * b_stride);
-            }
-        }
-        let c_row = self.n * 4;
-        let out = c.0.add(i * self.n + j) as *mut u8;
-        store_accumulators(out, out.add(16 * c_row), c_row);
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(
+            start + len <= self.len,
+            "output range {start}+{len} out of {}",
+            self.len
+        );
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    /// Where element `index` is, for vector stores; the caller checks `index + lanes ≤ len()`.
+    ///
+    /// # Safety
+    /// As [`write_unchecked`](Self::write_unchecked), for every element stored through the pointer.
+    #[inline(always)]
+    pub unsafe fn ptr_unchecked(&self, index: usize) -> *mut f32 {
+        debug_assert!(index < self.len);
+        self.ptr.add(index)
+    }
+
+    /// Writes `value` at `index`, which the caller has checked to be below [`len`](Self::len).
+    ///
+    /// # Safety
+    /// `index < self.len()`, and no other thread may access `index` while the `SharedOut` is alive.
+    #[inline(always)]
+    pub unsafe fn write_unchecked(&self, index: usize, value: f32) {
+        debug_assert!(index < self.len);
+        self.ptr.add(index).write(value);
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint blocks of one output buffer to the tasks of `TileProduct::run`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+/// Proof that the tile registers are configured on this thread: only [`with_tiles`] makes one, for the duration of
+/// its closure. (A tile instruction without a configuration faults.)
+pub struct Tiles(std::marker::PhantomData<*const ()>);
+
+/// Runs `work` with the tile registers configured on this thread (and released after).
+pub fn with_tiles<R>(work: impl FnOnce(&Tiles) -> R) -> R {
+    assert!(available(), "AMX tile products need a CPU with AMX-BF16");
+    // SAFETY: AMX is available and this process may use the tile state (`detect`).
+    unsafe { load_tile_config() };
+    let result = work(&Tiles(std::marker::PhantomData));
+    // SAFETY: as above.
+    unsafe { release_tiles() };
+    result
+}
+
+impl Tiles {
+    /// `staging = Σ_terms A_t[0..32, 0..k] · B_t` for terms of equal depth `k` (a multiple of 32): the four
+    /// accumulator tiles are summed over every term and stored once.
+    ///
+    /// Panics if a term's views are too short or not 64-byte aligned.
+    pub fn block(&self, terms: &[Term<'_>], staging: &mut Staging) {
+        let Some(first) = terms.first() else {
+            staging.0.fill(0.0);
+            return;
+        };
+        let depth = first.b.len() / BLOCK;
+        assert!(
+            depth.is_multiple_of(DEPTH) && depth > 0,
+            "B panel depth must be a positive multiple of 32"
+        );
+        for term in terms {
+            assert!(
+                term.b.len() == depth * BLOCK,
+                "B panels of one block must have the same depth"
+            );
+            assert!(
+                term.a_row >= depth && term.a_row.is_multiple_of(32),
+                "A rows must be aligned and deep enough"
+            );
+            assert!(term.a.len() >= (BLOCK - 1) * term.a_row + depth, "A view too short");
+            assert!(
+                (term.a.as_ptr() as usize).is_multiple_of(64),
+                "A must start on a cache line"
+            );
+            assert!(
+                (term.b.as_ptr() as usize).is_multiple_of(64),
+                "B panel must start on a cache line"
+            );
+        }
+        // SAFETY: tiles are configured (`self` exists only inside `with_tiles`); every load stays inside the views
+        // checked above: A rows 0..32 × depth values, B panel depth/2 pair-rows × 128 bytes.
+        unsafe {
+            zero_accumulators();
+            for term in terms {
+                let a_stride = term.a_row * 2;
+                let mut a = term.a.as_ptr() as *const u8;
+                let mut b = term.b.as_ptr() as *const u8;
+                for _ in 0..depth / DEPTH {
+                    multiply_accumulate(a, a.add(16 * a_stride), a_stride, b, b.add(64), 2 * BLOCK * 2);
+                    a = a.add(DEPTH * 2);
+                    b = b.add(DEPTH / 2 * 2 * BLOCK * 2);
+                }
+            }
+            let out = staging.0.as_mut_ptr() as *mut u8;
+            store_accumulators(out, out.add(16 * BLOCK * 4), BLOCK * 4);
+        }
+    }
+}
 
 /// Tile registers 0–3: the 2×2 f32 accumulators (16 rows × 64 bytes); 4–5: A tiles (16 rows × 32 bf16); 6–7: B tiles
 /// (16 pair-rows × 16 columns × 2 bf16). Every tile is 16 rows of 64 bytes.
@@ -330,52 +463,59 @@ mod tests {
         assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
     }
 
-    /// Every block of a multi-segment product against an f64 sum of the same bf16 values, for both blocking orders.
+    /// Blocks summed over three terms (A rows starting mid-buffer, a row stride wider than the depth, ragged B
+    /// sizes padded by `PanelsB`) against an f64 sum of the same bf16 values.
     #[test]
-    fn tile_product_matches_a_plain_sum() {
+    fn blocks_match_a_plain_sum() {
         if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the product is only used where it has)");
+            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
             return;
         }
-        let (m, n, k) = (96, 160, 64);
-        let segments = [(0, 0), (m * k + 32, 2 * 7), (2 * m * k + 64, 2 * 33)];
-        let a_row = k;
-        let b_pair_row = 2 * n + 80;
-        let a: Vec<u16> = test_values(3 * m * k + 64, 1).into_iter().map(bf16_bits).collect();
-        let b: Vec<u16> = test_values(k / 2 * b_pair_row + 2 * 40, 2)
-            .into_iter()
-            .map(bf16_bits)
+        let (k, n) = (50, 70); // padded to 64 × 96
+        let a_row = 96;
+        let mut a = AlignedBf16::zeroed(200 * a_row);
+        for (x, v) in a.as_mut_slice().iter_mut().zip(test_values(200 * a_row, 1)) {
+            *x = bf16_bits(v);
+        }
+        let values: Vec<Vec<f32>> = (0..3).map(|t| test_values(k * n, 2 + t)).collect();
+        let panels: Vec<PanelsB> = values
+            .iter()
+            .map(|v| PanelsB::from_fn(k, n, |i, j| v[i * n + j]))
             .collect();
-        for weights in [Operand::A, Operand::B] {
-            let product = TileProduct {
-                m,
-                n,
-                k,
-                a: &a,
-                a_row,
-                b: &b,
-                b_pair_row,
-                segments: &segments,
-                weights,
-            };
-            let mut c = vec![f32::NAN; m * n];
-            product.run(&mut c);
-            for i in 0..m {
-                for j in 0..n {
-                    let mut want = 0f64;
-                    for &(sa, sb) in &segments {
-                        for p in 0..k {
-                            let b_at = sb + (p / 2) * b_pair_row + 2 * j + p % 2;
-                            want += bf16_value(a[sa + i * a_row + p]) * bf16_value(b[b_at]);
+        let starts = [0, 37, 101]; // first A row of each term
+        with_tiles(|tiles| {
+            let mut staging = Staging::default();
+            for jb in 0..panels[0].columns() / BLOCK {
+                let terms: Vec<Term> = (0..3)
+                    .map(|t| Term {
+                        a: &a.as_slice()[starts[t] * a_row..],
+                        a_row,
+                        b: panels[t].panel(jb),
+                    })
+                    .collect();
+                tiles.block(&terms, &mut staging);
+                for r in 0..BLOCK {
+                    for c in 0..BLOCK {
+                        let j = jb * BLOCK + c;
+                        let mut want = 0f64;
+                        for t in 0..3 {
+                            for i in 0..k.min(64) {
+                                let b = if j < n {
+                                    bf16_value(bf16_bits(values[t][i * n + j]))
+                                } else {
+                                    0.0
+                                };
+                                want += bf16_value(a.as_slice()[(starts[t] + r) * a_row + i]) * b;
+                            }
                         }
+                        let got = staging.row(r)[c] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "({r}, {j}): {got} vs {want}"
+                        );
                     }
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "({i}, {j}): {got} vs {want}"
-                    );
                 }
             }
-        }
+        });
     }
 }

@@ -3,11 +3,11 @@
 //! Per (slice, block of 32 query rows): the scores `q·kᵀ` of the block against *all* keys (one tile product into
 //! `32 × M` f32, 512 KiB at 4096 keys: it stays in L2), an exact softmax in f32 over each row with AVX-512, the
 //! unnormalised probabilities rounded to bf16, then `p·v` (a second tile product) divided by the row sums. Keys and
-//! values are packed once per slice into the B-operand layout. Rounded to bf16: q, k, v and the probabilities; the
+//! values are packed once per slice as B panels. Rounded to bf16: q, k, v and the probabilities; the
 //! scores, the softmax and the accumulation are f32. Head widths are padded to whole tiles (32): SD's 40-wide heads
 //! do 60% more multiplications than they need, still far faster than the f32 kernel.
 
-use super::amx::{self, bf16_bits, round_up, TileProduct};
+use super::amx::{self, bf16_bits, round_up, AlignedBf16, PanelsB, Staging, Term};
 use super::attention::AttentionDims;
 use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
@@ -17,12 +17,12 @@ use std::cell::RefCell;
 /// Query rows per task: one row of tiles.
 const QUERY_BLOCK: usize = amx::BLOCK;
 
-/// One slice's keys and values in the B-operand layout.
+/// One slice's keys and values as B operands.
 struct PackedSlice {
-    /// `kᵀ`: `[d/2][M][2]` (pairs of head channels interleaved), `M` and `d` padded.
-    keys: Vec<u16>,
-    /// `v`: `[M/2][d][2]` (pairs of keys interleaved).
-    values: Vec<u16>,
+    /// `kᵀ` (`d × M`).
+    keys: PanelsB,
+    /// `v` (`M × d`).
+    values: PanelsB,
 }
 
 /// Computes `softmax(q·kᵀ·scale)·v` into `out` (layouts as `cpu::attention::attention`). Needs AMX (`amx::available`).
@@ -35,20 +35,15 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
     if n == 0 {
         return Ok(());
     }
-    let (keys_p, d_p) = (round_up(m, amx::BLOCK), round_up(d, amx::BLOCK));
+    let (keys_p, d_p) = (round_up(m, amx::BLOCK), round_up(d, amx::DEPTH));
     let packed: Vec<PackedSlice> = (0..dims.slices)
         .into_par_iter()
         .map(|s| {
             let (k, v) = (&k[s * m * d..][..m * d], &v[s * m * d..][..m * d]);
-            let mut keys = vec![0u16; d_p * keys_p];
-            let mut values = vec![0u16; keys_p * d_p];
-            for j in 0..m {
-                for c in 0..d {
-                    keys[(c / 2) * 2 * keys_p + 2 * j + c % 2] = bf16_bits(k[j * d + c]);
-                    values[(j / 2) * 2 * d_p + 2 * c + j % 2] = bf16_bits(v[j * d + c]);
-                }
+            PackedSlice {
+                keys: PanelsB::from_fn(d, m, |c, j| k[j * d + c]),
+                values: PanelsB::from_fn(m, d, |j, c| v[j * d + c]),
             }
-            PackedSlice { keys, values }
         })
         .collect();
     let blocks = n.div_ceil(QUERY_BLOCK);
@@ -62,60 +57,54 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
     tasks.into_par_iter().for_each(|(s, b, out_rows)| {
         let rows = out_rows.len() / d;
         let q_rows = &q[(s * n + b * QUERY_BLOCK) * d..][..rows * d];
+        let slice = &packed[s];
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let Scratch {
-                q_tile,
-                scores,
-                probs,
-                outputs,
-            } = &mut *scratch;
-            q_tile.clear();
-            q_tile.resize(QUERY_BLOCK * d_p, 0);
-            for (dst, src) in q_tile.chunks_exact_mut(d_p).zip(q_rows.chunks_exact(d)) {
+            let Scratch { q_tile, scores, probs } = &mut *scratch;
+            q_tile.resize_zeroed(QUERY_BLOCK * d_p);
+            for (dst, src) in q_tile.as_mut_slice().chunks_exact_mut(d_p).zip(q_rows.chunks_exact(d)) {
                 for (t, &x) in dst.iter_mut().zip(src) {
                     *t = bf16_bits(x);
                 }
             }
             scores.resize(QUERY_BLOCK * keys_p, 0.0);
-            TileProduct {
-                m: QUERY_BLOCK,
-                n: keys_p,
-                k: d_p,
-                a: q_tile,
-                a_row: d_p,
-                b: &packed[s].keys,
-                b_pair_row: 2 * keys_p,
-                segments: &[(0, 0)],
-                weights: amx::Operand::B,
-            }
-            .run_on_this_thread(scores);
-            probs.clear();
-            probs.resize(QUERY_BLOCK * keys_p, 0);
-            let mut sums = [0f32; QUERY_BLOCK];
-            for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-                let p = &mut probs[r * keys_p..][..m];
-                *sum = softmax_row(&scores[r * keys_p..][..m], dims.scale, p);
-            }
-            outputs.resize(QUERY_BLOCK * d_p, 0.0);
-            TileProduct {
-                m: QUERY_BLOCK,
-                n: d_p,
-                k: keys_p,
-                a: probs,
-                a_row: keys_p,
-                b: &packed[s].values,
-                b_pair_row: 2 * d_p,
-                segments: &[(0, 0)],
-                weights: amx::Operand::B,
-            }
-            .run_on_this_thread(outputs);
-            for (r, dst) in out_rows.chunks_exact_mut(d).enumerate() {
-                let inv = 1.0 / sums[r];
-                for (o, &x) in dst.iter_mut().zip(&outputs[r * d_p..]) {
-                    *o = x * inv;
+            probs.resize_zeroed(QUERY_BLOCK * keys_p);
+            amx::with_tiles(|tiles| {
+                let mut staging = Staging::default();
+                // Scores of the block against every key.
+                for panel in 0..keys_p / amx::BLOCK {
+                    let term = Term {
+                        a: q_tile.as_slice(),
+                        a_row: d_p,
+                        b: slice.keys.panel(panel),
+                    };
+                    tiles.block(&[term], &mut staging);
+                    for r in 0..rows {
+                        scores[r * keys_p + panel * amx::BLOCK..][..amx::BLOCK].copy_from_slice(staging.row(r));
+                    }
                 }
-            }
+                let mut sums = [0f32; QUERY_BLOCK];
+                let probs = probs.as_mut_slice();
+                for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+                    *sum = softmax_row(&scores[r * keys_p..][..m], dims.scale, &mut probs[r * keys_p..][..m]);
+                }
+                // Unnormalised probabilities times the values, divided by the row sums.
+                for panel in 0..slice.values.columns() / amx::BLOCK {
+                    let term = Term {
+                        a: probs,
+                        a_row: keys_p,
+                        b: slice.values.panel(panel),
+                    };
+                    tiles.block(&[term], &mut staging);
+                    let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(d);
+                    for (r, dst) in out_rows.chunks_exact_mut(d).enumerate() {
+                        let inv = 1.0 / sums[r];
+                        for (o, &x) in dst[columns.clone()].iter_mut().zip(staging.row(r)) {
+                            *o = x * inv;
+                        }
+                    }
+                }
+            });
         });
     });
     Ok(())
@@ -123,10 +112,9 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
 
 #[derive(Default)]
 struct Scratch {
-    q_tile: Vec<u16>,
+    q_tile: AlignedBf16,
     scores: Vec<f32>,
-    probs: Vec<u16>,
-    outputs: Vec<f32>,
+    probs: AlignedBf16,
 }
 
 thread_local! {

@@ -14,8 +14,8 @@
 //! input channels before one store) reached 138 GFLOP/s on the UNet's convolutions against 174 for these GEMM calls
 //! (`ember bench`, same run): gemm's packed panels beat streaming the unpacked weights.
 
-use super::{amx, contiguous_f32};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape};
+use super::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// Output columns per GEMM: the accumulator for one block of columns (`C_out` × this) stays in cache while the
@@ -37,19 +37,19 @@ pub struct ConvDims {
 }
 
 impl ConvDims {
-    fn padded(&self) -> (usize, usize) {
+    pub(crate) fn padded(&self) -> (usize, usize) {
         (self.height + 2 * self.padding, self.width + 2 * self.padding)
     }
 
     /// Values of one padded image plane, the stride between batch items in a channel row of the padded buffer.
-    fn plane(&self) -> usize {
+    pub(crate) fn plane(&self) -> usize {
         let (hp, wp) = self.padded();
         hp * wp
     }
 
     /// Columns of the wide output: the most a view shifted by the largest tap offset, `(k − 1)·(Wp + 1)`, can
     /// cover without reading past a channel row of the padded buffer. Needs the kernel to fit (checked first).
-    fn columns(&self) -> usize {
+    pub(crate) fn columns(&self) -> usize {
         let (_, wp) = self.padded();
         self.batch * self.plane() - (self.kernel - 1) * (wp + 1)
     }
@@ -60,7 +60,7 @@ impl ConvDims {
         Some((hp.checked_sub(self.kernel)? + 1, wp.checked_sub(self.kernel)? + 1))
     }
 
-    fn check(&self, input: &[f32], weight: &[f32], bias: &[f32]) -> Result<(usize, usize)> {
+    pub(crate) fn check(&self, input: &[f32], weight: &[f32], bias: &[f32]) -> Result<(usize, usize)> {
         let ConvDims {
             batch: b,
             in_channels: ci,
@@ -108,7 +108,7 @@ pub fn conv2d(input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
     let (plane, columns) = (dims.plane(), dims.columns());
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let Scratch { padded, wide, .. } = &mut *scratch;
+        let Scratch { padded, wide } = &mut *scratch;
         // `padded` must start all zeros (its borders are the padding); `wide` is overwritten by the first tap.
         padded.clear();
         padded.resize(ci * b * plane, 0.0);
@@ -132,8 +132,6 @@ const SCRATCH_KEEP_FLOATS: usize = 16 << 20;
 struct Scratch {
     padded: Vec<f32>,
     wide: Vec<f32>,
-    /// The AMX path's padded input, bf16 with channel pairs interleaved.
-    pairs: Vec<u16>,
 }
 
 thread_local! {
@@ -242,200 +240,6 @@ fn sum_taps_with_gemm(padded: &[f32], weight: &[f32], wide: &mut [f32], dims: Co
     }
 }
 
-/// A convolution's weights and bias prepared once for [`conv2d_bf16`]: per tap, the `[C_out][C_in]` matrix in bf16,
-/// zero-padded to whole AMX tiles (the A operand of one tile product per tap).
-#[derive(Debug)]
-pub struct PackedConv {
-    out_channels: usize,
-    in_channels: usize,
-    kernel: usize,
-    /// `C_out` and `C_in` rounded up to whole tiles.
-    rows: usize,
-    depth: usize,
-    taps: Vec<u16>,
-    bias: Vec<f32>,
-}
-
-impl PackedConv {
-    /// Packs `weight: [C_out, C_in, k, k]` (PyTorch layout) and `bias: [C_out]`.
-    pub fn new(weight: &[f32], bias: &[f32], out_channels: usize, in_channels: usize, kernel: usize) -> Result<Self> {
-        let taps = kernel * kernel;
-        if weight.len() != out_channels * in_channels * taps || bias.len() != out_channels || taps == 0 {
-            candle_core::bail!(
-                "convolution: weight of {} values and bias of {} do not fit {out_channels}×{in_channels}×{kernel}×{kernel}",
-                weight.len(),
-                bias.len()
-            );
-        }
-        let rows = amx::round_up(out_channels, amx::BLOCK);
-        let depth = amx::round_up(in_channels, amx::DEPTH);
-        let mut packed = vec![0u16; taps * rows * depth];
-        for (o, filters) in weight.chunks_exact(in_channels * taps).enumerate() {
-            for (i, filter) in filters.chunks_exact(taps).enumerate() {
-                for (tap, &w) in filter.iter().enumerate() {
-                    packed[(tap * rows + o) * depth + i] = amx::bf16_bits(w);
-                }
-            }
-        }
-        Ok(Self {
-            out_channels,
-            in_channels,
-            kernel,
-            rows,
-            depth,
-            taps: packed,
-            bias: bias.to_vec(),
-        })
-    }
-
-    /// Bytes held (the packed weights and the bias).
-    pub fn bytes(&self) -> usize {
-        self.taps.len() * 2 + self.bias.len() * 4
-    }
-}
-
-/// [`conv2d`] with bf16 operands on the AMX tile unit (f32 accumulation), for weights packed by [`PackedConv`].
-/// The input is rounded to bf16 while it is copied into the padded buffer, whose channel pairs are interleaved as
-/// AMX's B operand wants; every tap is then one segment of a single tile product, so each 32×32 output block is
-/// summed over all taps and channels in the tile registers and stored once.
-pub fn conv2d_bf16(
-    input: &[f32],
-    weights: &PackedConv,
-    out: &mut [f32],
-    padding: usize,
-    batch: usize,
-    height: usize,
-    width: usize,
-) -> Result<()> {
-    let dims = ConvDims {
-        batch,
-        in_channels: weights.in_channels,
-        out_channels: weights.out_channels,
-        height,
-        width,
-        kernel: weights.kernel,
-        padding,
-    };
-    let Some((out_h, out_w)) = dims.output_size().filter(|&(oh, ow)| oh > 0 && ow > 0) else {
-        candle_core::bail!(
-            "convolution: a {k}×{k} kernel does not fit a {height}×{width} input padded by {padding}",
-            k = weights.kernel
-        );
-    };
-    if input.len() != batch * weights.in_channels * height * width
-        || out.len() != batch * weights.out_channels * out_h * out_w
-    {
-        candle_core::bail!(
-            "convolution: input of {} values or output of {} does not fit {batch}×{}×{height}×{width}",
-            input.len(),
-            out.len(),
-            weights.in_channels
-        );
-    }
-    let (_, wp) = dims.padded();
-    let plane = dims.plane();
-    let columns = amx::round_up(dims.columns(), amx::BLOCK);
-    let max_shift = (weights.kernel - 1) * (wp + 1);
-    // Each pair-row is long enough for the widest view: the last block of columns shifted by the last tap.
-    let row = columns + max_shift;
-    let pairs = weights.depth / 2;
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        let Scratch {
-            wide, pairs: buffer, ..
-        } = &mut *scratch;
-        buffer.clear();
-        buffer.resize(pairs * row * 2, 0);
-        let (h, w, ci, p) = (height, width, weights.in_channels, padding);
-        buffer
-            .par_chunks_exact_mut(2 * row)
-            .enumerate()
-            .for_each(|(pair, dst)| {
-                for lane in 0..2 {
-                    let c = 2 * pair + lane;
-                    if c >= ci {
-                        break;
-                    }
-                    for item in 0..batch {
-                        let src = &input[(item * ci + c) * h * w..][..h * w];
-                        for (y, src_row) in src.chunks_exact(w).enumerate() {
-                            let start = item * plane + (y + p) * wp + p;
-                            for (x, &v) in src_row.iter().enumerate() {
-                                dst[2 * (start + x) + lane] = amx::bf16_bits(v);
-                            }
-                        }
-                    }
-                }
-            });
-        let taps = weights.kernel * weights.kernel;
-        let segments: Vec<(usize, usize)> = (0..taps)
-            .map(|tap| {
-                let shift = (tap / weights.kernel) * wp + tap % weights.kernel;
-                (tap * weights.rows * weights.depth, 2 * shift)
-            })
-            .collect();
-        if wide.len() < weights.rows * columns {
-            wide.resize(weights.rows * columns, 0.0);
-        }
-        amx::TileProduct {
-            m: weights.rows,
-            n: columns,
-            k: weights.depth,
-            a: &weights.taps,
-            a_row: weights.depth,
-            b: buffer,
-            b_pair_row: 2 * row,
-            segments: &segments,
-            weights: amx::Operand::A,
-        }
-        .run(wide);
-        copy_out_with_bias(wide, columns, &weights.bias, out, dims);
-        if buffer.capacity() * 2 + wide.capacity() * 4 > SCRATCH_KEEP_FLOATS * 4 {
-            *scratch = Scratch::default();
-        }
-    });
-    Ok(())
-}
-
-/// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`.
-pub struct Conv2dStride1Bf16 {
-    pub weights: std::sync::Arc<PackedConv>,
-    pub padding: usize,
-}
-
-impl CustomOp1 for Conv2dStride1Bf16 {
-    fn name(&self) -> &'static str {
-        "ember-conv2d-bf16"
-    }
-
-    fn cpu_fwd(&self, input: &CpuStorage, input_l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (batch, in_channels, height, width) = input_l.shape().dims4()?;
-        if in_channels != self.weights.in_channels {
-            candle_core::bail!(
-                "convolution: input has {in_channels} channels, the layer takes {}",
-                self.weights.in_channels
-            );
-        }
-        let dims = ConvDims {
-            batch,
-            in_channels,
-            out_channels: self.weights.out_channels,
-            height,
-            width,
-            kernel: self.weights.kernel,
-            padding: self.padding,
-        };
-        let (out_h, out_w) = dims.output_size().unwrap_or((0, 0));
-        let mut out = vec![0f32; batch * dims.out_channels * out_h * out_w];
-        let input = contiguous_f32(input, input_l, "convolution: input")?;
-        conv2d_bf16(input, &self.weights, &mut out, self.padding, batch, height, width)?;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, dims.out_channels, out_h, out_w)),
-        ))
-    }
-}
-
 /// [`conv2d`] as a candle operation on contiguous f32 CPU tensors `input: [B, C_in, H, W]`,
 /// `weight: [C_out, C_in, k, k]`, `bias: [C_out]`.
 pub struct Conv2dStride1 {
@@ -489,12 +293,12 @@ impl CustomOp3 for Conv2dStride1 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cpu::test_values;
 
     /// The textbook six-loop convolution in f64.
-    fn reference(input: &[f32], weight: &[f32], bias: &[f32], dims: ConvDims) -> Vec<f32> {
+    pub(crate) fn reference(input: &[f32], weight: &[f32], bias: &[f32], dims: ConvDims) -> Vec<f32> {
         let ConvDims {
             batch: b,
             in_channels: ci,
@@ -563,56 +367,6 @@ mod tests {
             let want = reference(&input, &weight, &bias, dims);
             let mut got = vec![f32::NAN; want.len()];
             conv2d(&input, &weight, &bias, &mut got, dims)?;
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err < 1e-5, "{dims:?}: max abs error {err}");
-        }
-        Ok(())
-    }
-
-    /// The AMX path against the same reference on the same shapes, its operands rounded to bf16 first (so what is
-    /// checked is the kernel's indexing and f32 accumulation, not bf16's rounding).
-    #[test]
-    fn bf16_tiles_match_the_reference_on_odd_shapes() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
-            return Ok(());
-        }
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter()
-                .map(|x| f32::from_bits((amx::bf16_bits(x) as u32) << 16))
-                .collect()
-        };
-        let cases = [
-            (1, 1, 1, 1, 1, 1, 0),
-            (2, 3, 5, 7, 9, 3, 1),
-            (2, 17, 33, 8, 8, 3, 1),
-            (1, 4, 3, 13, 11, 3, 1),
-            (2, 40, 24, 5, 6, 1, 0),
-            (1, 5, 7, 1, 1, 3, 1),
-            (2, 6, 10, 9, 7, 3, 0),
-            (1, 3, 8, 40, 36, 3, 1),
-            (2, 70, 100, 12, 20, 3, 1),
-        ];
-        for (i, &(batch, in_channels, out_channels, height, width, kernel, padding)) in cases.iter().enumerate() {
-            let dims = ConvDims {
-                batch,
-                in_channels,
-                out_channels,
-                height,
-                width,
-                kernel,
-                padding,
-            };
-            let input = round(test_values(batch * in_channels * height * width, 3 * i as u64));
-            let weight = round(test_values(
-                out_channels * in_channels * kernel * kernel,
-                3 * i as u64 + 1,
-            ));
-            let bias = test_values(out_channels, 3 * i as u64 + 2);
-            let want = reference(&input, &weight, &bias, dims);
-            let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
-            let mut got = vec![f32::NAN; want.len()];
-            conv2d_bf16(&input, &packed, &mut got, padding, batch, height, width)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
         }

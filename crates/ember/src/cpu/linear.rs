@@ -7,18 +7,18 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// A linear layer's `weight: [out, in]` as a bf16 `[in, out]` matrix in the pair-interleaved layout, padded to whole
-/// tiles, and its bias (zeros without one).
+/// A linear layer's `weight: [out, in]` as the bf16 B operand `Wᵀ` (`[in, out]`, panels of 32 output features), and
+/// its bias (zeros without one).
 #[derive(Debug)]
 pub struct PackedLinear {
     in_features: usize,
     out_features: usize,
-    /// `in` and `out` rounded up to whole tiles.
-    depth: usize,
-    columns: usize,
-    weight: Vec<u16>,
+    weight: amx::PanelsB,
     bias: Vec<f32>,
 }
+
+/// Bytes of B panels a task keeps in L2 while the A rows stream past.
+const RESIDENT_BYTES: usize = 512 << 10;
 
 impl PackedLinear {
     pub fn new(weight: &[f32], bias: Option<&[f32]>, out_features: usize, in_features: usize) -> Result<Self> {
@@ -28,27 +28,17 @@ impl PackedLinear {
                 weight.len()
             );
         }
-        let depth = amx::round_up(in_features, amx::DEPTH);
-        let columns = amx::round_up(out_features, amx::BLOCK);
-        let mut packed = vec![0u16; depth * columns];
-        for (o, row) in weight.chunks_exact(in_features.max(1)).enumerate() {
-            for (i, &w) in row.iter().enumerate() {
-                packed[(i / 2) * 2 * columns + 2 * o + i % 2] = amx::bf16_bits(w);
-            }
-        }
         Ok(Self {
             in_features,
             out_features,
-            depth,
-            columns,
-            weight: packed,
+            weight: amx::PanelsB::from_fn(in_features, out_features, |i, o| weight[o * in_features + i]),
             bias: bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec),
         })
     }
 
     /// Bytes held (the packed weight and the bias).
     pub fn bytes(&self) -> usize {
-        self.weight.len() * 2 + self.bias.len() * 4
+        self.weight.bytes() + self.bias.len() * 4
     }
 
     /// `out[rows, out] = x[rows, in] · Wᵀ + b`.
@@ -65,44 +55,62 @@ impl PackedLinear {
         if rows == 0 {
             return Ok(());
         }
-        let padded_rows = amx::round_up(rows, amx::BLOCK);
+        let depth = self.weight.depth();
+        let row_blocks = rows.div_ceil(amx::BLOCK);
         SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let (a, c) = &mut *scratch;
-            a.clear();
-            a.resize(padded_rows * self.depth, 0);
-            a.par_chunks_exact_mut(self.depth)
-                .zip(x.par_chunks_exact(k))
-                .for_each(|(dst, src)| {
+            let mut buffer = scratch.borrow_mut();
+            buffer.resize_uninit(row_blocks * amx::BLOCK * depth);
+            // The activations as bf16 rows, zero-padded to the weight's depth and to whole blocks of rows.
+            buffer
+                .as_mut_slice()
+                .par_chunks_exact_mut(depth)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let src = if row < rows { &x[row * k..][..k] } else { &[][..] };
                     for (d, &s) in dst.iter_mut().zip(src) {
                         *d = amx::bf16_bits(s);
                     }
+                    dst[src.len()..].fill(0);
                 });
-            if c.len() < padded_rows * self.columns {
-                c.resize(padded_rows * self.columns, 0.0);
-            }
-            amx::TileProduct {
-                m: padded_rows,
-                n: self.columns,
-                k: self.depth,
-                a,
-                a_row: self.depth,
-                b: &self.weight,
-                b_pair_row: 2 * self.columns,
-                segments: &[(0, 0)],
-                weights: amx::Operand::B,
-            }
-            .run(c);
-            out.par_chunks_exact_mut(n)
-                .zip(c.par_chunks_exact(self.columns))
-                .for_each(|(dst, src)| {
-                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(&self.bias) {
-                        *d = s + b;
+            let panels = self.weight.columns() / amx::BLOCK;
+            let panels_per_task = (RESIDENT_BYTES / (depth * amx::BLOCK * 2)).clamp(1, panels);
+            let panel_groups = panels.div_ceil(panels_per_task);
+            let threads = rayon::current_num_threads().max(1);
+            let row_groups = (4 * threads).div_ceil(panel_groups).clamp(1, row_blocks);
+            let rows_per_task = row_blocks.div_ceil(row_groups);
+            let out = amx::SharedOut::new(out);
+            let a = buffer.as_slice();
+            (0..row_groups * panel_groups).into_par_iter().for_each(|task| {
+                let (row_group, panel_group) = (task / panel_groups, task % panel_groups);
+                let blocks = row_group * rows_per_task..((row_group + 1) * rows_per_task).min(row_blocks);
+                let panel_range = panel_group * panels_per_task..((panel_group + 1) * panels_per_task).min(panels);
+                amx::with_tiles(|tiles| {
+                    let mut staging = amx::Staging::default();
+                    for panel in panel_range.clone() {
+                        for block in blocks.clone() {
+                            let term = amx::Term {
+                                a: &a[block * amx::BLOCK * depth..],
+                                a_row: depth,
+                                b: self.weight.panel(panel),
+                            };
+                            tiles.block(&[term], &mut staging);
+                            let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(n);
+                            let bias = &self.bias[columns.clone()];
+                            for r in 0..amx::BLOCK.min(rows - block * amx::BLOCK) {
+                                let row = block * amx::BLOCK + r;
+                                // SAFETY: each (row, output feature) belongs to exactly one task's block.
+                                let dst = unsafe { out.slice(row * n + columns.start, columns.len()) };
+                                for ((d, &v), &b) in dst.iter_mut().zip(staging.row(r)).zip(bias) {
+                                    *d = v + b;
+                                }
+                            }
+                        }
                     }
                 });
-            // The feed-forward layers at 512×512 need ~80 MiB; keep no more than that between calls.
-            if a.capacity() * 2 + c.capacity() * 4 > 128 << 20 {
-                *scratch = Default::default();
+            });
+            // The feed-forward layers at 512×512 need ~40 MiB; keep no more than that between calls.
+            if buffer.capacity_bytes() > 64 << 20 {
+                *buffer = Default::default();
             }
         });
         Ok(())
@@ -110,8 +118,8 @@ impl PackedLinear {
 }
 
 thread_local! {
-    /// The bf16 activations (A) and the padded f32 result (C), reused between calls.
-    static SCRATCH: RefCell<(Vec<u16>, Vec<f32>)> = RefCell::default();
+    /// The bf16 activations (A), reused between calls.
+    static SCRATCH: RefCell<amx::AlignedBf16> = RefCell::default();
 }
 
 /// [`PackedLinear::forward`] as a candle operation on a contiguous f32 CPU tensor `[.., in]` → `[.., out]`.

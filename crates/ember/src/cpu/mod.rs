@@ -10,6 +10,7 @@ pub mod amx;
 pub mod attention;
 pub mod attention_bf16;
 pub mod conv;
+pub mod conv_bf16;
 pub mod group_norm;
 pub mod linear;
 pub mod peak;

@@ -4,7 +4,8 @@
 
 use super::attention::Attention;
 use super::linear::{linear, Linear};
-use crate::cpu::conv::{Conv2dStride1, Conv2dStride1Bf16, PackedConv};
+use crate::cpu::conv::Conv2dStride1;
+use crate::cpu::conv_bf16::{Conv2dStride1Bf16, PackedConv};
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor, D};

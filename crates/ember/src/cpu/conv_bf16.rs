@@ -1,0 +1,380 @@
+//! Stride-1 convolution with bf16 operands on the AMX tile unit (f32 accumulation), for models built for bf16
+//! (`nn::Precision`): an implicit GEMM over a channels-last copy of the input.
+//!
+//! The input is rounded to bf16 and copied once into a zero-padded buffer with one row per pixel of the padded image
+//! (`[B·(H+2p)·(W+2p)][C_in]`, channels padded to 32). Read as the A operand, that buffer shifted down by
+//! `ky·(W+2p) + kx` rows holds, in row `r`, the pixels tap `(ky, kx)` sees for the output pixel of row `r` — and since
+//! a shift moves whole rows, every view stays 64-byte aligned (unlike the f32 kernel's shifted columns). The weights
+//! are packed once per tap as B panels (`[C_in] × [C_out]`), so each 32 pixels × 32 output channels block is summed
+//! over all taps and input channels in the tile registers, then written once, with the bias, straight into the
+//! `[B, C_out, H_out, W_out]` output (rows that fall on padding are dropped there).
+
+use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
+use super::contiguous_f32;
+use super::conv::ConvDims;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Bytes of weight panels a task keeps in L2 while the pixel rows stream past.
+const RESIDENT_BYTES: usize = 768 << 10;
+
+/// A convolution's weights (per tap, `W[:, :, ky, kx]ᵀ` as B panels) and bias, prepared once for [`conv2d_bf16`].
+#[derive(Debug)]
+pub struct PackedConv {
+    out_channels: usize,
+    in_channels: usize,
+    kernel: usize,
+    taps: Vec<PanelsB>,
+    bias: Vec<f32>,
+}
+
+impl PackedConv {
+    /// Packs `weight: [C_out, C_in, k, k]` (PyTorch layout) and `bias: [C_out]`.
+    pub fn new(weight: &[f32], bias: &[f32], out_channels: usize, in_channels: usize, kernel: usize) -> Result<Self> {
+        let taps = kernel * kernel;
+        if weight.len() != out_channels * in_channels * taps || bias.len() != out_channels || taps == 0 {
+            candle_core::bail!(
+                "convolution: weight of {} values and bias of {} do not fit {out_channels}×{in_channels}×{kernel}×{kernel}",
+                weight.len(),
+                bias.len()
+            );
+        }
+        let taps = (0..taps)
+            .map(|tap| {
+                PanelsB::from_fn(in_channels, out_channels, |i, o| {
+                    weight[(o * in_channels + i) * taps + tap]
+                })
+            })
+            .collect();
+        Ok(Self {
+            out_channels,
+            in_channels,
+            kernel,
+            taps,
+            bias: bias.to_vec(),
+        })
+    }
+
+    /// Bytes held (the packed weights and the bias).
+    pub fn bytes(&self) -> usize {
+        self.taps.iter().map(PanelsB::bytes).sum::<usize>() + self.bias.len() * 4
+    }
+}
+
+/// Convolves `input: [B, C_in, H, W]` (f32) with the packed weights, stride 1, zero padding `padding`, into
+/// `out: [B, C_out, H_out, W_out]`.
+pub fn conv2d_bf16(
+    input: &[f32],
+    weights: &PackedConv,
+    out: &mut [f32],
+    padding: usize,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Result<()> {
+    let dims = ConvDims {
+        batch,
+        in_channels: weights.in_channels,
+        out_channels: weights.out_channels,
+        height,
+        width,
+        kernel: weights.kernel,
+        padding,
+    };
+    let Some((out_h, out_w)) = dims.output_size().filter(|&(oh, ow)| oh > 0 && ow > 0) else {
+        candle_core::bail!(
+            "convolution: a {k}×{k} kernel does not fit a {height}×{width} input padded by {padding}",
+            k = weights.kernel
+        );
+    };
+    let (ci, co) = (weights.in_channels, weights.out_channels);
+    if input.len() != batch * ci * height * width || out.len() != batch * co * out_h * out_w {
+        candle_core::bail!(
+            "convolution: input of {} values or output of {} does not fit {batch}×{ci}×{height}×{width} → {co} channels",
+            input.len(),
+            out.len()
+        );
+    }
+    if batch == 0 {
+        return Ok(());
+    }
+    let (_, wp) = dims.padded();
+    let plane = dims.plane();
+    let depth = weights.taps[0].depth();
+    // Output rows (pixels of the padded grid whose window fits), in whole blocks; the buffer has room for the
+    // last block shifted by the last tap.
+    let row_blocks = dims.columns().div_ceil(amx::BLOCK);
+    let shifts: Vec<usize> = (0..weights.kernel * weights.kernel)
+        .map(|tap| (tap / weights.kernel) * wp + tap % weights.kernel)
+        .collect();
+    let buffer_rows = (row_blocks * amx::BLOCK + shifts[shifts.len() - 1]).max(batch * plane);
+    SCRATCH.with(|scratch| {
+        let mut buffer = scratch.borrow_mut();
+        fill_channels_last(&mut buffer, input, dims, depth, buffer_rows);
+        let pixels = buffer.as_slice();
+        let panels = weights.taps[0].columns() / amx::BLOCK;
+        let panels_per_task = (RESIDENT_BYTES / (shifts.len() * depth * amx::BLOCK * 2)).clamp(1, panels);
+        let panel_groups = panels.div_ceil(panels_per_task);
+        let threads = rayon::current_num_threads().max(1);
+        let row_groups = (4 * threads).div_ceil(panel_groups).clamp(1, row_blocks);
+        let blocks_per_task = row_blocks.div_ceil(row_groups);
+        let out = SharedOut::new(out);
+        (0..row_groups * panel_groups).into_par_iter().for_each(|task| {
+            let (row_group, panel_group) = (task / panel_groups, task % panel_groups);
+            let blocks = row_group * blocks_per_task..((row_group + 1) * blocks_per_task).min(row_blocks);
+            let panel_range = panel_group * panels_per_task..((panel_group + 1) * panels_per_task).min(panels);
+            amx::with_tiles(|tiles| {
+                let mut staging = Staging::default();
+                let mut terms = Vec::with_capacity(shifts.len());
+                for block in blocks {
+                    let destinations = block_destinations(block, dims, (out_h, out_w));
+                    for panel in panel_range.clone() {
+                        terms.clear();
+                        terms.extend(shifts.iter().zip(&weights.taps).map(|(&shift, tap)| Term {
+                            a: &pixels[(block * amx::BLOCK + shift) * depth..],
+                            a_row: depth,
+                            b: tap.panel(panel),
+                        }));
+                        tiles.block(&terms, &mut staging);
+                        write_block(&staging, &destinations, panel, weights, out_h * out_w, &out);
+                    }
+                }
+            });
+        });
+        if buffer.capacity_bytes() > 128 << 20 {
+            *buffer = AlignedBf16::default();
+        }
+    });
+    Ok(())
+}
+
+thread_local! {
+    /// The channels-last padded input, reused between calls.
+    static SCRATCH: RefCell<AlignedBf16> = RefCell::default();
+}
+
+/// `buffer[row][c]` = input pixel (item, y, x) of channel `c` at row `item·plane + (y+p)·Wp + (x+p)`, rounded to bf16;
+/// zeros elsewhere (padding, channels ≥ C_in, rows past the last item).
+fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, depth: usize, rows: usize) {
+    let ConvDims {
+        batch,
+        in_channels: ci,
+        height: h,
+        width: w,
+        padding: p,
+        ..
+    } = dims;
+    let (hp, wp) = dims.padded();
+    buffer.resize_zeroed(rows * depth);
+    // One task per padded image row: its `Wp` buffer rows are disjoint from every other task's.
+    buffer.as_mut_slice()[..batch * hp * wp * depth]
+        .par_chunks_exact_mut(wp * depth)
+        .enumerate()
+        .for_each(|(padded_row, dst)| {
+            let (item, y) = (padded_row / hp, padded_row % hp);
+            if y < p || y >= h + p {
+                return;
+            }
+            let y = y - p;
+            for c in 0..ci {
+                let src = &input[((item * ci + c) * h + y) * w..][..w];
+                for (x, &v) in src.iter().enumerate() {
+                    dst[(x + p) * depth + c] = amx::bf16_bits(v);
+                }
+            }
+        });
+}
+
+/// Where each of a block's 32 rows (pixels of the padded grid) lands in `[B, C_out, H_out, W_out]`, as the offset
+/// of its output channel 0; `None` for pixels on the padding.
+fn block_destinations(block: usize, dims: ConvDims, (out_h, out_w): (usize, usize)) -> [Option<usize>; amx::BLOCK] {
+    let (_, wp) = dims.padded();
+    let plane = dims.plane();
+    std::array::from_fn(|r| {
+        let pixel = block * amx::BLOCK + r;
+        let (item, y, x) = (pixel / plane, (pixel % plane) / wp, pixel % wp);
+        (item < dims.batch && y < out_h && x < out_w).then_some((item * dims.out_channels * out_h + y) * out_w + x)
+    })
+}
+
+/// Adds the bias to a finished block (32 pixels × 32 output channels) and writes its real pixels into `out`.
+fn write_block(
+    staging: &Staging,
+    destinations: &[Option<usize>; amx::BLOCK],
+    panel: usize,
+    weights: &PackedConv,
+    out_plane: usize,
+    out: &SharedOut,
+) {
+    let channels = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(weights.out_channels);
+    // Checked once here: the largest index written is the last real pixel's in the last channel.
+    let last = destinations
+        .iter()
+        .flatten()
+        .max()
+        .map(|&d| d + (channels.end - 1) * out_plane);
+    if last.is_none_or(|last| last >= out.len()) {
+        assert!(last.is_none(), "convolution output index out of bounds");
+        return;
+    }
+    let bias = &weights.bias[channels.clone()];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F detected; every index written is at most `last` < out.len() (checked above), and each
+        // (pixel, channel) belongs to exactly one task's block.
+        unsafe { write_block_avx512(staging, destinations, bias, channels.start, out_plane, out) };
+        return;
+    }
+    for (r, destination) in destinations.iter().enumerate() {
+        let Some(base) = destination else { continue };
+        for ((o, &v), &b) in channels.clone().zip(staging.row(r)).zip(bias) {
+            // SAFETY: as above.
+            unsafe { out.write_unchecked(base + o * out_plane, v + b) };
+        }
+    }
+}
+
+/// [`write_block`]'s loop with the block transposed on the fly: each channel's 16 pixels at a time are gathered from
+/// the staging column and, where they are 16 consecutive output pixels (most of an image row), stored as one vector.
+///
+/// # Safety
+/// AVX-512F; every `destination + (first_channel + c)·out_plane` for `c < bias.len()` is in bounds and this task's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_block_avx512(
+    staging: &Staging,
+    destinations: &[Option<usize>; amx::BLOCK],
+    bias: &[f32],
+    first_channel: usize,
+    out_plane: usize,
+    out: &SharedOut,
+) {
+    use std::arch::x86_64::*;
+    // Offsets of rows 0..16 of one staging column.
+    let rows = _mm512_setr_epi32(
+        0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480,
+    );
+    for half in 0..2 {
+        let pixels = &destinations[16 * half..][..16];
+        let contiguous = match pixels[0] {
+            Some(first) => pixels.iter().enumerate().all(|(i, &d)| d == Some(first + i)),
+            None => false,
+        };
+        if !contiguous && pixels.iter().all(Option::is_none) {
+            continue;
+        }
+        for (c, &b) in bias.iter().enumerate() {
+            let column = staging.0.as_ptr().add(16 * half * amx::BLOCK + c);
+            let v = _mm512_add_ps(_mm512_i32gather_ps::<4>(rows, column.cast()), _mm512_set1_ps(b));
+            let channel_offset = (first_channel + c) * out_plane;
+            if let (true, Some(first)) = (contiguous, pixels[0]) {
+                _mm512_storeu_ps(out.ptr_unchecked(first + channel_offset), v);
+            } else {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+                for (&d, &x) in pixels.iter().zip(&lanes) {
+                    if let Some(d) = d {
+                        out.write_unchecked(d + channel_offset, x);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`.
+pub struct Conv2dStride1Bf16 {
+    pub weights: std::sync::Arc<PackedConv>,
+    pub padding: usize,
+}
+
+impl CustomOp1 for Conv2dStride1Bf16 {
+    fn name(&self) -> &'static str {
+        "ember-conv2d-bf16"
+    }
+
+    fn cpu_fwd(&self, input: &CpuStorage, input_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, in_channels, height, width) = input_l.shape().dims4()?;
+        if in_channels != self.weights.in_channels {
+            candle_core::bail!(
+                "convolution: input has {in_channels} channels, the layer takes {}",
+                self.weights.in_channels
+            );
+        }
+        let dims = ConvDims {
+            batch,
+            in_channels,
+            out_channels: self.weights.out_channels,
+            height,
+            width,
+            kernel: self.weights.kernel,
+            padding: self.padding,
+        };
+        let (out_h, out_w) = dims.output_size().unwrap_or((0, 0));
+        let mut out = vec![0f32; batch * dims.out_channels * out_h * out_w];
+        let input = contiguous_f32(input, input_l, "convolution: input")?;
+        conv2d_bf16(input, &self.weights, &mut out, self.padding, batch, height, width)?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, dims.out_channels, out_h, out_w)),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::conv::tests::reference;
+    use crate::cpu::test_values;
+
+    /// Against the f32 kernel's six-loop f64 reference on the same odd shapes, the operands rounded to bf16 first
+    /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
+    #[test]
+    fn matches_the_reference_on_odd_shapes() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+            return Ok(());
+        }
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter()
+                .map(|x| f32::from_bits((amx::bf16_bits(x) as u32) << 16))
+                .collect()
+        };
+        let cases = [
+            (1, 1, 1, 1, 1, 1, 0),
+            (2, 3, 5, 7, 9, 3, 1),
+            (2, 17, 33, 8, 8, 3, 1),
+            (1, 4, 3, 13, 11, 3, 1),
+            (2, 40, 24, 5, 6, 1, 0),
+            (1, 5, 7, 1, 1, 3, 1),
+            (2, 6, 10, 9, 7, 3, 0),
+            (1, 3, 8, 40, 36, 3, 1),
+            (2, 70, 100, 12, 20, 3, 1),
+        ];
+        for (i, &(batch, in_channels, out_channels, height, width, kernel, padding)) in cases.iter().enumerate() {
+            let dims = ConvDims {
+                batch,
+                in_channels,
+                out_channels,
+                height,
+                width,
+                kernel,
+                padding,
+            };
+            let input = round(test_values(batch * in_channels * height * width, 3 * i as u64));
+            let weight = round(test_values(
+                out_channels * in_channels * kernel * kernel,
+                3 * i as u64 + 1,
+            ));
+            let bias = test_values(out_channels, 3 * i as u64 + 2);
+            let want = reference(&input, &weight, &bias, dims);
+            let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
+            let mut got = vec![f32::NAN; want.len()];
+            conv2d_bf16(&input, &packed, &mut got, padding, batch, height, width)?;
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "{dims:?}: max abs error {err}");
+        }
+        Ok(())
+    }
+}
