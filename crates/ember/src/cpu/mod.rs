@@ -11,6 +11,7 @@ pub mod attention;
 pub mod attention_bf16;
 pub mod conv;
 pub mod conv_bf16;
+pub mod geglu;
 pub mod group_norm;
 pub mod linear;
 pub mod peak;

@@ -6,6 +6,7 @@ use super::attention::Attention;
 use super::linear::{linear, Linear};
 use crate::cpu::conv::Conv2dStride1;
 use crate::cpu::conv_bf16::{Conv2dStride1Bf16, PackedConv};
+use crate::cpu::geglu::Geglu;
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -376,9 +377,14 @@ impl FeedForward {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj_in.forward(x)?;
-        let half = h.dim(D::Minus1)? / 2;
-        // diffusers uses the exact (erf) GELU here, not the tanh approximation.
-        let gated = (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        // diffusers uses the exact (erf) GELU here, not the tanh approximation. On the CPU one fused pass
+        // (`cpu::geglu`, in f32), else candle's ops.
+        let gated = if h.device().is_cpu() && h.dtype() != DType::F64 && crate::cpu::geglu::available() {
+            h.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&Geglu)?.to_dtype(h.dtype())?
+        } else {
+            let half = h.dim(D::Minus1)? / 2;
+            (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?
+        };
         self.proj_out.forward(&gated)
     }
 }
