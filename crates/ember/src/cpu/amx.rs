@@ -303,8 +303,19 @@ impl Tiles {
     ///
     /// Panics if a term's views are too short or not 64-byte aligned.
     pub fn block(&self, terms: &[Term<'_>], staging: &mut Staging) {
+        self.block_into(terms, &mut staging.0, BLOCK);
+    }
+
+    /// [`block`](Self::block), storing the 32×32 result into `out` (rows `out_row` values apart) instead.
+    pub fn block_into(&self, terms: &[Term<'_>], out: &mut [f32], out_row: usize) {
+        assert!(
+            out_row >= BLOCK && out.len() >= (BLOCK - 1) * out_row + BLOCK,
+            "C block out of bounds"
+        );
         let Some(first) = terms.first() else {
-            staging.0.fill(0.0);
+            for row in out.chunks_mut(out_row).take(BLOCK) {
+                row[..BLOCK].fill(0.0);
+            }
             return;
         };
         let depth = first.b.len() / BLOCK;
@@ -345,8 +356,8 @@ impl Tiles {
                     b = b.add(DEPTH / 2 * 2 * BLOCK * 2);
                 }
             }
-            let out = staging.0.as_mut_ptr() as *mut u8;
-            store_accumulators(out, out.add(16 * BLOCK * 4), BLOCK * 4);
+            let out = out.as_mut_ptr() as *mut u8;
+            store_accumulators(out, out.add(16 * out_row * 4), out_row * 4);
         }
     }
 }

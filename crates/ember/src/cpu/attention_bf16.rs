@@ -68,7 +68,7 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
                 }
             }
             scores.resize(QUERY_BLOCK * keys_p, 0.0);
-            probs.resize_zeroed(QUERY_BLOCK * keys_p);
+            probs.resize_uninit(QUERY_BLOCK * keys_p);
             amx::with_tiles(|tiles| {
                 let mut staging = Staging::default();
                 // Scores of the block against every key.
@@ -78,15 +78,18 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
                         a_row: d_p,
                         b: slice.keys.panel(panel),
                     };
-                    tiles.block(&[term], &mut staging);
-                    for r in 0..rows {
-                        scores[r * keys_p + panel * amx::BLOCK..][..amx::BLOCK].copy_from_slice(staging.row(r));
-                    }
+                    tiles.block_into(&[term], &mut scores[panel * amx::BLOCK..], keys_p);
                 }
                 let mut sums = [0f32; QUERY_BLOCK];
                 let probs = probs.as_mut_slice();
-                for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-                    *sum = softmax_row(&scores[r * keys_p..][..m], dims.scale, &mut probs[r * keys_p..][..m]);
+                for (r, (sum, row)) in sums.iter_mut().zip(probs.chunks_exact_mut(keys_p)).enumerate() {
+                    // Padding keys, and the rows past the last query, weigh nothing.
+                    if r < rows {
+                        *sum = softmax_row(&scores[r * keys_p..][..m], dims.scale, &mut row[..m]);
+                        row[m..].fill(0);
+                    } else {
+                        row.fill(0);
+                    }
                 }
                 // Unnormalised probabilities times the values, divided by the row sums.
                 for panel in 0..slice.values.columns() / amx::BLOCK {

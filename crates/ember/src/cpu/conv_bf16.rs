@@ -60,35 +60,40 @@ impl PackedConv {
     pub fn bytes(&self) -> usize {
         self.taps.iter().map(PanelsB::bytes).sum::<usize>() + self.bias.len() * 4
     }
+
+    /// Output height and width for an input of `height × width`; `None` when the kernel does not fit.
+    pub fn output_size(&self, height: usize, width: usize, padding: usize, stride: usize) -> Option<(usize, usize)> {
+        let k = self.kernel;
+        let fits = height + 2 * padding >= k && width + 2 * padding >= k && stride > 0;
+        fits.then(|| {
+            (
+                (height + 2 * padding - k) / stride + 1,
+                (width + 2 * padding - k) / stride + 1,
+            )
+        })
+    }
 }
 
-/// Convolves `input: [B, C_in, H, W]` (f32) with the packed weights, stride 1, zero padding `padding`, into
+/// Convolves `input: [B, C_in, H, W]` (f32) with the packed weights, zero padding `padding`, `stride`, into
 /// `out: [B, C_out, H_out, W_out]`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_bf16(
     input: &[f32],
     weights: &PackedConv,
     out: &mut [f32],
     padding: usize,
+    stride: usize,
     batch: usize,
     height: usize,
     width: usize,
 ) -> Result<()> {
-    let dims = ConvDims {
-        batch,
-        in_channels: weights.in_channels,
-        out_channels: weights.out_channels,
-        height,
-        width,
-        kernel: weights.kernel,
-        padding,
-    };
-    let Some((out_h, out_w)) = dims.output_size().filter(|&(oh, ow)| oh > 0 && ow > 0) else {
+    let k = weights.kernel;
+    let (ci, co) = (weights.in_channels, weights.out_channels);
+    let Some((out_h, out_w)) = weights.output_size(height, width, padding, stride) else {
         candle_core::bail!(
-            "convolution: a {k}×{k} kernel does not fit a {height}×{width} input padded by {padding}",
-            k = weights.kernel
+            "convolution: a {k}×{k} kernel with stride {stride} does not fit a {height}×{width} input padded by {padding}"
         );
     };
-    let (ci, co) = (weights.in_channels, weights.out_channels);
     if input.len() != batch * ci * height * width || out.len() != batch * co * out_h * out_w {
         candle_core::bail!(
             "convolution: input of {} values or output of {} does not fit {batch}×{ci}×{height}×{width} → {co} channels",
@@ -99,42 +104,47 @@ pub fn conv2d_bf16(
     if batch == 0 {
         return Ok(());
     }
-    let (_, wp) = dims.padded();
-    let plane = dims.plane();
+    let dims = ConvDims {
+        batch,
+        in_channels: ci,
+        out_channels: co,
+        height,
+        width,
+        kernel: k,
+        padding,
+    };
     let depth = weights.taps[0].depth();
-    // Output rows (pixels of the padded grid whose window fits), in whole blocks; the buffer has room for the
-    // last block shifted by the last tap.
-    let row_blocks = dims.columns().div_ceil(amx::BLOCK);
-    let shifts: Vec<usize> = (0..weights.kernel * weights.kernel)
-        .map(|tap| (tap / weights.kernel) * wp + tap % weights.kernel)
-        .collect();
-    let buffer_rows = (row_blocks * amx::BLOCK + shifts[shifts.len() - 1]).max(batch * plane);
     SCRATCH.with(|scratch| {
         let mut buffer = scratch.borrow_mut();
-        fill_channels_last(&mut buffer, input, dims, depth, buffer_rows);
+        let views = if stride == 1 {
+            TapViews::shifted_rows(&mut buffer, input, dims, depth)
+        } else {
+            TapViews::gathered(&mut buffer, input, dims, depth, stride, (out_h, out_w))
+        };
         let pixels = buffer.as_slice();
+        let taps = weights.taps.len();
         let panels = weights.taps[0].columns() / amx::BLOCK;
-        let panels_per_task = (RESIDENT_BYTES / (shifts.len() * depth * amx::BLOCK * 2)).clamp(1, panels);
+        let panels_per_task = (RESIDENT_BYTES / (taps * depth * amx::BLOCK * 2)).clamp(1, panels);
         let panel_groups = panels.div_ceil(panels_per_task);
         let threads = rayon::current_num_threads().max(1);
-        let row_groups = (4 * threads).div_ceil(panel_groups).clamp(1, row_blocks);
-        let blocks_per_task = row_blocks.div_ceil(row_groups);
+        let row_groups = (4 * threads).div_ceil(panel_groups).clamp(1, views.row_blocks);
+        let blocks_per_task = views.row_blocks.div_ceil(row_groups);
         let out = SharedOut::new(out);
         (0..row_groups * panel_groups).into_par_iter().for_each(|task| {
             let (row_group, panel_group) = (task / panel_groups, task % panel_groups);
-            let blocks = row_group * blocks_per_task..((row_group + 1) * blocks_per_task).min(row_blocks);
+            let blocks = row_group * blocks_per_task..((row_group + 1) * blocks_per_task).min(views.row_blocks);
             let panel_range = panel_group * panels_per_task..((panel_group + 1) * panels_per_task).min(panels);
             amx::with_tiles(|tiles| {
                 let mut staging = Staging::default();
-                let mut terms = Vec::with_capacity(shifts.len());
+                let mut terms = Vec::with_capacity(taps);
                 for block in blocks {
-                    let destinations = block_destinations(block, dims, (out_h, out_w));
+                    let destinations = views.destinations(block, dims, (out_h, out_w));
                     for panel in panel_range.clone() {
                         terms.clear();
-                        terms.extend(shifts.iter().zip(&weights.taps).map(|(&shift, tap)| Term {
-                            a: &pixels[(block * amx::BLOCK + shift) * depth..],
-                            a_row: depth,
-                            b: tap.panel(panel),
+                        terms.extend(weights.taps.iter().enumerate().map(|(tap, weights)| Term {
+                            a: &pixels[views.start(block, tap)..],
+                            a_row: views.a_row,
+                            b: weights.panel(panel),
                         }));
                         tiles.block(&terms, &mut staging);
                         write_block(&staging, &destinations, panel, weights, out_h * out_w, &out);
@@ -147,6 +157,119 @@ pub fn conv2d_bf16(
         }
     });
     Ok(())
+}
+
+/// Where each tap's A operand is in the pixel buffer.
+struct TapViews {
+    /// Distance between A rows (values).
+    a_row: usize,
+    /// Per tap: rows to skip and the first column of its view.
+    row_shift: Vec<usize>,
+    column: Vec<usize>,
+    /// Blocks of 32 output rows.
+    row_blocks: usize,
+    /// Stride 1: rows are pixels of the padded grid (`Some(Wp)`); otherwise rows are output pixels.
+    padded_width: Option<usize>,
+}
+
+impl TapViews {
+    /// Stride 1: one row per pixel of the padded input, each tap a view shifted down by `ky·Wp + kx` rows.
+    fn shifted_rows(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, depth: usize) -> Self {
+        let (_, wp) = dims.padded();
+        let k = dims.kernel;
+        let row_shift: Vec<usize> = (0..k * k).map(|tap| (tap / k) * wp + tap % k).collect();
+        // Output rows: pixels of the padded grid whose window fits; the buffer has room for the last block shifted
+        // by the last tap.
+        let row_blocks = dims.columns().div_ceil(amx::BLOCK);
+        let rows = (row_blocks * amx::BLOCK + row_shift[k * k - 1]).max(dims.batch * dims.plane());
+        fill_channels_last(buffer, input, dims, depth, rows);
+        Self {
+            a_row: depth,
+            column: vec![0; k * k],
+            row_shift,
+            row_blocks,
+            padded_width: Some(wp),
+        }
+    }
+
+    /// Any stride: one row per output pixel holding every tap's input channels side by side (im2col, channels-last).
+    fn gathered(
+        buffer: &mut AlignedBf16,
+        input: &[f32],
+        dims: ConvDims,
+        depth: usize,
+        stride: usize,
+        (out_h, out_w): (usize, usize),
+    ) -> Self {
+        let ConvDims {
+            batch,
+            in_channels: ci,
+            height: h,
+            width: w,
+            kernel: k,
+            padding: p,
+            ..
+        } = dims;
+        let a_row = k * k * depth;
+        let rows = batch * out_h * out_w;
+        let row_blocks = rows.div_ceil(amx::BLOCK);
+        buffer.resize_zeroed(row_blocks * amx::BLOCK * a_row);
+        // One task per output image row.
+        buffer.as_mut_slice()[..rows * a_row]
+            .par_chunks_exact_mut(out_w * a_row)
+            .enumerate()
+            .for_each(|(image_row, dst)| {
+                let (item, oy) = (image_row / out_h, image_row % out_h);
+                for tap in 0..k * k {
+                    let Some(y) = (stride * oy + tap / k).checked_sub(p).filter(|&y| y < h) else {
+                        continue;
+                    };
+                    for c in 0..ci {
+                        let src = &input[((item * ci + c) * h + y) * w..][..w];
+                        for ox in 0..out_w {
+                            if let Some(x) = (stride * ox + tap % k).checked_sub(p).filter(|&x| x < w) {
+                                dst[ox * a_row + tap * depth + c] = amx::bf16_bits(src[x]);
+                            }
+                        }
+                    }
+                }
+            });
+        Self {
+            a_row,
+            row_shift: vec![0; k * k],
+            column: (0..k * k).map(|tap| tap * depth).collect(),
+            row_blocks,
+            padded_width: None,
+        }
+    }
+
+    /// Element where tap `tap`'s view of row block `block` starts.
+    fn start(&self, block: usize, tap: usize) -> usize {
+        (block * amx::BLOCK + self.row_shift[tap]) * self.a_row + self.column[tap]
+    }
+
+    /// Where each of a block's 32 rows lands in `[B, C_out, H_out, W_out]`, as the offset of its output channel 0;
+    /// `None` for rows that are no output pixel (padding of the grid, past the last one).
+    fn destinations(
+        &self,
+        block: usize,
+        dims: ConvDims,
+        (out_h, out_w): (usize, usize),
+    ) -> [Option<usize>; amx::BLOCK] {
+        let (row_width, row_height) = match self.padded_width {
+            Some(wp) => (wp, dims.plane() / wp),
+            None => (out_w, out_h),
+        };
+        std::array::from_fn(|r| {
+            let row = block * amx::BLOCK + r;
+            let (item, y, x) = (
+                row / (row_width * row_height),
+                (row / row_width) % row_height,
+                row % row_width,
+            );
+            (item < dims.batch && y < out_h && x < out_w).then_some((item * dims.out_channels * out_h + y) * out_w + x)
+        })
+    }
 }
 
 thread_local! {
@@ -184,18 +307,6 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, d
                 }
             }
         });
-}
-
-/// Where each of a block's 32 rows (pixels of the padded grid) lands in `[B, C_out, H_out, W_out]`, as the offset
-/// of its output channel 0; `None` for pixels on the padding.
-fn block_destinations(block: usize, dims: ConvDims, (out_h, out_w): (usize, usize)) -> [Option<usize>; amx::BLOCK] {
-    let (_, wp) = dims.padded();
-    let plane = dims.plane();
-    std::array::from_fn(|r| {
-        let pixel = block * amx::BLOCK + r;
-        let (item, y, x) = (pixel / plane, (pixel % plane) / wp, pixel % wp);
-        (item < dims.batch && y < out_h && x < out_w).then_some((item * dims.out_channels * out_h + y) * out_w + x)
-    })
 }
 
 /// Adds the bias to a finished block (32 pixels × 32 output channels) and writes its real pixels into `out`.
@@ -284,12 +395,13 @@ unsafe fn write_block_avx512(
 }
 
 /// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`.
-pub struct Conv2dStride1Bf16 {
+pub struct Conv2dBf16 {
     pub weights: std::sync::Arc<PackedConv>,
     pub padding: usize,
+    pub stride: usize,
 }
 
-impl CustomOp1 for Conv2dStride1Bf16 {
+impl CustomOp1 for Conv2dBf16 {
     fn name(&self) -> &'static str {
         "ember-conv2d-bf16"
     }
@@ -302,23 +414,24 @@ impl CustomOp1 for Conv2dStride1Bf16 {
                 self.weights.in_channels
             );
         }
-        let dims = ConvDims {
+        let (out_h, out_w) = self
+            .weights
+            .output_size(height, width, self.padding, self.stride)
+            .unwrap_or((0, 0));
+        let out_channels = self.weights.out_channels;
+        let mut out = vec![0f32; batch * out_channels * out_h * out_w];
+        let input = contiguous_f32(input, input_l, "convolution: input")?;
+        conv2d_bf16(
+            input,
+            &self.weights,
+            &mut out,
+            self.padding,
+            self.stride,
             batch,
-            in_channels,
-            out_channels: self.weights.out_channels,
             height,
             width,
-            kernel: self.weights.kernel,
-            padding: self.padding,
-        };
-        let (out_h, out_w) = dims.output_size().unwrap_or((0, 0));
-        let mut out = vec![0f32; batch * dims.out_channels * out_h * out_w];
-        let input = contiguous_f32(input, input_l, "convolution: input")?;
-        conv2d_bf16(input, &self.weights, &mut out, self.padding, batch, height, width)?;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, dims.out_channels, out_h, out_w)),
-        ))
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((batch, out_channels, out_h, out_w))))
     }
 }
 
@@ -371,9 +484,21 @@ mod tests {
             let want = reference(&input, &weight, &bias, dims);
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
-            conv2d_bf16(&input, &packed, &mut got, padding, batch, height, width)?;
+            conv2d_bf16(&input, &packed, &mut got, padding, 1, batch, height, width)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
+            // Stride 2 and 3: every stride-th output pixel of the stride-1 result (rows and columns).
+            let (out_h, out_w) = dims.output_size().expect("fits");
+            for stride in [2, 3] {
+                let (sh, sw) = packed.output_size(height, width, padding, stride).expect("fits");
+                let mut strided = vec![f32::NAN; batch * out_channels * sh * sw];
+                conv2d_bf16(&input, &packed, &mut strided, padding, stride, batch, height, width)?;
+                for (index, &got) in strided.iter().enumerate() {
+                    let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
+                    let want = want[(plane * out_h + stride * y) * out_w + stride * x];
+                    assert!((got - want).abs() < 1e-5, "{dims:?} stride {stride}: {got} vs {want}");
+                }
+            }
         }
         Ok(())
     }

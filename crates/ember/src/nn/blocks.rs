@@ -5,7 +5,7 @@
 use super::attention::Attention;
 use super::linear::{linear, Linear};
 use crate::cpu::conv::Conv2dStride1;
-use crate::cpu::conv_bf16::{Conv2dStride1Bf16, PackedConv};
+use crate::cpu::conv_bf16::{Conv2dBf16, PackedConv};
 use crate::cpu::geglu::Geglu;
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::op_stats::{self, OpClass};
@@ -65,10 +65,10 @@ pub fn pad_circular(x: &Tensor, p: usize) -> Result<Tensor> {
     wrap(&wrap(x, 3, w)?, 2, h)
 }
 
-/// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). On the CPU the stride-1 ones (all but
-/// the downsamplers) run Ember's kernels: bf16 tiles on AMX when the model was built for bf16 there (`nn::Precision`;
-/// the weights are packed once, at load), else the f32 tap-GEMM kernel (`cpu::conv`) whatever the compute dtype; the
-/// rest run candle's convolution, which has no bf16 kernel either. Half-precision weights are widened per call on the
+/// A 2-D convolution (PyTorch weight layout `[out, in, k, k]`, with bias). On the CPU they run Ember's kernels: bf16
+/// tiles on AMX when the model was built for bf16 there (`nn::Precision`; the weights are packed once, at load; every
+/// stride), else the f32 tap-GEMM kernel (`cpu::conv`) for stride 1 whatever the compute dtype; the f32 path's
+/// downsamplers run candle's convolution, which has no bf16 kernel either. Half-precision weights are widened per call on the
 /// f32 path: keeping f32 copies of every weight would add ~1.5 GB to an SD1.5 model's footprint, widening costs ~2%
 /// of a step.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl Conv {
         };
         let conv = conv2d(cin, cout, k, cfg, vb.clone())?;
         let weights = match conv.bias() {
-            Some(bias) if stride == 1 && super::packing_bf16(vb.device(), vb.dtype()) => {
+            Some(bias) if super::packing_bf16(vb.device(), vb.dtype()) => {
                 let weight = conv.weight().flatten_all()?.to_vec1::<f32>()?;
                 let packed = PackedConv::new(&weight, &bias.to_vec1::<f32>()?, cout, cin, k)?;
                 ConvWeights::PackedBf16(Arc::new(packed))
@@ -133,9 +133,10 @@ impl Conv {
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
         let conv = match &self.weights {
             ConvWeights::PackedBf16(packed) => {
-                let op = Conv2dStride1Bf16 {
+                let op = Conv2dBf16 {
                     weights: packed.clone(),
                     padding: cfg.padding,
+                    stride: cfg.stride,
                 };
                 return x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op);
             }
@@ -380,7 +381,10 @@ impl FeedForward {
         // diffusers uses the exact (erf) GELU here, not the tanh approximation. On the CPU one fused pass
         // (`cpu::geglu`, in f32), else candle's ops.
         let gated = if h.device().is_cpu() && h.dtype() != DType::F64 && crate::cpu::geglu::available() {
-            h.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&Geglu)?.to_dtype(h.dtype())?
+            h.to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(&Geglu)?
+                .to_dtype(h.dtype())?
         } else {
             let half = h.dim(D::Minus1)? / 2;
             (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?
