@@ -19,35 +19,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use ember::pipeline::{CancelToken, Pipeline};
-use ember::request::{GenerateRequest, InitImage};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-/// The fields of a pipeline case this test needs (the file has more; see tests/pipeline_parity.rs).
-#[derive(Debug, Deserialize)]
-struct Case {
-    name: String,
-    prompt: String,
-    negative: String,
-    seed: u32,
-    steps: usize,
-    cfg: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    strength: Option<f64>,
-    init_image: Option<String>,
-    karras_max: usize,
-    exact_steps: bool,
-    hires_fix: bool,
-    with_variations: Vec<(u32, f64)>,
-    perlin: f64,
-    threshold: f64,
-    seamless: bool,
-}
+mod pipeline_cases;
+use pipeline_cases::{cases, fixture, request_for};
 
 #[derive(Debug, Deserialize)]
 struct Yardstick {
@@ -57,35 +33,6 @@ struct Yardstick {
 #[derive(Debug, Deserialize)]
 struct TorchError {
     latents_rel_rms: f64,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
-fn request_for(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative.clone(),
-        steps: case.steps,
-        cfg_scale: case.cfg,
-        sampler: case.sampler.parse().expect("sampler name"),
-        seed: case.seed,
-        width: case.width,
-        height: case.height,
-        init_image: case.init_image.as_ref().map(|n| InitImage::Path(fixture(n))),
-        strength: case.strength.unwrap_or(0.75),
-        fit: false,
-        karras_max: case.karras_max,
-        exact_steps: case.exact_steps,
-        hires_fix: case.hires_fix,
-        with_variations: case.with_variations.clone(),
-        perlin: case.perlin,
-        threshold: case.threshold,
-        seamless: case.seamless,
-        truncate_prompts: true,
-        ..Default::default()
-    }
 }
 
 /// ‖got − want‖ / ‖want‖ over all elements.
@@ -98,8 +45,7 @@ fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
 
 #[test]
 fn bf16_is_at_least_as_faithful_as_pytorch_bf16() {
-    let cases: Vec<Case> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("pipeline_cases.json")).expect("cases")).expect("parse");
+    let cases = cases();
     let yardstick: Yardstick =
         serde_json::from_str(&std::fs::read_to_string(fixture("bf16_yardstick.json")).expect("yardstick"))
             .expect("parse");

@@ -4,72 +4,14 @@
 
 use candle_core::{DType, Device, Tensor};
 use ember::pipeline::{CancelToken, Event, Pipeline};
-use ember::request::{GenerateRequest, InitImage};
-use serde::Deserialize;
+use ember::request::InitImage;
+
+mod pipeline_cases;
+use pipeline_cases::{cases, fixture, request_for, Case};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    name: String,
-    prompt: String,
-    negative: String,
-    seed: u32,
-    steps: usize,
-    cfg: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    strength: Option<f64>,
-    init_image: Option<String>,
-    karras_max: usize,
-    exact_steps: bool,
-    hires_fix: bool,
-    with_variations: Vec<(u32, f64)>,
-    perlin: f64,
-    threshold: f64,
-    seamless: bool,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
-fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture("pipeline_cases.json")).expect("pipeline_cases.json");
-    serde_json::from_str(&text).expect("cases parse")
-}
 
 fn references() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("pipeline_reference.safetensors"), &Device::Cpu).expect("references")
-}
-
-fn request_for(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative.clone(),
-        steps: case.steps,
-        cfg_scale: case.cfg,
-        sampler: case.sampler.parse().expect("sampler name"),
-        seed: case.seed,
-        width: case.width,
-        height: case.height,
-        init_image: case.init_image.as_ref().map(|n| InitImage::Path(fixture(n))),
-        strength: case.strength.unwrap_or(0.75),
-        fit: false,
-        karras_max: case.karras_max,
-        exact_steps: case.exact_steps,
-        hires_fix: case.hires_fix,
-        with_variations: case.with_variations.clone(),
-        perlin: case.perlin,
-        threshold: case.threshold,
-        seamless: case.seamless,
-        // The references cut prompts at 77 tokens, as diffusers does.
-        truncate_prompts: true,
-        ..Default::default()
-    }
 }
 
 fn load(model: &str) -> Pipeline {

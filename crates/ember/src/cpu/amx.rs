@@ -80,6 +80,12 @@ pub fn bf16_bits(x: f32) -> u16 {
     }
 }
 
+/// `x` rounded to the nearest bf16, as an f32 (tests feed kernels values they can represent exactly).
+#[cfg(test)]
+pub(crate) fn bf16_rounded(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
 /// `x` rounded up to a multiple of `to`.
 pub fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to

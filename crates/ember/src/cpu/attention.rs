@@ -355,9 +355,11 @@ mod avx512 {
     }
 }
 
-/// [`attention`] as a candle operation on `[S, N, d]`, `[S, M, d]`, `[S, M, d]` contiguous f32 CPU tensors.
+/// [`attention`] (or, with `bf16_tiles`, `cpu::attention_bf16::attention_bf16`) as a candle operation on
+/// `[S, N, d]`, `[S, M, d]`, `[S, M, d]` contiguous f32 CPU tensors.
 pub struct FusedAttention {
     pub scale: f32,
+    pub bf16_tiles: bool,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -389,7 +391,11 @@ impl CustomOp3 for FusedAttention {
             head_dim,
             scale: self.scale,
         };
-        attention(q, k, v, &mut out, dims, Isa::detect())?;
+        if self.bf16_tiles {
+            super::attention_bf16::attention_bf16(q, k, v, &mut out, dims)?;
+        } else {
+            attention(q, k, v, &mut out, dims, Isa::detect())?;
+        }
         Ok((CpuStorage::F32(out), q_l.shape().clone()))
     }
 }

@@ -9,8 +9,7 @@
 
 use super::amx::{self, bf16_bits, round_up, AlignedBf16, PanelsB, Staging, Term};
 use super::attention::AttentionDims;
-use super::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::Result;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -180,54 +179,13 @@ unsafe fn softmax_row_avx512(scores: &[f32], scale: f32, probs: &mut [u16]) -> f
     _mm512_reduce_add_ps(sum)
 }
 
-/// [`attention_bf16`] as a candle operation on `[S, N, d]`, `[S, M, d]`, `[S, M, d]` contiguous f32 CPU tensors.
-pub struct FusedAttentionBf16 {
-    pub scale: f32,
-}
-
-impl CustomOp3 for FusedAttentionBf16 {
-    fn name(&self) -> &'static str {
-        "ember-fused-attention-bf16"
-    }
-
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        q_l: &Layout,
-        k: &CpuStorage,
-        k_l: &Layout,
-        v: &CpuStorage,
-        v_l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (slices, queries, head_dim) = q_l.shape().dims3()?;
-        let keys = k_l.shape().dims3()?.1;
-        let (q, k, v) = (
-            contiguous_f32(q, q_l, "attention: q")?,
-            contiguous_f32(k, k_l, "attention: k")?,
-            contiguous_f32(v, v_l, "attention: v")?,
-        );
-        let mut out = vec![0f32; q.len()];
-        let dims = AttentionDims {
-            slices,
-            queries,
-            keys,
-            head_dim,
-            scale: self.scale,
-        };
-        attention_bf16(q, k, v, &mut out, dims)?;
-        Ok((CpuStorage::F32(out), q_l.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::test_values;
 
     fn bf16_rounded(v: Vec<f32>) -> Vec<f32> {
-        v.into_iter()
-            .map(|x| f32::from_bits((bf16_bits(x) as u32) << 16))
-            .collect()
+        v.into_iter().map(amx::bf16_rounded).collect()
     }
 
     /// Against an f64 softmax attention of the same bf16-rounded q, k, v, on ragged sizes (queries and keys not

@@ -335,12 +335,10 @@ pub(crate) mod tests {
         out
     }
 
-    #[test]
-    fn matches_the_reference_on_odd_shapes() -> Result<()> {
-        // (batch, C_in, C_out, H, W, kernel, padding): SD's 3×3/pad 1 and 1×1, channel counts that are not multiples
-        // of 16, the VAE's 3-channel ends, 1-pixel and non-square images, unpadded 3×3 (after circular padding), several
-        // parallel tasks in both directions.
-        let cases = [
+    /// SD's 3×3/pad 1 and 1×1, channel counts that are not multiples of 16, the VAE's 3-channel ends, 1-pixel and
+    /// non-square images, unpadded 3×3 (after circular padding), several parallel tasks in both directions.
+    pub(crate) fn odd_shapes() -> Vec<ConvDims> {
+        [
             (1, 1, 1, 1, 1, 1, 0),
             (2, 3, 5, 7, 9, 3, 1),
             (2, 17, 33, 8, 8, 3, 1),
@@ -349,10 +347,11 @@ pub(crate) mod tests {
             (1, 5, 7, 1, 1, 3, 1),
             (2, 6, 10, 9, 7, 3, 0),
             (1, 3, 8, 40, 36, 3, 1),
-            (2, 20, 100, 12, 20, 3, 1),
-        ];
-        for (i, &(batch, in_channels, out_channels, height, width, kernel, padding)) in cases.iter().enumerate() {
-            let dims = ConvDims {
+            (2, 70, 100, 12, 20, 3, 1),
+        ]
+        .into_iter()
+        .map(
+            |(batch, in_channels, out_channels, height, width, kernel, padding)| ConvDims {
                 batch,
                 in_channels,
                 out_channels,
@@ -360,10 +359,31 @@ pub(crate) mod tests {
                 width,
                 kernel,
                 padding,
-            };
-            let input = test_values(batch * in_channels * height * width, 3 * i as u64);
-            let weight = test_values(out_channels * in_channels * kernel * kernel, 3 * i as u64 + 1);
-            let bias = test_values(out_channels, 3 * i as u64 + 2);
+            },
+        )
+        .collect()
+    }
+
+    /// Input, weight and bias values for case `i` of `dims`, input and weight passed through `round`.
+    pub(crate) fn case_values(dims: ConvDims, i: u64, round: fn(f32) -> f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let ConvDims {
+            batch: b,
+            in_channels: ci,
+            out_channels: co,
+            height: h,
+            width: w,
+            kernel: k,
+            ..
+        } = dims;
+        let input = test_values(b * ci * h * w, 3 * i).into_iter().map(round).collect();
+        let weight = test_values(co * ci * k * k, 3 * i + 1).into_iter().map(round).collect();
+        (input, weight, test_values(co, 3 * i + 2))
+    }
+
+    #[test]
+    fn matches_the_reference_on_odd_shapes() -> Result<()> {
+        for (i, dims) in odd_shapes().into_iter().enumerate() {
+            let (input, weight, bias) = case_values(dims, i as u64, |v| v);
             let want = reference(&input, &weight, &bias, dims);
             let mut got = vec![f32::NAN; want.len()];
             conv2d(&input, &weight, &bias, &mut got, dims)?;

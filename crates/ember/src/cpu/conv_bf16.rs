@@ -438,8 +438,7 @@ impl CustomOp1 for Conv2dBf16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::conv::tests::reference;
-    use crate::cpu::test_values;
+    use crate::cpu::conv::tests::{case_values, odd_shapes, reference};
 
     /// Against the f32 kernel's six-loop f64 reference on the same odd shapes, the operands rounded to bf16 first
     /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
@@ -449,24 +448,10 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
             return Ok(());
         }
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter()
-                .map(|x| f32::from_bits((amx::bf16_bits(x) as u32) << 16))
-                .collect()
-        };
-        let cases = [
-            (1, 1, 1, 1, 1, 1, 0),
-            (2, 3, 5, 7, 9, 3, 1),
-            (2, 17, 33, 8, 8, 3, 1),
-            (1, 4, 3, 13, 11, 3, 1),
-            (2, 40, 24, 5, 6, 1, 0),
-            (1, 5, 7, 1, 1, 3, 1),
-            (2, 6, 10, 9, 7, 3, 0),
-            (1, 3, 8, 40, 36, 3, 1),
-            (2, 70, 100, 12, 20, 3, 1),
-        ];
-        for (i, &(batch, in_channels, out_channels, height, width, kernel, padding)) in cases.iter().enumerate() {
-            let dims = ConvDims {
+        for (i, dims) in odd_shapes().into_iter().enumerate() {
+            let (input, weight, bias) = case_values(dims, i as u64, amx::bf16_rounded);
+            let want = reference(&input, &weight, &bias, dims);
+            let ConvDims {
                 batch,
                 in_channels,
                 out_channels,
@@ -474,14 +459,7 @@ mod tests {
                 width,
                 kernel,
                 padding,
-            };
-            let input = round(test_values(batch * in_channels * height * width, 3 * i as u64));
-            let weight = round(test_values(
-                out_channels * in_channels * kernel * kernel,
-                3 * i as u64 + 1,
-            ));
-            let bias = test_values(out_channels, 3 * i as u64 + 2);
-            let want = reference(&input, &weight, &bias, dims);
+            } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
             conv2d_bf16(&input, &packed, &mut got, padding, 1, batch, height, width)?;

@@ -154,9 +154,7 @@ mod tests {
     use crate::cpu::test_values;
 
     fn bf16_rounded(v: Vec<f32>) -> Vec<f32> {
-        v.into_iter()
-            .map(|x| f32::from_bits((amx::bf16_bits(x) as u32) << 16))
-            .collect()
+        v.into_iter().map(amx::bf16_rounded).collect()
     }
 
     /// Odd sizes (not multiples of 16/32), one row, many rows, with and without bias, against an f64 sum.

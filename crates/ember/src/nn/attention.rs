@@ -4,7 +4,6 @@
 
 use super::linear::{linear, linear_no_bias, Linear};
 use crate::cpu::attention::FusedAttention;
-use crate::cpu::attention_bf16::FusedAttentionBf16;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -66,11 +65,7 @@ fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bf16_tiles: bool) -> Resu
     let as_slices = |t: &Tensor, rows: usize| t.to_dtype(DType::F32)?.reshape((b * h, rows, d))?.contiguous();
     let (q3, k3, v3) = (as_slices(q, n)?, as_slices(k, m)?, as_slices(v, m)?);
     let scale = (d as f32).powf(-0.5);
-    let out = if bf16_tiles {
-        q3.apply_op3_no_bwd(&k3, &v3, &FusedAttentionBf16 { scale })?
-    } else {
-        q3.apply_op3_no_bwd(&k3, &v3, &FusedAttention { scale })?
-    };
+    let out = q3.apply_op3_no_bwd(&k3, &v3, &FusedAttention { scale, bf16_tiles })?;
     out.reshape((b, h, n, d))?.to_dtype(q.dtype())
 }
 
