@@ -86,6 +86,57 @@ pub(crate) fn bf16_rounded(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
+/// `dst[i]` = `src[i]` rounded to bf16 ([`bf16_bits`]), vectorised with AVX-512 where the CPU has it.
+pub fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512_bw_vl() {
+        // SAFETY: AVX-512F, BW and VL were detected.
+        unsafe { round_to_bf16_avx512(src, dst) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let len = src.len().min(dst.len());
+    for i in (0..len).step_by(16) {
+        let mask: __mmask16 = if len - i >= 16 { 0xffff } else { (1u16 << (len - i)) - 1 };
+        let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+        _mm256_mask_storeu_epi16(
+            dst.as_mut_ptr().add(i) as *mut i16,
+            mask,
+            super::vector_math::avx512::to_bf16(v),
+        );
+    }
+}
+
+/// `dst[i] = a[i] + b[i]`, vectorised with AVX-512 where the CPU has it (the bias epilogues).
+pub fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected.
+        unsafe { add_into_avx512(dst, a, b) };
+        return;
+    }
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x + y;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_into_avx512(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    // The plain loop, compiled with AVX-512 enabled: the compiler vectorises it with 16-lane registers.
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x + y;
+    }
+}
+
 /// `x` rounded up to a multiple of `to`.
 pub fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to

@@ -299,14 +299,55 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, d
             if y < p || y >= h + p {
                 return;
             }
-            let y = y - p;
+            let row = &mut dst[p * depth..][..w * depth];
+            let first = (item * ci * h + y - p) * w;
+            #[cfg(target_arch = "x86_64")]
+            if super::avx512_bw_vl() && ci * h * w < i32::MAX as usize / 4 {
+                // SAFETY: AVX-512F/BW/VL detected; the input holds channels 0..ci of this image row (checked by the
+                // caller), the gather offsets fit i32 (checked above), `row` holds w pixels of `depth` ≥ ci values.
+                unsafe { transpose_row_avx512(&input[first..], h * w, ci, w, depth, row) };
+                return;
+            }
             for c in 0..ci {
-                let src = &input[((item * ci + c) * h + y) * w..][..w];
+                let src = &input[first + c * h * w..][..w];
                 for (x, &v) in src.iter().enumerate() {
-                    dst[(x + p) * depth + c] = amx::bf16_bits(v);
+                    row[x * depth + c] = amx::bf16_bits(v);
                 }
             }
         });
+}
+
+/// One image row from channels-first f32 (`input[c·plane + x]`) to channels-last bf16 (`row[x·depth + c]`): 16
+/// channels of a pixel per gather.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn transpose_row_avx512(
+    input: &[f32],
+    plane: usize,
+    channels: usize,
+    width: usize,
+    depth: usize,
+    row: &mut [u16],
+) {
+    use super::vector_math::avx512::to_bf16;
+    use std::arch::x86_64::*;
+    assert!(input.len() > (channels - 1) * plane + width - 1 && row.len() >= width * depth && depth >= channels);
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(plane as i32),
+    );
+    for c0 in (0..channels).step_by(16) {
+        let mask: __mmask16 = if channels - c0 >= 16 {
+            0xffff
+        } else {
+            (1u16 << (channels - c0)) - 1
+        };
+        let base = input.as_ptr().add(c0 * plane);
+        for x in 0..width {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base.add(x).cast());
+            _mm256_mask_storeu_epi16(row.as_mut_ptr().add(x * depth + c0) as *mut i16, mask, to_bf16(v));
+        }
+    }
 }
 
 /// Adds the bias to a finished block (32 pixels × 32 output channels) and writes its real pixels into `out`.

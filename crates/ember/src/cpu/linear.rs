@@ -67,9 +67,7 @@ impl PackedLinear {
                 .enumerate()
                 .for_each(|(row, dst)| {
                     let src = if row < rows { &x[row * k..][..k] } else { &[][..] };
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = amx::bf16_bits(s);
-                    }
+                    amx::round_to_bf16(src, dst);
                     dst[src.len()..].fill(0);
                 });
             let panels = self.weight.columns() / amx::BLOCK;
@@ -100,9 +98,7 @@ impl PackedLinear {
                                 let row = block * amx::BLOCK + r;
                                 // SAFETY: each (row, output feature) belongs to exactly one task's block.
                                 let dst = unsafe { out.slice(row * n + columns.start, columns.len()) };
-                                for ((d, &v), &b) in dst.iter_mut().zip(staging.row(r)).zip(bias) {
-                                    *d = v + b;
-                                }
+                                amx::add_into(dst, staging.row(r), bias);
                             }
                         }
                     }

@@ -65,6 +65,20 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Whether the CPU has AVX-512 F, BW and VL (the 16-bit-lane stores of the bf16 kernels); detected once.
+pub(crate) fn avx512_bw_vl() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx512f") && has!("avx512bw") && has!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// The instruction set a kernel runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {

@@ -29,6 +29,17 @@ pub(crate) mod avx512 {
         _mm512_scalef_ps(e_r, n)
     }
 
+    /// The 16 lanes rounded to bf16 (to nearest, ties to even; NaN stays NaN), as 16 packed u16.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn to_bf16(x: __m512) -> __m256i {
+        let bits = _mm512_castps_si512(x);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0)))
+    }
+
     /// `erf(x)` for 16 lanes, absolute error below 3e-7 (the formula's 1.5e-7 plus f32 rounding): Abramowitz & Stegun 7.1.26,
     /// `1 − (a₁t + … + a₅t⁵)·e^(−x²)` with `t = 1/(1 + p|x|)`, the sign restored.
     #[target_feature(enable = "avx512f")]
