@@ -12,7 +12,7 @@
 use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::contiguous_f32;
 use super::conv::ConvDims;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -75,11 +75,13 @@ impl PackedConv {
 }
 
 /// Convolves `input: [B, C_in, H, W]` (f32) with the packed weights, zero padding `padding`, `stride`, into
-/// `out: [B, C_out, H_out, W_out]`.
+/// `out: [B, C_out, H_out, W_out]`, plus `residual` (same shape as `out`) when given: a resnet block's skip
+/// connection, added as each block is written instead of in another pass over a fresh buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_bf16(
     input: &[f32],
     weights: &PackedConv,
+    residual: Option<&[f32]>,
     out: &mut [f32],
     padding: usize,
     stride: usize,
@@ -98,6 +100,12 @@ pub fn conv2d_bf16(
         candle_core::bail!(
             "convolution: input of {} values or output of {} does not fit {batch}×{ci}×{height}×{width} → {co} channels",
             input.len(),
+            out.len()
+        );
+    }
+    if residual.is_some_and(|r| r.len() != out.len()) {
+        candle_core::bail!(
+            "convolution: the residual does not have the output's {} values",
             out.len()
         );
     }
@@ -147,7 +155,7 @@ pub fn conv2d_bf16(
                             b: weights.panel(panel),
                         }));
                         tiles.block(&terms, &mut staging);
-                        write_block(&staging, &destinations, panel, weights, out_h * out_w, &out);
+                        write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, &out);
                     }
                 }
             });
@@ -356,6 +364,7 @@ fn write_block(
     destinations: &[Option<usize>; amx::BLOCK],
     panel: usize,
     weights: &PackedConv,
+    residual: Option<&[f32]>,
     out_plane: usize,
     out: &SharedOut,
 ) {
@@ -375,14 +384,16 @@ fn write_block(
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F detected; every index written is at most `last` < out.len() (checked above), and each
         // (pixel, channel) belongs to exactly one task's block.
-        unsafe { write_block_avx512(staging, destinations, bias, channels.start, out_plane, out) };
+        unsafe { write_block_avx512(staging, destinations, bias, channels.start, residual, out_plane, out) };
         return;
     }
     for (r, destination) in destinations.iter().enumerate() {
         let Some(base) = destination else { continue };
         for ((o, &v), &b) in channels.clone().zip(staging.row(r)).zip(bias) {
+            let index = base + o * out_plane;
+            let skip = residual.map_or(0.0, |r| r[index]);
             // SAFETY: as above.
-            unsafe { out.write_unchecked(base + o * out_plane, v + b) };
+            unsafe { out.write_unchecked(index, v + b + skip) };
         }
     }
 }
@@ -399,6 +410,7 @@ unsafe fn write_block_avx512(
     destinations: &[Option<usize>; amx::BLOCK],
     bias: &[f32],
     first_channel: usize,
+    residual: Option<&[f32]>,
     out_plane: usize,
     out: &SharedOut,
 ) {
@@ -421,13 +433,19 @@ unsafe fn write_block_avx512(
             let v = _mm512_add_ps(_mm512_i32gather_ps::<4>(rows, column.cast()), _mm512_set1_ps(b));
             let channel_offset = (first_channel + c) * out_plane;
             if let (true, Some(first)) = (contiguous, pixels[0]) {
-                _mm512_storeu_ps(out.ptr_unchecked(first + channel_offset), v);
+                let index = first + channel_offset;
+                let v = match residual {
+                    Some(r) => _mm512_add_ps(v, _mm512_loadu_ps(r[index..][..16].as_ptr())),
+                    None => v,
+                };
+                _mm512_storeu_ps(out.ptr_unchecked(index), v);
             } else {
                 let mut lanes = [0f32; 16];
                 _mm512_storeu_ps(lanes.as_mut_ptr(), v);
                 for (&d, &x) in pixels.iter().zip(&lanes) {
                     if let Some(d) = d {
-                        out.write_unchecked(d + channel_offset, x);
+                        let index = d + channel_offset;
+                        out.write_unchecked(index, x + residual.map_or(0.0, |r| r[index]));
                     }
                 }
             }
@@ -465,6 +483,7 @@ impl CustomOp1 for Conv2dBf16 {
         conv2d_bf16(
             input,
             &self.weights,
+            None,
             &mut out,
             self.padding,
             self.stride,
@@ -476,10 +495,54 @@ impl CustomOp1 for Conv2dBf16 {
     }
 }
 
+/// [`Conv2dBf16`] plus a residual `[B, C_out, H_out, W_out]` tensor (contiguous f32), added in the epilogue.
+impl CustomOp2 for Conv2dBf16 {
+    fn name(&self) -> &'static str {
+        "ember-conv2d-bf16-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_l: &Layout,
+        residual: &CpuStorage,
+        residual_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, _, height, width) = input_l.shape().dims4()?;
+        let (out_h, out_w) = self
+            .weights
+            .output_size(height, width, self.padding, self.stride)
+            .unwrap_or((0, 0));
+        let shape = Shape::from((batch, self.weights.out_channels, out_h, out_w));
+        if residual_l.shape() != &shape {
+            candle_core::bail!(
+                "convolution: residual {:?} is not the output's {shape:?}",
+                residual_l.shape()
+            );
+        }
+        let mut out = vec![0f32; shape.elem_count()];
+        let input = contiguous_f32(input, input_l, "convolution: input")?;
+        let residual = contiguous_f32(residual, residual_l, "convolution: residual")?;
+        conv2d_bf16(
+            input,
+            &self.weights,
+            Some(residual),
+            &mut out,
+            self.padding,
+            self.stride,
+            batch,
+            height,
+            width,
+        )?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::conv::tests::{case_values, odd_shapes, reference};
+    use crate::cpu::test_values;
 
     /// Against the f32 kernel's six-loop f64 reference on the same odd shapes, the operands rounded to bf16 first
     /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
@@ -503,15 +566,41 @@ mod tests {
             } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
-            conv2d_bf16(&input, &packed, &mut got, padding, 1, batch, height, width)?;
+            conv2d_bf16(&input, &packed, None, &mut got, padding, 1, batch, height, width)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
+            // With a residual: the same plus the residual, element by element.
+            let residual = test_values(want.len(), 99 + i as u64);
+            conv2d_bf16(
+                &input,
+                &packed,
+                Some(&residual),
+                &mut got,
+                padding,
+                1,
+                batch,
+                height,
+                width,
+            )?;
+            for ((&g, &w), &r) in got.iter().zip(&want).zip(&residual) {
+                assert!((g - (w + r)).abs() < 1e-5, "{dims:?} with residual: {g} vs {}", w + r);
+            }
             // Stride 2 and 3: every stride-th output pixel of the stride-1 result (rows and columns).
             let (out_h, out_w) = dims.output_size().expect("fits");
             for stride in [2, 3] {
                 let (sh, sw) = packed.output_size(height, width, padding, stride).expect("fits");
                 let mut strided = vec![f32::NAN; batch * out_channels * sh * sw];
-                conv2d_bf16(&input, &packed, &mut strided, padding, stride, batch, height, width)?;
+                conv2d_bf16(
+                    &input,
+                    &packed,
+                    None,
+                    &mut strided,
+                    padding,
+                    stride,
+                    batch,
+                    height,
+                    width,
+                )?;
                 for (index, &got) in strided.iter().enumerate() {
                     let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
                     let want = want[(plane * out_h + stride * y) * out_w + stride * x];

@@ -15,6 +15,7 @@ pub mod geglu;
 pub mod group_norm;
 pub mod linear;
 pub mod peak;
+pub mod upsample;
 mod vector_math;
 
 /// Tunes the C allocator for inference: call once at program start, before any threads are started.

@@ -164,14 +164,38 @@ impl Conv {
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv {
+    /// Multiply-adds ×2 of one call on `x`, for `op_stats`.
+    fn flops(&self, x: &Tensor) -> Result<f64> {
         let (batch, _, height, width) = x.dims4()?;
         let (k, pad, stride) = (self.kernel, self.cfg.padding, self.cfg.stride.max(1));
         let out_pixels =
             ((height + 2 * pad).saturating_sub(k) / stride + 1) * ((width + 2 * pad).saturating_sub(k) / stride + 1);
-        let flops = 2.0 * (batch * self.out_channels * self.in_channels * k * k) as f64 * out_pixels as f64;
-        op_stats::count(OpClass::Conv, flops, || self.pad_and_convolve(x))
+        Ok(2.0 * (batch * self.out_channels * self.in_channels * k * k) as f64 * out_pixels as f64)
+    }
+
+    /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match &self.weights {
+            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
+                let op = Conv2dBf16 {
+                    weights: packed.clone(),
+                    padding: self.cfg.padding,
+                    stride: self.cfg.stride,
+                };
+                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+                op_stats::count(OpClass::Conv, self.flops(x)?, || {
+                    as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, &op)
+                })
+            }
+            _ => self.forward(x)? + residual,
+        }
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        op_stats::count(OpClass::Conv, self.flops(x)?, || self.pad_and_convolve(x))
     }
 }
 
@@ -304,10 +328,10 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self.norm2.forward_silu(&h)?;
         match &self.conv_shortcut {
-            Some(sc) => sc.forward(x)? + h,
-            None => x + h,
+            Some(sc) => self.conv2.forward_plus(&h, &sc.forward(x)?),
+            None => self.conv2.forward_plus(&h, x),
         }
     }
 }
@@ -356,7 +380,16 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+        let upsampled = if (th, tw) == (2 * h, 2 * w) && x.device().is_cpu() && x.dtype() != DType::F64 {
+            let op = crate::cpu::upsample::UpsampleNearest2x;
+            x.to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(&op)?
+                .to_dtype(x.dtype())?
+        } else {
+            x.upsample_nearest2d(th, tw)?
+        };
+        self.conv.forward(&upsampled)
     }
 }
 
