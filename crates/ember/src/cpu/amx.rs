@@ -15,8 +15,8 @@
 //! - **C**: each 32×32 block lands in a [`Staging`] buffer; the caller's epilogue adds the bias and writes the real
 //!   rows and columns wherever they belong (no padded C matrix, no second pass).
 //!
-//! The callers (`cpu::linear`, `cpu::conv`, `cpu::attention_bf16`) split the work into parallel tasks; each task runs
-//! inside [`with_tiles`] and calls [`block`] per 32×32 output block.
+//! The callers (`cpu::linear`, `cpu::conv_bf16`, `cpu::attention_bf16`) split the work into parallel tasks; each task
+//! runs inside [`with_tiles`] and calls [`Tiles::block`] (or [`Tiles::block_into`]) per 32×32 output block.
 
 use std::sync::OnceLock;
 
@@ -343,7 +343,8 @@ impl<'a> SharedOut<'a> {
 /// its closure. (A tile instruction without a configuration faults.)
 pub struct Tiles(std::marker::PhantomData<*const ()>);
 
-/// Runs `work` with the tile registers configured on this thread (and released after).
+/// Runs `work` with the tile registers configured on this thread (and released after). `work` must not start other
+/// tasks on this thread (no rayon calls inside): one finishing would release the tiles under it.
 pub fn with_tiles<R>(work: impl FnOnce(&Tiles) -> R) -> R {
     assert!(available(), "AMX tile products need a CPU with AMX-BF16");
     // SAFETY: AMX is available and this process may use the tile state (`detect`).
