@@ -30,8 +30,14 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// Packs `weight: [C_out, C_in, k, k]` (PyTorch layout) and `bias: [C_out]`.
-    pub fn new(weight: &[f32], bias: &[f32], out_channels: usize, in_channels: usize, kernel: usize) -> Result<Self> {
+    /// Packs `weight: [C_out, C_in, k, k]` (PyTorch layout; f32, or bf16 as loaded for this) and `bias: [C_out]`.
+    pub fn new<W: Copy + Into<f32> + Sync>(
+        weight: &[W],
+        bias: &[f32],
+        out_channels: usize,
+        in_channels: usize,
+        kernel: usize,
+    ) -> Result<Self> {
         let taps = kernel * kernel;
         if weight.len() != out_channels * in_channels * taps || bias.len() != out_channels || taps == 0 {
             candle_core::bail!(
@@ -43,7 +49,7 @@ impl PackedConv {
         let taps = (0..taps)
             .map(|tap| {
                 PanelsB::from_fn(in_channels, out_channels, |i, o| {
-                    weight[(o * in_channels + i) * taps + tap]
+                    weight[(o * in_channels + i) * taps + tap].into()
                 })
             })
             .collect();

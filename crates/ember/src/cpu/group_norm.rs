@@ -128,7 +128,11 @@ mod avx512 {
         for (c, (out, x)) in out.chunks_exact_mut(spatial).zip(x.chunks_exact(spatial)).enumerate() {
             let (scale, shift) = (_mm512_set1_ps(inv_std * weight[c]), _mm512_set1_ps(bias[c]));
             for i in (0..spatial).step_by(16) {
-                let mask: __mmask16 = if spatial - i >= 16 { 0xffff } else { (1u16 << (spatial - i)) - 1 };
+                let mask: __mmask16 = if spatial - i >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (spatial - i)) - 1
+                };
                 let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
                 // Centred in f64 (see the portable loop), then scaled in f32.
                 let centred_lo = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mean_v));

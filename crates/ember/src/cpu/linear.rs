@@ -21,7 +21,14 @@ pub struct PackedLinear {
 const RESIDENT_BYTES: usize = 512 << 10;
 
 impl PackedLinear {
-    pub fn new(weight: &[f32], bias: Option<&[f32]>, out_features: usize, in_features: usize) -> Result<Self> {
+    /// Packs `weight: [out, in]` (f32, or bf16 as loaded for this: rounding bf16 values to bf16 keeps them) and
+    /// `bias: [out]`.
+    pub fn new<W: Copy + Into<f32> + Sync>(
+        weight: &[W],
+        bias: Option<&[f32]>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self> {
         if weight.len() != out_features * in_features || bias.is_some_and(|b| b.len() != out_features) {
             candle_core::bail!(
                 "linear layer: weight of {} values or its bias does not fit {out_features}×{in_features}",
@@ -31,7 +38,7 @@ impl PackedLinear {
         Ok(Self {
             in_features,
             out_features,
-            weight: amx::PanelsB::from_fn(in_features, out_features, |i, o| weight[o * in_features + i]),
+            weight: amx::PanelsB::from_fn(in_features, out_features, |i, o| weight[o * in_features + i].into()),
             bias: bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec),
         })
     }

@@ -101,14 +101,14 @@ impl Conv {
             stride,
             ..Default::default()
         };
-        let conv = conv2d(cin, cout, k, cfg, vb.clone())?;
-        let weights = match conv.bias() {
-            Some(bias) if super::packing_bf16(vb.device(), vb.dtype()) => {
-                let weight = conv.weight().flatten_all()?.to_vec1::<f32>()?;
-                let packed = PackedConv::new(&weight, &bias.to_vec1::<f32>()?, cout, cin, k)?;
-                ConvWeights::PackedBf16(Arc::new(packed))
-            }
-            _ => ConvWeights::Candle(conv),
+        let weights = if super::packing_bf16(vb.device(), vb.dtype()) {
+            let bias = vb.get(cout, "bias")?.to_vec1::<f32>()?;
+            let packed = super::pack_bf16_weight(&vb, &[cout, cin, k, k], |weight| {
+                PackedConv::new(weight, &bias, cout, cin, k)
+            })?;
+            ConvWeights::PackedBf16(Arc::new(packed))
+        } else {
+            ConvWeights::Candle(conv2d(cin, cout, k, cfg, vb)?)
         };
         Ok(Self {
             weights,

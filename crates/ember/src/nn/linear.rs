@@ -23,37 +23,28 @@ enum Weights {
 
 /// A linear layer with bias (`weight: [out, in]`, `bias: [out]`).
 pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(
-        candle_nn::linear(in_features, out_features, vb.clone())?,
-        in_features,
-        out_features,
-        &vb,
-    )
+    Linear::new(in_features, out_features, true, vb)
 }
 
 /// A linear layer without bias.
 pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(
-        candle_nn::linear_no_bias(in_features, out_features, vb.clone())?,
-        in_features,
-        out_features,
-        &vb,
-    )
+    Linear::new(in_features, out_features, false, vb)
 }
 
 impl Linear {
-    fn new(loaded: candle_nn::Linear, in_features: usize, out_features: usize, vb: &VarBuilder) -> Result<Self> {
+    fn new(in_features: usize, out_features: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
         let weights = if super::packing_bf16(vb.device(), vb.dtype()) {
-            let weight = loaded.weight().flatten_all()?.to_vec1::<f32>()?;
-            let bias = loaded.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
-            Weights::PackedBf16(Arc::new(PackedLinear::new(
-                &weight,
-                bias.as_deref(),
-                out_features,
-                in_features,
-            )?))
+            let bias = with_bias
+                .then(|| vb.get(out_features, "bias")?.to_vec1::<f32>())
+                .transpose()?;
+            let packed = super::pack_bf16_weight(&vb, &[out_features, in_features], |weight| {
+                PackedLinear::new(weight, bias.as_deref(), out_features, in_features)
+            })?;
+            Weights::PackedBf16(Arc::new(packed))
+        } else if with_bias {
+            Weights::Candle(candle_nn::linear(in_features, out_features, vb)?)
         } else {
-            Weights::Candle(loaded)
+            Weights::Candle(candle_nn::linear_no_bias(in_features, out_features, vb)?)
         };
         Ok(Self {
             weights,

@@ -69,3 +69,21 @@ thread_local! {
 pub(crate) fn packing_bf16(device: &Device, dtype: DType) -> bool {
     PACK_BF16.with(|p| p.get()) && device.is_cpu() && dtype == DType::F32
 }
+
+/// A weight for packing into bf16 tiles: loaded from `vb` as bf16 (the loader converts the stored dtype once, with
+/// no f32 copy of the model) and handed to `pack` without another copy.
+pub(crate) fn pack_bf16_weight<R>(
+    vb: &candle_nn::VarBuilder,
+    shape: &[usize],
+    pack: impl FnOnce(&[half::bf16]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = vb.get_with_hints_dtype(shape, "weight", candle_nn::Init::Const(0.0), DType::BF16)?;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(values)), Some((start, end))) => {
+            pack(&values[start..end])
+        }
+        _ => candle_core::bail!("weights packed for the CPU must be CPU tensors"),
+    }
+}
