@@ -69,7 +69,14 @@ impl WeightMap {
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?;
         let t = match entry.source.as_ref() {
-            Source::Safetensors(st) => st.load(&entry.key, &Device::Cpu)?,
+            Source::Safetensors(st) => {
+                let t = match half_to_bf16(st, &entry.key, dtype)? {
+                    Some(t) => t,
+                    None => st.load(&entry.key, &Device::Cpu)?,
+                };
+                release_mapped_pages(st.get(&entry.key)?.data());
+                t
+            }
             Source::Ckpt(ckpt) => load_ckpt_tensor(ckpt, &entry.key)?,
         };
         let t = match entry.transform {
@@ -78,6 +85,47 @@ impl WeightMap {
         };
         // Convert on the CPU first: uploading f16 then converting would need both copies on the device.
         t.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+/// An f16 tensor of a memory-mapped file read straight into bf16, in parallel (the bf16 tile kernels' weights): one
+/// pass over the mapped bytes instead of a copy, then a single-threaded conversion. `None` for other dtype pairs.
+fn half_to_bf16(st: &MmapedSafetensors, key: &str, want: DType) -> candle_core::Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let view = st.get(key)?;
+    if want != DType::BF16 || view.dtype() != safetensors::Dtype::F16 {
+        return Ok(None);
+    }
+    let bytes = view.data();
+    let mut values = vec![half::bf16::ZERO; bytes.len() / 2];
+    values
+        .par_chunks_mut(1 << 16)
+        .zip(bytes.par_chunks(2 << 16))
+        .for_each(|(dst, src)| {
+            for (d, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::bf16::from_f32(half::f16::from_le_bytes([pair[0], pair[1]]).to_f32());
+            }
+        });
+    Ok(Some(Tensor::from_vec(values, view.shape(), &Device::Cpu)?))
+}
+
+/// Drops this process's copy of the mapped file pages under `bytes` once their tensor has been read (the kernel keeps
+/// them in its page cache; a later read faults them back in). Without it every page of the weight file stayed in
+/// the process's resident set while the model was built, on top of the converted weights: a full-size f16 UNet
+/// file adds 1.7 GB to the peak.
+fn release_mapped_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        let (first, last) = (start.div_ceil(page) * page, end / page * page);
+        if last > first {
+            // SAFETY: the range lies inside a read-only file mapping that stays mapped; MADV_DONTNEED on it only
+            // drops resident pages, which are read back from the file if touched again, so the contents seen
+            // through `bytes` do not change.
+            unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED) };
+        }
     }
 }
 
@@ -165,4 +213,32 @@ pub(crate) fn open_safetensors(path: &Path) -> Result<MmapedSafetensors> {
             format!("not a valid .safetensors file ({e}); it may be truncated or corrupt, download it again"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct f16 → bf16 read gives exactly what loading and converting with candle gives (values spread over
+    /// f16's range, subnormals, ±0, infinities).
+    #[test]
+    fn half_to_bf16_equals_candles_conversion() -> candle_core::Result<()> {
+        let mut values: Vec<half::f16> = (0..70_000u32)
+            .map(|i| half::f16::from_bits((i * 7919 % 65536) as u16))
+            .collect();
+        values.retain(|v| !v.is_nan());
+        let t = Tensor::from_vec(values.clone(), values.len(), &Device::Cpu)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("w.safetensors");
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t.clone())]), &path)?;
+        // SAFETY: the file was just written by this test and is not modified while mapped.
+        let st = unsafe { MmapedSafetensors::new(&path)? };
+        let direct = half_to_bf16(&st, "w", DType::BF16)?.expect("an f16 tensor read as bf16");
+        let via_candle = st.load("w", &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let (a, b) = (direct.to_vec1::<half::bf16>()?, via_candle.to_vec1::<half::bf16>()?);
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(half_to_bf16(&st, "w", DType::F32)?.is_none());
+        Ok(())
+    }
 }
