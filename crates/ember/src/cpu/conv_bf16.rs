@@ -1,13 +1,15 @@
-//! Stride-1 convolution with bf16 operands on the AMX tile unit (f32 accumulation), for models built for bf16
+//! Convolution with bf16 operands on the AMX tile unit (f32 accumulation), for models built for bf16
 //! (`nn::Precision`): an implicit GEMM over a channels-last copy of the input.
 //!
-//! The input is rounded to bf16 and copied once into a zero-padded buffer with one row per pixel of the padded image
-//! (`[B·(H+2p)·(W+2p)][C_in]`, channels padded to 32). Read as the A operand, that buffer shifted down by
-//! `ky·(W+2p) + kx` rows holds, in row `r`, the pixels tap `(ky, kx)` sees for the output pixel of row `r` — and since
-//! a shift moves whole rows, every view stays 64-byte aligned (unlike the f32 kernel's shifted columns). The weights
-//! are packed once per tap as B panels (`[C_in] × [C_out]`), so each 32 pixels × 32 output channels block is summed
-//! over all taps and input channels in the tile registers, then written once, with the bias, straight into the
-//! `[B, C_out, H_out, W_out]` output (rows that fall on padding are dropped there).
+//! Stride 1 (all but the downsamplers): the input is rounded to bf16 and copied once into a zero-padded buffer with
+//! one row per pixel of the padded image (`[B·(H+2p)·(W+2p)][C_in]`, channels padded to 32). Read as the A operand,
+//! that buffer shifted down by `ky·(W+2p) + kx` rows holds, in row `r`, the pixels tap `(ky, kx)` sees for the output
+//! pixel of row `r` — and since a shift moves whole rows, every view stays 64-byte aligned (unlike the f32 kernel's
+//! shifted columns). Other strides: one row per output pixel holding every tap's channels side by side (im2col).
+//! The weights are packed once per tap as B panels (`[C_in] × [C_out]`), so each 32 pixels × 32 output channels
+//! block is summed over all taps and input channels in the tile registers, then written once, with the bias (and a
+//! resnet block's skip connection, when given), straight into the `[B, C_out, H_out, W_out]` output (rows that fall
+//! on padding are dropped there).
 
 use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::contiguous_f32;
@@ -155,10 +157,10 @@ pub fn conv2d_bf16(
                     let destinations = views.destinations(block, dims, (out_h, out_w));
                     for panel in panel_range.clone() {
                         terms.clear();
-                        terms.extend(weights.taps.iter().enumerate().map(|(tap, weights)| Term {
+                        terms.extend(weights.taps.iter().enumerate().map(|(tap, tap_weights)| Term {
                             a: &pixels[views.start(block, tap)..],
                             a_row: views.a_row,
-                            b: weights.panel(panel),
+                            b: tap_weights.panel(panel),
                         }));
                         tiles.block(&terms, &mut staging);
                         write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, &out);
