@@ -461,19 +461,21 @@ unsafe fn write_block_avx512(
     }
 }
 
-/// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`.
+/// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`; as a two-tensor
+/// operation, with a residual `[B, C_out, H_out, W_out]` added in the epilogue.
 pub struct Conv2dBf16 {
     pub weights: std::sync::Arc<PackedConv>,
     pub padding: usize,
     pub stride: usize,
 }
 
-impl CustomOp1 for Conv2dBf16 {
-    fn name(&self) -> &'static str {
-        "ember-conv2d-bf16"
-    }
-
-    fn cpu_fwd(&self, input: &CpuStorage, input_l: &Layout) -> Result<(CpuStorage, Shape)> {
+impl Conv2dBf16 {
+    fn run(
+        &self,
+        input: &CpuStorage,
+        input_l: &Layout,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (batch, in_channels, height, width) = input_l.shape().dims4()?;
         if in_channels != self.weights.in_channels {
             candle_core::bail!(
@@ -485,13 +487,23 @@ impl CustomOp1 for Conv2dBf16 {
             .weights
             .output_size(height, width, self.padding, self.stride)
             .unwrap_or((0, 0));
-        let out_channels = self.weights.out_channels;
-        let mut out = vec![0f32; batch * out_channels * out_h * out_w];
+        let shape = Shape::from((batch, self.weights.out_channels, out_h, out_w));
+        let residual = match residual {
+            Some((_, layout)) if layout.shape() != &shape => {
+                candle_core::bail!(
+                    "convolution: residual {:?} is not the output's {shape:?}",
+                    layout.shape()
+                )
+            }
+            Some((storage, layout)) => Some(contiguous_f32(storage, layout, "convolution: residual")?),
+            None => None,
+        };
+        let mut out = vec![0f32; shape.elem_count()];
         let input = contiguous_f32(input, input_l, "convolution: input")?;
         conv2d_bf16(
             input,
             &self.weights,
-            None,
+            residual,
             &mut out,
             self.padding,
             self.stride,
@@ -499,11 +511,20 @@ impl CustomOp1 for Conv2dBf16 {
             height,
             width,
         )?;
-        Ok((CpuStorage::F32(out), Shape::from((batch, out_channels, out_h, out_w))))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
-/// [`Conv2dBf16`] plus a residual `[B, C_out, H_out, W_out]` tensor (contiguous f32), added in the epilogue.
+impl CustomOp1 for Conv2dBf16 {
+    fn name(&self) -> &'static str {
+        "ember-conv2d-bf16"
+    }
+
+    fn cpu_fwd(&self, input: &CpuStorage, input_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(input, input_l, None)
+    }
+}
+
 impl CustomOp2 for Conv2dBf16 {
     fn name(&self) -> &'static str {
         "ember-conv2d-bf16-residual"
@@ -516,33 +537,7 @@ impl CustomOp2 for Conv2dBf16 {
         residual: &CpuStorage,
         residual_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, _, height, width) = input_l.shape().dims4()?;
-        let (out_h, out_w) = self
-            .weights
-            .output_size(height, width, self.padding, self.stride)
-            .unwrap_or((0, 0));
-        let shape = Shape::from((batch, self.weights.out_channels, out_h, out_w));
-        if residual_l.shape() != &shape {
-            candle_core::bail!(
-                "convolution: residual {:?} is not the output's {shape:?}",
-                residual_l.shape()
-            );
-        }
-        let mut out = vec![0f32; shape.elem_count()];
-        let input = contiguous_f32(input, input_l, "convolution: input")?;
-        let residual = contiguous_f32(residual, residual_l, "convolution: residual")?;
-        conv2d_bf16(
-            input,
-            &self.weights,
-            Some(residual),
-            &mut out,
-            self.padding,
-            self.stride,
-            batch,
-            height,
-            width,
-        )?;
-        Ok((CpuStorage::F32(out), shape))
+        self.run(input, input_l, Some((residual, residual_l)))
     }
 }
 
