@@ -1,8 +1,9 @@
 //! Attention with bf16 matrix products on the AMX tile unit, for models built for bf16 (`nn::Precision`).
 //!
 //! Per (slice, block of 32 query rows): the scores `q·kᵀ` of the block against *all* keys (one tile product into
-//! `32 × M` f32, 512 KiB at 4096 keys: it stays in L2), an exact softmax in f32 over each row with AVX-512, the
-//! unnormalised probabilities rounded to bf16, then `p·v` (a second tile product) divided by the row sums. Keys and
+//! `32 × M` f32, 512 KiB at 4096 keys: it stays in L2), a softmax in f32 over each row with AVX-512 (its exp accurate
+//! to 3e-6, far below the bf16 rounding that follows), the unnormalised probabilities rounded to bf16, then `p·v` (a
+//! second tile product) divided by the row sums. Keys and
 //! values are packed once per slice as B panels. Rounded to bf16: q, k, v and the probabilities; the
 //! scores, the softmax and the accumulation are f32. Head widths are padded to whole tiles (32): SD's 40-wide heads
 //! do 60% more multiplications than they need, still far faster than the f32 kernel.
