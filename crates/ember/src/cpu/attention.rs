@@ -401,12 +401,12 @@ impl CustomOp3 for FusedAttention {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cpu::test_values;
 
     /// Plain three-pass attention in f64: the reference for both kernels.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims) -> Vec<f32> {
+    pub(crate) fn reference(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims) -> Vec<f32> {
         let (n, m, d) = (dims.queries, dims.keys, dims.head_dim);
         let mut out = vec![0f32; q.len()];
         for s in 0..dims.slices {

@@ -39,22 +39,11 @@ pub fn scaled_dot_product_attention(
     // q·kᵀ and p·v: 2 multiply-adds per (query, key, channel).
     let flops = 4.0 * (b * h * n * d) as f64 * k.dim(2)? as f64;
     op_stats::count(OpClass::Attention, flops, || {
-        attention(q, k, v, causal, key_mask, bf16_tiles)
+        if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
+            return fused_attention(q, k, v, bf16_tiles);
+        }
+        attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
     })
-}
-
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    causal: bool,
-    key_mask: Option<&Tensor>,
-    bf16_tiles: bool,
-) -> Result<Tensor> {
-    if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
-        return fused_attention(q, k, v, bf16_tiles);
-    }
-    attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
 }
 
 /// The CPU's fused kernels (`cpu::attention`, or `cpu::attention_bf16` with `bf16_tiles`), in f32 whatever the

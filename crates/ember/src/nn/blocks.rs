@@ -133,11 +133,7 @@ impl Conv {
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
         let conv = match &self.weights {
             ConvWeights::PackedBf16(packed) => {
-                let op = Conv2dBf16 {
-                    weights: packed.clone(),
-                    padding: cfg.padding,
-                    stride: cfg.stride,
-                };
+                let op = bf16_op(packed, cfg);
                 return x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op);
             }
             ConvWeights::Candle(conv) => conv,
@@ -178,11 +174,7 @@ impl Conv {
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match &self.weights {
             ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
-                let op = Conv2dBf16 {
-                    weights: packed.clone(),
-                    padding: self.cfg.padding,
-                    stride: self.cfg.stride,
-                };
+                let op = bf16_op(packed, self.cfg);
                 let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
                 op_stats::count(OpClass::Conv, self.flops(x)?, || {
                     as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, &op)
@@ -190,6 +182,15 @@ impl Conv {
             }
             _ => self.forward(x)? + residual,
         }
+    }
+}
+
+/// The AMX convolution with packed weights under `cfg`'s padding and stride.
+fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
+    Conv2dBf16 {
+        weights: packed.clone(),
+        padding: cfg.padding,
+        stride: cfg.stride,
     }
 }
 
