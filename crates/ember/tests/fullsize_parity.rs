@@ -14,8 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
-use std::collections::HashMap;
 use std::path::PathBuf;
+
+mod reference;
+use reference::Reference;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -32,16 +34,8 @@ fn dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
     }
 }
 
-fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    Ok(candle_core::safetensors::load(
-        dir()?.join("reference.safetensors"),
-        &Device::Cpu,
-    )?)
-}
-
-fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
-    r.get(key)
-        .ok_or_else(|| format!("reference.safetensors lacks {key}; rerun make_fullsize.py").into())
+fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
+    Reference::load(dir()?.join("reference.safetensors"), "tools/oracle/make_fullsize.py")
 }
 
 fn load<T: serde::de::DeserializeOwned>(
@@ -72,8 +66,8 @@ fn check(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
 fn fullsize_clip_matches_transformers() -> TestResult {
     let r = reference()?;
     let (cfg, vb): (ClipTextConfig, _) = load("text_encoder", "model.safetensors")?;
-    let out = ClipTextModel::new(vb, &cfg)?.forward(&get(&r, "clip/input_ids")?.to_dtype(DType::U32)?)?;
-    check("clip", &out, get(&r, "clip/last_hidden_state")?, TOL_CLIP)
+    let out = ClipTextModel::new(vb, &cfg)?.forward(&r.get("clip/input_ids")?.to_dtype(DType::U32)?)?;
+    check("clip", &out, r.get("clip/last_hidden_state")?, TOL_CLIP)
 }
 
 #[test]
@@ -81,15 +75,15 @@ fn fullsize_clip_matches_transformers() -> TestResult {
 fn fullsize_unet_matches_diffusers() -> TestResult {
     let r = reference()?;
     let (cfg, vb): (UNetConfig, _) = load("unet", "diffusion_pytorch_model.safetensors")?;
-    let timesteps = get(&r, "unet/timestep")?.to_vec1::<f32>()?;
+    let timesteps = r.get("unet/timestep")?.to_vec1::<f32>()?;
     let t = timesteps[0] as f64;
     assert!(
         timesteps.iter().all(|&x| x as f64 == t),
         "one timestep for the whole batch"
     );
     let unet = UNet2DConditionModel::new(vb, &cfg)?;
-    let out = unet.forward(get(&r, "unet/sample")?, t, get(&r, "unet/encoder_hidden_states")?)?;
-    check("unet", &out, get(&r, "unet/out")?, TOL_UNET)
+    let out = unet.forward(r.get("unet/sample")?, t, r.get("unet/encoder_hidden_states")?)?;
+    check("unet", &out, r.get("unet/out")?, TOL_UNET)
 }
 
 #[test]
@@ -98,12 +92,12 @@ fn fullsize_vae_matches_diffusers() -> TestResult {
     let r = reference()?;
     let (cfg, vb): (VaeConfig, _) = load("vae", "diffusion_pytorch_model.safetensors")?;
     let vae = AutoencoderKL::new(vb, &cfg)?;
-    let mean = vae.encode_mean(get(&r, "vae/image")?)?;
-    check("vae mean", &mean, get(&r, "vae/latent_mean")?, TOL_VAE)?;
+    let mean = vae.encode_mean(r.get("vae/image")?)?;
+    check("vae mean", &mean, r.get("vae/latent_mean")?, TOL_VAE)?;
     check(
         "vae decode",
-        &vae.decode(get(&r, "vae/latent_mean")?)?,
-        get(&r, "vae/decoded")?,
+        &vae.decode(r.get("vae/latent_mean")?)?,
+        r.get("vae/decoded")?,
         TOL_VAE,
     )
 }

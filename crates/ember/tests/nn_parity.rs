@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
-use std::collections::HashMap;
+
+mod reference;
+use reference::Reference;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -25,13 +27,8 @@ const TOL_VAE: f32 = 1e-3;
 const TOL_F16_REL: f32 = 1e-2;
 const TOL_BF16_REL: f32 = 6e-2;
 
-fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
-}
-
-fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
-    r.get(key)
-        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_nn_reference.py").into())
+fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
+    Reference::load(REFERENCE, "tools/oracle/make_nn_reference.py")
 }
 
 fn config<T: serde::de::DeserializeOwned>(sub: &str) -> Result<T, Box<dyn std::error::Error>> {
@@ -100,28 +97,28 @@ fn check_rel(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
     Ok(())
 }
 
-fn input_ids(r: &HashMap<String, Tensor>) -> Result<Tensor, Box<dyn std::error::Error>> {
-    Ok(get(r, "clip/input_ids")?.to_dtype(DType::U32)?)
+fn input_ids(r: &Reference) -> Result<Tensor, Box<dyn std::error::Error>> {
+    Ok(r.get("clip/input_ids")?.to_dtype(DType::U32)?)
 }
 
 #[test]
 fn clip_matches_transformers() -> TestResult {
     let r = reference()?;
     let out = clip(DType::F32)?.forward(&input_ids(&r)?)?;
-    check("clip", &out, get(&r, "clip/output")?, TOL_CLIP_UNET)
+    check("clip", &out, r.get("clip/output")?, TOL_CLIP_UNET)
 }
 
 #[test]
 fn unet_matches_diffusers_at_integer_and_fractional_timesteps() -> TestResult {
     let r = reference()?;
     let model = unet(DType::F32)?;
-    let (sample, context) = (get(&r, "unet/sample")?, get(&r, "unet/context")?);
+    let (sample, context) = (r.get("unet/sample")?, r.get("unet/context")?);
     for (name, t) in [("t999", 999.0), ("t500.5", 500.5), ("t1", 1.0)] {
         let out = model.forward(sample, t, context)?;
         check(
             &format!("unet {name}"),
             &out,
-            get(&r, &format!("unet/out_{name}"))?,
+            r.get(&format!("unet/out_{name}"))?,
             TOL_CLIP_UNET,
         )?;
     }
@@ -131,8 +128,8 @@ fn unet_matches_diffusers_at_integer_and_fractional_timesteps() -> TestResult {
 #[test]
 fn unet_handles_latents_not_divisible_by_8() -> TestResult {
     let r = reference()?;
-    let out = unet(DType::F32)?.forward(get(&r, "unet/odd_sample")?, 500.5, get(&r, "unet/context")?)?;
-    check("unet 5x9", &out, get(&r, "unet/odd_out_t500.5")?, TOL_CLIP_UNET)
+    let out = unet(DType::F32)?.forward(r.get("unet/odd_sample")?, 500.5, r.get("unet/context")?)?;
+    check("unet 5x9", &out, r.get("unet/odd_out_t500.5")?, TOL_CLIP_UNET)
 }
 
 #[test]
@@ -141,14 +138,14 @@ fn vae_encode_mean_and_decode_match_diffusers() -> TestResult {
     let model = vae(DType::F32)?;
     check(
         "vae mean",
-        &model.encode_mean(get(&r, "vae/input")?)?,
-        get(&r, "vae/mean")?,
+        &model.encode_mean(r.get("vae/input")?)?,
+        r.get("vae/mean")?,
         TOL_VAE,
     )?;
     check(
         "vae decode",
-        &model.decode(get(&r, "vae/latent")?)?,
-        get(&r, "vae/decoded")?,
+        &model.decode(r.get("vae/latent")?)?,
+        r.get("vae/decoded")?,
         TOL_VAE,
     )
 }
@@ -160,17 +157,17 @@ fn reduced_precision_stays_close(dtype: DType, tol: f32) -> TestResult {
     let ids = input_ids(&r)?;
     let out = clip(dtype)?.forward(&ids)?;
     assert_eq!(out.dtype(), dtype);
-    check_rel(&format!("clip {dtype:?}"), &out, get(&r, "clip/output")?, tol)?;
+    check_rel(&format!("clip {dtype:?}"), &out, r.get("clip/output")?, tol)?;
 
-    let out = unet(dtype)?.forward(get(&r, "unet/sample")?, 500.5, get(&r, "unet/context")?)?;
+    let out = unet(dtype)?.forward(r.get("unet/sample")?, 500.5, r.get("unet/context")?)?;
     assert_eq!(out.dtype(), DType::F32, "UNet returns the sample's dtype");
-    check_rel(&format!("unet {dtype:?}"), &out, get(&r, "unet/out_t500.5")?, tol)?;
+    check_rel(&format!("unet {dtype:?}"), &out, r.get("unet/out_t500.5")?, tol)?;
 
     let model = vae(dtype)?;
-    let mean = model.encode_mean(get(&r, "vae/input")?)?;
-    check_rel(&format!("vae mean {dtype:?}"), &mean, get(&r, "vae/mean")?, tol)?;
-    let decoded = model.decode(get(&r, "vae/latent")?)?;
-    check_rel(&format!("vae decode {dtype:?}"), &decoded, get(&r, "vae/decoded")?, tol)
+    let mean = model.encode_mean(r.get("vae/input")?)?;
+    check_rel(&format!("vae mean {dtype:?}"), &mean, r.get("vae/mean")?, tol)?;
+    let decoded = model.decode(r.get("vae/latent")?)?;
+    check_rel(&format!("vae decode {dtype:?}"), &decoded, r.get("vae/decoded")?, tol)
 }
 
 #[test]

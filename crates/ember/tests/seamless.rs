@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{UNetConfig, VaeConfig};
 use ember::nn::{seamless_enabled, seamless_scope, AutoencoderKL, UNet2DConditionModel};
-use std::collections::HashMap;
+
+mod reference;
+use reference::Reference;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -19,13 +21,8 @@ const REFERENCE: &str = concat!(
 const TOL_UNET: f32 = 1e-4;
 const TOL_VAE: f32 = 1e-3;
 
-fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
-}
-
-fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
-    r.get(key)
-        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_seamless_reference.py").into())
+fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
+    Reference::load(REFERENCE, "tools/oracle/make_seamless_reference.py")
 }
 
 fn weights(sub: &str) -> Result<VarBuilder<'static>, Box<dyn std::error::Error>> {
@@ -59,15 +56,15 @@ fn unet_with_circular_padding_matches_diffusers() -> TestResult {
     let r = reference()?;
     let cfg: UNetConfig = config("unet")?;
     let unet = UNet2DConditionModel::new(weights("unet")?, &cfg)?;
-    let (sample, context) = (get(&r, "unet/sample")?, get(&r, "unet/context")?);
-    let odd = get(&r, "unet/odd_sample")?;
+    let (sample, context) = (r.get("unet/sample")?, r.get("unet/context")?);
+    let odd = r.get("unet/odd_sample")?;
     let (tiled, tiled_odd) = {
         let _seamless = seamless_scope(true);
         let odd_out = unet.forward(odd, 999.0, &context.narrow(0, 0, 1)?)?;
         (unet.forward(sample, 500.5, context)?, odd_out)
     };
-    check("unet seamless 8x8", &tiled, get(&r, "unet/out_t500.5")?, TOL_UNET)?;
-    check("unet seamless 5x9", &tiled_odd, get(&r, "unet/odd_out_t999")?, TOL_UNET)?;
+    check("unet seamless 8x8", &tiled, r.get("unet/out_t500.5")?, TOL_UNET)?;
+    check("unet seamless 5x9", &tiled_odd, r.get("unet/odd_out_t999")?, TOL_UNET)?;
 
     // The scope ended: zero padding again, and the outputs differ from the circular ones where edges matter.
     assert!(!seamless_enabled());
@@ -88,14 +85,14 @@ fn vae_with_circular_padding_matches_diffusers() -> TestResult {
     let _seamless = seamless_scope(true);
     check(
         "vae seamless encode mean",
-        &vae.encode_mean(get(&r, "vae/input")?)?,
-        get(&r, "vae/mean")?,
+        &vae.encode_mean(r.get("vae/input")?)?,
+        r.get("vae/mean")?,
         TOL_VAE,
     )?;
     check(
         "vae seamless decode",
-        &vae.decode(get(&r, "vae/latent")?)?,
-        get(&r, "vae/decoded")?,
+        &vae.decode(r.get("vae/latent")?)?,
+        r.get("vae/decoded")?,
         TOL_VAE,
     )
 }

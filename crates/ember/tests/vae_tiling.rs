@@ -8,7 +8,9 @@ use candle_nn::VarBuilder;
 use ember::nn::config::VaeConfig;
 use ember::nn::vae::VaeTiling;
 use ember::nn::AutoencoderKL;
-use std::collections::HashMap;
+
+mod reference;
+use reference::Reference;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -21,13 +23,8 @@ const REFERENCE: &str = concat!(
 /// The same bound as the untiled VAE parity tests (nn_parity.rs): Ember f32 vs torch f64, only f32 rounding differs.
 const TOL_VAE: f32 = 1e-3;
 
-fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
-}
-
-fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
-    r.get(key)
-        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_vae_tiling_reference.py").into())
+fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
+    Reference::load(REFERENCE, "tools/oracle/make_vae_tiling_reference.py")
 }
 
 fn vae() -> Result<AutoencoderKL, Box<dyn std::error::Error>> {
@@ -40,8 +37,8 @@ fn vae() -> Result<AutoencoderKL, Box<dyn std::error::Error>> {
 
 /// The tiling diffusers ran with, from the reference's `(tile_sample_min_size, tile_latent_min_size, overlap)`;
 /// the latent tile must be the one Ember derives (sample tile / 8).
-fn tiling(r: &HashMap<String, Tensor>, set: &str) -> Result<VaeTiling, Box<dyn std::error::Error>> {
-    let s = get(r, &format!("{set}/settings"))?.to_vec1::<f32>()?;
+fn tiling(r: &Reference, set: &str) -> Result<VaeTiling, Box<dyn std::error::Error>> {
+    let s = r.get(&format!("{set}/settings"))?.to_vec1::<f32>()?;
     let [sample, latent, overlap] = s[..] else {
         return Err(format!("{set}/settings has {} values, not 3", s.len()).into());
     };
@@ -74,19 +71,19 @@ fn check(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> TestResult {
 fn tiled_encode_and_decode_match_diffusers() -> TestResult {
     let r = reference()?;
     let vae = vae()?;
-    let (input, latent) = (get(&r, "input")?, get(&r, "latent")?);
+    let (input, latent) = (r.get("input")?, r.get("latent")?);
     for set in ["tile64", "tile32"] {
         let tiling = tiling(&r, set)?;
         check(
             &format!("{set} tiled encode mean"),
             &vae.encode_mean_tiled(input, &tiling)?,
-            get(&r, &format!("{set}/mean"))?,
+            r.get(&format!("{set}/mean"))?,
             TOL_VAE,
         )?;
         check(
             &format!("{set} tiled decode"),
             &vae.decode_tiled(latent, &tiling)?,
-            get(&r, &format!("{set}/decoded"))?,
+            r.get(&format!("{set}/decoded"))?,
             TOL_VAE,
         )?;
     }
@@ -98,16 +95,11 @@ fn inputs_no_larger_than_a_tile_take_the_untiled_path() -> TestResult {
     let r = reference()?;
     let vae = vae()?;
     let tiling = tiling(&r, "tile64")?;
-    let (small_input, small_latent) = (get(&r, "small_input")?, get(&r, "small_latent")?);
+    let (small_input, small_latent) = (r.get("small_input")?, r.get("small_latent")?);
     let mean = vae.encode_mean_tiled(small_input, &tiling)?;
     let decoded = vae.decode_tiled(small_latent, &tiling)?;
-    check("small tiled encode mean", &mean, get(&r, "tile64/small_mean")?, TOL_VAE)?;
-    check(
-        "small tiled decode",
-        &decoded,
-        get(&r, "tile64/small_decoded")?,
-        TOL_VAE,
-    )?;
+    check("small tiled encode mean", &mean, r.get("tile64/small_mean")?, TOL_VAE)?;
+    check("small tiled decode", &decoded, r.get("tile64/small_decoded")?, TOL_VAE)?;
     assert_eq!(max_err(&mean, &vae.encode_mean(small_input)?)?, 0.0);
     assert_eq!(max_err(&decoded, &vae.decode(small_latent)?)?, 0.0);
     Ok(())
@@ -119,7 +111,7 @@ fn tiling_changes_large_outputs() -> TestResult {
     let r = reference()?;
     let vae = vae()?;
     let tiling = tiling(&r, "tile32")?;
-    let (input, latent) = (get(&r, "input")?, get(&r, "latent")?);
+    let (input, latent) = (r.get("input")?, r.get("latent")?);
     let encode_diff = max_err(&vae.encode_mean_tiled(input, &tiling)?, &vae.encode_mean(input)?)?;
     let decode_diff = max_err(&vae.decode_tiled(latent, &tiling)?, &vae.decode(latent)?)?;
     println!("tiled vs untiled: encode {encode_diff:e}, decode {decode_diff:e}");

@@ -8,7 +8,9 @@ use ember::sample::perlin::rand_perlin_2d;
 use ember::sample::rng::TorchRng;
 use ember::sample::variation::{initial_noise, slerp_tensors};
 use std::cell::RefCell;
-use std::collections::HashMap;
+
+mod reference;
+use reference::Reference;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -21,13 +23,8 @@ const REFERENCE: &str = concat!(
 /// (≤ 1 ulp each) and BLAS's summation order in the norms.
 const TOL_NOISE: f32 = 1e-6;
 
-fn reference() -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    Ok(candle_core::safetensors::load(REFERENCE, &Device::Cpu)?)
-}
-
-fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, Box<dyn std::error::Error>> {
-    r.get(key)
-        .ok_or_else(|| format!("{REFERENCE} lacks {key}; rerun tools/oracle/make_variation_reference.py").into())
+fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
+    Reference::load(REFERENCE, "tools/oracle/make_variation_reference.py")
 }
 
 fn values(t: &Tensor) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
@@ -54,7 +51,7 @@ fn torch_rand_is_bit_exact() -> TestResult {
     let r = reference()?;
     for seed in [0u64, 42, 1_592_514_025] {
         for n in [1usize, 5, 16, 81, 100] {
-            let want = values(get(&r, &format!("rand/seed{seed}/n{n}"))?)?;
+            let want = values(r.get(&format!("rand/seed{seed}/n{n}"))?)?;
             let got = TorchRng::new(seed).rand(n);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
@@ -76,7 +73,7 @@ fn perlin_fields_match_rand_perlin_2d() -> TestResult {
             check(
                 &format!("perlin seed {seed} {h}x{w}"),
                 &got,
-                get(&r, &format!("perlin/seed{seed}/{h}x{w}"))?,
+                r.get(&format!("perlin/seed{seed}/{h}x{w}"))?,
                 TOL_NOISE,
             )?;
         }
@@ -87,19 +84,14 @@ fn perlin_fields_match_rand_perlin_2d() -> TestResult {
 #[test]
 fn slerp_matches_invokeai_numpy_on_both_branches() -> TestResult {
     let r = reference()?;
-    let (v0, v1) = (get(&r, "slerp/v0")?, get(&r, "slerp/v1")?);
+    let (v0, v1) = (r.get("slerp/v0")?, r.get("slerp/v1")?);
     for t in ["0.0", "0.1", "0.5", "0.9", "1.0"] {
         let got = slerp_tensors(t.parse()?, v0, v1)?;
-        check(
-            &format!("slerp t={t}"),
-            &got,
-            get(&r, &format!("slerp/t{t}"))?,
-            TOL_NOISE,
-        )?;
+        check(&format!("slerp t={t}"), &got, r.get(&format!("slerp/t{t}"))?, TOL_NOISE)?;
     }
     // Nearly parallel: InvokeAI's lerp fallback, all float32 elementwise, so bit-exact.
-    let got = slerp_tensors(0.3, v0, get(&r, "slerp/near")?)?;
-    check("slerp lerp branch", &got, get(&r, "slerp/near_t0.3")?, 0.0)
+    let got = slerp_tensors(0.3, v0, r.get("slerp/near")?)?;
+    check("slerp lerp branch", &got, r.get("slerp/near_t0.3")?, 0.0)
 }
 
 /// Every case: the noise InvokeAI feeds the sampler, and the next `randn` of the generator sampling continues with.
@@ -107,7 +99,7 @@ fn slerp_matches_invokeai_numpy_on_both_branches() -> TestResult {
 fn initial_noise_and_generator_continuation_match() -> TestResult {
     let r = reference()?;
     for case in 0.. {
-        let Some(spec) = r.get(&format!("case{case}/spec")) else {
+        let Ok(spec) = r.get(&format!("case{case}/spec")) else {
             assert!(case >= 7, "fixture has only {case} cases");
             break;
         };
@@ -117,13 +109,13 @@ fn initial_noise_and_generator_continuation_match() -> TestResult {
         let shape = [1, 4, h, w];
         let (noise, mut rng) = initial_noise(seed, &variations, perlin, &shape, &Device::Cpu)?;
         let what = format!("case {case}: seed {seed}, -V {variations:?}, perlin {perlin}, {h}x{w}");
-        check(&what, &noise, get(&r, &format!("case{case}/noise"))?, TOL_NOISE)?;
+        check(&what, &noise, r.get(&format!("case{case}/noise"))?, TOL_NOISE)?;
         // The generator is the same torch stream: bit-exact.
         let after = rng.randn_tensor(&shape, &Device::Cpu)?;
         check(
             &format!("{what}, next draw"),
             &after,
-            get(&r, &format!("case{case}/after"))?,
+            r.get(&format!("case{case}/after"))?,
             0.0,
         )?;
     }
@@ -143,22 +135,17 @@ fn perlin_on_sizes_invokeai_cannot_tile_is_a_clear_error() {
 #[test]
 fn threshold_clamps_like_cfg_apply_threshold() -> TestResult {
     let r = reference()?;
-    let x = get(&r, "threshold/in")?;
+    let x = r.get("threshold/in")?;
     for t in ["0.0", "0.5", "1.2", "2.0", "5.0", "20.0"] {
         let got = apply_threshold(x, t.parse()?)?;
         // A clamp with the same float32 bounds: exact.
-        check(
-            &format!("threshold {t}"),
-            &got,
-            get(&r, &format!("threshold/t{t}"))?,
-            0.0,
-        )?;
+        check(&format!("threshold {t}"), &got, r.get(&format!("threshold/t{t}"))?, 0.0)?;
     }
-    let got = apply_threshold(get(&r, "threshold/small_in")?, 1.2)?;
+    let got = apply_threshold(r.get("threshold/small_in")?, 1.2)?;
     check(
         "threshold 1.2, bounds raised to ±1",
         &got,
-        get(&r, "threshold/small_t1.2")?,
+        r.get("threshold/small_t1.2")?,
         0.0,
     )
 }
@@ -182,8 +169,8 @@ impl Denoiser for Replay {
 fn threshold_warmup_follows_cfg_denoiser_call_by_call() -> TestResult {
     let r = reference()?;
     for steps in [10usize, 25] {
-        let ins = get(&r, &format!("warmup/S{steps}/in"))?;
-        let want = get(&r, &format!("warmup/S{steps}/out"))?;
+        let ins = r.get(&format!("warmup/S{steps}/in"))?;
+        let want = r.get(&format!("warmup/S{steps}/out"))?;
         let calls = ins.dim(0)?;
         let inner = Replay {
             outputs: (0..calls).map(|k| ins.get(k)).collect::<Result<_, _>>()?,
@@ -202,7 +189,7 @@ fn threshold_warmup_follows_cfg_denoiser_call_by_call() -> TestResult {
 #[test]
 fn threshold_zero_passes_the_denoiser_through_unchanged() -> TestResult {
     let r = reference()?;
-    let ins = get(&r, "warmup/S10/in")?;
+    let ins = r.get("warmup/S10/in")?;
     let inner = Replay {
         outputs: vec![ins.get(0)?],
         next: RefCell::new(0),
