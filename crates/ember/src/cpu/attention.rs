@@ -383,7 +383,7 @@ impl CustomOp3 for FusedAttention {
             contiguous_f32(k, k_l, "fused attention: k")?,
             contiguous_f32(v, v_l, "fused attention: v")?,
         );
-        let mut out = vec![0f32; q.len()];
+        let mut out = super::zeroed_output(q.len());
         let dims = AttentionDims {
             slices,
             queries,

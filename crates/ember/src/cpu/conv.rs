@@ -280,7 +280,7 @@ impl CustomOp3 for Conv2dStride1 {
         let Some((out_h, out_w)) = dims.output_size() else {
             candle_core::bail!("convolution: a {kernel}×{kernel} kernel does not fit a {height}×{width} input");
         };
-        let mut out = vec![0f32; batch * out_channels * out_h * out_w];
+        let mut out = super::zeroed_output(batch * out_channels * out_h * out_w);
         conv2d(
             contiguous_f32(input, input_l, "convolution: input")?,
             contiguous_f32(weight, weight_l, "convolution: weight")?,

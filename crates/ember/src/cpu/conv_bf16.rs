@@ -90,7 +90,7 @@ pub fn conv2d_bf16(
     input: &[f32],
     weights: &PackedConv,
     residual: Option<&[f32]>,
-    out: &mut [f32],
+    out: &SharedOut<'_>,
     padding: usize,
     stride: usize,
     batch: usize,
@@ -145,7 +145,6 @@ pub fn conv2d_bf16(
         let threads = rayon::current_num_threads().max(1);
         let row_groups = (4 * threads).div_ceil(panel_groups).clamp(1, views.row_blocks);
         let blocks_per_task = views.row_blocks.div_ceil(row_groups);
-        let out = SharedOut::new(out);
         (0..row_groups * panel_groups).into_par_iter().for_each(|task| {
             let (row_group, panel_group) = (task / panel_groups, task % panel_groups);
             let blocks = row_group * blocks_per_task..((row_group + 1) * blocks_per_task).min(views.row_blocks);
@@ -163,7 +162,7 @@ pub fn conv2d_bf16(
                             b: tap_weights.panel(panel),
                         }));
                         tiles.block(&terms, &mut staging);
-                        write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, &out);
+                        write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, out);
                     }
                 }
             });
@@ -498,19 +497,23 @@ impl Conv2dBf16 {
             Some((storage, layout)) => Some(contiguous_f32(storage, layout, "convolution: residual")?),
             None => None,
         };
-        let mut out = vec![0f32; shape.elem_count()];
         let input = contiguous_f32(input, input_l, "convolution: input")?;
-        conv2d_bf16(
-            input,
-            &self.weights,
-            residual,
-            &mut out,
-            self.padding,
-            self.stride,
-            batch,
-            height,
-            width,
-        )?;
+        // SAFETY: `conv2d_bf16` stores every output value.
+        let out = unsafe {
+            amx::new_output(shape.elem_count(), |out| {
+                conv2d_bf16(
+                    input,
+                    &self.weights,
+                    residual,
+                    out,
+                    self.padding,
+                    self.stride,
+                    batch,
+                    height,
+                    width,
+                )
+            })?
+        };
         Ok((CpuStorage::F32(out), shape))
     }
 }
@@ -569,16 +572,27 @@ mod tests {
             } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
-            conv2d_bf16(&input, &packed, None, &mut got, padding, 1, batch, height, width)?;
+            conv2d_bf16(
+                &input,
+                &packed,
+                None,
+                &SharedOut::new(&mut got),
+                padding,
+                1,
+                batch,
+                height,
+                width,
+            )?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
             // With a residual: the same plus the residual, element by element.
             let residual = test_values(want.len(), 99 + i as u64);
+            got.fill(f32::NAN);
             conv2d_bf16(
                 &input,
                 &packed,
                 Some(&residual),
-                &mut got,
+                &SharedOut::new(&mut got),
                 padding,
                 1,
                 batch,
@@ -597,7 +611,7 @@ mod tests {
                     &input,
                     &packed,
                     None,
-                    &mut strided,
+                    &SharedOut::new(&mut strided),
                     padding,
                     stride,
                     batch,

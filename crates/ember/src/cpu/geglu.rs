@@ -33,6 +33,25 @@ pub fn geglu(x: &[f32], out: &mut [f32], inner: usize) -> Result<()> {
     Ok(())
 }
 
+/// One row of [`geglu`]: `out[c] = value[c] · gelu(gate[c])` over `out`'s length (the fused bf16 feed-forward calls
+/// it per block of 32 features). Without AVX-512F, a scalar loop with candle's erf.
+pub fn geglu_row(value: &[f32], gate: &[f32], out: &mut [f32]) {
+    let len = out.len();
+    assert!(
+        value.len() >= len && gate.len() >= len,
+        "GEGLU row: value or gate shorter than the output"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX-512F detected; both inputs hold at least `out.len()` values.
+        unsafe { geglu_row_avx512(value, gate, out) };
+        return;
+    }
+    for ((o, &v), &g) in out.iter_mut().zip(value).zip(gate) {
+        *o = v * 0.5 * g * (1.0 + candle_core::cpu::erf::erf_f32(g * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
 /// Whether [`geglu`] runs on this CPU (AVX-512F, not turned off by `EMBER_CPU_KERNELS=portable`).
 pub fn available() -> bool {
     super::Isa::detect() == super::Isa::Avx512
@@ -72,7 +91,7 @@ impl CustomOp1 for Geglu {
             candle_core::bail!("GEGLU: input {:?} does not end in an even width", layout.shape());
         };
         let x = contiguous_f32(x, layout, "GEGLU: input")?;
-        let mut out = vec![0f32; x.len() / 2];
+        let mut out = super::zeroed_output(x.len() / 2);
         geglu(x, &mut out, width / 2)?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = width / 2;

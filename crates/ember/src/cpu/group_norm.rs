@@ -179,7 +179,7 @@ impl CustomOp3 for FusedGroupNorm {
             candle_core::bail!("group norm needs [B, C, …], got {:?}", x_l.shape());
         }
         let x = contiguous_f32(x, x_l, "group norm: input")?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = super::zeroed_output(x.len());
         let sizes = GroupNormDims {
             batch: dims[0],
             channels: dims[1],

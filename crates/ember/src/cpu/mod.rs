@@ -52,6 +52,19 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what:
     }
 }
 
+/// A zeroed buffer for a custom op's output, zeroed by every thread in parallel. (`vec![0.0; len]` zeroes on the
+/// calling thread alone while the others wait: 5% of a bf16 UNet step at 512×512, measured with `perf`.)
+pub(crate) fn zeroed_output(len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()
+        .par_chunks_mut(64 << 10)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: every element of the first `len` was just initialised.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Deterministic pseudo-random values in [−1, 1) (xorshift) for the kernels' tests.
 #[cfg(test)]
 pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {

@@ -41,7 +41,7 @@ impl CustomOp1 for UpsampleNearest2x {
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
         let x = contiguous_f32(x, layout, "upsampling: input")?;
-        let mut out = vec![0f32; 4 * x.len()];
+        let mut out = super::zeroed_output(4 * x.len());
         upsample_nearest_2x(x, &mut out, h, w)?;
         Ok((CpuStorage::F32(out), Shape::from((b, c, 2 * h, 2 * w))))
     }

@@ -411,6 +411,9 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(gated) = self.proj_in.forward_geglu(x)? {
+            return self.proj_out.forward(&gated);
+        }
         let h = self.proj_in.forward(x)?;
         // diffusers uses the exact (erf) GELU here, not the tanh approximation. On the CPU one fused pass
         // (`cpu::geglu`, in f32), else candle's ops.

@@ -2,7 +2,7 @@
 //! on a CPU with AMX (`nn::Precision`) — the weights packed once for `cpu::linear`'s tile kernel. Counted per call by
 //! `op_stats`, so `ember bench` can report linear layers' GFLOP/s.
 
-use crate::cpu::linear::{LinearBf16, PackedLinear};
+use crate::cpu::linear::{LinearBf16, LinearGegluBf16, PackedLinear};
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -50,6 +50,26 @@ impl Linear {
             weights,
             in_features,
             out_features,
+        })
+    }
+}
+
+impl Linear {
+    /// GEGLU of this layer's output (`value · gelu(gate)`, value the first half of the features, gate the second),
+    /// computed inside the product when the layer is packed for bf16 tiles (`cpu::linear`); `None` where it is not,
+    /// and the caller applies GEGLU to [`forward`](Module::forward)'s output itself.
+    pub fn forward_geglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Weights::PackedBf16(packed) = &self.weights else {
+            return Ok(None);
+        };
+        if !packed.geglu_fuses() {
+            return Ok(None);
+        }
+        let rows = x.elem_count() / self.in_features.max(1);
+        let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
+        op_stats::count(OpClass::Linear, flops, || {
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            x.apply_op1_no_bwd(&LinearGegluBf16(packed.clone())).map(Some)
         })
     }
 }
