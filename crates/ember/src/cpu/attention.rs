@@ -32,20 +32,20 @@ pub struct AttentionDims {
 }
 
 impl AttentionDims {
-    pub(crate) fn check(&self, q: &[f32], k: &[f32], v: &[f32], out: &[f32]) -> Result<()> {
+    pub(crate) fn check(&self, q: &[f32], k: &[f32], v: &[f32], out_len: usize) -> Result<()> {
         let (s, n, m, d) = (self.slices, self.queries, self.keys, self.head_dim);
         if m == 0 || d == 0 {
             candle_core::bail!(
                 "fused attention needs at least one key and a non-zero head width (got {m} keys, d = {d})"
             );
         }
-        if q.len() != s * n * d || out.len() != s * n * d || k.len() != s * m * d || v.len() != s * m * d {
+        if q.len() != s * n * d || out_len != s * n * d || k.len() != s * m * d || v.len() != s * m * d {
             candle_core::bail!(
                 "fused attention: buffer sizes q {}, k {}, v {}, out {} do not match {s} slices × ({n} queries, {m} keys) × {d}",
                 q.len(),
                 k.len(),
                 v.len(),
-                out.len()
+                out_len
             );
         }
         Ok(())
@@ -55,7 +55,7 @@ impl AttentionDims {
 /// Computes attention into `out` with the given instruction set, in parallel over slices and blocks of query rows
 /// (rayon's pool).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: AttentionDims, isa: Isa) -> Result<()> {
-    dims.check(q, k, v, out)?;
+    dims.check(q, k, v, out.len())?;
     let (n, m, d) = (dims.queries, dims.keys, dims.head_dim);
     if n == 0 {
         return Ok(());
@@ -355,11 +355,9 @@ mod avx512 {
     }
 }
 
-/// [`attention`] (or, with `bf16_tiles`, `cpu::attention_bf16::attention_bf16`) as a candle operation on
-/// `[S, N, d]`, `[S, M, d]`, `[S, M, d]` contiguous f32 CPU tensors.
+/// [`attention`] as a candle operation on `[S, N, d]`, `[S, M, d]`, `[S, M, d]` contiguous f32 CPU tensors.
 pub struct FusedAttention {
     pub scale: f32,
-    pub bf16_tiles: bool,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -391,11 +389,7 @@ impl CustomOp3 for FusedAttention {
             head_dim,
             scale: self.scale,
         };
-        if self.bf16_tiles {
-            super::attention_bf16::attention_bf16(q, k, v, &mut out, dims)?;
-        } else {
-            attention(q, k, v, &mut out, dims, Isa::detect())?;
-        }
+        attention(q, k, v, &mut out, dims, Isa::detect())?;
         Ok((CpuStorage::F32(out), q_l.shape().clone()))
     }
 }

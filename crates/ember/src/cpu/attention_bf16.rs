@@ -8,9 +8,10 @@
 //! scores, the softmax and the accumulation are f32. Head widths are padded to whole tiles (32): SD's 40-wide heads
 //! do 60% more multiplications than they need, still far faster than the f32 kernel.
 
-use super::amx::{self, bf16_bits, round_up, AlignedBf16, PanelsB, Staging, Term};
+use super::amx::{self, bf16_bits, round_up, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::attention::AttentionDims;
-use candle_core::Result;
+use super::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -25,9 +26,27 @@ struct PackedSlice {
     values: PanelsB,
 }
 
-/// Computes `softmax(q·kᵀ·scale)·v` into `out` (layouts as `cpu::attention::attention`). Needs AMX (`amx::available`).
-pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: AttentionDims) -> Result<()> {
-    dims.check(q, k, v, out)?;
+/// Computes `softmax(q·kᵀ·scale)·v` into `out`, storing every value of it. Needs AMX (`amx::available`).
+///
+/// Layouts: with `heads` = 1, as `cpu::attention::attention` (`q, out: [S, N, d]`, `k, v: [S, M, d]`); with more,
+/// the projections' own token layout, `q, out: [B, N, heads·d]` and `k, v: [B, M, heads·d]` with slice
+/// `s = b·heads + h` in columns `h·d..(h+1)·d`, so the heads need not be split into slices (and joined back) by
+/// copies around the call.
+pub fn attention_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &SharedOut<'_>,
+    dims: AttentionDims,
+    heads: usize,
+) -> Result<()> {
+    dims.check(q, k, v, out.len())?;
+    if heads == 0 || !dims.slices.is_multiple_of(heads) {
+        candle_core::bail!(
+            "bf16 attention: {} slices are not whole tokens of {heads} heads",
+            dims.slices
+        );
+    }
     if !amx::available() {
         candle_core::bail!("bf16 attention needs a CPU with AMX-BF16");
     }
@@ -35,6 +54,8 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
     if n == 0 {
         return Ok(());
     }
+    // Where row `i` of slice `s` starts, in a buffer of `rows` rows per slice.
+    let row_at = |s: usize, i: usize, rows: usize| ((s / heads * rows + i) * heads + s % heads) * d;
     let (keys_p, d_p) = (round_up(m, amx::BLOCK), round_up(d, amx::DEPTH));
     // Row strides of the score and probability blocks: one cache line more than the keys, so that the 16 rows a tile
     // load or store touches fall in different L1 sets (at 4096 keys the plain strides, 16 and 8 KiB, mapped every
@@ -42,32 +63,23 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
     let (score_row, prob_row) = (keys_p + 16, keys_p + 32);
     let packed: Vec<PackedSlice> = (0..dims.slices)
         .into_par_iter()
-        .map(|s| {
-            let (k, v) = (&k[s * m * d..][..m * d], &v[s * m * d..][..m * d]);
-            PackedSlice {
-                keys: PanelsB::from_fn(d, m, |c, j| k[j * d + c]),
-                values: PanelsB::from_fn(m, d, |j, c| v[j * d + c]),
-            }
+        .map(|s| PackedSlice {
+            keys: PanelsB::from_fn(d, m, |c, j| k[row_at(s, j, m) + c]),
+            values: PanelsB::from_fn(m, d, |j, c| v[row_at(s, j, m) + c]),
         })
         .collect();
     let blocks = n.div_ceil(QUERY_BLOCK);
-    // One task per (slice, query block); each writes its own rows of `out`.
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(dims.slices * blocks);
-    for (s, slice_out) in out.chunks_mut(n * d).enumerate() {
-        for (b, rows) in slice_out.chunks_mut(QUERY_BLOCK * d).enumerate() {
-            tasks.push((s, b, rows));
-        }
-    }
-    tasks.into_par_iter().for_each(|(s, b, out_rows)| {
-        let rows = out_rows.len() / d;
-        let q_rows = &q[(s * n + b * QUERY_BLOCK) * d..][..rows * d];
+    // One task per (slice, query block); each writes its own rows of its slice.
+    (0..dims.slices * blocks).into_par_iter().for_each(|task| {
+        let (s, first) = (task / blocks, task % blocks * QUERY_BLOCK);
+        let rows = QUERY_BLOCK.min(n - first);
         let slice = &packed[s];
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let Scratch { q_tile, scores, probs } = &mut *scratch;
             q_tile.resize_zeroed(QUERY_BLOCK * d_p);
-            for (dst, src) in q_tile.as_mut_slice().chunks_exact_mut(d_p).zip(q_rows.chunks_exact(d)) {
-                amx::round_to_bf16(src, &mut dst[..d]);
+            for (r, dst) in q_tile.as_mut_slice().chunks_exact_mut(d_p).take(rows).enumerate() {
+                amx::round_to_bf16(&q[row_at(s, first + r, n)..][..d], &mut dst[..d]);
             }
             scores.resize(QUERY_BLOCK * score_row, 0.0);
             probs.resize_uninit(QUERY_BLOCK * prob_row);
@@ -94,6 +106,7 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
                     }
                 }
                 // Unnormalised probabilities times the values, divided by the row sums.
+                let mut normalised = [0f32; amx::BLOCK];
                 for panel in 0..slice.values.columns() / amx::BLOCK {
                     let term = Term {
                         a: probs,
@@ -102,17 +115,63 @@ pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: At
                     };
                     tiles.block(&[term], &mut staging);
                     let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(d);
-                    for (r, dst) in out_rows.chunks_exact_mut(d).enumerate() {
-                        let inv = 1.0 / sums[r];
-                        for (o, &x) in dst[columns.clone()].iter_mut().zip(staging.row(r)) {
+                    for (r, &sum) in sums.iter().enumerate().take(rows) {
+                        let inv = 1.0 / sum;
+                        for (o, &x) in normalised.iter_mut().zip(staging.row(r)) {
                             *o = x * inv;
                         }
+                        // SAFETY: row `first + r` of slice `s` belongs to this task alone.
+                        unsafe { out.copy_to(row_at(s, first + r, n) + columns.start, &normalised[..columns.len()]) };
                     }
                 }
             });
         });
     });
     Ok(())
+}
+
+/// [`attention_bf16`] as a candle operation on the projections' token layout: contiguous f32 CPU tensors
+/// `q: [B, N, heads·d]`, `k, v: [B, M, heads·d]` → `[B, N, heads·d]`.
+pub struct AttentionBf16 {
+    pub heads: usize,
+    pub scale: f32,
+}
+
+impl CustomOp3 for AttentionBf16 {
+    fn name(&self) -> &'static str {
+        "ember-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_l: &Layout,
+        k: &CpuStorage,
+        k_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, queries, width) = q_l.shape().dims3()?;
+        let keys = k_l.shape().dims3()?.1;
+        if self.heads == 0 || !width.is_multiple_of(self.heads) {
+            candle_core::bail!("bf16 attention: width {width} does not split into {} heads", self.heads);
+        }
+        let dims = AttentionDims {
+            slices: batch * self.heads,
+            queries,
+            keys,
+            head_dim: width / self.heads,
+            scale: self.scale,
+        };
+        let (q, k, v) = (
+            contiguous_f32(q, q_l, "bf16 attention: q")?,
+            contiguous_f32(k, k_l, "bf16 attention: k")?,
+            contiguous_f32(v, v_l, "bf16 attention: v")?,
+        );
+        // SAFETY: `attention_bf16` stores every output value.
+        let out = unsafe { amx::new_output(q.len(), |out| attention_bf16(q, k, v, out, dims, self.heads))? };
+        Ok((CpuStorage::F32(out), q_l.shape().clone()))
+    }
 }
 
 #[derive(Default)]
@@ -190,6 +249,17 @@ mod tests {
     use crate::cpu::attention::tests::reference;
     use crate::cpu::test_values;
 
+    /// `[batch·heads, rows, d]` → `[batch, rows, heads·d]`.
+    fn to_tokens(x: &[f32], heads: usize, rows: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for (index, &value) in x.iter().enumerate() {
+            let (slice, row, c) = (index / (rows * d), index / d % rows, index % d);
+            let (b, h) = (slice / heads, slice % heads);
+            out[((b * rows + row) * heads + h) * d + c] = value;
+        }
+        out
+    }
+
     fn bf16_rounded(v: Vec<f32>) -> Vec<f32> {
         v.into_iter().map(amx::bf16_rounded).collect()
     }
@@ -209,6 +279,7 @@ mod tests {
             (3, 70, 77, 17),
             (1, 100, 300, 80),
             (2, 5, 64, 64),
+            (6, 40, 50, 8),
         ]
         .iter()
         .enumerate()
@@ -224,12 +295,32 @@ mod tests {
                 head_dim,
                 scale: 3.0 / (head_dim as f32).sqrt(),
             };
-            let mut got = vec![f32::NAN; q.len()];
-            attention_bf16(&q, &k, &v, &mut got, dims)?;
             // The f32 kernel's three-pass f64 reference (rounded to f32 at the end, far below the bound).
             let want = reference(&q, &k, &v, dims);
+            let mut got = vec![f32::NAN; q.len()];
+            attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1)?;
             for (index, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() < 2e-3, "{dims:?} value {index}: {g} vs {w}");
+            }
+            // The same slices as the heads of token rows (`[B, rows, heads·d]`), for every way to split them.
+            for heads in (2..=slices).filter(|h| slices % h == 0) {
+                let tokens = |slices_layout: &[f32], rows: usize| to_tokens(slices_layout, heads, rows, head_dim);
+                let mut got = vec![f32::NAN; q.len()];
+                let out = SharedOut::new(&mut got);
+                attention_bf16(
+                    &tokens(&q, queries),
+                    &tokens(&k, keys),
+                    &tokens(&v, keys),
+                    &out,
+                    dims,
+                    heads,
+                )?;
+                for (index, (&g, &w)) in got.iter().zip(&tokens(&want, queries)).enumerate() {
+                    assert!(
+                        (g - w).abs() < 2e-3,
+                        "{dims:?} in {heads} heads, value {index}: {g} vs {w}"
+                    );
+                }
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 use super::linear::{linear, linear_no_bias, Linear};
 use crate::cpu::attention::FusedAttention;
+use crate::cpu::attention_bf16::AttentionBf16;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -25,36 +26,37 @@ const SCORE_BUDGET_BYTES: usize = 64 << 20;
 /// with f16 scores the rounding of large logits alone gave a 15× larger f16-vs-f32 error on the UNet than torch's own
 /// f16.
 ///
-/// `bf16_tiles` (models built for bf16 on a CPU with AMX, `nn::Precision`): unmasked attention runs
-/// `cpu::attention_bf16` instead, with bf16 matrix products.
+/// Models built for bf16 on a CPU with AMX (`nn::Precision`) do not come here from [`Attention`]: it calls
+/// `cpu::attention_bf16` on its projections directly (bf16 matrix products, no head split).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     causal: bool,
     key_mask: Option<&Tensor>,
-    bf16_tiles: bool,
 ) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
-    // q·kᵀ and p·v: 2 multiply-adds per (query, key, channel).
-    let flops = 4.0 * (b * h * n * d) as f64 * k.dim(2)? as f64;
-    op_stats::count(OpClass::Attention, flops, || {
+    op_stats::count(OpClass::Attention, attention_flops(b * h * n * d, k.dim(2)?), || {
         if q.device().is_cpu() && !causal && key_mask.is_none() && q.dtype() != DType::F64 {
-            return fused_attention(q, k, v, bf16_tiles);
+            return fused_attention(q, k, v);
         }
         attention_in_chunks(q, k, v, causal, key_mask, SCORE_BUDGET_BYTES)
     })
 }
 
-/// The CPU's fused kernels (`cpu::attention`, or `cpu::attention_bf16` with `bf16_tiles`), in f32 whatever the
-/// compute dtype, like the chunked path.
-fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, bf16_tiles: bool) -> Result<Tensor> {
+/// q·kᵀ and p·v: 2 multiply-adds per (query, key, channel); `query_values` = queries × channels over all heads.
+fn attention_flops(query_values: usize, keys: usize) -> f64 {
+    4.0 * query_values as f64 * keys as f64
+}
+
+/// The CPU's fused kernel (`cpu::attention`), in f32 whatever the compute dtype, like the chunked path.
+fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let m = k.dim(2)?;
     let as_slices = |t: &Tensor, rows: usize| t.to_dtype(DType::F32)?.reshape((b * h, rows, d))?.contiguous();
     let (q3, k3, v3) = (as_slices(q, n)?, as_slices(k, m)?, as_slices(v, m)?);
     let scale = (d as f32).powf(-0.5);
-    let out = q3.apply_op3_no_bwd(&k3, &v3, &FusedAttention { scale, bf16_tiles })?;
+    let out = q3.apply_op3_no_bwd(&k3, &v3, &FusedAttention { scale })?;
     out.reshape((b, h, n, d))?.to_dtype(q.dtype())
 }
 
@@ -129,7 +131,7 @@ pub struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
-    /// Built for bf16 on a CPU with AMX: the attention itself uses bf16 tile products too.
+    /// Built for bf16 on a CPU with AMX: the attention itself uses bf16 tile products too (`cpu::attention_bf16`).
     bf16_tiles: bool,
 }
 
@@ -160,12 +162,29 @@ impl Attention {
     /// `x: [B, N, C]`, `context: [B, M, C_ctx]` (None: self-attention). Returns `[B, N, C]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, false, None, self.bf16_tiles)?;
-        let (b, h, n, d) = out.dims4()?;
-        let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
+        let (q, k, v) = (
+            self.to_q.forward(x)?,
+            self.to_k.forward(context)?,
+            self.to_v.forward(context)?,
+        );
+        let out = if self.bf16_tiles {
+            // The projections' token layout goes to the kernel as it is: no head split and join.
+            let (b, n, c) = q.dims3()?;
+            let scale = ((c / self.heads) as f32).powf(-0.5);
+            let op = AttentionBf16 {
+                heads: self.heads,
+                scale,
+            };
+            op_stats::count(OpClass::Attention, attention_flops(b * n * c, k.dim(1)?), || {
+                let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+                f32_contiguous(&q)?.apply_op3_no_bwd(&f32_contiguous(&k)?, &f32_contiguous(&v)?, &op)
+            })?
+        } else {
+            let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+            let out = scaled_dot_product_attention(&q, &k, &v, false, None)?;
+            let (b, h, n, d) = out.dims4()?;
+            out.transpose(1, 2)?.reshape((b, n, h * d))?
+        };
         self.to_out.forward(&out)
     }
 

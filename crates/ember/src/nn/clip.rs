@@ -77,7 +77,7 @@ impl EncoderLayer {
         let q = heads(self.q_proj.forward(&h)?)?;
         let k = heads(self.k_proj.forward(&h)?)?;
         let v = heads(self.v_proj.forward(&h)?)?;
-        let attn = scaled_dot_product_attention(&q, &k, &v, true, key_mask, false)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, true, key_mask)?;
         let attn = attn.transpose(1, 2)?.reshape((b, n, d))?;
         let x = (self.out_proj.forward(&attn)? + x)?;
         let h = self
