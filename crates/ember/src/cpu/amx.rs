@@ -116,28 +116,6 @@ unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// `dst[i] = a[i] + b[i]`, vectorised with AVX-512 where the CPU has it (the bias epilogues).
-pub fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was detected.
-        unsafe { add_into_avx512(dst, a, b) };
-        return;
-    }
-    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = x + y;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_into_avx512(dst: &mut [f32], a: &[f32], b: &[f32]) {
-    // The plain loop, compiled with AVX-512 enabled: the compiler vectorises it with 16-lane registers.
-    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = x + y;
-    }
-}
-
 /// `x` rounded up to a multiple of `to`.
 pub fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to

@@ -267,9 +267,15 @@ mod tests {
             let mut probs = vec![0u16; len];
             let sum = softmax_row(&scores, scale, &mut probs);
             let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let exact: Vec<f64> = scores.iter().map(|&s| ((s as f64 - max) * scale as f64).exp()).collect();
+            let exact: Vec<f64> = scores
+                .iter()
+                .map(|&s| ((s as f64 - max) * scale as f64).exp())
+                .collect();
             let exact_sum: f64 = exact.iter().sum();
-            assert!(((sum as f64 - exact_sum) / exact_sum).abs() < 1e-5, "{len}: sum {sum} vs {exact_sum}");
+            assert!(
+                ((sum as f64 - exact_sum) / exact_sum).abs() < 1e-5,
+                "{len}: sum {sum} vs {exact_sum}"
+            );
             for (&p, &e) in probs.iter().zip(&exact) {
                 let p = f32::from_bits((p as u32) << 16) as f64;
                 assert!((p - e).abs() <= e * 2f64.powi(-8), "{len}: {p} vs {e}");

@@ -84,13 +84,13 @@ pub fn group_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
 /// The same per group with 16 lanes: statistics in f64 (8 lanes, four accumulators), the affine step and SiLU in
 /// f32 with the vectorised exp. The VAE's 512×512 layers normalise a million values per group.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use crate::cpu::vector_math::avx512::exp;
     use std::arch::x86_64::*;
 
     /// Σ f(x) over `x` in f64, 16 values per step (tail masked).
     #[target_feature(enable = "avx512f")]
-    unsafe fn sum_f64(x: &[f32], f: impl Fn(__m512d) -> __m512d) -> f64 {
+    pub(crate) unsafe fn sum_f64(x: &[f32], f: impl Fn(__m512d) -> __m512d) -> f64 {
         let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
         let len = x.len();
         for i in (0..len).step_by(16) {
@@ -105,6 +105,18 @@ mod avx512 {
             hi = _mm512_mask_add_pd(hi, (mask >> 8) as __mmask8, hi, f(b));
         }
         _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
+    }
+
+    /// `v − mean` computed in f64 (8 lanes at a time), rounded to f32.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn centred(v: __m512, mean: __m512d) -> __m512 {
+        let lower = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mean));
+        let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let upper = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(upper), mean));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(lower)),
+            _mm256_castps_pd(upper),
+        ))
     }
 
     #[target_feature(enable = "avx512f")]
@@ -135,14 +147,7 @@ mod avx512 {
                 };
                 let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
                 // Centred in f64 (see the portable loop), then scaled in f32.
-                let centred_lo = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mean_v));
-                let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                let centred_hi = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(upper), mean_v));
-                let centred = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                    _mm512_castps_pd(_mm512_castps256_ps512(centred_lo)),
-                    _mm256_castps_pd(centred_hi),
-                ));
-                let mut o = _mm512_fmadd_ps(centred, scale, shift);
+                let mut o = _mm512_fmadd_ps(centred(v, mean_v), scale, shift);
                 if silu {
                     let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), o));
                     o = _mm512_div_ps(o, _mm512_add_ps(_mm512_set1_ps(1.0), e));

@@ -13,6 +13,7 @@ pub mod conv;
 pub mod conv_bf16;
 pub mod geglu;
 pub mod group_norm;
+pub mod layer_norm;
 pub mod linear;
 pub mod peak;
 pub mod upsample;

@@ -8,6 +8,7 @@ use crate::cpu::conv::Conv2dStride1;
 use crate::cpu::conv_bf16::{Conv2dBf16, PackedConv};
 use crate::cpu::geglu::Geglu;
 use crate::cpu::group_norm::FusedGroupNorm;
+use crate::cpu::layer_norm::FusedLayerNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
@@ -522,8 +523,8 @@ impl Transformer2DModel {
     }
 }
 
-/// `nn.LayerNorm` over the last dimension. candle's fused kernel covers f32/f16/bf16; f64 (the reference-parity
-/// mode) takes the plain formula.
+/// `nn.LayerNorm` over the last dimension: on the CPU `cpu::layer_norm` (f32), on a GPU candle's fused kernel; f64
+/// (the reference-parity mode) takes the plain formula.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     fused: candle_nn::LayerNorm,
@@ -549,6 +550,17 @@ pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() != DType::F64 {
+            // `cpu::layer_norm`, in f32 whatever the compute dtype.
+            let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+            let op = FusedLayerNorm { eps: self.eps };
+            let normed = f32_contiguous(x)?.apply_op3_no_bwd(
+                &f32_contiguous(&self.weight)?,
+                &f32_contiguous(&self.bias)?,
+                &op,
+            )?;
+            return normed.to_dtype(x.dtype());
+        }
         if x.dtype() != DType::F64 {
             return self.fused.forward(x);
         }
