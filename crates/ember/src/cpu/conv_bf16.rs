@@ -428,33 +428,39 @@ unsafe fn write_block_avx512(
     );
     for half in 0..2 {
         let pixels = &destinations[16 * half..][..16];
-        let contiguous = match pixels[0] {
-            Some(first) => pixels.iter().enumerate().all(|(i, &d)| d == Some(first + i)),
-            None => false,
-        };
-        if !contiguous && pixels.iter().all(Option::is_none) {
-            continue;
+        // The half's pixels as runs of consecutive output positions (a run ends where the block crosses the end of
+        // an image row, or padding): each run is one masked store per channel, the lanes of the others untouched.
+        let mut runs = [(0usize, 0u16); 16];
+        let mut count = 0;
+        let mut lane = 0;
+        while lane < 16 {
+            let Some(first) = pixels[lane] else {
+                lane += 1;
+                continue;
+            };
+            let start = lane;
+            while lane + 1 < 16 && pixels[lane + 1] == Some(first + (lane + 1 - start)) {
+                lane += 1;
+            }
+            lane += 1;
+            // Lane `l` of the run stores at `first − start + l`; the mask keeps lanes start..lane.
+            let mask = (((1u32 << lane) - 1) & !((1u32 << start) - 1)) as u16;
+            runs[count] = (first.wrapping_sub(start), mask);
+            count += 1;
         }
         for (c, &b) in bias.iter().enumerate() {
             let column = staging.0.as_ptr().add(16 * half * amx::BLOCK + c);
             let v = _mm512_add_ps(_mm512_i32gather_ps::<4>(rows, column.cast()), _mm512_set1_ps(b));
             let channel_offset = (first_channel + c) * out_plane;
-            if let (true, Some(first)) = (contiguous, pixels[0]) {
-                let index = first + channel_offset;
+            for &(base, mask) in &runs[..count] {
+                // `base + channel_offset` may point before the buffer by up to 15 lanes: those lanes are masked off
+                // (never read or written), so the pointers are formed with wrapping arithmetic.
+                let index = base.wrapping_add(channel_offset);
                 let v = match residual {
-                    Some(r) => _mm512_add_ps(v, _mm512_loadu_ps(r[index..][..16].as_ptr())),
+                    Some(r) => _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.as_ptr().wrapping_add(index))),
                     None => v,
                 };
-                _mm512_storeu_ps(out.ptr_unchecked(index), v);
-            } else {
-                let mut lanes = [0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-                for (&d, &x) in pixels.iter().zip(&lanes) {
-                    if let Some(d) = d {
-                        let index = d + channel_offset;
-                        out.write_unchecked(index, x + residual.map_or(0.0, |r| r[index]));
-                    }
-                }
+                _mm512_mask_storeu_ps(out.ptr_unchecked(0).wrapping_add(index), mask, v);
             }
         }
     }
