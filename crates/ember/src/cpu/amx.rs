@@ -209,6 +209,53 @@ impl PanelsB {
         Self { depth, columns, data }
     }
 
+    /// Packs the `k × n` matrix whose row `i` is `row(i)` (at least `n` values), rounded to bf16 (attention's
+    /// values): each pair of rows is interleaved once, without [`from_fn`](Self::from_fn)'s call per element.
+    pub fn from_rows<'r>(k: usize, n: usize, row: impl Fn(usize) -> &'r [f32] + Sync) -> Self {
+        let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
+        let mut data = AlignedBf16::zeroed(depth * columns);
+        use rayon::prelude::*;
+        data.as_mut_slice()
+            .par_chunks_exact_mut(depth * BLOCK)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                let columns = panel * BLOCK..((panel + 1) * BLOCK).min(n);
+                for (pair, dst) in dst.chunks_exact_mut(2 * BLOCK).enumerate().take(k.div_ceil(2)) {
+                    for lane in 0..2 {
+                        let i = 2 * pair + lane;
+                        if i >= k {
+                            break;
+                        }
+                        let values = &row(i)[columns.clone()];
+                        for (slot, &x) in dst.iter_mut().skip(lane).step_by(2).zip(values) {
+                            *slot = bf16_bits(x);
+                        }
+                    }
+                }
+            });
+        Self { depth, columns, data }
+    }
+
+    /// Packs the `k × n` matrix whose column `j` is `column(j)` (at least `k` values), rounded to bf16 (attention's
+    /// `kᵀ`, whose columns are the keys' rows).
+    pub fn from_columns<'c>(k: usize, n: usize, column: impl Fn(usize) -> &'c [f32] + Sync) -> Self {
+        let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
+        let mut data = AlignedBf16::zeroed(depth * columns);
+        use rayon::prelude::*;
+        data.as_mut_slice()
+            .par_chunks_exact_mut(depth * BLOCK)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for c in 0..BLOCK.min(n.saturating_sub(panel * BLOCK)) {
+                    // Element (i, c) of the panel sits at pair-row i/2, column c, lane i%2.
+                    for (i, &x) in column(panel * BLOCK + c)[..k].iter().enumerate() {
+                        dst[(i / 2 * BLOCK + c) * 2 + i % 2] = bf16_bits(x);
+                    }
+                }
+            });
+        Self { depth, columns, data }
+    }
+
     /// Padded depth (rows) and width (columns).
     pub fn depth(&self) -> usize {
         self.depth
@@ -610,6 +657,21 @@ mod tests {
         assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82);
         assert!(f32::from_bits((bf16_bits(f32::NAN) as u32) << 16).is_nan());
         assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+    }
+
+    /// The row and column packers lay out exactly what the per-element one does, on ragged sizes (odd depth,
+    /// partial panels).
+    #[test]
+    fn row_and_column_packing_match_from_fn() {
+        for &(k, n) in &[(1, 1), (7, 33), (40, 64), (77, 40)] {
+            let matrix = test_values(k * n, (k * n) as u64);
+            let want = PanelsB::from_fn(k, n, |i, j| matrix[i * n + j]);
+            let rows = PanelsB::from_rows(k, n, |i| &matrix[i * n..][..n]);
+            let transposed: Vec<f32> = (0..n * k).map(|index| matrix[index % k * n + index / k]).collect();
+            let columns = PanelsB::from_columns(k, n, |j| &transposed[j * k..][..k]);
+            assert_eq!(rows.data.as_slice(), want.data.as_slice(), "{k}×{n} from rows");
+            assert_eq!(columns.data.as_slice(), want.data.as_slice(), "{k}×{n} from columns");
+        }
     }
 
     /// Blocks summed over three terms (A rows starting mid-buffer, a row stride wider than the depth, ragged B

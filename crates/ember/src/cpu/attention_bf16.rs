@@ -64,8 +64,8 @@ pub fn attention_bf16(
     let packed: Vec<PackedSlice> = (0..dims.slices)
         .into_par_iter()
         .map(|s| PackedSlice {
-            keys: PanelsB::from_fn(d, m, |c, j| k[row_at(s, j, m) + c]),
-            values: PanelsB::from_fn(m, d, |j, c| v[row_at(s, j, m) + c]),
+            keys: PanelsB::from_columns(d, m, |j| &k[row_at(s, j, m)..][..d]),
+            values: PanelsB::from_rows(m, d, |j| &v[row_at(s, j, m)..][..d]),
         })
         .collect();
     let blocks = n.div_ceil(QUERY_BLOCK);
