@@ -82,21 +82,49 @@ impl PackedConv {
     }
 }
 
-/// Convolves `input: [B, C_in, H, W]` (f32) with the packed weights, zero padding `padding`, `stride`, into
+/// The input of [`conv2d_bf16`]: `[B, C_in, H, W]` f32 as convolved. With `upsampled`, `data` holds
+/// `[B, C_in, H/2, W/2]` and is read nearest-neighbour upsampled ×2 (pixel `(y, x)` is `(y/2, x/2)`): an upsampler's
+/// convolution without the 4× larger upsampled tensor (268 MB at the VAE's last upsampler).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvInput<'a> {
+    pub data: &'a [f32],
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub upsampled: bool,
+}
+
+impl ConvInput<'_> {
+    /// Height and width of `data` (half the convolved ones when upsampled).
+    fn source_size(&self) -> (usize, usize) {
+        let factor = self.repeat();
+        (self.height / factor, self.width / factor)
+    }
+
+    /// How many times each source pixel is repeated along a row and a column.
+    fn repeat(&self) -> usize {
+        if self.upsampled {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Convolves `input` with the packed weights, zero padding `padding`, `stride`, into
 /// `out: [B, C_out, H_out, W_out]`, plus `residual` (same shape as `out`) when given: a resnet block's skip
 /// connection, added as each block is written instead of in another pass over a fresh buffer.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_bf16(
-    input: &[f32],
+    input: ConvInput<'_>,
     weights: &PackedConv,
     residual: Option<&[f32]>,
     out: &SharedOut<'_>,
     padding: usize,
     stride: usize,
-    batch: usize,
-    height: usize,
-    width: usize,
 ) -> Result<()> {
+    let ConvInput {
+        batch, height, width, ..
+    } = input;
     let k = weights.kernel;
     let (ci, co) = (weights.in_channels, weights.out_channels);
     let Some((out_h, out_w)) = weights.output_size(height, width, padding, stride) else {
@@ -104,10 +132,16 @@ pub fn conv2d_bf16(
             "convolution: a {k}×{k} kernel with stride {stride} does not fit a {height}×{width} input padded by {padding}"
         );
     };
-    if input.len() != batch * ci * height * width || out.len() != batch * co * out_h * out_w {
+    let (source_h, source_w) = input.source_size();
+    if input.upsampled && (stride != 1 || height % 2 != 0 || width % 2 != 0) {
         candle_core::bail!(
-            "convolution: input of {} values or output of {} does not fit {batch}×{ci}×{height}×{width} → {co} channels",
-            input.len(),
+            "convolution: an upsampled input needs stride 1 and an even size, got stride {stride}, {height}×{width}"
+        );
+    }
+    if input.data.len() != batch * ci * source_h * source_w || out.len() != batch * co * out_h * out_w {
+        candle_core::bail!(
+            "convolution: input of {} values or output of {} does not fit {batch}×{ci}×{source_h}×{source_w} → {co} channels",
+            input.data.len(),
             out.len()
         );
     }
@@ -135,7 +169,7 @@ pub fn conv2d_bf16(
         let views = if stride == 1 {
             TapViews::shifted_rows(&mut buffer, input, dims, depth)
         } else {
-            TapViews::gathered(&mut buffer, input, dims, depth, stride, (out_h, out_w))
+            TapViews::gathered(&mut buffer, input.data, dims, depth, stride, (out_h, out_w))
         };
         let pixels = buffer.as_slice();
         let taps = weights.taps.len();
@@ -189,7 +223,7 @@ struct TapViews {
 
 impl TapViews {
     /// Stride 1: one row per pixel of the padded input, each tap a view shifted down by `ky·Wp + kx` rows.
-    fn shifted_rows(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, depth: usize) -> Self {
+    fn shifted_rows(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: ConvDims, depth: usize) -> Self {
         let (_, wp) = dims.padded();
         let k = dims.kernel;
         let row_shift: Vec<usize> = (0..k * k).map(|tap| (tap / k) * wp + tap % k).collect();
@@ -294,7 +328,7 @@ thread_local! {
 
 /// `buffer[row][c]` = input pixel (item, y, x) of channel `c` at row `item·plane + (y+p)·Wp + (x+p)`, rounded to bf16;
 /// zeros elsewhere (padding, channels ≥ C_in, rows past the last item).
-fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, depth: usize, rows: usize) {
+fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: ConvDims, depth: usize, rows: usize) {
     let ConvDims {
         batch,
         in_channels: ci,
@@ -304,6 +338,7 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, d
         ..
     } = dims;
     let (hp, wp) = dims.padded();
+    let ((source_h, source_w), repeat) = (input.source_size(), input.repeat());
     buffer.resize_zeroed(rows * depth);
     // One task per padded image row: its `Wp` buffer rows are disjoint from every other task's.
     buffer.as_mut_slice()[..batch * hp * wp * depth]
@@ -315,25 +350,26 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: &[f32], dims: ConvDims, d
                 return;
             }
             let row = &mut dst[p * depth..][..w * depth];
-            let first = (item * ci * h + y - p) * w;
+            let first = (item * ci * source_h + (y - p) / repeat) * source_w;
+            let plane = source_h * source_w;
             #[cfg(target_arch = "x86_64")]
-            if super::avx512_bw_vl() && ci * h * w < i32::MAX as usize / 4 {
-                // SAFETY: AVX-512F/BW/VL detected; the input holds channels 0..ci of this image row (checked by the
+            if super::avx512_bw_vl() && ci * plane < i32::MAX as usize / 4 {
+                // SAFETY: AVX-512F/BW/VL detected; the input holds channels 0..ci of this source row (checked by the
                 // caller), the gather offsets fit i32 (checked above), `row` holds w pixels of `depth` ≥ ci values.
-                unsafe { transpose_row_avx512(&input[first..], h * w, ci, w, depth, row) };
+                unsafe { transpose_row_avx512(&input.data[first..], plane, ci, w, repeat, depth, row) };
                 return;
             }
             for c in 0..ci {
-                let src = &input[first + c * h * w..][..w];
-                for (x, &v) in src.iter().enumerate() {
-                    row[x * depth + c] = amx::bf16_bits(v);
+                let src = &input.data[first + c * plane..][..source_w];
+                for x in 0..w {
+                    row[x * depth + c] = amx::bf16_bits(src[x / repeat]);
                 }
             }
         });
 }
 
-/// One image row from channels-first f32 (`input[c·plane + x]`) to channels-last bf16 (`row[x·depth + c]`): 16
-/// channels of a pixel per gather.
+/// One image row from channels-first f32 (`input[c·plane + x / repeat]`) to channels-last bf16 (`row[x·depth + c]`):
+/// 16 channels of a pixel per gather.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn transpose_row_avx512(
@@ -341,12 +377,15 @@ unsafe fn transpose_row_avx512(
     plane: usize,
     channels: usize,
     width: usize,
+    repeat: usize,
     depth: usize,
     row: &mut [u16],
 ) {
     use super::vector_math::avx512::to_bf16;
     use std::arch::x86_64::*;
-    assert!(input.len() > (channels - 1) * plane + width - 1 && row.len() >= width * depth && depth >= channels);
+    assert!(
+        input.len() > (channels - 1) * plane + (width - 1) / repeat && row.len() >= width * depth && depth >= channels
+    );
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(plane as i32),
@@ -359,7 +398,7 @@ unsafe fn transpose_row_avx512(
         };
         let base = input.as_ptr().add(c0 * plane);
         for x in 0..width {
-            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base.add(x).cast());
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base.add(x / repeat).cast());
             _mm256_mask_storeu_epi16(row.as_mut_ptr().add(x * depth + c0) as *mut i16, mask, to_bf16(v));
         }
     }
@@ -472,6 +511,8 @@ pub struct Conv2dBf16 {
     pub weights: std::sync::Arc<PackedConv>,
     pub padding: usize,
     pub stride: usize,
+    /// Convolve the input nearest-neighbour upsampled ×2 ([`ConvInput::upsampled`]).
+    pub upsample: bool,
 }
 
 impl Conv2dBf16 {
@@ -481,7 +522,9 @@ impl Conv2dBf16 {
         input_l: &Layout,
         residual: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, in_channels, height, width) = input_l.shape().dims4()?;
+        let (batch, in_channels, source_h, source_w) = input_l.shape().dims4()?;
+        let factor = if self.upsample { 2 } else { 1 };
+        let (height, width) = (factor * source_h, factor * source_w);
         if in_channels != self.weights.in_channels {
             candle_core::bail!(
                 "convolution: input has {in_channels} channels, the layer takes {}",
@@ -503,21 +546,17 @@ impl Conv2dBf16 {
             Some((storage, layout)) => Some(contiguous_f32(storage, layout, "convolution: residual")?),
             None => None,
         };
-        let input = contiguous_f32(input, input_l, "convolution: input")?;
+        let input = ConvInput {
+            data: contiguous_f32(input, input_l, "convolution: input")?,
+            batch,
+            height,
+            width,
+            upsampled: self.upsample,
+        };
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
             amx::new_output(shape.elem_count(), |out| {
-                conv2d_bf16(
-                    input,
-                    &self.weights,
-                    residual,
-                    out,
-                    self.padding,
-                    self.stride,
-                    batch,
-                    height,
-                    width,
-                )
+                conv2d_bf16(input, &self.weights, residual, out, self.padding, self.stride)
             })?
         };
         Ok((CpuStorage::F32(out), shape))
@@ -578,33 +617,20 @@ mod tests {
             } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
-            conv2d_bf16(
-                &input,
-                &packed,
-                None,
-                &SharedOut::new(&mut got),
-                padding,
-                1,
+            let plain = ConvInput {
+                data: &input,
                 batch,
                 height,
                 width,
-            )?;
+                upsampled: false,
+            };
+            conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
             // With a residual: the same plus the residual, element by element.
             let residual = test_values(want.len(), 99 + i as u64);
             got.fill(f32::NAN);
-            conv2d_bf16(
-                &input,
-                &packed,
-                Some(&residual),
-                &SharedOut::new(&mut got),
-                padding,
-                1,
-                batch,
-                height,
-                width,
-            )?;
+            conv2d_bf16(plain, &packed, Some(&residual), &SharedOut::new(&mut got), padding, 1)?;
             for ((&g, &w), &r) in got.iter().zip(&want).zip(&residual) {
                 assert!((g - (w + r)).abs() < 1e-5, "{dims:?} with residual: {g} vs {}", w + r);
             }
@@ -613,23 +639,66 @@ mod tests {
             for stride in [2, 3] {
                 let (sh, sw) = packed.output_size(height, width, padding, stride).expect("fits");
                 let mut strided = vec![f32::NAN; batch * out_channels * sh * sw];
-                conv2d_bf16(
-                    &input,
-                    &packed,
-                    None,
-                    &SharedOut::new(&mut strided),
-                    padding,
-                    stride,
-                    batch,
-                    height,
-                    width,
-                )?;
+                conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut strided), padding, stride)?;
                 for (index, &got) in strided.iter().enumerate() {
                     let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
                     let want = want[(plane * out_h + stride * y) * out_w + stride * x];
                     assert!((got - want).abs() < 1e-5, "{dims:?} stride {stride}: {got} vs {want}");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
+    #[test]
+    fn upsampled_input_matches_the_upsampled_tensor() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+            return Ok(());
+        }
+        for (case, &(batch, in_channels, out_channels, source_h, source_w)) in
+            [(1, 3, 5, 1, 1), (2, 40, 33, 3, 5), (1, 64, 32, 8, 8)]
+                .iter()
+                .enumerate()
+        {
+            let dims = ConvDims {
+                batch,
+                in_channels,
+                out_channels,
+                height: 2 * source_h,
+                width: 2 * source_w,
+                kernel: 3,
+                padding: 1,
+            };
+            let source: Vec<f32> = test_values(batch * in_channels * source_h * source_w, 7 + case as u64)
+                .into_iter()
+                .map(amx::bf16_rounded)
+                .collect();
+            let upsampled: Vec<f32> = (0..batch * in_channels * dims.height * dims.width)
+                .map(|index| {
+                    let (plane, y, x) = (
+                        index / (dims.height * dims.width),
+                        index / dims.width % dims.height,
+                        index % dims.width,
+                    );
+                    source[(plane * source_h + y / 2) * source_w + x / 2]
+                })
+                .collect();
+            let (_, weight, bias) = case_values(dims, 50 + case as u64, amx::bf16_rounded);
+            let want = reference(&upsampled, &weight, &bias, dims);
+            let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, 3)?;
+            let mut got = vec![f32::NAN; want.len()];
+            let input = ConvInput {
+                data: &source,
+                batch,
+                height: dims.height,
+                width: dims.width,
+                upsampled: true,
+            };
+            conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), 1, 1)?;
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "{dims:?} upsampled: max abs error {err}");
         }
         Ok(())
     }

@@ -165,10 +165,36 @@ impl Conv {
     /// Multiply-adds ×2 of one call on `x`, for `op_stats`.
     fn flops(&self, x: &Tensor) -> Result<f64> {
         let (batch, _, height, width) = x.dims4()?;
+        Ok(self.flops_at(batch, height, width))
+    }
+
+    /// [`flops`](Self::flops) for an input of `batch × height × width` pixels.
+    fn flops_at(&self, batch: usize, height: usize, width: usize) -> f64 {
         let (k, pad, stride) = (self.kernel, self.cfg.padding, self.cfg.stride.max(1));
         let out_pixels =
             ((height + 2 * pad).saturating_sub(k) / stride + 1) * ((width + 2 * pad).saturating_sub(k) / stride + 1);
-        Ok(2.0 * (batch * self.out_channels * self.in_channels * k * k) as f64 * out_pixels as f64)
+        2.0 * (batch * self.out_channels * self.in_channels * k * k) as f64 * out_pixels as f64
+    }
+
+    /// `self.forward(upsample_nearest2d(x, 2H, 2W))`; on the AMX path the upsampled tensor is never made (the
+    /// convolution reads each pixel of `x` for the four it stands for).
+    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weights {
+            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
+                let op = Conv2dBf16 {
+                    upsample: true,
+                    ..bf16_op(packed, self.cfg)
+                };
+                let (b, _, h, w) = x.dims4()?;
+                op_stats::count(OpClass::Conv, self.flops_at(b, 2 * h, 2 * w), || {
+                    x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op)
+                })
+            }
+            _ => {
+                let (_, _, h, w) = x.dims4()?;
+                self.forward(&upsample_nearest_2x(x, (2 * h, 2 * w))?)
+            }
+        }
     }
 
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
@@ -192,6 +218,7 @@ fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
         weights: packed.clone(),
         padding: cfg.padding,
         stride: cfg.stride,
+        upsample: false,
     }
 }
 
@@ -382,17 +409,25 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let upsampled = if (th, tw) == (2 * h, 2 * w) && x.device().is_cpu() && x.dtype() != DType::F64 {
-            let op = crate::cpu::upsample::UpsampleNearest2x;
-            x.to_dtype(DType::F32)?
-                .contiguous()?
-                .apply_op1_no_bwd(&op)?
-                .to_dtype(x.dtype())?
-        } else {
-            x.upsample_nearest2d(th, tw)?
-        };
-        self.conv.forward(&upsampled)
+        if (th, tw) == (2 * h, 2 * w) {
+            return self.conv.forward_upsampled(x);
+        }
+        self.conv.forward(&upsample_nearest_2x(x, (th, tw))?)
     }
+}
+
+/// Nearest-neighbour upsampling of `x: [B, C, H, W]` to `(th, tw)`: on the CPU, for exactly ×2, `cpu::upsample`.
+fn upsample_nearest_2x(x: &Tensor, (th, tw): (usize, usize)) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if (th, tw) == (2 * h, 2 * w) && x.device().is_cpu() && x.dtype() != DType::F64 {
+        let op = crate::cpu::upsample::UpsampleNearest2x;
+        return x
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .apply_op1_no_bwd(&op)?
+            .to_dtype(x.dtype());
+    }
+    x.upsample_nearest2d(th, tw)
 }
 
 /// GEGLU feed-forward: `net.0.proj` produces value and gate halves, `value · gelu(gate)`, then `net.2`.
