@@ -14,6 +14,7 @@
 use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::contiguous_f32;
 use super::conv::ConvDims;
+use super::group_norm::{folded_affine, GroupNormDims};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -92,6 +93,18 @@ pub struct ConvInput<'a> {
     pub height: usize,
     pub width: usize,
     pub upsampled: bool,
+    /// Normalise each value as it is read (a resnet block's group norm and SiLU before its convolution).
+    pub norm: Option<InputNorm<'a>>,
+}
+
+/// A group norm (and SiLU) applied to the convolution's input as it is read, so the normalised tensor is never made:
+/// value `x·scale + shift` for the batch item and channel (`B·C_in` each, from `group_norm::folded_affine`), then
+/// `v·σ(v)` when `silu`. The zero padding stays zero (it pads the normalised tensor, as in PyTorch).
+#[derive(Debug, Clone, Copy)]
+pub struct InputNorm<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub silu: bool,
 }
 
 impl ConvInput<'_> {
@@ -137,6 +150,16 @@ pub fn conv2d_bf16(
         candle_core::bail!(
             "convolution: an upsampled input needs stride 1 and an even size, got stride {stride}, {height}×{width}"
         );
+    }
+    if let Some(norm) = input.norm {
+        if stride != 1 || norm.scale.len() != batch * ci || norm.shift.len() != batch * ci {
+            candle_core::bail!(
+                "convolution: a normalised input needs stride 1 and {} scales and shifts, got stride {stride}, {} and {}",
+                batch * ci,
+                norm.scale.len(),
+                norm.shift.len()
+            );
+        }
     }
     if input.data.len() != batch * ci * source_h * source_w || out.len() != batch * co * out_h * out_w {
         candle_core::bail!(
@@ -352,17 +375,31 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: Conv
             let row = &mut dst[p * depth..][..w * depth];
             let first = (item * ci * source_h + (y - p) / repeat) * source_w;
             let plane = source_h * source_w;
+            // This item's slice of the normalisation.
+            let norm = input.norm.map(|n| InputNorm {
+                scale: &n.scale[item * ci..][..ci],
+                shift: &n.shift[item * ci..][..ci],
+                silu: n.silu,
+            });
             #[cfg(target_arch = "x86_64")]
             if super::avx512_bw_vl() && ci * plane < i32::MAX as usize / 4 {
                 // SAFETY: AVX-512F/BW/VL detected; the input holds channels 0..ci of this source row (checked by the
-                // caller), the gather offsets fit i32 (checked above), `row` holds w pixels of `depth` ≥ ci values.
-                unsafe { transpose_row_avx512(&input.data[first..], plane, ci, w, repeat, depth, row) };
+                // caller), the gather offsets fit i32 (checked above), `row` holds w pixels of `depth` ≥ ci values,
+                // the normalisation `ci` scales and shifts (checked by the caller).
+                unsafe { transpose_row_avx512(&input.data[first..], plane, ci, w, repeat, norm, depth, row) };
                 return;
             }
             for c in 0..ci {
                 let src = &input.data[first + c * plane..][..source_w];
                 for x in 0..w {
-                    row[x * depth + c] = amx::bf16_bits(src[x / repeat]);
+                    let mut v = src[x / repeat];
+                    if let Some(norm) = norm {
+                        v = v * norm.scale[c] + norm.shift[c];
+                        if norm.silu {
+                            v /= 1.0 + (-v).exp();
+                        }
+                    }
+                    row[x * depth + c] = amx::bf16_bits(v);
                 }
             }
         });
@@ -372,16 +409,18 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: Conv
 /// 16 channels of a pixel per gather.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn transpose_row_avx512(
     input: &[f32],
     plane: usize,
     channels: usize,
     width: usize,
     repeat: usize,
+    norm: Option<InputNorm<'_>>,
     depth: usize,
     row: &mut [u16],
 ) {
-    use super::vector_math::avx512::to_bf16;
+    use super::vector_math::avx512::{exp, to_bf16};
     use std::arch::x86_64::*;
     assert!(
         input.len() > (channels - 1) * plane + (width - 1) / repeat && row.len() >= width * depth && depth >= channels
@@ -397,8 +436,23 @@ unsafe fn transpose_row_avx512(
             (1u16 << (channels - c0)) - 1
         };
         let base = input.as_ptr().add(c0 * plane);
+        let affine = norm.map(|n| {
+            assert!(n.scale.len() >= channels && n.shift.len() >= channels);
+            (
+                _mm512_maskz_loadu_ps(mask, n.scale.as_ptr().add(c0)),
+                _mm512_maskz_loadu_ps(mask, n.shift.as_ptr().add(c0)),
+                n.silu,
+            )
+        });
         for x in 0..width {
-            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base.add(x / repeat).cast());
+            let mut v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base.add(x / repeat).cast());
+            if let Some((scale, shift, silu)) = affine {
+                v = _mm512_fmadd_ps(v, scale, shift);
+                if silu {
+                    let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
+                    v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+                }
+            }
             _mm256_mask_storeu_epi16(row.as_mut_ptr().add(x * depth + c0) as *mut i16, mask, to_bf16(v));
         }
     }
@@ -513,6 +567,19 @@ pub struct Conv2dBf16 {
     pub stride: usize,
     /// Convolve the input nearest-neighbour upsampled ×2 ([`ConvInput::upsampled`]).
     pub upsample: bool,
+    /// Group-normalise the input as it is read ([`ConvInput::norm`]).
+    pub input_norm: Option<std::sync::Arc<GroupNormParams>>,
+}
+
+/// A group norm's parameters for [`Conv2dBf16::input_norm`].
+#[derive(Debug)]
+pub struct GroupNormParams {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub groups: usize,
+    pub eps: f64,
+    /// SiLU after the affine step.
+    pub silu: bool,
 }
 
 impl Conv2dBf16 {
@@ -546,12 +613,32 @@ impl Conv2dBf16 {
             Some((storage, layout)) => Some(contiguous_f32(storage, layout, "convolution: residual")?),
             None => None,
         };
+        let data = contiguous_f32(input, input_l, "convolution: input")?;
+        let affine = match &self.input_norm {
+            Some(params) => {
+                let dims = GroupNormDims {
+                    batch,
+                    channels: in_channels,
+                    spatial: source_h * source_w,
+                    groups: params.groups,
+                    eps: params.eps,
+                    silu: params.silu,
+                };
+                Some(folded_affine(data, &params.weight, &params.bias, dims)?)
+            }
+            None => None,
+        };
         let input = ConvInput {
-            data: contiguous_f32(input, input_l, "convolution: input")?,
+            data,
             batch,
             height,
             width,
             upsampled: self.upsample,
+            norm: affine.as_ref().map(|(scale, shift)| InputNorm {
+                scale,
+                shift,
+                silu: self.input_norm.as_ref().is_some_and(|p| p.silu),
+            }),
         };
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
@@ -623,6 +710,7 @@ mod tests {
                 height,
                 width,
                 upsampled: false,
+                norm: None,
             };
             conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -644,6 +732,74 @@ mod tests {
                     let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
                     let want = want[(plane * out_h + stride * y) * out_w + stride * x];
                     assert!((got - want).abs() < 1e-5, "{dims:?} stride {stride}: {got} vs {want}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A group-normalised input convolves like the normalised tensor: without SiLU to f32 accumulation (the
+    /// reference rounds `x·scale + shift` with the same single rounding as the kernel's FMA); with SiLU each input may land one bf16
+    /// step away (the vector exp is not the scalar one), so the bound is that step's worst effect, the same
+    /// convolution of |x|·2⁻⁸ with |W|.
+    #[test]
+    fn normalised_input_matches_the_normalised_tensor() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+            return Ok(());
+        }
+        for (case, dims) in odd_shapes().into_iter().enumerate() {
+            let ConvDims {
+                batch,
+                in_channels,
+                out_channels,
+                height,
+                width,
+                kernel,
+                padding,
+            } = dims;
+            let (input, weight, bias) = case_values(dims, 70 + case as u64, amx::bf16_rounded);
+            // Per (item, channel) affine maps of a group norm's kind, different for every plane.
+            let planes = batch * in_channels;
+            let scale: Vec<f32> = (0..planes).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
+            let shift: Vec<f32> = (0..planes).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+            let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
+            for silu in [false, true] {
+                let plane_size = height * width;
+                let normalised: Vec<f32> = input
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let plane = i / plane_size;
+                        let v = v.mul_add(scale[plane], shift[plane]);
+                        amx::bf16_rounded(if silu { v / (1.0 + (-v).exp()) } else { v })
+                    })
+                    .collect();
+                let want = reference(&normalised, &weight, &bias, dims);
+                let step: Vec<f32> = normalised.iter().map(|v| v.abs() / 256.0).collect();
+                let abs_weight: Vec<f32> = weight.iter().map(|w| w.abs()).collect();
+                let bound = reference(&step, &abs_weight, &vec![0.0; out_channels], dims);
+                let mut got = vec![f32::NAN; want.len()];
+                let input = ConvInput {
+                    data: &input,
+                    batch,
+                    height,
+                    width,
+                    upsampled: false,
+                    norm: Some(InputNorm {
+                        scale: &scale,
+                        shift: &shift,
+                        silu,
+                    }),
+                };
+                conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
+                for (index, ((&g, &w), &b)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                    // f32 accumulation: 1e-5 relative, as the linear layer's test.
+                    let allowed = 1e-5 * (1.0 + w.abs()) + if silu { b } else { 0.0 };
+                    assert!(
+                        (g - w).abs() <= allowed,
+                        "{dims:?} silu {silu}, value {index}: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -695,6 +851,7 @@ mod tests {
                 height: dims.height,
                 width: dims.width,
                 upsampled: true,
+                norm: None,
             };
             conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), 1, 1)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -81,6 +81,71 @@ pub fn group_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
     Ok(())
 }
 
+/// Group norm as a per-(batch item, channel) affine map: `(scale, shift)`, each `B·C` long, such that the output of
+/// [`group_norm`] (before any SiLU) is `x·scale + shift` for every value of that item and channel. The statistics
+/// are computed here (in f64), for a consumer that normalises as it reads `x` instead of reading a normalised copy
+/// (the bf16 convolution's input fill, `cpu::conv_bf16::InputNorm`).
+pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDims) -> Result<(Vec<f32>, Vec<f32>)> {
+    let GroupNormDims {
+        batch,
+        channels,
+        spatial,
+        groups,
+        eps,
+        ..
+    } = dims;
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
+    }
+    if x.len() != batch * channels * spatial || weight.len() != channels || bias.len() != channels {
+        candle_core::bail!(
+            "group norm: buffer sizes x {}, weight {}, bias {} do not match {batch}×{channels}×{spatial}",
+            x.len(),
+            weight.len(),
+            bias.len()
+        );
+    }
+    let per_group = channels / groups * spatial;
+    let mut scale = vec![0f32; batch * channels];
+    let mut shift = vec![0f32; batch * channels];
+    if per_group == 0 {
+        return Ok((scale, shift));
+    }
+    let statistics: Vec<(f64, f64)> = x.par_chunks(per_group).map(mean_and_variance).collect();
+    for (index, &(mean, var)) in statistics.iter().enumerate() {
+        let inv_std = 1.0 / (var + eps).sqrt();
+        let (item, group) = (index / groups, index % groups);
+        for c in group * (channels / groups)..(group + 1) * (channels / groups) {
+            let s = inv_std * weight[c] as f64;
+            scale[item * channels + c] = s as f32;
+            shift[item * channels + c] = (bias[c] as f64 - mean * s) as f32;
+        }
+    }
+    Ok((scale, shift))
+}
+
+/// Mean and (biased) variance of `x`, accumulated in f64.
+fn mean_and_variance(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect() == super::Isa::Avx512 {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX-512F was detected.
+        unsafe {
+            let mean = avx512::sum_f64(x, |v| v) / n;
+            let mean_v = _mm512_set1_pd(mean);
+            let var = avx512::sum_f64(x, |v| {
+                let d = _mm512_sub_pd(v, mean_v);
+                _mm512_mul_pd(d, d)
+            }) / n;
+            return (mean, var);
+        }
+    }
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var)
+}
+
 /// The same per group with 16 lanes: statistics in f64 (8 lanes, four accumulators), the affine step and SiLU in
 /// f32 with the vectorised exp. The VAE's 512×512 layers normalise a million values per group.
 #[cfg(target_arch = "x86_64")]
@@ -247,6 +312,35 @@ mod tests {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The folded affine map reproduces the kernel's output (without SiLU) value for value, to f32 rounding of
+    /// `x·scale + shift`, on groups with a mean far from zero.
+    #[test]
+    fn folded_affine_matches_the_kernel() -> Result<()> {
+        let (batch, channels, spatial, groups) = (2, 12, 33, 4);
+        let x: Vec<f32> = (0..batch * channels * spatial)
+            .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + (i / 50) as f32)
+            .collect();
+        let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
+        let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
+        let dims = GroupNormDims {
+            batch,
+            channels,
+            spatial,
+            groups,
+            eps: 1e-5,
+            silu: false,
+        };
+        let mut want = vec![f32::NAN; x.len()];
+        group_norm(&x, &weight, &bias, &mut want, dims)?;
+        let (scale, shift) = folded_affine(&x, &weight, &bias, dims)?;
+        for (index, (&v, &w)) in x.iter().zip(&want).enumerate() {
+            let plane = index / spatial;
+            let got = v * scale[plane] + shift[plane];
+            assert!((got - w).abs() < 2e-5 * w.abs().max(1.0), "value {index}: {got} vs {w}");
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use super::attention::Attention;
 use super::linear::{linear, Linear};
 use crate::cpu::conv::Conv2dStride1;
-use crate::cpu::conv_bf16::{Conv2dBf16, PackedConv};
+use crate::cpu::conv_bf16::{Conv2dBf16, GroupNormParams, PackedConv};
 use crate::cpu::geglu::Geglu;
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::cpu::layer_norm::FusedLayerNorm;
@@ -197,6 +197,32 @@ impl Conv {
         }
     }
 
+    /// `self.forward(norm.forward_silu(x))`, plus `residual` when given; on the AMX path the input is normalised as
+    /// the convolution reads it (the normalised tensor is never made: 268 MB at the VAE decoder's largest) and the
+    /// residual added as the output is written.
+    pub fn forward_after_norm(&self, x: &Tensor, norm: &GroupNorm, residual: Option<&Tensor>) -> Result<Tensor> {
+        match &self.weights {
+            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
+                let op = Conv2dBf16 {
+                    input_norm: Some(Arc::new(norm.params(true)?)),
+                    ..bf16_op(packed, self.cfg)
+                };
+                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+                op_stats::count(OpClass::Conv, self.flops(x)?, || match residual {
+                    Some(residual) => as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, &op),
+                    None => as_f32(x)?.apply_op1_no_bwd(&op),
+                })
+            }
+            _ => {
+                let normed = norm.forward_silu(x)?;
+                match residual {
+                    Some(residual) => self.forward_plus(&normed, residual),
+                    None => self.forward(&normed),
+                }
+            }
+        }
+    }
+
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match &self.weights {
@@ -219,6 +245,7 @@ fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
         padding: cfg.padding,
         stride: cfg.stride,
         upsample: false,
+        input_norm: None,
     }
 }
 
@@ -266,6 +293,18 @@ impl GroupNorm {
     /// `silu(group_norm(x))`, as every resnet block and the networks' output heads use it: one fused pass on the CPU.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         self.normalise(x, true)
+    }
+
+    /// The parameters for a kernel that normalises as it reads (`cpu::conv_bf16::GroupNormParams`).
+    fn params(&self, silu: bool) -> Result<GroupNormParams> {
+        let values = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        Ok(GroupNormParams {
+            weight: values(&self.weight)?,
+            bias: values(&self.bias)?,
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+        })
     }
 
     fn normalise(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
@@ -349,7 +388,7 @@ impl ResnetBlock2D {
 
     /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv1.forward_after_norm(x, &self.norm1, None)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
@@ -357,10 +396,9 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.norm2.forward_silu(&h)?;
         match &self.conv_shortcut {
-            Some(sc) => self.conv2.forward_plus(&h, &sc.forward(x)?),
-            None => self.conv2.forward_plus(&h, x),
+            Some(sc) => self.conv2.forward_after_norm(&h, &self.norm2, Some(&sc.forward(x)?)),
+            None => self.conv2.forward_after_norm(&h, &self.norm2, Some(x)),
         }
     }
 }

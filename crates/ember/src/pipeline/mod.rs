@@ -416,6 +416,9 @@ impl Pipeline {
     /// Latents → `[1, 3, H, W]` f32 in [0, 1]; in tiles with `vae_tiling`.
     pub fn decode_to_unit_range(&self, latents: &Tensor, vae_tiling: bool) -> Result<Tensor> {
         let z = (latents / self.vae_scale)?.to_dtype(self.dtype)?;
+        if z.device().is_cpu() {
+            crate::cpu::release_free_heap();
+        }
         let x = if vae_tiling {
             self.vae.decode_tiled(&z, &VaeTiling::default())?
         } else {
