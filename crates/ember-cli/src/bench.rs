@@ -44,9 +44,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let peak = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0}"));
     println!(
-        "\nmeasured peak of this CPU, all threads: f32 FMA {} GFLOP/s, bf16 vdpbf16ps {} GFLOP/s (AMX not measured)",
+        "\nmeasured peak of this CPU, all threads: f32 FMA {} GFLOP/s, bf16 vdpbf16ps {} GFLOP/s, AMX bf16 tiles {} GFLOP/s",
         peak(report.peak_f32_gflops),
-        peak(report.peak_bf16_gflops)
+        peak(report.peak_bf16_gflops),
+        peak(report.peak_amx_gflops)
     );
     for (title, rows) in [
         ("UNet step 512×512", &report.unet_step_512_ops),

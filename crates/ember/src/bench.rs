@@ -65,6 +65,8 @@ pub struct BenchReport {
     /// Measured arithmetic peak of this CPU on all threads (None: no AVX-512F / AVX512-BF16, or not on the CPU).
     pub peak_f32_gflops: Option<f64>,
     pub peak_bf16_gflops: Option<f64>,
+    /// The AMX tile unit's measured peak (bf16 products, f32 sums) on all threads (None: no AMX-BF16).
+    pub peak_amx_gflops: Option<f64>,
     /// Where the time of the fastest UNet 512×512 step and VAE 512×512 decode went (CPU only; empty on CUDA).
     pub unet_step_512_ops: Vec<OpClassReport>,
     pub vae_decode_512_ops: Vec<OpClassReport>,
@@ -179,10 +181,10 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     if on_cpu {
         on_progress("arithmetic peak of this CPU");
     }
-    let (peak_f32_gflops, peak_bf16_gflops) = if on_cpu {
+    let peaks = if on_cpu {
         crate::cpu::peak::measure()
     } else {
-        (None, None)
+        Default::default()
     };
     let breakdown = |total_s, ops| if on_cpu { op_breakdown(total_s, ops) } else { Vec::new() };
 
@@ -197,8 +199,9 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
         vae_encode_512_s,
         clip_s,
         peak_rss_bytes: peak_rss_bytes(),
-        peak_f32_gflops,
-        peak_bf16_gflops,
+        peak_f32_gflops: peaks.f32_fma,
+        peak_bf16_gflops: peaks.bf16_dot,
+        peak_amx_gflops: peaks.amx_bf16,
         unet_step_512_ops: breakdown(unet_step_512_s, &unet_ops),
         vae_decode_512_ops: breakdown(vae_decode_512_s, &vae_ops),
     })

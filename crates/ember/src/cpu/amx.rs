@@ -530,6 +530,34 @@ fn check_block_bounds(len: usize, start: usize, out_row: usize) {
     );
 }
 
+/// The tile unit's peak on this thread: `iterations` rounds of the four products of a 2×2 block on operands already
+/// in the tile registers (nothing loaded inside the loop, so the figure is the unit's, not the memory's). Returns the
+/// FLOPs done. Needs AMX ([`available`]).
+pub fn peak_loop(iterations: u64) -> f64 {
+    let mut operands = AlignedBf16::zeroed(16 * 32);
+    operands.as_mut_slice().fill(bf16_bits(0.001));
+    with_tiles(|_| {
+        let row = operands.as_slice().as_ptr() as *const u8;
+        // SAFETY: tiles are configured; each load reads 16 rows of 64 bytes at stride 64 from the 1 KiB buffer.
+        unsafe {
+            zero_accumulators();
+            multiply_accumulate(row, row, 64, row, row, 64);
+            for _ in 0..iterations {
+                #[cfg(target_arch = "x86_64")]
+                std::arch::asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                );
+            }
+        }
+    });
+    // 16×16 outputs × 32 products × 2 FLOPs per instruction.
+    iterations as f64 * 4.0 * (16 * 16 * 32 * 2) as f64
+}
+
 /// Tile registers 0–3: the 2×2 f32 accumulators (16 rows × 64 bytes); 4–5: A tiles (16 rows × 32 bf16); 6–7: B tiles
 /// (16 pair-rows × 16 columns × 2 bf16). Every tile is 16 rows of 64 bytes.
 #[repr(C, align(64))]

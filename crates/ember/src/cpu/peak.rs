@@ -1,37 +1,51 @@
 //! The machine's measured arithmetic peak, for `ember bench` to print achieved GFLOP/s against: a loop of independent
-//! AVX-512 FMAs (f32) and of `vdpbf16ps` (bf16 pairs into f32) on every thread of the pool at once. AMX tile units,
-//! where present, are faster still and not measured here.
+//! AVX-512 FMAs (f32), of `vdpbf16ps` (bf16 pairs into f32), and of AMX's `tdpbf16ps` where the CPU has tiles, on
+//! every thread of the pool at once.
 
 use std::time::Instant;
 
-/// Peak GFLOP/s measured on all of rayon's threads: `(f32 FMA, bf16 dot-product)`; `None` where this CPU lacks the
-/// instructions (AVX-512F; AVX512-BF16).
-pub fn measure() -> (Option<f64>, Option<f64>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f32_peak = std::arch::is_x86_feature_detected!("avx512f").then(|| {
-            // SAFETY: AVX-512F was detected.
-            on_all_threads(|iterations| unsafe { avx512::fma_loop(iterations) })
-        });
-        let bf16_peak = std::arch::is_x86_feature_detected!("avx512bf16").then(|| {
-            // SAFETY: AVX512-BF16 (and with it AVX-512F) was detected.
-            on_all_threads(|iterations| unsafe { avx512::dpbf16_loop(iterations) })
-        });
-        (f32_peak, bf16_peak)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    (None, None)
+/// Peak GFLOP/s measured on all of rayon's threads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peaks {
+    /// AVX-512 FMAs; `None` without AVX-512F.
+    pub f32_fma: Option<f64>,
+    /// `vdpbf16ps`; `None` without AVX512-BF16.
+    pub bf16_dot: Option<f64>,
+    /// AMX `tdpbf16ps` with operands in the tiles; `None` without AMX-BF16 (`cpu::amx::available`).
+    pub amx_bf16: Option<f64>,
 }
 
-/// Runs `kernel(iterations)` (which returns the FLOPs it did) on every pool thread at once; the best GFLOP/s of a
-/// few tries.
+pub fn measure() -> Peaks {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ITERATIONS: u64 = 20_000_000;
+        let f32_fma = std::arch::is_x86_feature_detected!("avx512f").then(|| {
+            // SAFETY: AVX-512F was detected.
+            on_all_threads(|| unsafe { avx512::fma_loop(ITERATIONS) })
+        });
+        let bf16_dot = std::arch::is_x86_feature_detected!("avx512bf16").then(|| {
+            // SAFETY: AVX512-BF16 (and with it AVX-512F) was detected.
+            on_all_threads(|| unsafe { avx512::dpbf16_loop(ITERATIONS) })
+        });
+        // A tile product does 128× an FMA vector's work: fewer rounds take as long.
+        let amx_bf16 = super::amx::available().then(|| on_all_threads(|| super::amx::peak_loop(ITERATIONS / 64)));
+        Peaks {
+            f32_fma,
+            bf16_dot,
+            amx_bf16,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Peaks::default()
+}
+
+/// Runs `kernel()` (which returns the FLOPs it did) on every pool thread at once; the best GFLOP/s of a few tries.
 #[cfg(target_arch = "x86_64")]
-fn on_all_threads(kernel: impl Fn(u64) -> f64 + Sync) -> f64 {
-    const ITERATIONS: u64 = 20_000_000;
+fn on_all_threads(kernel: impl Fn() -> f64 + Sync) -> f64 {
     let mut best: f64 = 0.0;
     for _ in 0..3 {
         let start = Instant::now();
-        let flops: f64 = rayon::broadcast(|_| kernel(ITERATIONS)).iter().sum();
+        let flops: f64 = rayon::broadcast(|_| kernel()).iter().sum();
         best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
     }
     best
