@@ -187,72 +187,63 @@ impl std::fmt::Debug for PanelsB {
 impl PanelsB {
     /// Packs the `k × n` matrix whose element (row `i`, column `j`) is `value(i, j)`, rounded to bf16.
     pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
-        let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
-        let mut data = AlignedBf16::zeroed(depth * columns);
-        use rayon::prelude::*;
-        data.as_mut_slice()
-            .par_chunks_exact_mut(depth * BLOCK)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                for (pair, row) in dst.chunks_exact_mut(2 * BLOCK).enumerate() {
-                    for (c, lanes) in row.chunks_exact_mut(2).enumerate() {
-                        let j = panel * BLOCK + c;
-                        for (lane, slot) in lanes.iter_mut().enumerate() {
-                            let i = 2 * pair + lane;
-                            if i < k && j < n {
-                                *slot = bf16_bits(value(i, j));
-                            }
+        Self::build(k, n, |panel, dst| {
+            for (pair, row) in dst.chunks_exact_mut(2 * BLOCK).enumerate() {
+                for (c, lanes) in row.chunks_exact_mut(2).enumerate() {
+                    let j = panel * BLOCK + c;
+                    for (lane, slot) in lanes.iter_mut().enumerate() {
+                        let i = 2 * pair + lane;
+                        if i < k && j < n {
+                            *slot = bf16_bits(value(i, j));
                         }
                     }
                 }
-            });
-        Self { depth, columns, data }
+            }
+        })
     }
 
     /// Packs the `k × n` matrix whose row `i` is `row(i)` (at least `n` values), rounded to bf16 (attention's
     /// values): each pair of rows is interleaved once, without [`from_fn`](Self::from_fn)'s call per element.
     pub fn from_rows<'r>(k: usize, n: usize, row: impl Fn(usize) -> &'r [f32] + Sync) -> Self {
-        let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
-        let mut data = AlignedBf16::zeroed(depth * columns);
-        use rayon::prelude::*;
-        data.as_mut_slice()
-            .par_chunks_exact_mut(depth * BLOCK)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                let columns = panel * BLOCK..((panel + 1) * BLOCK).min(n);
-                for (pair, dst) in dst.chunks_exact_mut(2 * BLOCK).enumerate().take(k.div_ceil(2)) {
-                    for lane in 0..2 {
-                        let i = 2 * pair + lane;
-                        if i >= k {
-                            break;
-                        }
-                        let values = &row(i)[columns.clone()];
-                        for (slot, &x) in dst.iter_mut().skip(lane).step_by(2).zip(values) {
-                            *slot = bf16_bits(x);
-                        }
+        Self::build(k, n, |panel, dst| {
+            let columns = panel * BLOCK..((panel + 1) * BLOCK).min(n);
+            for (pair, dst) in dst.chunks_exact_mut(2 * BLOCK).enumerate().take(k.div_ceil(2)) {
+                for lane in 0..2 {
+                    let i = 2 * pair + lane;
+                    if i >= k {
+                        break;
+                    }
+                    let values = &row(i)[columns.clone()];
+                    for (slot, &x) in dst.iter_mut().skip(lane).step_by(2).zip(values) {
+                        *slot = bf16_bits(x);
                     }
                 }
-            });
-        Self { depth, columns, data }
+            }
+        })
     }
 
     /// Packs the `k × n` matrix whose column `j` is `column(j)` (at least `k` values), rounded to bf16 (attention's
     /// `kᵀ`, whose columns are the keys' rows).
     pub fn from_columns<'c>(k: usize, n: usize, column: impl Fn(usize) -> &'c [f32] + Sync) -> Self {
+        Self::build(k, n, |panel, dst| {
+            for c in 0..BLOCK.min(n.saturating_sub(panel * BLOCK)) {
+                // Element (i, c) of the panel sits at pair-row i/2, column c, lane i%2.
+                for (i, &x) in column(panel * BLOCK + c)[..k].iter().enumerate() {
+                    dst[(i / 2 * BLOCK + c) * 2 + i % 2] = bf16_bits(x);
+                }
+            }
+        })
+    }
+
+    /// Zero-padded panels for a `k × n` matrix, each written by `fill_panel(index, panel)` (in parallel).
+    fn build(k: usize, n: usize, fill_panel: impl Fn(usize, &mut [u16]) + Sync) -> Self {
+        use rayon::prelude::*;
         let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
         let mut data = AlignedBf16::zeroed(depth * columns);
-        use rayon::prelude::*;
         data.as_mut_slice()
             .par_chunks_exact_mut(depth * BLOCK)
             .enumerate()
-            .for_each(|(panel, dst)| {
-                for c in 0..BLOCK.min(n.saturating_sub(panel * BLOCK)) {
-                    // Element (i, c) of the panel sits at pair-row i/2, column c, lane i%2.
-                    for (i, &x) in column(panel * BLOCK + c)[..k].iter().enumerate() {
-                        dst[(i / 2 * BLOCK + c) * 2 + i % 2] = bf16_bits(x);
-                    }
-                }
-            });
+            .for_each(|(panel, dst)| fill_panel(panel, dst));
         Self { depth, columns, data }
     }
 

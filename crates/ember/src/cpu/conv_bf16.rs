@@ -107,7 +107,19 @@ pub struct InputNorm<'a> {
     pub silu: bool,
 }
 
-impl ConvInput<'_> {
+impl<'a> ConvInput<'a> {
+    /// `data: [B, C_in, height, width]` convolved as it is.
+    pub fn plain(data: &'a [f32], batch: usize, height: usize, width: usize) -> Self {
+        Self {
+            data,
+            batch,
+            height,
+            width,
+            upsampled: false,
+            norm: None,
+        }
+    }
+
     /// Height and width of `data` (half the convolved ones when upsampled).
     fn source_size(&self) -> (usize, usize) {
         let factor = self.repeat();
@@ -629,16 +641,13 @@ impl Conv2dBf16 {
             None => None,
         };
         let input = ConvInput {
-            data,
-            batch,
-            height,
-            width,
             upsampled: self.upsample,
             norm: affine.as_ref().map(|(scale, shift)| InputNorm {
                 scale,
                 shift,
                 silu: self.input_norm.as_ref().is_some_and(|p| p.silu),
             }),
+            ..ConvInput::plain(data, batch, height, width)
         };
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
@@ -704,14 +713,7 @@ mod tests {
             } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
-            let plain = ConvInput {
-                data: &input,
-                batch,
-                height,
-                width,
-                upsampled: false,
-                norm: None,
-            };
+            let plain = ConvInput::plain(&input, batch, height, width);
             conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
@@ -781,16 +783,12 @@ mod tests {
                 let bound = reference(&step, &abs_weight, &vec![0.0; out_channels], dims);
                 let mut got = vec![f32::NAN; want.len()];
                 let input = ConvInput {
-                    data: &input,
-                    batch,
-                    height,
-                    width,
-                    upsampled: false,
                     norm: Some(InputNorm {
                         scale: &scale,
                         shift: &shift,
                         silu,
                     }),
+                    ..ConvInput::plain(&input, batch, height, width)
                 };
                 conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
                 for (index, ((&g, &w), &b)) in got.iter().zip(&want).zip(&bound).enumerate() {
@@ -846,12 +844,8 @@ mod tests {
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, 3)?;
             let mut got = vec![f32::NAN; want.len()];
             let input = ConvInput {
-                data: &source,
-                batch,
-                height: dims.height,
-                width: dims.width,
                 upsampled: true,
-                norm: None,
+                ..ConvInput::plain(&source, batch, dims.height, dims.width)
             };
             conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), 1, 1)?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -19,28 +19,44 @@ pub struct GroupNormDims {
     pub silu: bool,
 }
 
+impl GroupNormDims {
+    /// Checks the group split and the sizes of `x: [B, C, spatial]`, `weight` and `bias` (`C` each).
+    fn check(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<()> {
+        let GroupNormDims {
+            batch,
+            channels,
+            spatial,
+            groups,
+            ..
+        } = *self;
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
+        }
+        if x.len() != batch * channels * spatial || weight.len() != channels || bias.len() != channels {
+            candle_core::bail!(
+                "group norm: buffer sizes x {}, weight {}, bias {} do not match {batch}×{channels}×{spatial}",
+                x.len(),
+                weight.len(),
+                bias.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `out = [silu](((x − mean_g) / √(var_g + eps))·weight[c] + bias[c])` per batch item and group.
 pub fn group_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims: GroupNormDims) -> Result<()> {
     let GroupNormDims {
-        batch,
         channels,
         spatial,
         groups,
         eps,
         silu,
+        ..
     } = dims;
-    if groups == 0 || !channels.is_multiple_of(groups) {
-        candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
-    }
-    let len = batch * channels * spatial;
-    if x.len() != len || out.len() != len || weight.len() != channels || bias.len() != channels {
-        candle_core::bail!(
-            "group norm: buffer sizes x {}, out {}, weight {}, bias {} do not match {batch}×{channels}×{spatial}",
-            x.len(),
-            out.len(),
-            weight.len(),
-            bias.len()
-        );
+    dims.check(x, weight, bias)?;
+    if out.len() != x.len() {
+        candle_core::bail!("group norm: output of {} values for an input of {}", out.len(), x.len());
     }
     let per_group = channels / groups * spatial;
     if per_group == 0 {
@@ -94,17 +110,7 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
         eps,
         ..
     } = dims;
-    if groups == 0 || !channels.is_multiple_of(groups) {
-        candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
-    }
-    if x.len() != batch * channels * spatial || weight.len() != channels || bias.len() != channels {
-        candle_core::bail!(
-            "group norm: buffer sizes x {}, weight {}, bias {} do not match {batch}×{channels}×{spatial}",
-            x.len(),
-            weight.len(),
-            bias.len()
-        );
-    }
+    dims.check(x, weight, bias)?;
     let per_group = channels / groups * spatial;
     let mut scale = vec![0f32; batch * channels];
     let mut shift = vec![0f32; batch * channels];
