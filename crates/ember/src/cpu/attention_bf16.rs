@@ -31,7 +31,7 @@ struct PackedSlice {
 /// Layouts: with `heads` = 1, as `cpu::attention::attention` (`q, out: [S, N, d]`, `k, v: [S, M, d]`); with more,
 /// the projections' own token layout, `q, out: [B, N, heads·d]` and `k, v: [B, M, heads·d]` with slice
 /// `s = b·heads + h` in columns `h·d..(h+1)·d`, so the heads need not be split into slices (and joined back) by
-/// copies around the call.
+/// copies around the call. `causal`: query `i` sees keys `0..=i` only (CLIP's text encoder).
 pub fn attention_bf16(
     q: &[f32],
     k: &[f32],
@@ -39,6 +39,7 @@ pub fn attention_bf16(
     out: &SharedOut<'_>,
     dims: AttentionDims,
     heads: usize,
+    causal: bool,
 ) -> Result<()> {
     dims.check(q, k, v, out.len())?;
     if heads == 0 || !dims.slices.is_multiple_of(heads) {
@@ -97,10 +98,12 @@ pub fn attention_bf16(
                 let mut sums = [0f32; QUERY_BLOCK];
                 let probs = probs.as_mut_slice();
                 for (r, (sum, row)) in sums.iter_mut().zip(probs.chunks_exact_mut(prob_row)).enumerate() {
-                    // Padding keys, and the rows past the last query, weigh nothing.
+                    // Padding keys, keys after the query's own under `causal`, and the rows past the last query weigh
+                    // nothing.
                     if r < rows {
-                        *sum = softmax_row(&scores[r * score_row..][..m], dims.scale, &mut row[..m]);
-                        row[m..].fill(0);
+                        let visible = if causal { (first + r + 1).min(m) } else { m };
+                        *sum = softmax_row(&scores[r * score_row..][..visible], dims.scale, &mut row[..visible]);
+                        row[visible..].fill(0);
                     } else {
                         row.fill(0);
                     }
@@ -135,6 +138,8 @@ pub fn attention_bf16(
 pub struct AttentionBf16 {
     pub heads: usize,
     pub scale: f32,
+    /// Query `i` sees keys `0..=i` only.
+    pub causal: bool,
 }
 
 impl CustomOp3 for AttentionBf16 {
@@ -169,7 +174,11 @@ impl CustomOp3 for AttentionBf16 {
             contiguous_f32(v, v_l, "bf16 attention: v")?,
         );
         // SAFETY: `attention_bf16` stores every output value.
-        let out = unsafe { amx::new_output(q.len(), |out| attention_bf16(q, k, v, out, dims, self.heads))? };
+        let out = unsafe {
+            amx::new_output(q.len(), |out| {
+                attention_bf16(q, k, v, out, dims, self.heads, self.causal)
+            })?
+        };
         Ok((CpuStorage::F32(out), q_l.shape().clone()))
     }
 }
@@ -283,6 +292,51 @@ mod tests {
         }
     }
 
+    /// Causal: each query row against the reference on its visible keys alone (`0..=i`), with query blocks that cut
+    /// through the key range and a key count that is not a multiple of 32.
+    #[test]
+    fn causal_rows_see_only_earlier_keys() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+            return Ok(());
+        }
+        let (slices, n, d) = (3, 77, 24);
+        let q = bf16_rounded(test_values(slices * n * d, 5));
+        let k = bf16_rounded(test_values(slices * n * d, 6));
+        let v = bf16_rounded(test_values(slices * n * d, 7));
+        let dims = AttentionDims {
+            slices,
+            queries: n,
+            keys: n,
+            head_dim: d,
+            scale: 0.4,
+        };
+        let mut got = vec![f32::NAN; q.len()];
+        attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1, true)?;
+        for s in 0..slices {
+            for i in 0..n {
+                let visible = i + 1;
+                let one = AttentionDims {
+                    slices: 1,
+                    queries: 1,
+                    keys: visible,
+                    ..dims
+                };
+                let want = reference(
+                    &q[(s * n + i) * d..][..d],
+                    &k[s * n * d..][..visible * d],
+                    &v[s * n * d..][..visible * d],
+                    one,
+                );
+                for (c, &w) in want.iter().enumerate() {
+                    let g = got[(s * n + i) * d + c];
+                    assert!((g - w).abs() < 2e-3, "slice {s} query {i} column {c}: {g} vs {w}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `[batch·heads, rows, d]` → `[batch, rows, heads·d]`.
     fn to_tokens(x: &[f32], heads: usize, rows: usize, d: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
@@ -332,7 +386,7 @@ mod tests {
             // The f32 kernel's three-pass f64 reference (rounded to f32 at the end, far below the bound).
             let want = reference(&q, &k, &v, dims);
             let mut got = vec![f32::NAN; q.len()];
-            attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1)?;
+            attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1, false)?;
             for (index, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() < 2e-3, "{dims:?} value {index}: {g} vs {w}");
             }
@@ -348,6 +402,7 @@ mod tests {
                     &out,
                     dims,
                     heads,
+                    false,
                 )?;
                 for (index, (&g, &w)) in got.iter().zip(&tokens(&want, queries)).enumerate() {
                     assert!(

@@ -1,10 +1,11 @@
 //! Ember's own CPU kernels, for the operations where candle's stock CPU path falls short (fused attention, stride-1
-//! convolution without im2col, fused normalisation + activation). Everything runs on any CPU (x86-64 without AVX-512,
-//! aarch64); where a kernel has an AVX-512 version it is chosen at run time ([`Isa`]) and tests run both versions
-//! against a plain reference. The convolution's GEMMs come from the `gemm` crate, which picks its own kernels by CPU.
+//! convolution without im2col, fused normalisation + activation, and on CPUs with AMX the bf16 tile kernels of
+//! [`amx`]). Everything runs on any CPU (x86-64 without AVX-512, aarch64); where a kernel has an AVX-512 version it is
+//! chosen at run time ([`Isa`]) and tests run both versions against a plain reference. The f32 convolution's GEMMs
+//! come from the `gemm` crate, which picks its own kernels by CPU.
 //!
-//! The networks reach these kernels only through their seams (`nn::attention::scaled_dot_product_attention`,
-//! `nn::blocks::Conv`, `nn::blocks::GroupNorm`), and only for CPU tensors: CUDA stays on candle's own ops.
+//! The networks reach these kernels only through their seams (`nn::attention`, `nn::linear::Linear`,
+//! `nn::blocks::{Conv, GroupNorm, LayerNorm}`), and only for CPU tensors: CUDA stays on candle's own ops.
 
 pub mod amx;
 pub mod attention;
@@ -16,6 +17,7 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod peak;
+pub mod quick_gelu;
 pub mod upsample;
 mod vector_math;
 

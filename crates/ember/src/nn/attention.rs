@@ -45,7 +45,7 @@ pub fn scaled_dot_product_attention(
 }
 
 /// q·kᵀ and p·v: 2 multiply-adds per (query, key, channel); `query_values` = queries × channels over all heads.
-fn attention_flops(query_values: usize, keys: usize) -> f64 {
+pub(crate) fn attention_flops(query_values: usize, keys: usize) -> f64 {
     4.0 * query_values as f64 * keys as f64
 }
 
@@ -174,6 +174,7 @@ impl Attention {
             let op = AttentionBf16 {
                 heads: self.heads,
                 scale,
+                causal: false,
             };
             op_stats::count(OpClass::Attention, attention_flops(b * n * c, k.dim(1)?), || {
                 let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();

@@ -2,10 +2,12 @@
 //! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
 //! An optional attention mask hides tokens from the others (compel's `DownweightMode.MASK`).
 
-use super::attention::scaled_dot_product_attention;
+use super::attention::{attention_flops, scaled_dot_product_attention};
 use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
 use super::linear::{linear, Linear};
+use crate::cpu::attention_bf16::AttentionBf16;
+use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 
@@ -26,6 +28,14 @@ impl Activation {
 
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Activation::QuickGelu if x.device().is_cpu() && x.dtype() != DType::F64 => {
+                // `cpu::quick_gelu`, in f32 whatever the compute dtype.
+                let op = crate::cpu::quick_gelu::QuickGelu;
+                x.to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&op)?
+                    .to_dtype(x.dtype())
+            }
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             // transformers' "gelu" is the exact erf form.
             Activation::Gelu => x.gelu_erf(),
@@ -45,6 +55,8 @@ struct EncoderLayer {
     fc2: Linear,
     heads: usize,
     act: Activation,
+    /// Built for bf16 on a CPU with AMX: the attention uses `cpu::attention_bf16` on the projections' token layout.
+    bf16_tiles: bool,
 }
 
 impl EncoderLayer {
@@ -62,6 +74,7 @@ impl EncoderLayer {
             fc2: linear(cfg.intermediate_size, d, vb.pp("mlp").pp("fc2"))?,
             heads: cfg.num_attention_heads,
             act,
+            bf16_tiles: super::packing_bf16(vb.device(), vb.dtype()),
         })
     }
 
@@ -74,11 +87,28 @@ impl EncoderLayer {
                 .contiguous()
         };
         let h = self.layer_norm1.forward(x)?;
-        let q = heads(self.q_proj.forward(&h)?)?;
-        let k = heads(self.k_proj.forward(&h)?)?;
-        let v = heads(self.v_proj.forward(&h)?)?;
-        let attn = scaled_dot_product_attention(&q, &k, &v, true, key_mask)?;
-        let attn = attn.transpose(1, 2)?.reshape((b, n, d))?;
+        let (q, k, v) = (
+            self.q_proj.forward(&h)?,
+            self.k_proj.forward(&h)?,
+            self.v_proj.forward(&h)?,
+        );
+        let attn = match key_mask {
+            None if self.bf16_tiles => {
+                let op = AttentionBf16 {
+                    heads: self.heads,
+                    scale: ((d / self.heads) as f32).powf(-0.5),
+                    causal: true,
+                };
+                let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+                op_stats::count(OpClass::Attention, attention_flops(b * n * d, n), || {
+                    f32_contiguous(&q)?.apply_op3_no_bwd(&f32_contiguous(&k)?, &f32_contiguous(&v)?, &op)
+                })?
+            }
+            _ => {
+                let attn = scaled_dot_product_attention(&heads(q)?, &heads(k)?, &heads(v)?, true, key_mask)?;
+                attn.transpose(1, 2)?.reshape((b, n, d))?
+            }
+        };
         let x = (self.out_proj.forward(&attn)? + x)?;
         let h = self
             .fc2
