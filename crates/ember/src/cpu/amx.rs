@@ -185,7 +185,9 @@ impl std::fmt::Debug for PanelsB {
 }
 
 impl PanelsB {
-    /// Packs the `k × n` matrix whose element (row `i`, column `j`) is `value(i, j)`, rounded to bf16.
+    /// Packs the `k × n` matrix whose element (row `i`, column `j`) is `value(i, j)`, rounded to bf16: the plain
+    /// packer the tests hold the others to.
+    #[cfg(test)]
     pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Self {
         Self::build(k, n, |panel, dst| {
             for (pair, row) in dst.chunks_exact_mut(2 * BLOCK).enumerate() {
@@ -203,8 +205,8 @@ impl PanelsB {
     }
 
     /// Packs the `k × n` matrix whose row `i` is `row(i)` (at least `n` values), rounded to bf16 (attention's
-    /// values): each pair of rows is interleaved once, without [`from_fn`](Self::from_fn)'s call per element.
-    pub fn from_rows<'r>(k: usize, n: usize, row: impl Fn(usize) -> &'r [f32] + Sync) -> Self {
+    /// values): each pair of rows is interleaved once.
+    pub fn from_rows<'r, T: Copy + Into<f32> + 'r>(k: usize, n: usize, row: impl Fn(usize) -> &'r [T] + Sync) -> Self {
         Self::build(k, n, |panel, dst| {
             let columns = panel * BLOCK..((panel + 1) * BLOCK).min(n);
             for (pair, dst) in dst.chunks_exact_mut(2 * BLOCK).enumerate().take(k.div_ceil(2)) {
@@ -215,7 +217,7 @@ impl PanelsB {
                     }
                     let values = &row(i)[columns.clone()];
                     for (slot, &x) in dst.iter_mut().skip(lane).step_by(2).zip(values) {
-                        *slot = bf16_bits(x);
+                        *slot = bf16_bits(x.into());
                     }
                 }
             }
@@ -223,13 +225,17 @@ impl PanelsB {
     }
 
     /// Packs the `k × n` matrix whose column `j` is `column(j)` (at least `k` values), rounded to bf16 (attention's
-    /// `kᵀ`, whose columns are the keys' rows).
-    pub fn from_columns<'c>(k: usize, n: usize, column: impl Fn(usize) -> &'c [f32] + Sync) -> Self {
+    /// `kᵀ`, whose columns are the keys' rows; a linear layer's `Wᵀ`, whose columns are the weight's rows).
+    pub fn from_columns<'c, T: Copy + Into<f32> + 'c>(
+        k: usize,
+        n: usize,
+        column: impl Fn(usize) -> &'c [T] + Sync,
+    ) -> Self {
         Self::build(k, n, |panel, dst| {
             for c in 0..BLOCK.min(n.saturating_sub(panel * BLOCK)) {
                 // Element (i, c) of the panel sits at pair-row i/2, column c, lane i%2.
                 for (i, &x) in column(panel * BLOCK + c)[..k].iter().enumerate() {
-                    dst[(i / 2 * BLOCK + c) * 2 + i % 2] = bf16_bits(x);
+                    dst[(i / 2 * BLOCK + c) * 2 + i % 2] = bf16_bits(x.into());
                 }
             }
         })
