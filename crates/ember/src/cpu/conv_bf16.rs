@@ -53,7 +53,9 @@ impl PackedConv {
             .map(|tap| {
                 // This tap's `[C_out][C_in]` matrix, whose rows are the columns of its B operand.
                 let tap_weight: Vec<W> = weight.iter().skip(tap).step_by(taps).copied().collect();
-                PanelsB::from_columns(in_channels, out_channels, |o| &tap_weight[o * in_channels..][..in_channels])
+                PanelsB::from_columns(in_channels, out_channels, |o| {
+                    &tap_weight[o * in_channels..][..in_channels]
+                })
             })
             .collect();
         Ok(Self {

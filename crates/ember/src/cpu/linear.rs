@@ -39,7 +39,9 @@ impl PackedLinear {
         Ok(Self {
             in_features,
             out_features,
-            weight: amx::PanelsB::from_columns(in_features, out_features, |o| &weight[o * in_features..][..in_features]),
+            weight: amx::PanelsB::from_columns(in_features, out_features, |o| {
+                &weight[o * in_features..][..in_features]
+            }),
             bias: amx::BlockBias::blocks(&bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec)),
         })
     }
