@@ -359,6 +359,23 @@ impl<'a> SharedOut<'a> {
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len());
     }
 
+    /// Adds `values` to the elements `start..start + values.len()` (bounds-checked).
+    ///
+    /// # Safety
+    /// Those elements are initialised, and no other thread accesses them meanwhile.
+    #[inline(always)]
+    pub unsafe fn add_to(&self, start: usize, values: &[f32]) {
+        assert!(
+            start + values.len() <= self.len,
+            "output range {start}+{} out of {}",
+            values.len(),
+            self.len
+        );
+        for (i, &v) in values.iter().enumerate() {
+            *self.ptr.add(start + i) += v;
+        }
+    }
+
     /// Where element `index` is, for vector stores; the caller checks `index + lanes ≤ len()`.
     ///
     /// # Safety

@@ -2,7 +2,7 @@
 //! once, at load, as AMX's B operand; the activations are rounded to bf16 as they are copied into the A operand.
 
 use super::{amx, contiguous_f32};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -53,28 +53,51 @@ impl PackedLinear {
 
     /// `out[rows, out] = x[rows, in] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        self.forward_into(x, &amx::SharedOut::new(out))
+        self.forward_into(x, None, &amx::SharedOut::new(out))
     }
 
-    /// [`forward`](Self::forward) into a shared output; stores every value of `out` when it returns `Ok`.
-    pub fn forward_into(&self, x: &[f32], out: &amx::SharedOut<'_>) -> Result<()> {
+    /// [`forward`](Self::forward) into a shared output, plus `residual` (`out`'s shape) when given: a transformer
+    /// block's skip connection, added to each block while it is in L1 instead of in another pass. Stores every value
+    /// of `out` when it returns `Ok`.
+    pub fn forward_into(&self, x: &[f32], residual: Option<&[f32]>, out: &amx::SharedOut<'_>) -> Result<()> {
         let n = self.out_features;
         let rows = self.check_sizes(x, out, n)?;
+        if residual.is_some_and(|r| r.len() != out.len()) {
+            candle_core::bail!(
+                "linear layer: the residual does not have the output's {} values",
+                out.len()
+            );
+        }
         let panels = self.weight.columns() / amx::BLOCK;
         self.for_each_block(x, panels, 1, |tiles, term, panel, first_row, staging| {
             let bias = &self.bias[panel];
             let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(n);
             let real_rows = amx::BLOCK.min(rows - first_row);
             if real_rows == amx::BLOCK && columns.len() == amx::BLOCK {
-                // A whole block of real outputs: stored straight into place.
-                // SAFETY: each (row, output feature) belongs to exactly one task's block.
-                unsafe { tiles.block_into_shared(&[term(panel)], bias, out, first_row * n + columns.start, n) };
+                // A whole block of real outputs: stored straight into place, the residual added there.
+                // SAFETY: each (row, output feature) belongs to exactly one task's block, stored before it is added to.
+                unsafe {
+                    tiles.block_into_shared(&[term(panel)], bias, out, first_row * n + columns.start, n);
+                    if let Some(residual) = residual {
+                        for r in 0..amx::BLOCK {
+                            let start = (first_row + r) * n + columns.start;
+                            out.add_to(start, &residual[start..][..amx::BLOCK]);
+                        }
+                    }
+                }
                 return;
             }
             tiles.block_into_biased(&[term(panel)], bias, &mut staging[0].0, amx::BLOCK);
             for r in 0..real_rows {
+                let start = (first_row + r) * n + columns.start;
+                let mut values = [0f32; amx::BLOCK];
+                let values = &mut values[..columns.len()];
+                values.copy_from_slice(&staging[0].row(r)[..columns.len()]);
+                if let Some(residual) = residual {
+                    values.iter_mut().zip(&residual[start..]).for_each(|(v, &s)| *v += s);
+                }
                 // SAFETY: as above.
-                unsafe { out.copy_to((first_row + r) * n + columns.start, &staging[0].row(r)[..columns.len()]) };
+                unsafe { out.copy_to(start, values) };
             }
         })
     }
@@ -229,8 +252,49 @@ impl CustomOp1 for LinearGegluBf16 {
     }
 }
 
-/// [`PackedLinear::forward`] as a candle operation on a contiguous f32 CPU tensor `[.., in]` → `[.., out]`.
+/// [`PackedLinear::forward`] as a candle operation on a contiguous f32 CPU tensor `[.., in]` → `[.., out]`; as a
+/// two-tensor operation, plus the second (`[.., out]`, contiguous f32).
 pub struct LinearBf16(pub Arc<PackedLinear>);
+
+impl LinearBf16 {
+    fn run(
+        &self,
+        x: &CpuStorage,
+        layout: &Layout,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, out_dims) = self.0.input(x, layout, self.0.out_features)?;
+        let residual = match residual {
+            Some((_, l)) if l.shape() != &out_dims => {
+                candle_core::bail!(
+                    "linear layer: residual {:?} is not the output's {out_dims:?}",
+                    l.shape()
+                )
+            }
+            Some((storage, l)) => Some(contiguous_f32(storage, l, "linear layer: residual")?),
+            None => None,
+        };
+        // SAFETY: `forward_into` stores every output value.
+        let out = unsafe { amx::new_output(out_dims.elem_count(), |out| self.0.forward_into(x, residual, out))? };
+        Ok((CpuStorage::F32(out), out_dims))
+    }
+}
+
+impl CustomOp2 for LinearBf16 {
+    fn name(&self) -> &'static str {
+        "ember-linear-bf16-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        residual: &CpuStorage,
+        r_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(x, x_l, Some((residual, r_l)))
+    }
+}
 
 impl CustomOp1 for LinearBf16 {
     fn name(&self) -> &'static str {
@@ -238,10 +302,7 @@ impl CustomOp1 for LinearBf16 {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, out_dims) = self.0.input(x, layout, self.0.out_features)?;
-        // SAFETY: `forward_into` stores every output value.
-        let out = unsafe { amx::new_output(out_dims.elem_count(), |out| self.0.forward_into(x, out))? };
-        Ok((CpuStorage::F32(out), out_dims))
+        self.run(x, layout, None)
     }
 }
 
@@ -277,17 +338,23 @@ mod tests {
             let w = bf16_rounded(test_values(n * k, seed + 1));
             let b = test_values(n, seed + 2);
             let packed = PackedLinear::new(&w, with_bias.then_some(&b[..]), n, k)?;
-            let mut got = vec![f32::NAN; rows * n];
-            packed.forward(&x, &mut got)?;
-            for r in 0..rows {
-                for o in 0..n {
-                    let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[o * k + i] as f64).sum();
-                    let want = dot + if with_bias { b[o] as f64 } else { 0.0 };
-                    let g = got[r * n + o] as f64;
-                    assert!(
-                        (g - want).abs() < 1e-5 * (1.0 + want.abs()),
-                        "{rows}×{k}→{n} ({r}, {o}): {g} vs {want}"
-                    );
+            // Without and with a residual (added to every output; whole and partial blocks both).
+            let residual = test_values(rows * n, seed + 3);
+            for with_residual in [false, true] {
+                let mut got = vec![f32::NAN; rows * n];
+                let out = amx::SharedOut::new(&mut got);
+                packed.forward_into(&x, with_residual.then_some(&residual[..]), &out)?;
+                for r in 0..rows {
+                    for o in 0..n {
+                        let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[o * k + i] as f64).sum();
+                        let skip = if with_residual { residual[r * n + o] as f64 } else { 0.0 };
+                        let want = dot + if with_bias { b[o] as f64 } else { 0.0 } + skip;
+                        let g = got[r * n + o] as f64;
+                        assert!(
+                            (g - want).abs() < 1e-5 * (1.0 + want.abs()),
+                            "{rows}×{k}→{n} residual {with_residual} ({r}, {o}): {g} vs {want}"
+                        );
+                    }
                 }
             }
         }

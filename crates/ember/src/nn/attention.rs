@@ -161,6 +161,19 @@ impl Attention {
 
     /// `x: [B, N, C]`, `context: [B, M, C_ctx]` (None: self-attention). Returns `[B, N, C]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let attended = self.attend(x, context)?;
+        self.to_out.forward(&attended)
+    }
+
+    /// `self.forward(x, context) + residual` (a transformer block's skip connection), added as the output
+    /// projection writes its blocks on the AMX path.
+    pub fn forward_plus(&self, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        let attended = self.attend(x, context)?;
+        self.to_out.forward_plus(&attended, residual)
+    }
+
+    /// The attention before the output projection: `[B, N, C]`.
+    fn attend(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
         let (q, k, v) = (
             self.to_q.forward(x)?,
@@ -186,7 +199,7 @@ impl Attention {
             let (b, h, n, d) = out.dims4()?;
             out.transpose(1, 2)?.reshape((b, n, h * d))?
         };
-        self.to_out.forward(&out)
+        Ok(out)
     }
 
     /// `[B, N, H·d]` → `[B, H, N, d]` (contiguous).

@@ -484,9 +484,10 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `self(x) + residual`, the residual added by the output projection.
+    fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if let Some(gated) = self.proj_in.forward_geglu(x)? {
-            return self.proj_out.forward(&gated);
+            return self.proj_out.forward_plus(&gated, residual);
         }
         let h = self.proj_in.forward(x)?;
         // diffusers uses the exact (erf) GELU here, not the tanh approximation. On the CPU one fused pass
@@ -500,7 +501,7 @@ impl FeedForward {
             let half = h.dim(D::Minus1)? / 2;
             (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.gelu_erf()?)?
         };
-        self.proj_out.forward(&gated)
+        self.proj_out.forward_plus(&gated, residual)
     }
 }
 
@@ -528,9 +529,9 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        let x = self.attn1.forward_plus(&self.norm1.forward(x)?, None, x)?;
+        let x = self.attn2.forward_plus(&self.norm2.forward(&x)?, Some(context), &x)?;
+        self.ff.forward_plus(&self.norm3.forward(&x)?, &x)
     }
 }
 

@@ -74,6 +74,21 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `self.forward(x) + residual`; on the AMX path the residual is added as each block is written.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let Weights::PackedBf16(packed) = &self.weights else {
+            return self.forward(x)? + residual;
+        };
+        let rows = x.elem_count() / self.in_features.max(1);
+        let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
+        op_stats::count(OpClass::Linear, flops, || {
+            let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+            f32_contiguous(x)?.apply_op2_no_bwd(&f32_contiguous(residual)?, &LinearBf16(packed.clone()))
+        })
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / self.in_features.max(1);
