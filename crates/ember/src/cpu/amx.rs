@@ -344,18 +344,22 @@ impl<'a> SharedOut<'a> {
         self.len == 0
     }
 
+    /// Panics unless `start..start + len` lies inside the buffer.
+    fn check_range(&self, start: usize, len: usize) {
+        assert!(
+            start + len <= self.len,
+            "output range {start}+{len} out of {}",
+            self.len
+        );
+    }
+
     /// Copies `values` to the elements `start..start + values.len()` (bounds-checked).
     ///
     /// # Safety
     /// No other thread may access these elements meanwhile.
     #[inline(always)]
     pub unsafe fn copy_to(&self, start: usize, values: &[f32]) {
-        assert!(
-            start + values.len() <= self.len,
-            "output range {start}+{} out of {}",
-            values.len(),
-            self.len
-        );
+        self.check_range(start, values.len());
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len());
     }
 
@@ -365,12 +369,7 @@ impl<'a> SharedOut<'a> {
     /// Those elements are initialised, and no other thread accesses them meanwhile.
     #[inline(always)]
     pub unsafe fn add_to(&self, start: usize, values: &[f32]) {
-        assert!(
-            start + values.len() <= self.len,
-            "output range {start}+{} out of {}",
-            values.len(),
-            self.len
-        );
+        self.check_range(start, values.len());
         for (i, &v) in values.iter().enumerate() {
             *self.ptr.add(start + i) += v;
         }
