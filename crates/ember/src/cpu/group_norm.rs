@@ -72,16 +72,14 @@ pub fn group_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32], dims
                 &weight[first_channel..][..channel_count],
                 &bias[first_channel..][..channel_count],
             );
+            let (mean, var) = mean_and_variance(x);
+            let inv_std = (1.0 / (var + eps).sqrt()) as f32;
             #[cfg(target_arch = "x86_64")]
             if super::Isa::detect() == super::Isa::Avx512 {
                 // SAFETY: AVX-512F was detected.
-                unsafe { avx512::normalise_group(x, out, weight, bias, spatial, eps, silu) };
+                unsafe { avx512::normalise_group(x, out, weight, bias, spatial, (mean, inv_std), silu) };
                 return;
             }
-            let n = x.len() as f64;
-            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-            let inv_std = (1.0 / (var + eps).sqrt()) as f32;
             for (c, (out, x)) in out.chunks_exact_mut(spatial).zip(x.chunks_exact(spatial)).enumerate() {
                 // Centred in f64: with the mean rounded to f32 (or folded into the shift), groups whose |mean| ≫ std
                 // lost digits.
@@ -130,8 +128,9 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
     Ok((scale, shift))
 }
 
-/// Mean and (biased) variance of `x`, accumulated in f64.
-fn mean_and_variance(x: &[f32]) -> (f64, f64) {
+/// Mean and (biased) variance of `x`, accumulated in f64 (16 lanes with AVX-512): the statistics of every
+/// normalisation here (group norm, its folded form, `cpu::layer_norm`).
+pub(crate) fn mean_and_variance(x: &[f32]) -> (f64, f64) {
     let n = x.len() as f64;
     #[cfg(target_arch = "x86_64")]
     if super::Isa::detect() == super::Isa::Avx512 {
@@ -190,6 +189,7 @@ pub(crate) mod avx512 {
         ))
     }
 
+    /// One group, given its `(mean, 1/√(var + eps))`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn normalise_group(
         x: &[f32],
@@ -197,17 +197,10 @@ pub(crate) mod avx512 {
         weight: &[f32],
         bias: &[f32],
         spatial: usize,
-        eps: f64,
+        (mean, inv_std): (f64, f32),
         silu: bool,
     ) {
-        let n = x.len() as f64;
-        let mean = sum_f64(x, |v| v) / n;
         let mean_v = _mm512_set1_pd(mean);
-        let var = sum_f64(x, |v| {
-            let d = _mm512_sub_pd(v, mean_v);
-            _mm512_mul_pd(d, d)
-        }) / n;
-        let inv_std = (1.0 / (var + eps).sqrt()) as f32;
         for (c, (out, x)) in out.chunks_exact_mut(spatial).zip(x.chunks_exact(spatial)).enumerate() {
             let (scale, shift) = (_mm512_set1_ps(inv_std * weight[c]), _mm512_set1_ps(bias[c]));
             for i in (0..spatial).step_by(16) {

@@ -179,21 +179,13 @@ impl Conv {
     /// `self.forward(upsample_nearest2d(x, 2H, 2W))`; on the AMX path the upsampled tensor is never made (the
     /// convolution reads each pixel of `x` for the four it stands for).
     pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.weights {
-            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
-                let op = Conv2dBf16 {
-                    upsample: true,
-                    ..bf16_op(packed, self.cfg)
-                };
-                let (b, _, h, w) = x.dims4()?;
-                op_stats::count(OpClass::Conv, self.flops_at(b, 2 * h, 2 * w), || {
-                    x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op)
-                })
+        let (b, _, h, w) = x.dims4()?;
+        match self.amx_op() {
+            Some(op) => {
+                let op = Conv2dBf16 { upsample: true, ..op };
+                amx_convolve(x, None, &op, self.flops_at(b, 2 * h, 2 * w))
             }
-            _ => {
-                let (_, _, h, w) = x.dims4()?;
-                self.forward(&upsample_nearest_2x(x, (2 * h, 2 * w))?)
-            }
+            None => self.forward(&upsample_nearest_2x(x, (2 * h, 2 * w))?),
         }
     }
 
@@ -201,41 +193,48 @@ impl Conv {
     /// the convolution reads it (the normalised tensor is never made: 268 MB at the VAE decoder's largest) and the
     /// residual added as the output is written.
     pub fn forward_after_norm(&self, x: &Tensor, norm: &GroupNorm, residual: Option<&Tensor>) -> Result<Tensor> {
-        match &self.weights {
-            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
-                let op = Conv2dBf16 {
-                    input_norm: Some(Arc::new(norm.params(true)?)),
-                    ..bf16_op(packed, self.cfg)
-                };
-                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-                op_stats::count(OpClass::Conv, self.flops(x)?, || match residual {
-                    Some(residual) => as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, &op),
-                    None => as_f32(x)?.apply_op1_no_bwd(&op),
-                })
-            }
-            _ => {
-                let normed = norm.forward_silu(x)?;
-                match residual {
-                    Some(residual) => self.forward_plus(&normed, residual),
-                    None => self.forward(&normed),
-                }
-            }
+        if let Some(op) = self.amx_op() {
+            let op = Conv2dBf16 {
+                input_norm: Some(Arc::new(norm.params(true)?)),
+                ..op
+            };
+            return amx_convolve(x, residual, &op, self.flops(x)?);
+        }
+        let normed = norm.forward_silu(x)?;
+        match residual {
+            Some(residual) => self.forward_plus(&normed, residual),
+            None => self.forward(&normed),
         }
     }
 
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match &self.weights {
-            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
-                let op = bf16_op(packed, self.cfg);
-                let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-                op_stats::count(OpClass::Conv, self.flops(x)?, || {
-                    as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, &op)
-                })
-            }
-            _ => self.forward(x)? + residual,
+        match self.amx_op() {
+            Some(op) => amx_convolve(x, Some(residual), &op, self.flops(x)?),
+            None => self.forward(x)? + residual,
         }
     }
+
+    /// The AMX convolution of this layer's packed weights under its own padding and stride, for the fused forms
+    /// above; `None` for candle weights, and under `--seamless` with padding (circular padding needs the padded
+    /// tensor, which `forward` makes).
+    fn amx_op(&self) -> Option<Conv2dBf16> {
+        match &self.weights {
+            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
+                Some(bf16_op(packed, self.cfg))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs the AMX convolution `op` on `x` (plus `residual` when given), in f32, counted as `flops` of convolution.
+fn amx_convolve(x: &Tensor, residual: Option<&Tensor>, op: &Conv2dBf16, flops: f64) -> Result<Tensor> {
+    let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    op_stats::count(OpClass::Conv, flops, || match residual {
+        Some(residual) => as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, op),
+        None => as_f32(x)?.apply_op1_no_bwd(op),
+    })
 }
 
 /// The AMX convolution with packed weights under `cfg`'s padding and stride.
