@@ -62,6 +62,12 @@ pub fn attention_bf16(
     // load or store touches fall in different L1 sets (at 4096 keys the plain strides, 16 and 8 KiB, mapped every
     // row of a tile to the same set).
     let (score_row, prob_row) = (keys_p + 16, keys_p + 32);
+    // Rounded once, whole: the packers and the query blocks then copy bf16 bits.
+    let (q, k, v) = (
+        amx::rounded_to_bf16(q),
+        amx::rounded_to_bf16(k),
+        amx::rounded_to_bf16(v),
+    );
     let packed: Vec<PackedSlice> = (0..dims.slices)
         .into_par_iter()
         .map(|s| PackedSlice {
@@ -80,7 +86,9 @@ pub fn attention_bf16(
             let Scratch { q_tile, scores, probs } = &mut *scratch;
             q_tile.resize_zeroed(QUERY_BLOCK * d_p);
             for (r, dst) in q_tile.as_mut_slice().chunks_exact_mut(d_p).take(rows).enumerate() {
-                amx::round_to_bf16(&q[row_at(s, first + r, n)..][..d], &mut dst[..d]);
+                for (d, q) in dst.iter_mut().zip(&q[row_at(s, first + r, n)..][..d]) {
+                    *d = q.to_bits();
+                }
             }
             scores.resize(QUERY_BLOCK * score_row, 0.0);
             probs.resize_uninit(QUERY_BLOCK * prob_row);

@@ -34,7 +34,7 @@ pub struct PackedConv {
 
 impl PackedConv {
     /// Packs `weight: [C_out, C_in, k, k]` (PyTorch layout; f32, or bf16 as loaded for this) and `bias: [C_out]`.
-    pub fn new<W: Copy + Into<f32> + Sync>(
+    pub fn new<W: amx::Bf16Source>(
         weight: &[W],
         bias: &[f32],
         out_channels: usize,

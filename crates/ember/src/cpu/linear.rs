@@ -24,7 +24,7 @@ const RESIDENT_BYTES: usize = 512 << 10;
 impl PackedLinear {
     /// Packs `weight: [out, in]` (f32, or bf16 as loaded for this: rounding bf16 values to bf16 keeps them) and
     /// `bias: [out]`.
-    pub fn new<W: Copy + Into<f32> + Sync>(
+    pub fn new<W: amx::Bf16Source>(
         weight: &[W],
         bias: Option<&[f32]>,
         out_features: usize,
@@ -74,15 +74,14 @@ impl PackedLinear {
             let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(n);
             let real_rows = amx::BLOCK.min(rows - first_row);
             if real_rows == amx::BLOCK && columns.len() == amx::BLOCK {
-                // A whole block of real outputs: stored straight into place, the residual added there.
-                // SAFETY: each (row, output feature) belongs to exactly one task's block, stored before it is added to.
+                // A whole block of real outputs: stored straight into place, the accumulators started from the
+                // residual's block when there is one.
+                let start = first_row * n + columns.start;
+                // SAFETY: each (row, output feature) belongs to exactly one task's block.
                 unsafe {
-                    tiles.block_into_shared(&[term(panel)], bias, out, first_row * n + columns.start, n);
-                    if let Some(residual) = residual {
-                        for r in 0..amx::BLOCK {
-                            let start = (first_row + r) * n + columns.start;
-                            out.add_to(start, &residual[start..][..amx::BLOCK]);
-                        }
+                    match residual {
+                        Some(residual) => tiles.block_into_shared_plus(&[term(panel)], bias, residual, out, start, n),
+                        None => tiles.block_into_shared(&[term(panel)], bias, out, start, n),
                     }
                 }
                 return;
