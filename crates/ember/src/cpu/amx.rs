@@ -117,7 +117,7 @@ unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
 }
 
 /// Element types the packers read: rounded to bf16 a slice at a time.
-pub trait Bf16Source: Copy + Sync {
+pub trait Bf16Source: Copy + Send + Sync {
     /// `dst[i]` = `src[i]` rounded to bf16, as bits.
     fn round_into(src: &[Self], dst: &mut [u16]);
 }
@@ -285,15 +285,33 @@ impl PanelsB {
         })
     }
 
-    /// Zero-padded panels for a `k × n` matrix, each written by `fill_panel(index, panel)` (in parallel).
+    /// Zero-padded panels for a `k × n` matrix, each written by `fill_panel(index, panel)` (in parallel). Each task
+    /// zeroes its own panel first: zeroing the whole buffer on the calling thread (and taking its page faults there)
+    /// was a third of a full-size model's load.
     fn build(k: usize, n: usize, fill_panel: impl Fn(usize, &mut [u16]) + Sync) -> Self {
         use rayon::prelude::*;
         let (depth, columns) = (round_up(k, DEPTH), round_up(n, BLOCK));
-        let mut data = AlignedBf16::zeroed(depth * columns);
-        data.as_mut_slice()
-            .par_chunks_exact_mut(depth * BLOCK)
+        // A panel is `depth` lines of 32 values.
+        let lines = depth * columns / 32;
+        let mut data: Vec<Line> = Vec::with_capacity(lines);
+        data.spare_capacity_mut()[..lines]
+            .par_chunks_mut(depth.max(1))
             .enumerate()
-            .for_each(|(panel, dst)| fill_panel(panel, dst));
+            .for_each(|(panel, chunk)| {
+                for line in chunk.iter_mut() {
+                    line.write(Line([0; 32]));
+                }
+                // SAFETY: every line of the chunk was just initialised, and `Line` is `repr(C)` over `[u16; 32]`.
+                let values =
+                    unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr() as *mut u16, chunk.len() * 32) };
+                fill_panel(panel, values);
+            });
+        // SAFETY: the chunks cover the first `lines` lines, each initialised above.
+        unsafe { data.set_len(lines) };
+        let data = AlignedBf16 {
+            lines: data,
+            len: depth * columns,
+        };
         Self { depth, columns, data }
     }
 

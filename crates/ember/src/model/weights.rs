@@ -105,14 +105,16 @@ fn half_to_bf16(st: &MmapedSafetensors, key: &str, want: DType) -> candle_core::
         .zip(bytes.par_chunks(2 << 16))
         .for_each(|(dst, src)| {
             use half::slice::HalfFloatSliceExt;
-            // The file's bytes need not be aligned for f16: decoded into an aligned buffer first.
-            let f16: Vec<half::f16> = src
-                .chunks_exact(2)
-                .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]))
-                .collect();
-            let mut f32 = vec![0f32; f16.len()];
-            f16.convert_to_f32_slice(&mut f32);
-            crate::cpu::amx::round_to_bf16(&f32, dst.reinterpret_cast_mut());
+            const RUN: usize = 4096;
+            let (mut f16, mut f32) = ([half::f16::ZERO; RUN], [0f32; RUN]);
+            for (dst, src) in dst.chunks_mut(RUN).zip(src.chunks(2 * RUN)) {
+                // The file's bytes need not be aligned for f16: decoded into an aligned buffer first.
+                for (value, pair) in f16.iter_mut().zip(src.chunks_exact(2)) {
+                    *value = half::f16::from_bits(u16::from_le_bytes([pair[0], pair[1]]));
+                }
+                f16[..dst.len()].convert_to_f32_slice(&mut f32[..dst.len()]);
+                crate::cpu::amx::round_to_bf16(&f32[..dst.len()], dst.reinterpret_cast_mut());
+            }
         });
     Ok(Some(Tensor::from_vec(values, view.shape(), &Device::Cpu)?))
 }
