@@ -438,19 +438,20 @@ pub struct Term<'a> {
     pub b: &'a [u16],
 }
 
-/// An output buffer that parallel tasks write disjoint parts of (each task its own blocks of C).
-pub struct SharedOut<'a> {
-    ptr: *mut f32,
+/// An output buffer that parallel tasks write disjoint parts of (each task its own blocks of C): f32, or bf16 for
+/// activations whose every reader rounds them to bf16 anyway (see [`Activations`]).
+pub struct SharedOut<'a, T = f32> {
+    ptr: *mut T,
     len: usize,
-    _buffer: std::marker::PhantomData<&'a mut [f32]>,
+    _buffer: std::marker::PhantomData<&'a mut [T]>,
 }
 
 // SAFETY: writes go through `write`, whose contract makes concurrent writes touch disjoint elements.
-unsafe impl Send for SharedOut<'_> {}
-unsafe impl Sync for SharedOut<'_> {}
+unsafe impl<T: Send> Send for SharedOut<'_, T> {}
+unsafe impl<T: Send> Sync for SharedOut<'_, T> {}
 
-impl<'a> SharedOut<'a> {
-    pub fn new(out: &'a mut [f32]) -> Self {
+impl<'a, T: Copy> SharedOut<'a, T> {
+    pub fn new(out: &'a mut [T]) -> Self {
         Self {
             ptr: out.as_mut_ptr(),
             len: out.len(),
@@ -480,7 +481,7 @@ impl<'a> SharedOut<'a> {
     /// # Safety
     /// No other thread may access these elements meanwhile.
     #[inline(always)]
-    pub unsafe fn copy_to(&self, start: usize, values: &[f32]) {
+    pub unsafe fn copy_to(&self, start: usize, values: &[T]) {
         self.check_range(start, values.len());
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len());
     }
@@ -490,7 +491,7 @@ impl<'a> SharedOut<'a> {
     /// # Safety
     /// As [`write_unchecked`](Self::write_unchecked), for every element stored through the pointer.
     #[inline(always)]
-    pub unsafe fn ptr_unchecked(&self, index: usize) -> *mut f32 {
+    pub unsafe fn ptr_unchecked(&self, index: usize) -> *mut T {
         debug_assert!(index < self.len);
         self.ptr.add(index)
     }
@@ -500,9 +501,155 @@ impl<'a> SharedOut<'a> {
     /// # Safety
     /// `index < self.len()`, and no other thread may access `index` while the `SharedOut` is alive.
     #[inline(always)]
-    pub unsafe fn write_unchecked(&self, index: usize, value: f32) {
+    pub unsafe fn write_unchecked(&self, index: usize, value: T) {
         debug_assert!(index < self.len);
         self.ptr.add(index).write(value);
+    }
+}
+
+impl SharedOut<'_, half::bf16> {
+    /// `values` rounded to bf16 into the elements `start..start + values.len()` (bounds-checked).
+    ///
+    /// # Safety
+    /// As [`copy_to`](Self::copy_to).
+    pub unsafe fn round_to(&self, start: usize, values: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        self.check_range(start, values.len());
+        let out = std::slice::from_raw_parts_mut(self.ptr.add(start), values.len());
+        round_to_bf16(values, out.reinterpret_cast_mut());
+    }
+
+    /// [`OutputElement::store_rows`] for bf16: one vector pass over the block (a conversion call per row made bf16
+    /// outputs slower than the f32 ones they replace).
+    unsafe fn round_rows(&self, start: usize, out_row: usize, block: &Staging, rows: usize, columns: usize) {
+        if rows == 0 || columns == 0 {
+            return;
+        }
+        assert!(columns <= BLOCK && rows <= BLOCK, "a block has 32 rows of 32 values");
+        self.check_range(start + (rows - 1) * out_row, columns);
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512_bw_vl() {
+            round_rows_avx512(self.ptr.add(start) as *mut u16, out_row, block, rows, columns);
+            return;
+        }
+        for r in 0..rows {
+            for (c, &value) in block.row(r)[..columns].iter().enumerate() {
+                self.ptr
+                    .add(start + r * out_row + c)
+                    .write(half::bf16::from_bits(bf16_bits(value)));
+            }
+        }
+    }
+}
+
+/// Rows `0..rows` of `block`, their first `columns` values, rounded to bf16 at `out + r·out_row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn round_rows_avx512(out: *mut u16, out_row: usize, block: &Staging, rows: usize, columns: usize) {
+    use std::arch::x86_64::*;
+    let lanes = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    let (left, right) = (lanes(columns), lanes(columns.saturating_sub(16)));
+    for r in 0..rows {
+        let row = block.row(r).as_ptr();
+        let dst = out.add(r * out_row) as *mut i16;
+        let to_bf16 = super::vector_math::avx512::to_bf16;
+        _mm256_mask_storeu_epi16(dst, left, to_bf16(_mm512_loadu_ps(row)));
+        _mm256_mask_storeu_epi16(dst.add(16), right, to_bf16(_mm512_loadu_ps(row.add(16))));
+    }
+}
+
+/// The element types of kernel outputs: f32 results stored as they are, or rounded to bf16.
+pub trait OutputElement: Copy + Send {
+    /// Stores `values` into `out`'s elements `start..start + values.len()` (bounds-checked).
+    ///
+    /// # Safety
+    /// As [`SharedOut::copy_to`].
+    unsafe fn store(out: &SharedOut<'_, Self>, start: usize, values: &[f32]);
+
+    /// Rows `0..rows` of `block`, their first `columns` values, into `out` at `start + r·out_row` (bounds-checked).
+    ///
+    /// # Safety
+    /// As [`SharedOut::copy_to`], for every element written.
+    unsafe fn store_rows(
+        out: &SharedOut<'_, Self>,
+        start: usize,
+        out_row: usize,
+        block: &Staging,
+        rows: usize,
+        columns: usize,
+    );
+
+    /// The output as f32, for kernels that store whole tile blocks straight into it.
+    fn as_f32<'o, 'a>(out: &'o SharedOut<'a, Self>) -> Option<&'o SharedOut<'a, f32>>;
+}
+
+impl OutputElement for f32 {
+    unsafe fn store(out: &SharedOut<'_, f32>, start: usize, values: &[f32]) {
+        out.copy_to(start, values);
+    }
+
+    unsafe fn store_rows(
+        out: &SharedOut<'_, f32>,
+        start: usize,
+        out_row: usize,
+        block: &Staging,
+        rows: usize,
+        columns: usize,
+    ) {
+        for r in 0..rows {
+            out.copy_to(start + r * out_row, &block.row(r)[..columns]);
+        }
+    }
+
+    fn as_f32<'o, 'a>(out: &'o SharedOut<'a, f32>) -> Option<&'o SharedOut<'a, f32>> {
+        Some(out)
+    }
+}
+
+impl OutputElement for half::bf16 {
+    unsafe fn store(out: &SharedOut<'_, half::bf16>, start: usize, values: &[f32]) {
+        out.round_to(start, values);
+    }
+
+    unsafe fn store_rows(
+        out: &SharedOut<'_, half::bf16>,
+        start: usize,
+        out_row: usize,
+        block: &Staging,
+        rows: usize,
+        columns: usize,
+    ) {
+        out.round_rows(start, out_row, block, rows, columns);
+    }
+
+    fn as_f32<'o, 'a>(_: &'o SharedOut<'a, half::bf16>) -> Option<&'o SharedOut<'a, f32>> {
+        None
+    }
+}
+
+impl<T: OutputElement> SharedOut<'_, T> {
+    /// f32 results into the elements `start..start + values.len()`, rounded if this output is bf16.
+    ///
+    /// # Safety
+    /// As [`copy_to`](Self::copy_to).
+    #[inline(always)]
+    pub unsafe fn store(&self, start: usize, values: &[f32]) {
+        T::store(self, start, values)
+    }
+
+    /// [`OutputElement::store_rows`].
+    ///
+    /// # Safety
+    /// As [`copy_to`](Self::copy_to), for every element written.
+    #[inline(always)]
+    pub unsafe fn store_rows(&self, start: usize, out_row: usize, block: &Staging, rows: usize, columns: usize) {
+        T::store_rows(self, start, out_row, block, rows, columns)
     }
 }
 
@@ -512,11 +659,11 @@ impl<'a> SharedOut<'a> {
 /// # Safety
 /// When it returns `Ok`, `write` must have stored every one of the `len` values (through `SharedOut`'s raw writes; the
 /// kernels' tests check this by starting from NaN-filled outputs).
-pub unsafe fn new_output(
+pub unsafe fn new_output<T>(
     len: usize,
-    write: impl FnOnce(&SharedOut<'_>) -> candle_core::Result<()>,
-) -> candle_core::Result<Vec<f32>> {
-    let mut buffer: Vec<f32> = Vec::with_capacity(len);
+    write: impl FnOnce(&SharedOut<'_, T>) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<T>> {
+    let mut buffer: Vec<T> = Vec::with_capacity(len);
     let out = SharedOut {
         ptr: buffer.as_mut_ptr(),
         len,
@@ -525,6 +672,45 @@ pub unsafe fn new_output(
     write(&out)?;
     buffer.set_len(len);
     Ok(buffer)
+}
+
+/// An operand of the tile kernels as it arrives: f32 activations, rounded to bf16 as the kernel reads them, or
+/// activations already stored as bf16 by an op whose every reader would round them (a layer norm before linear
+/// layers, the projections before attention, attention before its output projection, GEGLU before the last
+/// feed-forward layer): the same bits reach the tiles either way, and the bf16 tensor is half the memory traffic.
+#[derive(Clone, Copy)]
+pub enum Activations<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> Activations<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Activations::F32(x) => x.len(),
+            Activations::Bf16(x) => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values `range` rounded to bf16 (copied when already bf16) into `dst` (`range.len()` long).
+    pub fn round_into(&self, range: std::ops::Range<usize>, dst: &mut [u16]) {
+        match self {
+            Activations::F32(x) => round_to_bf16(&x[range], dst),
+            Activations::Bf16(x) => half::bf16::round_into(&x[range], dst),
+        }
+    }
+
+    /// The values as bf16: borrowed when they are, else rounded in parallel ([`rounded_to_bf16`]).
+    pub fn to_bf16(self) -> std::borrow::Cow<'a, [half::bf16]> {
+        match self {
+            Activations::F32(x) => std::borrow::Cow::Owned(rounded_to_bf16(x)),
+            Activations::Bf16(x) => std::borrow::Cow::Borrowed(x),
+        }
+    }
 }
 
 /// Proof that the tile registers are configured on this thread: only [`with_tiles`] makes one, for the duration of

@@ -33,19 +33,20 @@ pub struct AttentionDims {
 
 impl AttentionDims {
     pub(crate) fn check(&self, q: &[f32], k: &[f32], v: &[f32], out_len: usize) -> Result<()> {
+        self.check_lengths(q.len(), k.len(), v.len(), out_len)
+    }
+
+    /// [`check`](Self::check) on the buffers' lengths.
+    pub(crate) fn check_lengths(&self, q: usize, k: usize, v: usize, out_len: usize) -> Result<()> {
         let (s, n, m, d) = (self.slices, self.queries, self.keys, self.head_dim);
         if m == 0 || d == 0 {
             candle_core::bail!(
                 "fused attention needs at least one key and a non-zero head width (got {m} keys, d = {d})"
             );
         }
-        if q.len() != s * n * d || out_len != s * n * d || k.len() != s * m * d || v.len() != s * m * d {
+        if q != s * n * d || out_len != s * n * d || k != s * m * d || v != s * m * d {
             candle_core::bail!(
-                "fused attention: buffer sizes q {}, k {}, v {}, out {} do not match {s} slices × ({n} queries, {m} keys) × {d}",
-                q.len(),
-                k.len(),
-                v.len(),
-                out_len
+                "fused attention: buffer sizes q {q}, k {k}, v {v}, out {out_len} do not match {s} slices × ({n} queries, {m} keys) × {d}"
             );
         }
         Ok(())

@@ -8,9 +8,11 @@
 //! scores, the softmax and the accumulation are f32. Head widths are padded to whole tiles (32): SD's 40-wide heads
 //! do 60% more multiplications than they need, still far faster than the f32 kernel.
 
-use super::amx::{self, bf16_bits, round_up, AlignedBf16, PanelsB, SharedOut, Staging, Term};
+use super::amx::{
+    self, bf16_bits, round_up, Activations, AlignedBf16, OutputElement, PanelsB, SharedOut, Staging, Term,
+};
 use super::attention::AttentionDims;
-use super::contiguous_f32;
+use super::contiguous_activations;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -32,16 +34,18 @@ struct PackedSlice {
 /// the projections' own token layout, `q, out: [B, N, heads·d]` and `k, v: [B, M, heads·d]` with slice
 /// `s = b·heads + h` in columns `h·d..(h+1)·d`, so the heads need not be split into slices (and joined back) by
 /// copies around the call. `causal`: query `i` sees keys `0..=i` only (CLIP's text encoder).
-pub fn attention_bf16(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &SharedOut<'_>,
+///
+/// q, k and v may arrive as bf16 already (`Activations`); the output may be bf16, for a reader that rounds it anyway.
+pub fn attention_bf16<T: OutputElement>(
+    q: Activations<'_>,
+    k: Activations<'_>,
+    v: Activations<'_>,
+    out: &SharedOut<'_, T>,
     dims: AttentionDims,
     heads: usize,
     causal: bool,
 ) -> Result<()> {
-    dims.check(q, k, v, out.len())?;
+    dims.check_lengths(q.len(), k.len(), v.len(), out.len())?;
     if heads == 0 || !dims.slices.is_multiple_of(heads) {
         candle_core::bail!(
             "bf16 attention: {} slices are not whole tokens of {heads} heads",
@@ -62,12 +66,8 @@ pub fn attention_bf16(
     // load or store touches fall in different L1 sets (at 4096 keys the plain strides, 16 and 8 KiB, mapped every
     // row of a tile to the same set).
     let (score_row, prob_row) = (keys_p + 16, keys_p + 32);
-    // Rounded once, whole: the packers and the query blocks then copy bf16 bits.
-    let (q, k, v) = (
-        amx::rounded_to_bf16(q),
-        amx::rounded_to_bf16(k),
-        amx::rounded_to_bf16(v),
-    );
+    // As bf16, whole (rounded once where they came as f32): the packers and the query blocks then copy bits.
+    let (q, k, v) = (q.to_bf16(), k.to_bf16(), v.to_bf16());
     let packed: Vec<PackedSlice> = (0..dims.slices)
         .into_par_iter()
         .map(|s| PackedSlice {
@@ -127,7 +127,6 @@ pub fn attention_bf16(
                         }
                     }
                     // Unnormalised probabilities times the values, divided by the row sums.
-                    let mut normalised = [0f32; amx::BLOCK];
                     for panel in 0..slice.values.columns() / amx::BLOCK {
                         let term = Term {
                             a: probs,
@@ -136,16 +135,13 @@ pub fn attention_bf16(
                         };
                         tiles.block(&[term], &mut staging);
                         let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(d);
-                        for (r, &sum) in sums.iter().enumerate().take(rows) {
+                        for (row, &sum) in staging.0.chunks_exact_mut(amx::BLOCK).zip(&sums).take(rows) {
                             let inv = 1.0 / sum;
-                            for (o, &x) in normalised.iter_mut().zip(staging.row(r)) {
-                                *o = x * inv;
-                            }
-                            // SAFETY: row `first + r` of slice `s` belongs to this task alone.
-                            unsafe {
-                                out.copy_to(row_at(s, first + r, n) + columns.start, &normalised[..columns.len()])
-                            };
+                            row.iter_mut().for_each(|x| *x *= inv);
                         }
+                        let (start, out_row) = (row_at(s, first, n) + columns.start, heads * d);
+                        // SAFETY: rows `first..first + rows` of slice `s` belong to this task alone.
+                        unsafe { out.store_rows(start, out_row, &staging, rows, columns.len()) };
                     }
                 }
             });
@@ -161,6 +157,8 @@ pub struct AttentionBf16 {
     pub scale: f32,
     /// Query `i` sees keys `0..=i` only.
     pub causal: bool,
+    /// The output as bf16 (for an output projection on bf16 tiles, which would round it), else f32.
+    pub bf16_output: bool,
 }
 
 impl CustomOp3 for AttentionBf16 {
@@ -190,17 +188,23 @@ impl CustomOp3 for AttentionBf16 {
             scale: self.scale,
         };
         let (q, k, v) = (
-            contiguous_f32(q, q_l, "bf16 attention: q")?,
-            contiguous_f32(k, k_l, "bf16 attention: k")?,
-            contiguous_f32(v, v_l, "bf16 attention: v")?,
+            contiguous_activations(q, q_l, "bf16 attention: q")?,
+            contiguous_activations(k, k_l, "bf16 attention: k")?,
+            contiguous_activations(v, v_l, "bf16 attention: v")?,
         );
+        let (heads, causal) = (self.heads, self.causal);
         // SAFETY: `attention_bf16` stores every output value.
         let out = unsafe {
-            amx::new_output(q.len(), |out| {
-                attention_bf16(q, k, v, out, dims, self.heads, self.causal)
-            })?
+            match self.bf16_output {
+                true => CpuStorage::BF16(amx::new_output(q.len(), |out| {
+                    attention_bf16(q, k, v, out, dims, heads, causal)
+                })?),
+                false => CpuStorage::F32(amx::new_output(q.len(), |out| {
+                    attention_bf16(q, k, v, out, dims, heads, causal)
+                })?),
+            }
         };
-        Ok((CpuStorage::F32(out), q_l.shape().clone()))
+        Ok((out, q_l.shape().clone()))
     }
 }
 
@@ -283,6 +287,7 @@ unsafe fn softmax_row_avx512(scores: &[f32], scale: f32, probs: &mut [u16]) -> f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::amx::Activations::{Bf16, F32};
     use crate::cpu::attention::tests::reference;
     use crate::cpu::test_values;
 
@@ -313,6 +318,41 @@ mod tests {
         }
     }
 
+    /// bf16 q, k, v give the bits of their f32 values (which the kernel rounds to the same bf16); a bf16 output is
+    /// the f32 output rounded.
+    #[test]
+    fn bf16_activations_give_the_f32_paths_bits() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+            return Ok(());
+        }
+        let (slices, n, m, d) = (4, 50, 70, 40);
+        let dims = AttentionDims {
+            slices,
+            queries: n,
+            keys: m,
+            head_dim: d,
+            scale: 0.3,
+        };
+        let to_bf16 =
+            |x: &[f32]| -> Vec<half::bf16> { x.iter().map(|&v| half::bf16::from_bits(bf16_bits(v))).collect() };
+        let (q, k, v) = (
+            test_values(slices * n * d, 1),
+            test_values(slices * m * d, 2),
+            test_values(slices * m * d, 3),
+        );
+        let mut want = vec![f32::NAN; q.len()];
+        attention_bf16(F32(&q), F32(&k), F32(&v), &SharedOut::new(&mut want), dims, 2, false)?;
+        let (q, k, v) = (to_bf16(&q), to_bf16(&k), to_bf16(&v));
+        let mut got = vec![f32::NAN; want.len()];
+        attention_bf16(Bf16(&q), Bf16(&k), Bf16(&v), &SharedOut::new(&mut got), dims, 2, false)?;
+        assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()));
+        let mut got = vec![half::bf16::NAN; want.len()];
+        attention_bf16(Bf16(&q), Bf16(&k), Bf16(&v), &SharedOut::new(&mut got), dims, 2, false)?;
+        assert_eq!(got, to_bf16(&want));
+        Ok(())
+    }
+
     /// Causal: each query row against the reference on its visible keys alone (`0..=i`), with query blocks that cut
     /// through the key range and a key count that is not a multiple of 32.
     #[test]
@@ -333,7 +373,7 @@ mod tests {
             scale: 0.4,
         };
         let mut got = vec![f32::NAN; q.len()];
-        attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1, true)?;
+        attention_bf16(F32(&q), F32(&k), F32(&v), &SharedOut::new(&mut got), dims, 1, true)?;
         for s in 0..slices {
             for i in 0..n {
                 let visible = i + 1;
@@ -407,7 +447,7 @@ mod tests {
             // The f32 kernel's three-pass f64 reference (rounded to f32 at the end, far below the bound).
             let want = reference(&q, &k, &v, dims);
             let mut got = vec![f32::NAN; q.len()];
-            attention_bf16(&q, &k, &v, &SharedOut::new(&mut got), dims, 1, false)?;
+            attention_bf16(F32(&q), F32(&k), F32(&v), &SharedOut::new(&mut got), dims, 1, false)?;
             for (index, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() < 2e-3, "{dims:?} value {index}: {g} vs {w}");
             }
@@ -417,9 +457,9 @@ mod tests {
                 let mut got = vec![f32::NAN; q.len()];
                 let out = SharedOut::new(&mut got);
                 attention_bf16(
-                    &tokens(&q, queries),
-                    &tokens(&k, keys),
-                    &tokens(&v, keys),
+                    F32(&tokens(&q, queries)),
+                    F32(&tokens(&k, keys)),
+                    F32(&tokens(&v, keys)),
                     &out,
                     dims,
                     heads,

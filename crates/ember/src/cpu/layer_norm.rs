@@ -2,14 +2,21 @@
 //! AVX-512 and statistics in f64 like `group_norm`. candle's CPU kernel summed each row with a scalar loop and zeroed
 //! its output first: 2.5% of a bf16 UNet step at 512×512 (`perf`).
 
+use super::amx::{self, OutputElement};
+use super::contiguous_f32;
 use super::group_norm::mean_and_variance;
-use super::{amx, contiguous_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// `out[r][c] = (x[r][c] − mean_r) / √(var_r + eps) · weight[c] + bias[c]` for rows of `weight.len()` values; stores
-/// every value of `out` when it returns `Ok`.
-pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &amx::SharedOut<'_>, eps: f64) -> Result<()> {
+/// every value of `out` when it returns `Ok` (rounded, into a bf16 output).
+pub fn layer_norm<T: OutputElement>(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    out: &amx::SharedOut<'_, T>,
+    eps: f64,
+) -> Result<()> {
     let width = weight.len();
     if width == 0 || bias.len() != width || !x.len().is_multiple_of(width) || out.len() != x.len() {
         candle_core::bail!(
@@ -25,7 +32,7 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], out: &amx::SharedOut<
         |normed, (r, row)| {
             normalise_row(row, weight, bias, eps, normed);
             // SAFETY: row `r` is this task's alone.
-            unsafe { out.copy_to(r * width, normed) };
+            unsafe { out.store(r * width, normed) };
         },
     );
     Ok(())
@@ -66,6 +73,8 @@ unsafe fn avx512_row(x: &[f32], weight: &[f32], bias: &[f32], (mean, inv_std): (
 /// [`layer_norm`] as a candle operation on contiguous f32 CPU tensors `x: [.., C]`, `weight`, `bias`: `C` values.
 pub struct FusedLayerNorm {
     pub eps: f64,
+    /// The output as bf16 (for linear layers on bf16 tiles, which would round it), else f32.
+    pub bf16_output: bool,
 }
 
 impl CustomOp3 for FusedLayerNorm {
@@ -88,8 +97,17 @@ impl CustomOp3 for FusedLayerNorm {
             contiguous_f32(bias, bias_l, "layer norm: bias")?,
         );
         // SAFETY: `layer_norm` stores every output value.
-        let out = unsafe { amx::new_output(x.len(), |out| layer_norm(x, weight, bias, out, self.eps))? };
-        Ok((CpuStorage::F32(out), x_l.shape().clone()))
+        let out = unsafe {
+            match self.bf16_output {
+                true => CpuStorage::BF16(amx::new_output(x.len(), |out| {
+                    layer_norm(x, weight, bias, out, self.eps)
+                })?),
+                false => CpuStorage::F32(amx::new_output(x.len(), |out| {
+                    layer_norm(x, weight, bias, out, self.eps)
+                })?),
+            }
+        };
+        Ok((out, x_l.shape().clone()))
     }
 }
 
@@ -122,6 +140,16 @@ mod tests {
         }
         let mut out = vec![0f32; 6];
         assert!(layer_norm(&[0.0; 6], &[1.0; 4], &[0.0; 4], &amx::SharedOut::new(&mut out), 1e-5).is_err());
+        // A bf16 output is the f32 output rounded.
+        let (x, weight, bias) = (crate::cpu::test_values(3 * 40, 1), vec![0.7; 40], vec![0.1; 40]);
+        let mut f32_out = vec![f32::NAN; x.len()];
+        layer_norm(&x, &weight, &bias, &amx::SharedOut::new(&mut f32_out), 1e-5)?;
+        let mut bf16_out = vec![half::bf16::NAN; x.len()];
+        layer_norm(&x, &weight, &bias, &amx::SharedOut::new(&mut bf16_out), 1e-5)?;
+        assert!(bf16_out
+            .iter()
+            .zip(&f32_out)
+            .all(|(b, &f)| b.to_bits() == amx::bf16_bits(f)));
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Linear layers (`x · Wᵀ + b`) with bf16 operands on the AMX tile unit, f32 accumulation: the weights are packed
 //! once, at load, as AMX's B operand; the activations are rounded to bf16 as they are copied into the A operand.
 
-use super::{amx, contiguous_f32};
+use super::amx::{self, Activations, OutputElement};
+use super::{contiguous_activations, contiguous_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -53,13 +54,19 @@ impl PackedLinear {
 
     /// `out[rows, out] = x[rows, in] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        self.forward_into(x, None, &amx::SharedOut::new(out))
+        self.forward_into(Activations::F32(x), None, &amx::SharedOut::new(out))
     }
 
     /// [`forward`](Self::forward) into a shared output, plus `residual` (`out`'s shape) when given: a transformer
     /// block's skip connection, added to each block while it is in L1 instead of in another pass. Stores every value
     /// of `out` when it returns `Ok`.
-    pub fn forward_into(&self, x: &[f32], residual: Option<&[f32]>, out: &amx::SharedOut<'_>) -> Result<()> {
+    /// With a bf16 output, each block goes through the staging block and is rounded there.
+    pub fn forward_into<T: OutputElement>(
+        &self,
+        x: Activations<'_>,
+        residual: Option<&[f32]>,
+        out: &amx::SharedOut<'_, T>,
+    ) -> Result<()> {
         let n = self.out_features;
         let rows = self.check_sizes(x, out, n)?;
         if residual.is_some_and(|r| r.len() != out.len()) {
@@ -73,8 +80,8 @@ impl PackedLinear {
             let bias = &self.bias[panel];
             let columns = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(n);
             let real_rows = amx::BLOCK.min(rows - first_row);
-            if real_rows == amx::BLOCK && columns.len() == amx::BLOCK {
-                // A whole block of real outputs: stored straight into place, the accumulators started from the
+            if let Some(out) = T::as_f32(out).filter(|_| real_rows == amx::BLOCK && columns.len() == amx::BLOCK) {
+                // A whole block of real f32 outputs: stored straight into place, the accumulators started from the
                 // residual's block when there is one.
                 let start = first_row * n + columns.start;
                 // SAFETY: each (row, output feature) belongs to exactly one task's block.
@@ -86,18 +93,18 @@ impl PackedLinear {
                 }
                 return;
             }
-            tiles.block_into_biased(&[term(panel)], bias, &mut staging[0].0, amx::BLOCK);
-            for r in 0..real_rows {
-                let start = (first_row + r) * n + columns.start;
-                let mut values = [0f32; amx::BLOCK];
-                let values = &mut values[..columns.len()];
-                values.copy_from_slice(&staging[0].row(r)[..columns.len()]);
-                if let Some(residual) = residual {
-                    values.iter_mut().zip(&residual[start..]).for_each(|(v, &s)| *v += s);
+            let block = &mut staging[0];
+            tiles.block_into_biased(&[term(panel)], bias, &mut block.0, amx::BLOCK);
+            let start = first_row * n + columns.start;
+            if let Some(residual) = residual {
+                for (r, row) in block.0.chunks_exact_mut(amx::BLOCK).take(real_rows).enumerate() {
+                    row.iter_mut()
+                        .zip(&residual[start + r * n..][..columns.len()])
+                        .for_each(|(v, &s)| *v += s);
                 }
-                // SAFETY: as above.
-                unsafe { out.copy_to(start, values) };
             }
+            // SAFETY: as above.
+            unsafe { out.store_rows(start, n, block, real_rows, columns.len()) };
         })
     }
 
@@ -106,7 +113,7 @@ impl PackedLinear {
     /// in the tiles, so the doubled-width projection (84 MB per transformer block at 64×64 latents) never exists.
     /// Needs half the features to be a multiple of 32 ([`geglu_fuses`](Self::geglu_fuses)); stores every value of
     /// `out` when it returns `Ok`.
-    pub fn forward_geglu_into(&self, x: &[f32], out: &amx::SharedOut<'_>) -> Result<()> {
+    pub fn forward_geglu_into<T: OutputElement>(&self, x: Activations<'_>, out: &amx::SharedOut<'_, T>) -> Result<()> {
         if !self.geglu_fuses() {
             candle_core::bail!(
                 "fused GEGLU: {} output features do not split into halves of whole 32-feature panels",
@@ -122,11 +129,21 @@ impl PackedLinear {
             tiles.block_into_biased(&[term(panel)], &self.bias[panel], &mut value.0, amx::BLOCK);
             tiles.block_into_biased(&[term(gate_panel)], &self.bias[gate_panel], &mut gate.0, amx::BLOCK);
             let mut gated = [0f32; amx::BLOCK];
-            for r in 0..amx::BLOCK.min(rows - first_row) {
+            let real_rows = amx::BLOCK.min(rows - first_row);
+            for r in 0..real_rows {
                 super::geglu::geglu_row(value.row(r), gate.row(r), &mut gated);
-                // SAFETY: each (row, output feature) belongs to exactly one task's block.
-                unsafe { out.copy_to((first_row + r) * inner + panel * amx::BLOCK, &gated) };
+                value.0[r * amx::BLOCK..][..amx::BLOCK].copy_from_slice(&gated);
             }
+            // SAFETY: each (row, output feature) belongs to exactly one task's block.
+            unsafe {
+                out.store_rows(
+                    first_row * inner + panel * amx::BLOCK,
+                    inner,
+                    value,
+                    real_rows,
+                    amx::BLOCK,
+                )
+            };
         })
     }
 
@@ -135,8 +152,8 @@ impl PackedLinear {
         self.out_features.is_multiple_of(2 * amx::BLOCK)
     }
 
-    /// A candle operand `[.., in]` as contiguous f32, and the shape `[.., width]` of the output.
-    fn input<'a>(&self, x: &'a CpuStorage, layout: &Layout, width: usize) -> Result<(&'a [f32], Shape)> {
+    /// A candle operand `[.., in]` as contiguous f32 or bf16, and the shape `[.., width]` of the output.
+    fn input<'a>(&self, x: &'a CpuStorage, layout: &Layout, width: usize) -> Result<(Activations<'a>, Shape)> {
         let dims = layout.shape().dims();
         if dims.last() != Some(&self.in_features) {
             candle_core::bail!(
@@ -147,11 +164,14 @@ impl PackedLinear {
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = width;
-        Ok((contiguous_f32(x, layout, "linear layer: input")?, Shape::from(out_dims)))
+        Ok((
+            contiguous_activations(x, layout, "linear layer: input")?,
+            Shape::from(out_dims),
+        ))
     }
 
     /// Checks `x: [rows, in]` and `out: [rows, width]`; returns `rows`.
-    fn check_sizes(&self, x: &[f32], out: &amx::SharedOut<'_>, width: usize) -> Result<usize> {
+    fn check_sizes<T: Copy>(&self, x: Activations<'_>, out: &amx::SharedOut<'_, T>, width: usize) -> Result<usize> {
         let k = self.in_features;
         if k == 0 || !x.len().is_multiple_of(k) || out.len() != x.len() / k * width {
             candle_core::bail!(
@@ -169,7 +189,7 @@ impl PackedLinear {
     /// and gate). Parallel tasks each keep a group of panels resident in L2 and run their blocks outermost, so a
     /// block's A rows stay in L1 across its panels (panels outermost re-read every A row from L3 per panel: the
     /// 320 → 2560 feed-forward layer ran at 678 instead of 1845 GFLOP/s).
-    fn for_each_block<V>(&self, x: &[f32], panels: usize, panel_weight: usize, visit: V) -> Result<()>
+    fn for_each_block<V>(&self, x: Activations<'_>, panels: usize, panel_weight: usize, visit: V) -> Result<()>
     where
         V: for<'t> Fn(&amx::Tiles, &dyn Fn(usize) -> amx::Term<'t>, usize, usize, &mut [amx::Staging; 2]) + Sync,
     {
@@ -188,10 +208,12 @@ impl PackedLinear {
                 .as_mut_slice()
                 .par_chunks_exact_mut(depth)
                 .enumerate()
-                .for_each(|(row, dst)| {
-                    let src = if row < rows { &x[row * k..][..k] } else { &[][..] };
-                    amx::round_to_bf16(src, dst);
-                    dst[src.len()..].fill(0);
+                .for_each(|(row, dst)| match row < rows {
+                    true => {
+                        x.round_into(row * k..(row + 1) * k, &mut dst[..k]);
+                        dst[k..].fill(0);
+                    }
+                    false => dst.fill(0),
                 });
             let panel_bytes = panel_weight * depth * amx::BLOCK * 2;
             let panels_per_task = (RESIDENT_BYTES / panel_bytes).clamp(1, panels);
@@ -233,8 +255,8 @@ thread_local! {
     static SCRATCH: RefCell<amx::AlignedBf16> = RefCell::default();
 }
 
-/// [`PackedLinear::forward_geglu_into`] as a candle operation on a contiguous f32 CPU tensor `[.., in]` →
-/// `[.., out / 2]`.
+/// [`PackedLinear::forward_geglu_into`] as a candle operation on a contiguous f32 or bf16 CPU tensor `[.., in]` →
+/// bf16 `[.., out / 2]` (the feed-forward's last layer, its one reader, rounds it to bf16 anyway).
 pub struct LinearGegluBf16(pub Arc<PackedLinear>);
 
 impl CustomOp1 for LinearGegluBf16 {
@@ -247,12 +269,12 @@ impl CustomOp1 for LinearGegluBf16 {
         let (x, out_dims) = self.0.input(x, layout, inner)?;
         // SAFETY: `forward_geglu_into` stores every output value.
         let out = unsafe { amx::new_output(out_dims.elem_count(), |out| self.0.forward_geglu_into(x, out))? };
-        Ok((CpuStorage::F32(out), out_dims))
+        Ok((CpuStorage::BF16(out), out_dims))
     }
 }
 
-/// [`PackedLinear::forward`] as a candle operation on a contiguous f32 CPU tensor `[.., in]` → `[.., out]`; as a
-/// two-tensor operation, plus the second (`[.., out]`, contiguous f32).
+/// [`PackedLinear::forward`] as a candle operation on a contiguous f32 or bf16 CPU tensor `[.., in]` → f32
+/// `[.., out]`; as a two-tensor operation, plus the second (`[.., out]`, contiguous f32).
 pub struct LinearBf16(pub Arc<PackedLinear>);
 
 impl LinearBf16 {
@@ -295,6 +317,23 @@ impl CustomOp2 for LinearBf16 {
     }
 }
 
+/// [`PackedLinear::forward`] as a candle operation into a bf16 tensor: for outputs whose every reader rounds them to
+/// bf16 (the attention's projections).
+pub struct LinearToBf16(pub Arc<PackedLinear>);
+
+impl CustomOp1 for LinearToBf16 {
+    fn name(&self) -> &'static str {
+        "ember-linear-to-bf16"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, out_dims) = self.0.input(x, layout, self.0.out_features)?;
+        // SAFETY: `forward_into` stores every output value.
+        let out = unsafe { amx::new_output(out_dims.elem_count(), |out| self.0.forward_into(x, None, out))? };
+        Ok((CpuStorage::BF16(out), out_dims))
+    }
+}
+
 impl CustomOp1 for LinearBf16 {
     fn name(&self) -> &'static str {
         "ember-linear-bf16"
@@ -308,7 +347,41 @@ impl CustomOp1 for LinearBf16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::amx::Activations::{Bf16, F32};
     use crate::cpu::test_values;
+
+    fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
+        x.iter().map(|&v| half::bf16::from_bits(amx::bf16_bits(v))).collect()
+    }
+
+    /// bf16 in and out give the bits of the f32 path: a bf16 input equals its f32 values (which the kernel rounds
+    /// to the same bf16), a bf16 output equals the f32 output rounded, for the plain and the GEGLU product, whole
+    /// and partial blocks.
+    #[test]
+    fn bf16_activations_give_the_f32_paths_bits() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 linear layer is only used where it has)");
+            return Ok(());
+        }
+        let (rows, k, n) = (45, 70, 128);
+        let x = test_values(rows * k, 1);
+        let packed = PackedLinear::new(&test_values(n * k, 2), Some(&test_values(n, 3)), n, k)?;
+        let x_bf16 = to_bf16(&x);
+        let mut want = vec![f32::NAN; rows * n];
+        packed.forward_into(F32(&x), None, &amx::SharedOut::new(&mut want))?;
+        let mut got = vec![f32::NAN; rows * n];
+        packed.forward_into(Bf16(&x_bf16), None, &amx::SharedOut::new(&mut got))?;
+        assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()));
+        let mut got = vec![half::bf16::NAN; rows * n];
+        packed.forward_into(Bf16(&x_bf16), None, &amx::SharedOut::new(&mut got))?;
+        assert_eq!(got, to_bf16(&want));
+        let mut want = vec![f32::NAN; rows * n / 2];
+        packed.forward_geglu_into(F32(&x), &amx::SharedOut::new(&mut want))?;
+        let mut got = vec![half::bf16::NAN; rows * n / 2];
+        packed.forward_geglu_into(Bf16(&x_bf16), &amx::SharedOut::new(&mut got))?;
+        assert_eq!(got, to_bf16(&want));
+        Ok(())
+    }
 
     fn bf16_rounded(v: Vec<f32>) -> Vec<f32> {
         v.into_iter().map(amx::bf16_rounded).collect()
@@ -342,7 +415,7 @@ mod tests {
             for with_residual in [false, true] {
                 let mut got = vec![f32::NAN; rows * n];
                 let out = amx::SharedOut::new(&mut got);
-                packed.forward_into(&x, with_residual.then_some(&residual[..]), &out)?;
+                packed.forward_into(F32(&x), with_residual.then_some(&residual[..]), &out)?;
                 for r in 0..rows {
                     for o in 0..n {
                         let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[o * k + i] as f64).sum();
@@ -376,7 +449,7 @@ mod tests {
             let packed = PackedLinear::new(&w, Some(&b), 2 * inner, k)?;
             assert!(packed.geglu_fuses());
             let mut got = vec![f32::NAN; rows * inner];
-            packed.forward_geglu_into(&x, &amx::SharedOut::new(&mut got))?;
+            packed.forward_geglu_into(F32(&x), &amx::SharedOut::new(&mut got))?;
             let product = |r: usize, o: usize| {
                 (0..k).map(|i| x[r * k + i] as f64 * w[o * k + i] as f64).sum::<f64>() + b[o] as f64
             };
@@ -396,7 +469,7 @@ mod tests {
         let odd = PackedLinear::new(&[0f32; 48 * 2], None, 48, 2)?;
         assert!(!odd.geglu_fuses());
         assert!(odd
-            .forward_geglu_into(&[0.0; 2], &amx::SharedOut::new(&mut [0.0; 24]))
+            .forward_geglu_into(F32(&[0.0; 2]), &amx::SharedOut::new(&mut [0.0f32; 24]))
             .is_err());
         Ok(())
     }

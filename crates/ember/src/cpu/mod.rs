@@ -67,6 +67,22 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what:
     }
 }
 
+/// A tile kernel's activation operand of a custom op: contiguous f32 or bf16 (see `amx::Activations`).
+pub(crate) fn contiguous_activations<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<amx::Activations<'a>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} must be contiguous");
+    };
+    match storage {
+        CpuStorage::F32(data) => Ok(amx::Activations::F32(&data[start..end])),
+        CpuStorage::BF16(data) => Ok(amx::Activations::Bf16(&data[start..end])),
+        _ => candle_core::bail!("{what} must be f32 or bf16, got {:?}", storage.dtype()),
+    }
+}
+
 /// A zeroed buffer for a custom op's output, zeroed by every thread in parallel. (`vec![0.0; len]` zeroes on the
 /// calling thread alone while the others wait: 5% of a bf16 UNet step at 512×512, measured with `perf`.)
 pub(crate) fn zeroed_output(len: usize) -> Vec<f32> {

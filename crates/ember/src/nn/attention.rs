@@ -159,6 +159,11 @@ impl Attention {
         })
     }
 
+    /// Whether the projections and the attention run on bf16 tiles (`nn::Precision`).
+    pub fn on_bf16_tiles(&self) -> bool {
+        self.bf16_tiles
+    }
+
     /// `x: [B, N, C]`, `context: [B, M, C_ctx]` (None: self-attention). Returns `[B, N, C]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let attended = self.attend(x, context)?;
@@ -175,25 +180,33 @@ impl Attention {
     /// The attention before the output projection: `[B, N, C]`.
     fn attend(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let (q, k, v) = (
-            self.to_q.forward(x)?,
-            self.to_k.forward(context)?,
-            self.to_v.forward(context)?,
-        );
         let out = if self.bf16_tiles {
-            // The projections' token layout goes to the kernel as it is: no head split and join.
+            // Every tensor from the projections to the output projection is bf16: each reader rounds to bf16
+            // anyway, so the same bits at half the memory traffic. The projections' token layout goes to the
+            // kernel as it is: no head split and join.
+            let (q, k, v) = (
+                self.to_q.forward_to_bf16(x)?,
+                self.to_k.forward_to_bf16(context)?,
+                self.to_v.forward_to_bf16(context)?,
+            );
             let (b, n, c) = q.dims3()?;
             let scale = ((c / self.heads) as f32).powf(-0.5);
             let op = AttentionBf16 {
                 heads: self.heads,
                 scale,
                 causal: false,
+                bf16_output: true,
             };
             op_stats::count(OpClass::Attention, attention_flops(b * n * c, k.dim(1)?), || {
-                let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-                f32_contiguous(&q)?.apply_op3_no_bwd(&f32_contiguous(&k)?, &f32_contiguous(&v)?, &op)
+                q.contiguous()?
+                    .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
             })?
         } else {
+            let (q, k, v) = (
+                self.to_q.forward(x)?,
+                self.to_k.forward(context)?,
+                self.to_v.forward(context)?,
+            );
             let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
             let out = scaled_dot_product_attention(&q, &k, &v, false, None)?;
             let (b, h, n, d) = out.dims4()?;

@@ -528,9 +528,13 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = self.attn1.forward_plus(&self.norm1.forward(x)?, None, x)?;
-        let x = self.attn2.forward_plus(&self.norm2.forward(&x)?, Some(context), &x)?;
-        self.ff.forward_plus(&self.norm3.forward(&x)?, &x)
+        // On bf16 tiles every norm feeds linear layers alone, which round their input to bf16: normed as bf16.
+        let tiles = self.attn1.on_bf16_tiles();
+        let x = self.attn1.forward_plus(&self.norm1.forward_for(x, tiles)?, None, x)?;
+        let x = self
+            .attn2
+            .forward_plus(&self.norm2.forward_for(&x, tiles)?, Some(context), &x)?;
+        self.ff.forward_plus(&self.norm3.forward_for(&x, tiles)?, &x)
     }
 }
 
@@ -621,18 +625,31 @@ pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     })
 }
 
+impl LayerNorm {
+    /// [`forward`](Module::forward), as a bf16 tensor on the CPU when `bf16_tiles` (every reader a linear layer on
+    /// bf16 tiles, which would round it).
+    pub fn forward_for(&self, x: &Tensor, bf16_tiles: bool) -> Result<Tensor> {
+        if !(bf16_tiles && x.device().is_cpu() && x.dtype() != DType::F64) {
+            return self.forward(x);
+        }
+        self.fused_cpu(x, true)
+    }
+
+    /// `cpu::layer_norm`, in f32 whatever the compute dtype.
+    fn fused_cpu(&self, x: &Tensor, bf16_output: bool) -> Result<Tensor> {
+        let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+        let op = FusedLayerNorm {
+            eps: self.eps,
+            bf16_output,
+        };
+        f32_contiguous(x)?.apply_op3_no_bwd(&f32_contiguous(&self.weight)?, &f32_contiguous(&self.bias)?, &op)
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() != DType::F64 {
-            // `cpu::layer_norm`, in f32 whatever the compute dtype.
-            let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-            let op = FusedLayerNorm { eps: self.eps };
-            let normed = f32_contiguous(x)?.apply_op3_no_bwd(
-                &f32_contiguous(&self.weight)?,
-                &f32_contiguous(&self.bias)?,
-                &op,
-            )?;
-            return normed.to_dtype(x.dtype());
+            return self.fused_cpu(x, false)?.to_dtype(x.dtype());
         }
         if x.dtype() != DType::F64 {
             return self.fused.forward(x);

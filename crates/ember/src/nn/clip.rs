@@ -98,6 +98,7 @@ impl EncoderLayer {
                     heads: self.heads,
                     scale: ((d / self.heads) as f32).powf(-0.5),
                     causal: true,
+                    bf16_output: false,
                 };
                 let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
                 op_stats::count(OpClass::Attention, attention_flops(b * n * d, n), || {

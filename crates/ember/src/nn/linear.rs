@@ -2,7 +2,7 @@
 //! on a CPU with AMX (`nn::Precision`) — the weights packed once for `cpu::linear`'s tile kernel. Counted per call by
 //! `op_stats`, so `ember bench` can report linear layers' GFLOP/s.
 
-use crate::cpu::linear::{LinearBf16, LinearGegluBf16, PackedLinear};
+use crate::cpu::linear::{LinearBf16, LinearGegluBf16, LinearToBf16, PackedLinear};
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -56,8 +56,9 @@ impl Linear {
 
 impl Linear {
     /// GEGLU of this layer's output (`value · gelu(gate)`, value the first half of the features, gate the second),
-    /// computed inside the product when the layer is packed for bf16 tiles (`cpu::linear`); `None` where it is not,
-    /// and the caller applies GEGLU to [`forward`](Module::forward)'s output itself.
+    /// computed inside the product when the layer is packed for bf16 tiles (`cpu::linear`), as a bf16 tensor for
+    /// the next packed layer; `None` where it is not, and the caller applies GEGLU to
+    /// [`forward`](Module::forward)'s output itself.
     pub fn forward_geglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let Weights::PackedBf16(packed) = &self.weights else {
             return Ok(None);
@@ -68,9 +69,35 @@ impl Linear {
         let rows = x.elem_count() / self.in_features.max(1);
         let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
         op_stats::count(OpClass::Linear, flops, || {
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            x.apply_op1_no_bwd(&LinearGegluBf16(packed.clone())).map(Some)
+            tile_operand(x)?
+                .apply_op1_no_bwd(&LinearGegluBf16(packed.clone()))
+                .map(Some)
         })
+    }
+
+    /// [`forward`](Module::forward) into a bf16 tensor when the layer is packed for bf16 tiles, for outputs whose
+    /// every reader rounds them to bf16 (attention's projections); elsewhere `forward` itself.
+    pub fn forward_to_bf16(&self, x: &Tensor) -> Result<Tensor> {
+        let Weights::PackedBf16(packed) = &self.weights else {
+            return self.forward(x);
+        };
+        op_stats::count(OpClass::Linear, self.flops(x), || {
+            tile_operand(x)?.apply_op1_no_bwd(&LinearToBf16(packed.clone()))
+        })
+    }
+
+    fn flops(&self, x: &Tensor) -> f64 {
+        let rows = x.elem_count() / self.in_features.max(1);
+        2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64
+    }
+}
+
+/// An activation for the tile kernels: bf16 tensors as they are (see `cpu::amx::Activations`), others as f32;
+/// contiguous.
+fn tile_operand(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F32 => x.contiguous(),
+        _ => x.to_dtype(DType::F32)?.contiguous(),
     }
 }
 
@@ -83,8 +110,8 @@ impl Linear {
         let rows = x.elem_count() / self.in_features.max(1);
         let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
         op_stats::count(OpClass::Linear, flops, || {
-            let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-            f32_contiguous(x)?.apply_op2_no_bwd(&f32_contiguous(residual)?, &LinearBf16(packed.clone()))
+            let residual = residual.to_dtype(DType::F32)?.contiguous()?;
+            tile_operand(x)?.apply_op2_no_bwd(&residual, &LinearBf16(packed.clone()))
         })
     }
 }
@@ -95,10 +122,7 @@ impl Module for Linear {
         let flops = 2.0 * rows as f64 * self.in_features as f64 * self.out_features as f64;
         op_stats::count(OpClass::Linear, flops, || match &self.weights {
             Weights::Candle(linear) => linear.forward(x),
-            Weights::PackedBf16(packed) => {
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                x.apply_op1_no_bwd(&LinearBf16(packed.clone()))
-            }
+            Weights::PackedBf16(packed) => tile_operand(x)?.apply_op1_no_bwd(&LinearBf16(packed.clone())),
         })
     }
 }
