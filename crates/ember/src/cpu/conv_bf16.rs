@@ -110,6 +110,9 @@ pub struct ConvInput<'a> {
     pub upsampled: bool,
     /// Normalise each value as it is read (a resnet block's group norm and SiLU before its convolution).
     pub norm: Option<InputNorm<'a>>,
+    /// `data` is channels-last, `[B, H, W, C_in]` (a transformer's tokens into its `proj_out`): each pixel's
+    /// channels are one row of the A operand already, and no transposed copy of the tokens is made.
+    pub channels_last: bool,
 }
 
 /// A group norm (and SiLU) applied to the convolution's input as it is read, so the normalised tensor is never made:
@@ -132,6 +135,7 @@ impl<'a> ConvInput<'a> {
             width,
             upsampled: false,
             norm: None,
+            channels_last: false,
         }
     }
 
@@ -177,6 +181,9 @@ pub fn conv2d_bf16(
         candle_core::bail!(
             "convolution: an upsampled input needs stride 1 and an even size, got stride {stride}, {height}×{width}"
         );
+    }
+    if input.channels_last && (stride != 1 || input.norm.is_some()) {
+        candle_core::bail!("convolution: a channels-last input needs stride 1 and no normalisation");
     }
     if let Some(norm) = input.norm {
         if stride != 1 || norm.scale.len() != batch * ci || norm.shift.len() != batch * ci {
@@ -400,6 +407,13 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: Conv
                 return;
             }
             let row = &mut dst[p * depth..][..w * depth];
+            if input.channels_last {
+                let first = (item * source_h + (y - p) / repeat) * source_w;
+                for (x, pixel) in row.chunks_exact_mut(depth).enumerate() {
+                    amx::round_to_bf16(&input.data[(first + x / repeat) * ci..][..ci], &mut pixel[..ci]);
+                }
+                return;
+            }
             let first = (item * ci * source_h + (y - p) / repeat) * source_w;
             let plane = source_h * source_w;
             // This item's slice of the normalisation.
@@ -598,6 +612,20 @@ pub struct Conv2dBf16 {
     pub input_norm: Option<std::sync::Arc<GroupNormParams>>,
 }
 
+/// The values of an f32 `[B, C, H, W]` view whose memory is channels-last (`[B, H, W, C]`, e.g. a transformer's
+/// tokens transposed back to an image), when it is one.
+fn channels_last_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        return None;
+    };
+    let (b, c, h, w) = layout.shape().dims4().ok()?;
+    let channels_last = layout.stride() == [h * w * c, 1, w * c, c] && c > 1;
+    let len = b * c * h * w;
+    channels_last
+        .then(|| data.get(layout.start_offset()..layout.start_offset() + len))
+        .flatten()
+}
+
 /// A group norm's parameters for [`Conv2dBf16::input_norm`].
 #[derive(Debug)]
 pub struct GroupNormParams {
@@ -640,8 +668,15 @@ impl Conv2dBf16 {
             Some((storage, layout)) => Some(contiguous_f32(storage, layout, "convolution: residual")?),
             None => None,
         };
-        let data = contiguous_f32(input, input_l, "convolution: input")?;
+        let channels_last = channels_last_f32(input, input_l);
+        let data = match channels_last {
+            Some(data) => data,
+            None => contiguous_f32(input, input_l, "convolution: input")?,
+        };
         let affine = match &self.input_norm {
+            Some(_) if channels_last.is_some() => {
+                candle_core::bail!("convolution: a channels-last input cannot be normalised as it is read")
+            }
             Some(params) => {
                 let dims = GroupNormDims {
                     batch,
@@ -662,6 +697,7 @@ impl Conv2dBf16 {
                 shift,
                 silu: self.input_norm.as_ref().is_some_and(|p| p.silu),
             }),
+            channels_last: channels_last.is_some(),
             ..ConvInput::plain(data, batch, height, width)
         };
         // SAFETY: `conv2d_bf16` stores every output value.
@@ -820,6 +856,63 @@ mod tests {
     }
 
     /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
+    #[test]
+    fn channels_last_input_gives_the_channels_first_bits() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+            return Ok(());
+        }
+        for (case, &(batch, channels, out_channels, h, w, kernel, padding)) in [
+            (2, 40, 33, 3, 5, 1, 0),
+            (1, 64, 32, 8, 8, 3, 1),
+            (2, 17, 48, 4, 6, 3, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let dims = ConvDims {
+                batch,
+                in_channels: channels,
+                out_channels,
+                height: h,
+                width: w,
+                kernel,
+                padding,
+            };
+            let (input, weight, bias) = case_values(dims, 70 + case as u64, |v| v);
+            let packed = PackedConv::new(&weight, &bias, out_channels, channels, kernel)?;
+            let tokens: Vec<f32> = (0..input.len())
+                .map(|index| {
+                    let (pixel, c) = (index / channels, index % channels);
+                    let (item, p) = (pixel / (h * w), pixel % (h * w));
+                    input[(item * channels + c) * h * w + p]
+                })
+                .collect();
+            let residual = test_values(batch * out_channels * h * w, 80 + case as u64);
+            let mut want = vec![f32::NAN; residual.len()];
+            let plain = ConvInput::plain(&input, batch, h, w);
+            conv2d_bf16(plain, &packed, Some(&residual), &SharedOut::new(&mut want), padding, 1)?;
+            let mut got = vec![f32::NAN; residual.len()];
+            let channels_last = ConvInput {
+                channels_last: true,
+                ..ConvInput::plain(&tokens, batch, h, w)
+            };
+            conv2d_bf16(
+                channels_last,
+                &packed,
+                Some(&residual),
+                &SharedOut::new(&mut got),
+                padding,
+                1,
+            )?;
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                "{dims:?}"
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn upsampled_input_matches_the_upsampled_tensor() -> Result<()> {
         if !amx::available() {

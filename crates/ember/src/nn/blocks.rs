@@ -189,18 +189,27 @@ impl Conv {
         }
     }
 
-    /// `self.forward(norm.forward_silu(x))`, plus `residual` when given; on the AMX path the input is normalised as
-    /// the convolution reads it (the normalised tensor is never made: 268 MB at the VAE decoder's largest) and the
-    /// residual added as the output is written.
-    pub fn forward_after_norm(&self, x: &Tensor, norm: &GroupNorm, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// `self.forward(norm.forward_silu(x))` (`norm.forward(x)` without `silu`), plus `residual` when given; on the
+    /// AMX path the input is normalised as the convolution reads it (the normalised tensor is never made: 268 MB at
+    /// the VAE decoder's largest) and the residual added as the output is written.
+    pub fn forward_after_norm(
+        &self,
+        x: &Tensor,
+        norm: &GroupNorm,
+        silu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if let Some(op) = self.amx_op() {
             let op = Conv2dBf16 {
-                input_norm: Some(Arc::new(norm.params(true)?)),
+                input_norm: Some(Arc::new(norm.params(silu)?)),
                 ..op
             };
             return amx_convolve(x, residual, &op, self.flops(x)?);
         }
-        let normed = norm.forward_silu(x)?;
+        let normed = match silu {
+            true => norm.forward_silu(x)?,
+            false => norm.forward(x)?,
+        };
         match residual {
             Some(residual) => self.forward_plus(&normed, residual),
             None => self.forward(&normed),
@@ -229,12 +238,25 @@ impl Conv {
 }
 
 /// Runs the AMX convolution `op` on `x` (plus `residual` when given), in f32, counted as `flops` of convolution.
+/// An `x` whose memory is channels-last (a transformer's tokens seen as an image) is read as it is.
 fn amx_convolve(x: &Tensor, residual: Option<&Tensor>, op: &Conv2dBf16, flops: f64) -> Result<Tensor> {
     let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    op_stats::count(OpClass::Conv, flops, || match residual {
-        Some(residual) => as_f32(x)?.apply_op2_no_bwd(&as_f32(residual)?, op),
-        None => as_f32(x)?.apply_op1_no_bwd(op),
+    op_stats::count(OpClass::Conv, flops, || {
+        let x = match x.dtype() == DType::F32 && is_channels_last(x)? {
+            true => x.clone(),
+            false => as_f32(x)?,
+        };
+        match residual {
+            Some(residual) => x.apply_op2_no_bwd(&as_f32(residual)?, op),
+            None => x.apply_op1_no_bwd(op),
+        }
     })
+}
+
+/// Whether `[B, C, H, W]` `x` is laid out channels-last in memory.
+fn is_channels_last(x: &Tensor) -> Result<bool> {
+    let (_, c, h, w) = x.dims4()?;
+    Ok(x.stride() == [h * w * c, 1, w * c, c] && c > 1)
 }
 
 /// The AMX convolution with packed weights under `cfg`'s padding and stride.
@@ -387,7 +409,7 @@ impl ResnetBlock2D {
 
     /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward_after_norm(x, &self.norm1, None)?;
+        let h = self.conv1.forward_after_norm(x, &self.norm1, true, None)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
@@ -396,8 +418,10 @@ impl ResnetBlock2D {
             _ => h,
         };
         match &self.conv_shortcut {
-            Some(sc) => self.conv2.forward_after_norm(&h, &self.norm2, Some(&sc.forward(x)?)),
-            None => self.conv2.forward_after_norm(&h, &self.norm2, Some(x)),
+            Some(sc) => self
+                .conv2
+                .forward_after_norm(&h, &self.norm2, true, Some(&sc.forward(x)?)),
+            None => self.conv2.forward_after_norm(&h, &self.norm2, true, Some(x)),
         }
     }
 }
@@ -584,19 +608,19 @@ impl Transformer2DModel {
     /// `x: [B, C, H, W]`, `context: [B, M, C_ctx]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let normed = self.norm.forward(x)?;
         let to_tokens = |t: &Tensor| t.flatten_from(2)?.transpose(1, 2)?.contiguous();
         let to_image = |t: &Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
+        // With 1×1 convolutions, on the AMX path the norm is applied as `proj_in` reads its input and the residual
+        // added as `proj_out` writes its output (neither the normed tensor nor a separate add pass).
         let tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+            Projection::Conv(conv) => to_tokens(&conv.forward_after_norm(x, &self.norm, false, None)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&self.norm.forward(x)?)?)?,
         };
         let tokens = self.block.forward(&tokens, context)?;
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
-            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
-        };
-        out + x
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward_plus(&to_image(&tokens)?, x),
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)? + x,
+        }
     }
 }
 
