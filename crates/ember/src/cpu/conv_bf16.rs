@@ -166,6 +166,37 @@ pub fn conv2d_bf16(
     padding: usize,
     stride: usize,
 ) -> Result<()> {
+    conv2d_bf16_as(
+        input,
+        weights,
+        residual,
+        out,
+        padding,
+        stride,
+        OutputLayout::ChannelsFirst,
+    )
+}
+
+/// How [`conv2d_bf16_as`] lays out its output (and residual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputLayout {
+    /// `[B, C_out, H_out, W_out]`.
+    ChannelsFirst,
+    /// `[B, H_out, W_out, C_out]`: a transformer's tokens straight from its `proj_in` (each block row is a pixel's
+    /// channels, written as it is instead of transposed into planes).
+    ChannelsLast,
+}
+
+/// [`conv2d_bf16`] into an output (and residual) of the given layout.
+pub fn conv2d_bf16_as(
+    input: ConvInput<'_>,
+    weights: &PackedConv,
+    residual: Option<&[f32]>,
+    out: &SharedOut<'_>,
+    padding: usize,
+    stride: usize,
+    layout: OutputLayout,
+) -> Result<()> {
     let ConvInput {
         batch, height, width, ..
     } = input;
@@ -244,7 +275,7 @@ pub fn conv2d_bf16(
                 let mut staging = Staging::default();
                 let mut terms = Vec::with_capacity(taps);
                 for block in blocks {
-                    let destinations = views.destinations(block, dims, (out_h, out_w));
+                    let destinations = views.destinations(block, dims, (out_h, out_w), layout);
                     for panel in panel_range.clone() {
                         terms.clear();
                         terms.extend(weights.taps.iter().enumerate().map(|(tap, tap_weights)| Term {
@@ -253,7 +284,14 @@ pub fn conv2d_bf16(
                             b: tap_weights.panel(panel),
                         }));
                         tiles.block(&terms, &mut staging);
-                        write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, out);
+                        match layout {
+                            OutputLayout::ChannelsFirst => {
+                                write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, out)
+                            }
+                            OutputLayout::ChannelsLast => {
+                                write_pixel_rows(&staging, &destinations, panel, weights, residual, out)
+                            }
+                        }
                     }
                 }
             });
@@ -354,13 +392,14 @@ impl TapViews {
         (block * amx::BLOCK + self.row_shift[tap]) * self.a_row + self.column[tap]
     }
 
-    /// Where each of a block's 32 rows lands in `[B, C_out, H_out, W_out]`, as the offset of its output channel 0;
-    /// `None` for rows that are no output pixel (padding of the grid, past the last one).
+    /// Where each of a block's 32 rows lands in the output (`layout`), as the offset of its output channel 0; `None`
+    /// for rows that are no output pixel (padding of the grid, past the last one).
     fn destinations(
         &self,
         block: usize,
         dims: ConvDims,
         (out_h, out_w): (usize, usize),
+        layout: OutputLayout,
     ) -> [Option<usize>; amx::BLOCK] {
         let (row_width, row_height) = match self.padded_width {
             Some(wp) => (wp, dims.plane() / wp),
@@ -373,7 +412,11 @@ impl TapViews {
                 (row / row_width) % row_height,
                 row % row_width,
             );
-            (item < dims.batch && y < out_h && x < out_w).then_some((item * dims.out_channels * out_h + y) * out_w + x)
+            let offset = match layout {
+                OutputLayout::ChannelsFirst => (item * dims.out_channels * out_h + y) * out_w + x,
+                OutputLayout::ChannelsLast => ((item * out_h + y) * out_w + x) * dims.out_channels,
+            };
+            (item < dims.batch && y < out_h && x < out_w).then_some(offset)
         })
     }
 }
@@ -539,6 +582,34 @@ fn write_block(
     }
 }
 
+/// [`write_block`] into a channels-last output: each real pixel's row of the block, plus the bias (and residual), is
+/// a run of consecutive outputs.
+fn write_pixel_rows(
+    staging: &Staging,
+    destinations: &[Option<usize>; amx::BLOCK],
+    panel: usize,
+    weights: &PackedConv,
+    residual: Option<&[f32]>,
+    out: &SharedOut,
+) {
+    let channels = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(weights.out_channels);
+    let bias = &weights.bias[channels.clone()];
+    let mut values = [0f32; amx::BLOCK];
+    let values = &mut values[..channels.len()];
+    for (r, destination) in destinations.iter().enumerate() {
+        let Some(base) = destination else { continue };
+        let start = base + channels.start;
+        for ((v, &s), &b) in values.iter_mut().zip(staging.row(r)).zip(bias) {
+            *v = s + b;
+        }
+        if let Some(residual) = residual {
+            values.iter_mut().zip(&residual[start..]).for_each(|(v, &s)| *v += s);
+        }
+        // SAFETY: each (pixel, channel) belongs to exactly one task's block; `copy_to` checks the bounds.
+        unsafe { out.copy_to(start, values) };
+    }
+}
+
 /// [`write_block`]'s loop with the block transposed on the fly: each channel's 16 pixels at a time are gathered from
 /// the staging column and, where they are 16 consecutive output pixels (most of an image row), stored as one vector.
 ///
@@ -610,6 +681,8 @@ pub struct Conv2dBf16 {
     pub upsample: bool,
     /// Group-normalise the input as it is read ([`ConvInput::norm`]).
     pub input_norm: Option<std::sync::Arc<GroupNormParams>>,
+    /// Write `[B, H_out·W_out, C_out]` tokens (channels-last) instead of `[B, C_out, H_out, W_out]`.
+    pub tokens_output: bool,
 }
 
 /// The values of an f32 `[B, C, H, W]` view whose memory is channels-last (`[B, H, W, C]`, e.g. a transformer's
@@ -657,7 +730,16 @@ impl Conv2dBf16 {
             .weights
             .output_size(height, width, self.padding, self.stride)
             .unwrap_or((0, 0));
-        let shape = Shape::from((batch, self.weights.out_channels, out_h, out_w));
+        let (shape, layout) = match self.tokens_output {
+            true => (
+                Shape::from((batch, out_h * out_w, self.weights.out_channels)),
+                OutputLayout::ChannelsLast,
+            ),
+            false => (
+                Shape::from((batch, self.weights.out_channels, out_h, out_w)),
+                OutputLayout::ChannelsFirst,
+            ),
+        };
         let residual = match residual {
             Some((_, layout)) if layout.shape() != &shape => {
                 candle_core::bail!(
@@ -703,7 +785,7 @@ impl Conv2dBf16 {
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
             amx::new_output(shape.elem_count(), |out| {
-                conv2d_bf16(input, &self.weights, residual, out, self.padding, self.stride)
+                conv2d_bf16_as(input, &self.weights, residual, out, self.padding, self.stride, layout)
             })?
         };
         Ok((CpuStorage::F32(out), shape))
@@ -857,7 +939,7 @@ mod tests {
 
     /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
     #[test]
-    fn channels_last_input_gives_the_channels_first_bits() -> Result<()> {
+    fn channels_last_input_and_output_give_the_channels_first_bits() -> Result<()> {
         if !amx::available() {
             eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
             return Ok(());
@@ -907,6 +989,26 @@ mod tests {
             )?;
             assert!(
                 got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                "{dims:?}"
+            );
+            // A channels-last output (and residual): the same values, transposed.
+            let to_pixels = |planes: &[f32]| -> Vec<f32> {
+                (0..planes.len())
+                    .map(|index| {
+                        let (pixel, c) = (index / out_channels, index % out_channels);
+                        let (item, p) = (pixel / (h * w), pixel % (h * w));
+                        planes[(item * out_channels + c) * h * w + p]
+                    })
+                    .collect()
+            };
+            let mut got = vec![f32::NAN; residual.len()];
+            let (out, residual) = (SharedOut::new(&mut got), to_pixels(&residual));
+            let layout = OutputLayout::ChannelsLast;
+            conv2d_bf16_as(plain, &packed, Some(&residual), &out, padding, 1, layout)?;
+            assert!(
+                got.iter()
+                    .zip(&to_pixels(&want))
+                    .all(|(g, w)| g.to_bits() == w.to_bits()),
                 "{dims:?}"
             );
         }

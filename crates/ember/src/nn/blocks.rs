@@ -216,6 +216,23 @@ impl Conv {
         }
     }
 
+    /// [`forward_after_norm`](Self::forward_after_norm) without a residual, as tokens `[B, H·W, C_out]`: on the AMX
+    /// path written channels-last as the tile blocks come (no output planes, no transposed copy of them).
+    pub fn forward_after_norm_to_tokens(&self, x: &Tensor, norm: &GroupNorm, silu: bool) -> Result<Tensor> {
+        if let Some(op) = self.amx_op() {
+            let op = Conv2dBf16 {
+                input_norm: Some(Arc::new(norm.params(silu)?)),
+                tokens_output: true,
+                ..op
+            };
+            return amx_convolve(x, None, &op, self.flops(x)?);
+        }
+        self.forward_after_norm(x, norm, silu, None)?
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self.amx_op() {
@@ -267,6 +284,7 @@ fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
         stride: cfg.stride,
         upsample: false,
         input_norm: None,
+        tokens_output: false,
     }
 }
 
@@ -613,7 +631,7 @@ impl Transformer2DModel {
         // With 1×1 convolutions, on the AMX path the norm is applied as `proj_in` reads its input and the residual
         // added as `proj_out` writes its output (neither the normed tensor nor a separate add pass).
         let tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward_after_norm(x, &self.norm, false, None)?)?,
+            Projection::Conv(conv) => conv.forward_after_norm_to_tokens(x, &self.norm, false)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&self.norm.forward(x)?)?)?,
         };
         let tokens = self.block.forward(&tokens, context)?;
