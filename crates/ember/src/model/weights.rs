@@ -99,12 +99,18 @@ fn half_to_bf16(st: &MmapedSafetensors, key: &str, want: DType) -> candle_core::
         return Ok(None);
     }
     let bytes = view.data();
-    let mut values = vec![half::bf16::ZERO; bytes.len() / 2];
-    values
+    let len = bytes.len() / 2;
+    // Each task initialises its own chunk (zeroing all of it first, on this thread, was a pass of its own and took
+    // the page faults of the whole tensor here).
+    let mut values: Vec<half::bf16> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
         .par_chunks_mut(1 << 16)
         .zip(bytes.par_chunks(2 << 16))
         .for_each(|(dst, src)| {
             use half::slice::HalfFloatSliceExt;
+            dst.fill(std::mem::MaybeUninit::new(half::bf16::ZERO));
+            // SAFETY: every value of the chunk was just initialised.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut half::bf16, dst.len()) };
             const RUN: usize = 4096;
             let (mut f16, mut f32) = ([half::f16::ZERO; RUN], [0f32; RUN]);
             for (dst, src) in dst.chunks_mut(RUN).zip(src.chunks(2 * RUN)) {
@@ -116,6 +122,8 @@ fn half_to_bf16(st: &MmapedSafetensors, key: &str, want: DType) -> candle_core::
                 crate::cpu::amx::round_to_bf16(&f32[..dst.len()], dst.reinterpret_cast_mut());
             }
         });
+    // SAFETY: the chunks above cover and initialised the first `len` values.
+    unsafe { values.set_len(len) };
     Ok(Some(Tensor::from_vec(values, view.shape(), &Device::Cpu)?))
 }
 
