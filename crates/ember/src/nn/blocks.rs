@@ -425,8 +425,31 @@ impl ResnetBlock2D {
         })
     }
 
+    /// [`forward`](Self::forward) taking `x`, so that a block with a shortcut convolution frees it before `conv2`
+    /// (the VAE decoder's largest blocks: 268 MB at 512×512 that no longer coexists with `conv2`'s tensors).
+    pub fn forward_owned(&self, x: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let Some(shortcut) = &self.conv_shortcut else {
+            return self.forward(&x, temb);
+        };
+        let h = self.first_half(&x, temb)?;
+        let skip = shortcut.forward(&x)?;
+        drop(x);
+        self.conv2.forward_after_norm(&h, &self.norm2, true, Some(&skip))
+    }
+
     /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.first_half(x, temb)?;
+        match &self.conv_shortcut {
+            Some(sc) => self
+                .conv2
+                .forward_after_norm(&h, &self.norm2, true, Some(&sc.forward(x)?)),
+            None => self.conv2.forward_after_norm(&h, &self.norm2, true, Some(x)),
+        }
+    }
+
+    /// `conv1(silu(norm1(x)))` plus the projected time embedding.
+    fn first_half(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.conv1.forward_after_norm(x, &self.norm1, true, None)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
@@ -435,12 +458,7 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        match &self.conv_shortcut {
-            Some(sc) => self
-                .conv2
-                .forward_after_norm(&h, &self.norm2, true, Some(&sc.forward(x)?)),
-            None => self.conv2.forward_after_norm(&h, &self.norm2, true, Some(x)),
-        }
+        Ok(h)
     }
 }
 

@@ -207,8 +207,9 @@ impl UNet2DConditionModel {
             }
         }
 
-        let x = self.conv_norm_out.forward_silu(&x)?;
-        self.conv_out.forward(&x)?.to_dtype(out_dtype)
+        self.conv_out
+            .forward_after_norm(&x, &self.conv_norm_out, true, None)?
+            .to_dtype(out_dtype)
     }
 }
 

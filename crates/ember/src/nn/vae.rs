@@ -109,7 +109,8 @@ impl Encoder {
             }
         }
         let x = self.mid.forward(&x)?;
-        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
+        // On the AMX path the norm and SiLU are applied as the convolution reads (no normalised copy).
+        self.conv_out.forward_after_norm(&x, &self.conv_norm_out, true, None)
     }
 }
 
@@ -164,13 +165,14 @@ impl Decoder {
         let mut x = self.mid.forward(&self.conv_in.forward(z)?)?;
         for (resnets, us) in &self.up {
             for r in resnets {
-                x = r.forward(&x, None)?;
+                x = r.forward_owned(x, None)?;
             }
             if let Some(us) = us {
                 x = us.forward(&x, None)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
+        // On the AMX path the norm and SiLU are applied as the convolution reads (no normalised copy).
+        self.conv_out.forward_after_norm(&x, &self.conv_norm_out, true, None)
     }
 }
 
