@@ -149,8 +149,22 @@ impl ClipTextModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg, act))
             .collect::<Result<Vec<_>>>()?;
+        // Built for bf16 tiles, the token table (49 408 × 768: 152 MB in f32) is kept in bf16 like every other
+        // weight; rows are looked up, then widened to f32.
+        let token_embedding = match super::packing_bf16(vb.device(), vb.dtype()) {
+            true => {
+                let table = emb.pp("token_embedding").get_with_hints_dtype(
+                    (cfg.vocab_size, cfg.hidden_size),
+                    "weight",
+                    candle_nn::Init::Const(0.0),
+                    DType::BF16,
+                )?;
+                Embedding::new(table, cfg.hidden_size)
+            }
+            false => embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
+        };
         Ok(Self {
-            token_embedding: embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
+            token_embedding,
             position_embedding: embedding(
                 cfg.max_position_embeddings,
                 cfg.hidden_size,
@@ -194,7 +208,8 @@ impl ClipTextModel {
         };
         let positions = Tensor::arange(0u32, n as u32, input_ids.device())?;
         let tokens = self.token_embedding.forward(&input_ids.to_dtype(DType::U32)?)?;
-        let mut x = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let position = self.position_embedding.forward(&positions)?;
+        let mut x = tokens.to_dtype(position.dtype())?.broadcast_add(&position)?;
         for layer in &self.layers {
             x = layer.forward(&x, key_mask.as_ref())?;
         }
