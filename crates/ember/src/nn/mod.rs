@@ -33,7 +33,9 @@ pub(crate) fn accumulation_dtype(compute: DType) -> DType {
 /// layer are packed once, at load, into bf16 tiles (`cpu::conv::PackedConv`, `cpu::linear::PackedLinear`), the
 /// activations are rounded to bf16 as they enter those products, and everything else — accumulation, attention,
 /// normalisation, activations, residual sums — stays f32. That is both faster (the tile unit does ~4× the f32 FMA
-/// rate) and closer to the f32 result than bf16 activations throughout. Elsewhere the dtype is taken as it is.
+/// rate) and closer to the f32 result than bf16 activations throughout. A tensor whose every reader is such a product
+/// is stored as bf16 (the transformer blocks' norms, projections, attention and GEGLU outputs): the same bits reach
+/// the tiles, at half the memory traffic (`cpu::amx::Activations`). Elsewhere the dtype is taken as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Precision {
     /// The dtype tensors flow between layers in (and the weights not packed are loaded in).
