@@ -513,10 +513,14 @@ impl SharedOut<'_, half::bf16> {
     /// # Safety
     /// As [`copy_to`](Self::copy_to).
     pub unsafe fn round_to(&self, start: usize, values: &[f32]) {
-        use half::slice::HalfFloatSliceExt;
         self.check_range(start, values.len());
-        let out = std::slice::from_raw_parts_mut(self.ptr.add(start), values.len());
-        round_to_bf16(values, out.reinterpret_cast_mut());
+        // Rounded into a local run, then copied: the output may not be initialised yet, so no slice of it is made.
+        let mut run = [0u16; 256];
+        for (i, chunk) in values.chunks(run.len()).enumerate() {
+            round_to_bf16(chunk, &mut run[..chunk.len()]);
+            let dst = self.ptr.add(start + i * run.len()) as *mut u16;
+            std::ptr::copy_nonoverlapping(run.as_ptr(), dst, chunk.len());
+        }
     }
 
     /// [`OutputElement::store_rows`] for bf16: one vector pass over the block (a conversion call per row made bf16

@@ -155,29 +155,7 @@ impl<'a> ConvInput<'a> {
     }
 }
 
-/// Convolves `input` with the packed weights, zero padding `padding`, `stride`, into
-/// `out: [B, C_out, H_out, W_out]`, plus `residual` (same shape as `out`) when given: a resnet block's skip
-/// connection, added as each block is written instead of in another pass over a fresh buffer.
-pub fn conv2d_bf16(
-    input: ConvInput<'_>,
-    weights: &PackedConv,
-    residual: Option<&[f32]>,
-    out: &SharedOut<'_>,
-    padding: usize,
-    stride: usize,
-) -> Result<()> {
-    conv2d_bf16_as(
-        input,
-        weights,
-        residual,
-        out,
-        padding,
-        stride,
-        OutputLayout::ChannelsFirst,
-    )
-}
-
-/// How [`conv2d_bf16_as`] lays out its output (and residual).
+/// How [`conv2d_bf16`] lays out its output (and residual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputLayout {
     /// `[B, C_out, H_out, W_out]`.
@@ -187,8 +165,10 @@ pub enum OutputLayout {
     ChannelsLast,
 }
 
-/// [`conv2d_bf16`] into an output (and residual) of the given layout.
-pub fn conv2d_bf16_as(
+/// Convolves `input` with the packed weights, zero padding `padding`, `stride`, into `out` (laid out as `layout`
+/// says), plus `residual` (same shape and layout as `out`) when given: a resnet block's skip connection, added as
+/// each block is written instead of in another pass over a fresh buffer.
+pub fn conv2d_bf16(
     input: ConvInput<'_>,
     weights: &PackedConv,
     residual: Option<&[f32]>,
@@ -785,7 +765,7 @@ impl Conv2dBf16 {
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
             amx::new_output(shape.elem_count(), |out| {
-                conv2d_bf16_as(input, &self.weights, residual, out, self.padding, self.stride, layout)
+                conv2d_bf16(input, &self.weights, residual, out, self.padding, self.stride, layout)
             })?
         };
         Ok((CpuStorage::F32(out), shape))
@@ -847,13 +827,29 @@ mod tests {
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             let mut got = vec![f32::NAN; want.len()];
             let plain = ConvInput::plain(&input, batch, height, width);
-            conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
+            conv2d_bf16(
+                plain,
+                &packed,
+                None,
+                &SharedOut::new(&mut got),
+                padding,
+                1,
+                OutputLayout::ChannelsFirst,
+            )?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
             // With a residual: the same plus the residual, element by element.
             let residual = test_values(want.len(), 99 + i as u64);
             got.fill(f32::NAN);
-            conv2d_bf16(plain, &packed, Some(&residual), &SharedOut::new(&mut got), padding, 1)?;
+            conv2d_bf16(
+                plain,
+                &packed,
+                Some(&residual),
+                &SharedOut::new(&mut got),
+                padding,
+                1,
+                OutputLayout::ChannelsFirst,
+            )?;
             for ((&g, &w), &r) in got.iter().zip(&want).zip(&residual) {
                 assert!((g - (w + r)).abs() < 1e-5, "{dims:?} with residual: {g} vs {}", w + r);
             }
@@ -862,7 +858,15 @@ mod tests {
             for stride in [2, 3] {
                 let (sh, sw) = packed.output_size(height, width, padding, stride).expect("fits");
                 let mut strided = vec![f32::NAN; batch * out_channels * sh * sw];
-                conv2d_bf16(plain, &packed, None, &SharedOut::new(&mut strided), padding, stride)?;
+                conv2d_bf16(
+                    plain,
+                    &packed,
+                    None,
+                    &SharedOut::new(&mut strided),
+                    padding,
+                    stride,
+                    OutputLayout::ChannelsFirst,
+                )?;
                 for (index, &got) in strided.iter().enumerate() {
                     let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
                     let want = want[(plane * out_h + stride * y) * out_w + stride * x];
@@ -923,7 +927,15 @@ mod tests {
                     }),
                     ..ConvInput::plain(&input, batch, height, width)
                 };
-                conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), padding, 1)?;
+                conv2d_bf16(
+                    input,
+                    &packed,
+                    None,
+                    &SharedOut::new(&mut got),
+                    padding,
+                    1,
+                    OutputLayout::ChannelsFirst,
+                )?;
                 for (index, ((&g, &w), &b)) in got.iter().zip(&want).zip(&bound).enumerate() {
                     // f32 accumulation: 1e-5 relative, as the linear layer's test.
                     let allowed = 1e-5 * (1.0 + w.abs()) + if silu { b } else { 0.0 };
@@ -973,7 +985,15 @@ mod tests {
             let residual = test_values(batch * out_channels * h * w, 80 + case as u64);
             let mut want = vec![f32::NAN; residual.len()];
             let plain = ConvInput::plain(&input, batch, h, w);
-            conv2d_bf16(plain, &packed, Some(&residual), &SharedOut::new(&mut want), padding, 1)?;
+            conv2d_bf16(
+                plain,
+                &packed,
+                Some(&residual),
+                &SharedOut::new(&mut want),
+                padding,
+                1,
+                OutputLayout::ChannelsFirst,
+            )?;
             let mut got = vec![f32::NAN; residual.len()];
             let channels_last = ConvInput {
                 channels_last: true,
@@ -986,6 +1006,7 @@ mod tests {
                 &SharedOut::new(&mut got),
                 padding,
                 1,
+                OutputLayout::ChannelsFirst,
             )?;
             assert!(
                 got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
@@ -1004,7 +1025,7 @@ mod tests {
             let mut got = vec![f32::NAN; residual.len()];
             let (out, residual) = (SharedOut::new(&mut got), to_pixels(&residual));
             let layout = OutputLayout::ChannelsLast;
-            conv2d_bf16_as(plain, &packed, Some(&residual), &out, padding, 1, layout)?;
+            conv2d_bf16(plain, &packed, Some(&residual), &out, padding, 1, layout)?;
             assert!(
                 got.iter()
                     .zip(&to_pixels(&want))
@@ -1057,7 +1078,15 @@ mod tests {
                 upsampled: true,
                 ..ConvInput::plain(&source, batch, dims.height, dims.width)
             };
-            conv2d_bf16(input, &packed, None, &SharedOut::new(&mut got), 1, 1)?;
+            conv2d_bf16(
+                input,
+                &packed,
+                None,
+                &SharedOut::new(&mut got),
+                1,
+                1,
+                OutputLayout::ChannelsFirst,
+            )?;
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-5, "{dims:?} upsampled: max abs error {err}");
         }
