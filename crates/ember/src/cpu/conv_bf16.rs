@@ -949,7 +949,8 @@ mod tests {
         Ok(())
     }
 
-    /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
+    /// A channels-last input (a transformer's tokens) and a channels-last output (and residual) give the bits of
+    /// the channels-first convolution, transposed.
     #[test]
     fn channels_last_input_and_output_give_the_channels_first_bits() -> Result<()> {
         if !amx::available() {
@@ -975,13 +976,17 @@ mod tests {
             };
             let (input, weight, bias) = case_values(dims, 70 + case as u64, |v| v);
             let packed = PackedConv::new(&weight, &bias, out_channels, channels, kernel)?;
-            let tokens: Vec<f32> = (0..input.len())
-                .map(|index| {
-                    let (pixel, c) = (index / channels, index % channels);
-                    let (item, p) = (pixel / (h * w), pixel % (h * w));
-                    input[(item * channels + c) * h * w + p]
-                })
-                .collect();
+            // `[B, C, H, W]` with `c` channels → `[B, H, W, C]`.
+            let to_pixels = |planes: &[f32], c: usize| -> Vec<f32> {
+                (0..planes.len())
+                    .map(|index| {
+                        let (pixel, channel) = (index / c, index % c);
+                        let (item, p) = (pixel / (h * w), pixel % (h * w));
+                        planes[(item * c + channel) * h * w + p]
+                    })
+                    .collect()
+            };
+            let tokens = to_pixels(&input, channels);
             let residual = test_values(batch * out_channels * h * w, 80 + case as u64);
             let mut want = vec![f32::NAN; residual.len()];
             let plain = ConvInput::plain(&input, batch, h, w);
@@ -1013,22 +1018,13 @@ mod tests {
                 "{dims:?}"
             );
             // A channels-last output (and residual): the same values, transposed.
-            let to_pixels = |planes: &[f32]| -> Vec<f32> {
-                (0..planes.len())
-                    .map(|index| {
-                        let (pixel, c) = (index / out_channels, index % out_channels);
-                        let (item, p) = (pixel / (h * w), pixel % (h * w));
-                        planes[(item * out_channels + c) * h * w + p]
-                    })
-                    .collect()
-            };
             let mut got = vec![f32::NAN; residual.len()];
-            let (out, residual) = (SharedOut::new(&mut got), to_pixels(&residual));
+            let (out, residual) = (SharedOut::new(&mut got), to_pixels(&residual, out_channels));
             let layout = OutputLayout::ChannelsLast;
             conv2d_bf16(plain, &packed, Some(&residual), &out, padding, 1, layout)?;
             assert!(
                 got.iter()
-                    .zip(&to_pixels(&want))
+                    .zip(&to_pixels(&want, out_channels))
                     .all(|(g, w)| g.to_bits() == w.to_bits()),
                 "{dims:?}"
             );
@@ -1036,6 +1032,7 @@ mod tests {
         Ok(())
     }
 
+    /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
     #[test]
     fn upsampled_input_matches_the_upsampled_tensor() -> Result<()> {
         if !amx::available() {

@@ -227,10 +227,7 @@ impl Conv {
             };
             return amx_convolve(x, None, &op, self.flops(x)?);
         }
-        self.forward_after_norm(x, norm, silu, None)?
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .contiguous()
+        image_to_tokens(&self.forward_after_norm(x, norm, silu, None)?)
     }
 
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
@@ -386,6 +383,11 @@ fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: VarBuilde
 
 fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
     Conv::new(cin, cout, 1, 1, None, vb)
+}
+
+/// `[B, C, H, W]` → contiguous tokens `[B, H·W, C]`.
+pub fn image_to_tokens(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.transpose(1, 2)?.contiguous()
 }
 
 /// diffusers' `ResnetBlock2D` (default "default" time-embedding norm, output scale 1).
@@ -644,13 +646,12 @@ impl Transformer2DModel {
     /// `x: [B, C, H, W]`, `context: [B, M, C_ctx]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let to_tokens = |t: &Tensor| t.flatten_from(2)?.transpose(1, 2)?.contiguous();
         let to_image = |t: &Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
         // With 1×1 convolutions, on the AMX path the norm is applied as `proj_in` reads its input and the residual
         // added as `proj_out` writes its output (neither the normed tensor nor a separate add pass).
         let tokens = match &self.proj_in {
             Projection::Conv(conv) => conv.forward_after_norm_to_tokens(x, &self.norm, false)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(&self.norm.forward(x)?)?)?,
+            Projection::Linear(lin) => lin.forward(&image_to_tokens(&self.norm.forward(x)?)?)?,
         };
         let tokens = self.block.forward(&tokens, context)?;
         match &self.proj_out {

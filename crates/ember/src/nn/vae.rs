@@ -6,7 +6,7 @@
 //! (diffusers' `enable_tiling()`), so the activations of a huge image never have to fit in memory at once.
 
 use super::attention::Attention;
-use super::blocks::{group_norm, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
+use super::blocks::{group_norm, image_to_tokens, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
 use super::config::VaeConfig;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -41,12 +41,7 @@ impl MidBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.resnet0.forward(x, None)?;
         let (b, c, h, w) = x.dims4()?;
-        let tokens = self
-            .group_norm
-            .forward(&x)?
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let tokens = image_to_tokens(&self.group_norm.forward(&x)?)?;
         let attended = self.attention.forward(&tokens, None)?;
         let attended = attended.transpose(1, 2)?.reshape((b, c, h, w))?;
         self.resnet1.forward(&(attended + x)?, None)
