@@ -14,7 +14,7 @@
 use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::contiguous_f32;
 use super::conv::ConvDims;
-use super::group_norm::{folded_affine, GroupNormDims};
+use super::group_norm::{folded_affine, folded_affine_channels_last, GroupNormDims};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -165,13 +165,33 @@ pub enum OutputLayout {
     ChannelsLast,
 }
 
+/// What [`conv2d_bf16`] adds to its output besides the bias, as each block is written (instead of in another pass over
+/// a fresh buffer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Addends<'a> {
+    /// Same shape and layout as the output: a resnet block's skip connection.
+    pub residual: Option<&'a [f32]>,
+    /// `[B, C_out]`, a value per batch item and output channel: a resnet block's time embedding. Channels-last
+    /// output only.
+    pub per_item: Option<&'a [f32]>,
+}
+
+impl<'a> Addends<'a> {
+    /// The residual alone.
+    pub fn residual(residual: &'a [f32]) -> Self {
+        Self {
+            residual: Some(residual),
+            per_item: None,
+        }
+    }
+}
+
 /// Convolves `input` with the packed weights, zero padding `padding`, `stride`, into `out` (laid out as `layout`
-/// says), plus `residual` (same shape and layout as `out`) when given: a resnet block's skip connection, added as
-/// each block is written instead of in another pass over a fresh buffer.
+/// says), plus the `addends`.
 pub fn conv2d_bf16(
     input: ConvInput<'_>,
     weights: &PackedConv,
-    residual: Option<&[f32]>,
+    addends: Addends<'_>,
     out: &SharedOut<'_>,
     padding: usize,
     stride: usize,
@@ -193,9 +213,6 @@ pub fn conv2d_bf16(
             "convolution: an upsampled input needs stride 1 and an even size, got stride {stride}, {height}×{width}"
         );
     }
-    if input.channels_last && (stride != 1 || input.norm.is_some()) {
-        candle_core::bail!("convolution: a channels-last input needs stride 1 and no normalisation");
-    }
     if let Some(norm) = input.norm {
         if stride != 1 || norm.scale.len() != batch * ci || norm.shift.len() != batch * ci {
             candle_core::bail!(
@@ -213,11 +230,15 @@ pub fn conv2d_bf16(
             out.len()
         );
     }
+    let Addends { residual, per_item } = addends;
     if residual.is_some_and(|r| r.len() != out.len()) {
         candle_core::bail!(
             "convolution: the residual does not have the output's {} values",
             out.len()
         );
+    }
+    if per_item.is_some_and(|v| v.len() != batch * co || layout != OutputLayout::ChannelsLast) {
+        candle_core::bail!("convolution: per-item values need a channels-last output and {batch}×{co} of them");
     }
     if batch == 0 {
         return Ok(());
@@ -237,7 +258,7 @@ pub fn conv2d_bf16(
         let views = if stride == 1 {
             TapViews::shifted_rows(&mut buffer, input, dims, depth)
         } else {
-            TapViews::gathered(&mut buffer, input.data, dims, depth, stride, (out_h, out_w))
+            TapViews::gathered(&mut buffer, input, dims, depth, stride, (out_h, out_w))
         };
         let pixels = buffer.as_slice();
         let taps = weights.taps.len();
@@ -268,9 +289,15 @@ pub fn conv2d_bf16(
                             OutputLayout::ChannelsFirst => {
                                 write_block(&staging, &destinations, panel, weights, residual, out_h * out_w, out)
                             }
-                            OutputLayout::ChannelsLast => {
-                                write_pixel_rows(&staging, &destinations, panel, weights, residual, out)
-                            }
+                            OutputLayout::ChannelsLast => write_pixel_rows(
+                                &staging,
+                                &destinations,
+                                panel,
+                                weights,
+                                addends,
+                                out_h * out_w * co,
+                                out,
+                            ),
                         }
                     }
                 }
@@ -319,7 +346,7 @@ impl TapViews {
     /// Any stride: one row per output pixel holding every tap's input channels side by side (im2col, channels-last).
     fn gathered(
         buffer: &mut AlignedBf16,
-        input: &[f32],
+        input: ConvInput<'_>,
         dims: ConvDims,
         depth: usize,
         stride: usize,
@@ -348,6 +375,16 @@ impl TapViews {
                     let Some(y) = (stride * oy + tap / k).checked_sub(p).filter(|&y| y < h) else {
                         continue;
                     };
+                    if input.channels_last {
+                        for ox in 0..out_w {
+                            if let Some(x) = (stride * ox + tap % k).checked_sub(p).filter(|&x| x < w) {
+                                let pixel = &input.data[((item * h + y) * w + x) * ci..][..ci];
+                                amx::round_to_bf16(pixel, &mut dst[ox * a_row + tap * depth..][..ci]);
+                            }
+                        }
+                        continue;
+                    }
+                    let input = input.data;
                     for c in 0..ci {
                         let src = &input[((item * ci + c) * h + y) * w..][..w];
                         for ox in 0..out_w {
@@ -430,21 +467,19 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: Conv
                 return;
             }
             let row = &mut dst[p * depth..][..w * depth];
-            if input.channels_last {
-                let first = (item * source_h + (y - p) / repeat) * source_w;
-                for (x, pixel) in row.chunks_exact_mut(depth).enumerate() {
-                    amx::round_to_bf16(&input.data[(first + x / repeat) * ci..][..ci], &mut pixel[..ci]);
-                }
-                return;
-            }
-            let first = (item * ci * source_h + (y - p) / repeat) * source_w;
-            let plane = source_h * source_w;
             // This item's slice of the normalisation.
             let norm = input.norm.map(|n| InputNorm {
                 scale: &n.scale[item * ci..][..ci],
                 shift: &n.shift[item * ci..][..ci],
                 silu: n.silu,
             });
+            if input.channels_last {
+                let first = (item * source_h + (y - p) / repeat) * source_w;
+                pixels_to_bf16(&input.data[first * ci..][..source_w * ci], ci, repeat, norm, depth, row);
+                return;
+            }
+            let first = (item * ci * source_h + (y - p) / repeat) * source_w;
+            let plane = source_h * source_w;
             #[cfg(target_arch = "x86_64")]
             if super::avx512_bw_vl() && ci * plane < i32::MAX as usize / 4 {
                 // SAFETY: AVX-512F/BW/VL detected; the input holds channels 0..ci of this source row (checked by the
@@ -467,6 +502,84 @@ fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: Conv
                 }
             }
         });
+}
+
+/// One image row from channels-last f32 (`source[(x / repeat)·channels + c]`, normalised when asked) to the A
+/// operand's rows (`row[x·depth + c]`, bf16).
+fn pixels_to_bf16(
+    source: &[f32],
+    channels: usize,
+    repeat: usize,
+    norm: Option<InputNorm<'_>>,
+    depth: usize,
+    row: &mut [u16],
+) {
+    let width = row.len() / depth;
+    assert!(source.len() >= width.div_ceil(repeat) * channels && depth >= channels);
+    if let Some(n) = norm {
+        assert!(n.scale.len() >= channels && n.shift.len() >= channels);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512_bw_vl() {
+        // SAFETY: AVX-512F/BW/VL detected; the sizes were checked above.
+        unsafe { pixels_to_bf16_avx512(source, channels, repeat, norm, depth, row) };
+        return;
+    }
+    for (x, pixel) in row.chunks_exact_mut(depth).enumerate() {
+        let src = &source[x / repeat * channels..][..channels];
+        match norm {
+            None => amx::round_to_bf16(src, &mut pixel[..channels]),
+            Some(n) => {
+                for (c, (dst, &v)) in pixel.iter_mut().zip(src).enumerate() {
+                    let v = v.mul_add(n.scale[c], n.shift[c]);
+                    *dst = amx::bf16_bits(if n.silu { v / (1.0 + (-v).exp()) } else { v });
+                }
+            }
+        }
+    }
+}
+
+/// [`pixels_to_bf16`], 16 channels at a time.
+///
+/// # Safety
+/// AVX-512F/BW/VL; the sizes [`pixels_to_bf16`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pixels_to_bf16_avx512(
+    source: &[f32],
+    channels: usize,
+    repeat: usize,
+    norm: Option<InputNorm<'_>>,
+    depth: usize,
+    row: &mut [u16],
+) {
+    use super::vector_math::avx512::{exp, to_bf16};
+    use std::arch::x86_64::*;
+    for c0 in (0..channels).step_by(16) {
+        let mask: __mmask16 = if channels - c0 >= 16 {
+            0xffff
+        } else {
+            (1u16 << (channels - c0)) - 1
+        };
+        let affine = norm.map(|n| {
+            (
+                _mm512_maskz_loadu_ps(mask, n.scale.as_ptr().add(c0)),
+                _mm512_maskz_loadu_ps(mask, n.shift.as_ptr().add(c0)),
+                n.silu,
+            )
+        });
+        for x in 0..row.len() / depth {
+            let mut v = _mm512_maskz_loadu_ps(mask, source.as_ptr().add(x / repeat * channels + c0));
+            if let Some((scale, shift, silu)) = affine {
+                v = _mm512_fmadd_ps(v, scale, shift);
+                if silu {
+                    let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
+                    v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+                }
+            }
+            _mm256_mask_storeu_epi16(row.as_mut_ptr().add(x * depth + c0) as *mut i16, mask, to_bf16(v));
+        }
+    }
 }
 
 /// One image row from channels-first f32 (`input[c·plane + x / repeat]`) to channels-last bf16 (`row[x·depth + c]`):
@@ -562,31 +675,72 @@ fn write_block(
     }
 }
 
-/// [`write_block`] into a channels-last output: each real pixel's row of the block, plus the bias (and residual), is
-/// a run of consecutive outputs.
+/// [`write_block`] into a channels-last output: each real pixel's row of the block, plus the bias (and the addends),
+/// is a run of consecutive outputs. `item_size`: values per batch item of the output.
 fn write_pixel_rows(
     staging: &Staging,
     destinations: &[Option<usize>; amx::BLOCK],
     panel: usize,
     weights: &PackedConv,
-    residual: Option<&[f32]>,
+    addends: Addends<'_>,
+    item_size: usize,
     out: &SharedOut,
 ) {
-    let channels = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(weights.out_channels);
+    let co = weights.out_channels;
+    let channels = panel * amx::BLOCK..((panel + 1) * amx::BLOCK).min(co);
     let bias = &weights.bias[channels.clone()];
     let mut values = [0f32; amx::BLOCK];
     let values = &mut values[..channels.len()];
     for (r, destination) in destinations.iter().enumerate() {
         let Some(base) = destination else { continue };
         let start = base + channels.start;
-        for ((v, &s), &b) in values.iter_mut().zip(staging.row(r)).zip(bias) {
-            *v = s + b;
+        let per_item = addends
+            .per_item
+            .map(|v| &v[base / item_size * co + channels.start..][..channels.len()]);
+        let residual = addends.residual.map(|v| &v[start..][..channels.len()]);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F detected; the addends are sliced to the block's channels above, `copy_to` checks
+            // the output's bounds.
+            unsafe { add_row_avx512(staging.row(r), bias, per_item, residual, values) };
+            // SAFETY: each (pixel, channel) belongs to exactly one task's block.
+            unsafe { out.copy_to(start, values) };
+            continue;
         }
-        if let Some(residual) = residual {
-            values.iter_mut().zip(&residual[start..]).for_each(|(v, &s)| *v += s);
+        for (c, (v, &s)) in values.iter_mut().zip(staging.row(r)).enumerate() {
+            *v = s + bias[c] + per_item.map_or(0.0, |p| p[c]) + residual.map_or(0.0, |p| p[c]);
         }
-        // SAFETY: each (pixel, channel) belongs to exactly one task's block; `copy_to` checks the bounds.
+        // SAFETY: as above.
         unsafe { out.copy_to(start, values) };
+    }
+}
+
+/// `values[c] = block_row[c] + bias[c] (+ per_item[c]) (+ residual[c])`, 16 channels at a time.
+///
+/// # Safety
+/// AVX-512F; `bias`, and the addends when given, have `values.len()` ≤ `block_row.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_row_avx512(
+    block_row: &[f32],
+    bias: &[f32],
+    per_item: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    values: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let len = values.len();
+    for c in (0..len).step_by(16) {
+        let mask: __mmask16 = if len - c >= 16 { 0xffff } else { (1u16 << (len - c)) - 1 };
+        let load = |v: &[f32]| _mm512_maskz_loadu_ps(mask, v.as_ptr().add(c));
+        let mut v = _mm512_add_ps(load(block_row), load(bias));
+        if let Some(p) = per_item {
+            v = _mm512_add_ps(v, load(p));
+        }
+        if let Some(r) = residual {
+            v = _mm512_add_ps(v, load(r));
+        }
+        _mm512_mask_storeu_ps(values.as_mut_ptr().add(c), mask, v);
     }
 }
 
@@ -651,8 +805,9 @@ unsafe fn write_block_avx512(
     }
 }
 
-/// [`conv2d_bf16`] as a candle operation on a contiguous f32 CPU tensor `input: [B, C_in, H, W]`; as a two-tensor
-/// operation, with a residual `[B, C_out, H_out, W_out]` added in the epilogue.
+/// [`conv2d_bf16`] as a candle operation on an f32 CPU tensor `input: [B, C_in, H, W]`, contiguous or a view of
+/// channels-last memory; as a two-tensor operation, with a residual (the output's shape, contiguous) added in the
+/// epilogue.
 pub struct Conv2dBf16 {
     pub weights: std::sync::Arc<PackedConv>,
     pub padding: usize,
@@ -661,8 +816,20 @@ pub struct Conv2dBf16 {
     pub upsample: bool,
     /// Group-normalise the input as it is read ([`ConvInput::norm`]).
     pub input_norm: Option<std::sync::Arc<GroupNormParams>>,
-    /// Write `[B, H_out·W_out, C_out]` tokens (channels-last) instead of `[B, C_out, H_out, W_out]`.
-    pub tokens_output: bool,
+    pub output: ConvOutput,
+    /// `[B, C_out]` added to the output (a resnet block's time embedding); channels-last outputs only.
+    pub per_item: Option<Vec<f32>>,
+}
+
+/// The shape and memory layout of [`Conv2dBf16`]'s output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvOutput {
+    /// `[B, C_out, H_out, W_out]`.
+    Planes,
+    /// `[B, H_out, W_out, C_out]`: an image kept channels-last between layers (each block row written as it is).
+    Pixels,
+    /// `[B, H_out·W_out, C_out]`: a transformer's tokens.
+    Tokens,
 }
 
 /// The values of an f32 `[B, C, H, W]` view whose memory is channels-last (`[B, H, W, C]`, e.g. a transformer's
@@ -710,15 +877,11 @@ impl Conv2dBf16 {
             .weights
             .output_size(height, width, self.padding, self.stride)
             .unwrap_or((0, 0));
-        let (shape, layout) = match self.tokens_output {
-            true => (
-                Shape::from((batch, out_h * out_w, self.weights.out_channels)),
-                OutputLayout::ChannelsLast,
-            ),
-            false => (
-                Shape::from((batch, self.weights.out_channels, out_h, out_w)),
-                OutputLayout::ChannelsFirst,
-            ),
+        let co = self.weights.out_channels;
+        let (shape, layout) = match self.output {
+            ConvOutput::Planes => (Shape::from((batch, co, out_h, out_w)), OutputLayout::ChannelsFirst),
+            ConvOutput::Pixels => (Shape::from((batch, out_h, out_w, co)), OutputLayout::ChannelsLast),
+            ConvOutput::Tokens => (Shape::from((batch, out_h * out_w, co)), OutputLayout::ChannelsLast),
         };
         let residual = match residual {
             Some((_, layout)) if layout.shape() != &shape => {
@@ -736,9 +899,6 @@ impl Conv2dBf16 {
             None => contiguous_f32(input, input_l, "convolution: input")?,
         };
         let affine = match &self.input_norm {
-            Some(_) if channels_last.is_some() => {
-                candle_core::bail!("convolution: a channels-last input cannot be normalised as it is read")
-            }
             Some(params) => {
                 let dims = GroupNormDims {
                     batch,
@@ -748,7 +908,10 @@ impl Conv2dBf16 {
                     eps: params.eps,
                     silu: params.silu,
                 };
-                Some(folded_affine(data, &params.weight, &params.bias, dims)?)
+                Some(match channels_last {
+                    Some(_) => folded_affine_channels_last(data, &params.weight, &params.bias, dims)?,
+                    None => folded_affine(data, &params.weight, &params.bias, dims)?,
+                })
             }
             None => None,
         };
@@ -765,7 +928,11 @@ impl Conv2dBf16 {
         // SAFETY: `conv2d_bf16` stores every output value.
         let out = unsafe {
             amx::new_output(shape.elem_count(), |out| {
-                conv2d_bf16(input, &self.weights, residual, out, self.padding, self.stride, layout)
+                let addends = Addends {
+                    residual,
+                    per_item: self.per_item.as_deref(),
+                };
+                conv2d_bf16(input, &self.weights, addends, out, self.padding, self.stride, layout)
             })?
         };
         Ok((CpuStorage::F32(out), shape))
@@ -830,7 +997,7 @@ mod tests {
             conv2d_bf16(
                 plain,
                 &packed,
-                None,
+                Addends::default(),
                 &SharedOut::new(&mut got),
                 padding,
                 1,
@@ -844,7 +1011,7 @@ mod tests {
             conv2d_bf16(
                 plain,
                 &packed,
-                Some(&residual),
+                Addends::residual(&residual),
                 &SharedOut::new(&mut got),
                 padding,
                 1,
@@ -861,7 +1028,7 @@ mod tests {
                 conv2d_bf16(
                     plain,
                     &packed,
-                    None,
+                    Addends::default(),
                     &SharedOut::new(&mut strided),
                     padding,
                     stride,
@@ -930,7 +1097,7 @@ mod tests {
                 conv2d_bf16(
                     input,
                     &packed,
-                    None,
+                    Addends::default(),
                     &SharedOut::new(&mut got),
                     padding,
                     1,
@@ -993,7 +1160,7 @@ mod tests {
             conv2d_bf16(
                 plain,
                 &packed,
-                Some(&residual),
+                Addends::residual(&residual),
                 &SharedOut::new(&mut want),
                 padding,
                 1,
@@ -1007,7 +1174,7 @@ mod tests {
             conv2d_bf16(
                 channels_last,
                 &packed,
-                Some(&residual),
+                Addends::residual(&residual),
                 &SharedOut::new(&mut got),
                 padding,
                 1,
@@ -1021,13 +1188,110 @@ mod tests {
             let mut got = vec![f32::NAN; residual.len()];
             let (out, residual) = (SharedOut::new(&mut got), to_pixels(&residual, out_channels));
             let layout = OutputLayout::ChannelsLast;
-            conv2d_bf16(plain, &packed, Some(&residual), &out, padding, 1, layout)?;
+            conv2d_bf16(plain, &packed, Addends::residual(&residual), &out, padding, 1, layout)?;
             assert!(
                 got.iter()
                     .zip(&to_pixels(&want, out_channels))
                     .all(|(g, w)| g.to_bits() == w.to_bits()),
                 "{dims:?}"
             );
+        }
+        Ok(())
+    }
+
+    /// Every way of reading a channels-last input (normalised with and without SiLU, upsampled, strided) gives the
+    /// bits of the same read of the channels-first input, on all the odd shapes; per-item values on a channels-last
+    /// output give the bits of adding them to the output after.
+    #[test]
+    fn channels_last_reads_give_the_channels_first_bits() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+            return Ok(());
+        }
+        for (case, dims) in odd_shapes().into_iter().enumerate() {
+            let ConvDims {
+                batch,
+                in_channels: ci,
+                out_channels: co,
+                height: h,
+                width: w,
+                kernel,
+                padding,
+            } = dims;
+            let (input, weight, bias) = case_values(dims, 90 + case as u64, |v| v);
+            let packed = PackedConv::new(&weight, &bias, co, ci, kernel)?;
+            let pixels: Vec<f32> = (0..input.len())
+                .map(|i| {
+                    let (item, p, c) = (i / (h * w * ci), i / ci % (h * w), i % ci);
+                    input[(item * ci + c) * h * w + p]
+                })
+                .collect();
+            let scale: Vec<f32> = (0..batch * ci).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
+            let shift: Vec<f32> = (0..batch * ci).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+            let norm = |silu| InputNorm {
+                scale: &scale,
+                shift: &shift,
+                silu,
+            };
+            // (normalisation, upsampled, stride)
+            let reads = [
+                (None, false, 1),
+                (Some(norm(false)), false, 1),
+                (Some(norm(true)), false, 1),
+                (Some(norm(true)), true, 1),
+                (None, false, 2),
+            ];
+            for (norm, upsampled, stride) in reads {
+                let factor = if upsampled { 2 } else { 1 };
+                let (height, width) = (factor * h, factor * w);
+                let Some((out_h, out_w)) = packed.output_size(height, width, padding, stride) else {
+                    continue;
+                };
+                let read = |data, channels_last| ConvInput {
+                    norm,
+                    upsampled,
+                    channels_last,
+                    ..ConvInput::plain(data, batch, height, width)
+                };
+                let mut want = vec![f32::NAN; batch * co * out_h * out_w];
+                let out = SharedOut::new(&mut want);
+                let layout = OutputLayout::ChannelsLast;
+                conv2d_bf16(
+                    read(&input, false),
+                    &packed,
+                    Addends::default(),
+                    &out,
+                    padding,
+                    stride,
+                    layout,
+                )?;
+                let mut got = vec![f32::NAN; want.len()];
+                let out = SharedOut::new(&mut got);
+                conv2d_bf16(
+                    read(&pixels, true),
+                    &packed,
+                    Addends::default(),
+                    &out,
+                    padding,
+                    stride,
+                    layout,
+                )?;
+                let what = format!("{dims:?} norm {norm:?} upsampled {upsampled} stride {stride}");
+                assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{what}");
+                // Per-item values, added as the rows are written.
+                let per_item = test_values(batch * co, 7);
+                let addends = Addends {
+                    per_item: Some(&per_item),
+                    ..Addends::default()
+                };
+                let out = SharedOut::new(&mut got);
+                conv2d_bf16(read(&pixels, true), &packed, addends, &out, padding, stride, layout)?;
+                for (index, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let (item, c) = (index / (out_h * out_w * co), index % co);
+                    let w = w + per_item[item * co + c];
+                    assert_eq!(g.to_bits(), w.to_bits(), "{what} with per-item values, value {index}");
+                }
+            }
         }
         Ok(())
     }
@@ -1078,7 +1342,7 @@ mod tests {
             conv2d_bf16(
                 input,
                 &packed,
-                None,
+                Addends::default(),
                 &SharedOut::new(&mut got),
                 1,
                 1,

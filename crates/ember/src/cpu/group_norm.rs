@@ -128,6 +128,106 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
     Ok((scale, shift))
 }
 
+/// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (a UNet activation kept as pixels of channels): one pass
+/// sums each channel's values over the pixels in f64, relative to the channel's first value (so that a mean far from
+/// zero costs no digits), and the sums are combined per group.
+pub fn folded_affine_channels_last(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    dims: GroupNormDims,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let GroupNormDims {
+        batch,
+        channels,
+        spatial,
+        groups,
+        eps,
+        ..
+    } = dims;
+    dims.check(x, weight, bias)?;
+    let mut scale = vec![0f32; batch * channels];
+    let mut shift = vec![0f32; batch * channels];
+    if spatial == 0 || channels == 0 {
+        return Ok((scale, shift));
+    }
+    // Tasks of about 64 KiB of pixels: a channel's pass over them reads from L2.
+    let pixels_per_task = (16384 / channels).max(16).min(spatial);
+    let tasks_per_item = spatial.div_ceil(pixels_per_task);
+    let sums: Vec<ChannelSums> = (0..batch * tasks_per_item)
+        .into_par_iter()
+        .map(|task| {
+            let (item, part) = (task / tasks_per_item, task % tasks_per_item);
+            let pixels = part * pixels_per_task..((part + 1) * pixels_per_task).min(spatial);
+            let values = &x[(item * spatial + pixels.start) * channels..(item * spatial + pixels.end) * channels];
+            ChannelSums::of(values, &x[item * spatial * channels..][..channels])
+        })
+        .collect();
+    let per_group = channels / groups;
+    let n = (per_group * spatial) as f64;
+    for (item, parts) in sums.chunks(tasks_per_item).enumerate() {
+        let pivot = &x[item * spatial * channels..][..channels];
+        let total = |c: usize, of: fn(&ChannelSums) -> &[f64]| parts.iter().map(|p| of(p)[c]).sum::<f64>();
+        for group in 0..groups {
+            let members = group * per_group..(group + 1) * per_group;
+            let first_moment: Vec<f64> = members.clone().map(|c| total(c, |p| &p.first)).collect();
+            let mean = members
+                .clone()
+                .zip(&first_moment)
+                .map(|(c, s)| s + spatial as f64 * pivot[c] as f64)
+                .sum::<f64>()
+                / n;
+            // Σ(x − mean)² per channel from its sums about the pivot p: Σ(x − p)² + 2(p − mean)Σ(x − p) + n(p − mean)².
+            let var = members
+                .clone()
+                .zip(&first_moment)
+                .map(|(c, s)| {
+                    let offset = pivot[c] as f64 - mean;
+                    total(c, |p| &p.second) + 2.0 * offset * s + spatial as f64 * offset * offset
+                })
+                .sum::<f64>()
+                / n;
+            let inv_std = 1.0 / (var.max(0.0) + eps).sqrt();
+            for c in members {
+                let s = inv_std * weight[c] as f64;
+                scale[item * channels + c] = s as f32;
+                shift[item * channels + c] = (bias[c] as f64 - mean * s) as f32;
+            }
+        }
+    }
+    Ok((scale, shift))
+}
+
+/// Per channel of some pixels `[pixels][C]`: Σ(x − p) and Σ(x − p)² in f64, `p` the channel's pivot value.
+struct ChannelSums {
+    first: Vec<f64>,
+    second: Vec<f64>,
+}
+
+impl ChannelSums {
+    fn of(values: &[f32], pivot: &[f32]) -> Self {
+        let channels = pivot.len();
+        let mut sums = ChannelSums {
+            first: vec![0.0; channels],
+            second: vec![0.0; channels],
+        };
+        #[cfg(target_arch = "x86_64")]
+        if super::Isa::detect() == super::Isa::Avx512 {
+            // SAFETY: AVX-512F was detected; the sums and the pivot have `channels` values, `values` whole pixels.
+            unsafe { avx512::channel_sums(values, pivot, &mut sums.first, &mut sums.second) };
+            return sums;
+        }
+        for pixel in values.chunks_exact(channels) {
+            for (c, (&v, &p)) in pixel.iter().zip(pivot).enumerate() {
+                let d = v as f64 - p as f64;
+                sums.first[c] += d;
+                sums.second[c] += d * d;
+            }
+        }
+        sums
+    }
+}
+
 /// Mean and (biased) variance of `x`, accumulated in f64 (16 lanes with AVX-512): the statistics of every
 /// normalisation here (group norm, its folded form, `cpu::layer_norm`).
 pub(crate) fn mean_and_variance(x: &[f32]) -> (f64, f64) {
@@ -175,6 +275,37 @@ pub(crate) mod avx512 {
             hi = _mm512_mask_add_pd(hi, (mask >> 8) as __mmask8, hi, f(b));
         }
         _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
+    }
+
+    /// [`ChannelSums::of`](super::ChannelSums::of) with 8 channels per vector, two pixels' chains in flight.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn channel_sums(values: &[f32], pivot: &[f32], first: &mut [f64], second: &mut [f64]) {
+        let channels = pivot.len();
+        assert!(first.len() == channels && second.len() == channels && values.len().is_multiple_of(channels));
+        let pixels = values.len() / channels;
+        for c0 in (0..channels).step_by(8) {
+            let mask: __mmask8 = if channels - c0 >= 8 {
+                0xff
+            } else {
+                (1u8 << (channels - c0)) - 1
+            };
+            let load =
+                |pixel: usize| _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, values.as_ptr().add(pixel * channels + c0)));
+            let p = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, pivot.as_ptr().add(c0)));
+            let [mut s0, mut s1, mut q0, mut q1] = [_mm512_setzero_pd(); 4];
+            for pixel in (0..pixels).step_by(2) {
+                let d = _mm512_sub_pd(load(pixel), p);
+                s0 = _mm512_add_pd(s0, d);
+                q0 = _mm512_fmadd_pd(d, d, q0);
+                if pixel + 1 < pixels {
+                    let d = _mm512_sub_pd(load(pixel + 1), p);
+                    s1 = _mm512_add_pd(s1, d);
+                    q1 = _mm512_fmadd_pd(d, d, q1);
+                }
+            }
+            _mm512_mask_storeu_pd(first.as_mut_ptr().add(c0), mask, _mm512_add_pd(s0, s1));
+            _mm512_mask_storeu_pd(second.as_mut_ptr().add(c0), mask, _mm512_add_pd(q0, q1));
+        }
     }
 
     /// `v − mean` computed in f64 (8 lanes at a time), rounded to f32.
@@ -340,6 +471,49 @@ mod tests {
             let plane = index / spatial;
             let got = v * scale[plane] + shift[plane];
             assert!((got - w).abs() < 2e-5 * w.abs().max(1.0), "value {index}: {got} vs {w}");
+        }
+        Ok(())
+    }
+
+    /// The channels-last statistics give the channels-first folded map (the same f64 sums in another order) on
+    /// groups whose mean is far from their spread, for channel counts that leave every vector tail.
+    #[test]
+    fn channels_last_folded_affine_matches_the_channels_first_one() -> Result<()> {
+        for &(batch, channels, spatial, groups) in &[(2, 12, 33, 4), (1, 40, 300, 8), (2, 17, 5, 1), (1, 3, 1, 3)] {
+            let x: Vec<f32> = (0..batch * channels * spatial)
+                .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + 100.0 + (i / 50) as f32)
+                .collect();
+            let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
+            let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
+            let dims = GroupNormDims {
+                batch,
+                channels,
+                spatial,
+                groups,
+                eps: 1e-5,
+                silu: false,
+            };
+            let (want_scale, want_shift) = folded_affine(&x, &weight, &bias, dims)?;
+            // `[B, C, spatial]` → `[B, spatial, C]`.
+            let pixels: Vec<f32> = (0..x.len())
+                .map(|i| {
+                    let (item, p, c) = (i / (spatial * channels), i / channels % spatial, i % channels);
+                    x[(item * channels + c) * spatial + p]
+                })
+                .collect();
+            let (scale, shift) = folded_affine_channels_last(&pixels, &weight, &bias, dims)?;
+            for (i, ((&s, &w), (&h, &v))) in scale
+                .iter()
+                .zip(&want_scale)
+                .zip(shift.iter().zip(&want_shift))
+                .enumerate()
+            {
+                assert!((s - w).abs() <= 1e-6 * w.abs(), "{dims:?} scale {i}: {s} vs {w}");
+                assert!(
+                    (h - v).abs() <= 1e-6 * v.abs().max(1.0),
+                    "{dims:?} shift {i}: {h} vs {v}"
+                );
+            }
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use super::attention::Attention;
 use super::linear::{linear, Linear};
 use crate::cpu::conv::Conv2dStride1;
-use crate::cpu::conv_bf16::{Conv2dBf16, GroupNormParams, PackedConv};
+use crate::cpu::conv_bf16::{Conv2dBf16, ConvOutput, GroupNormParams, PackedConv};
 use crate::cpu::geglu::Geglu;
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::cpu::layer_norm::FusedLayerNorm;
@@ -79,6 +79,19 @@ pub struct Conv {
     in_channels: usize,
     out_channels: usize,
     kernel: usize,
+    output_memory: ImageMemory,
+}
+
+/// How the AMX path lays out a convolution's output image in memory. A channels-last image is the `[B, C, H, W]`
+/// view of `[B, H, W, C]` memory: its convolutions read each pixel's channels as one row of their A operand and write
+/// their tile blocks' rows as they are, where a channels-first image costs a transpose each way. The UNet keeps its
+/// activations channels-last from `conv_in` to `conv_out`; every other op sees the same logical tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageMemory {
+    /// Channels-last when the input is.
+    AsInput,
+    ChannelsLast,
+    ChannelsFirst,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +130,17 @@ impl Conv {
             in_channels: cin,
             out_channels: cout,
             kernel: k,
+            output_memory: ImageMemory::AsInput,
         })
+    }
+
+    /// This convolution with its output laid out as `memory` says on the AMX path (elsewhere outputs are
+    /// contiguous `[B, C, H, W]`).
+    pub fn with_output_memory(self, memory: ImageMemory) -> Self {
+        Self {
+            output_memory: memory,
+            ..self
+        }
     }
 
     /// Circular padding first under `--seamless`, then the convolution.
@@ -133,10 +156,7 @@ impl Conv {
     /// Convolves with `cfg` (the layer's own, or the same without padding after circular padding).
     fn convolve(&self, x: &Tensor, cfg: Conv2dConfig, own_cfg: bool) -> Result<Tensor> {
         let conv = match &self.weights {
-            ConvWeights::PackedBf16(packed) => {
-                let op = bf16_op(packed, cfg);
-                return x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&op);
-            }
+            ConvWeights::PackedBf16(packed) => return self.amx_run(x, None, None, bf16_op(packed, cfg)),
             ConvWeights::Candle(conv) => conv,
         };
         let own_kernel =
@@ -183,7 +203,7 @@ impl Conv {
         match self.amx_op() {
             Some(op) => {
                 let op = Conv2dBf16 { upsample: true, ..op };
-                amx_convolve(x, None, &op, self.flops_at(b, 2 * h, 2 * w))
+                self.amx_convolve(x, None, None, op, self.flops_at(b, 2 * h, 2 * w))
             }
             None => self.forward(&upsample_nearest_2x(x, (2 * h, 2 * w))?),
         }
@@ -204,7 +224,7 @@ impl Conv {
                 input_norm: Some(Arc::new(norm.params(silu)?)),
                 ..op
             };
-            return amx_convolve(x, residual, &op, self.flops(x)?);
+            return self.amx_convolve(x, residual, None, op, self.flops(x)?);
         }
         let normed = match silu {
             true => norm.forward_silu(x)?,
@@ -216,16 +236,37 @@ impl Conv {
         }
     }
 
+    /// [`forward_after_norm`](Self::forward_after_norm) without a residual, plus `embedding: [B, C_out]` on every
+    /// pixel of each batch item (a resnet block's time embedding): on the AMX path with a channels-last output, added
+    /// as the output is written.
+    pub fn forward_after_norm_plus_embedding(
+        &self,
+        x: &Tensor,
+        norm: &GroupNorm,
+        silu: bool,
+        embedding: &Tensor,
+    ) -> Result<Tensor> {
+        if let Some(op) = self.amx_op() {
+            let op = Conv2dBf16 {
+                input_norm: Some(Arc::new(norm.params(silu)?)),
+                ..op
+            };
+            return self.amx_convolve(x, None, Some(embedding), op, self.flops(x)?);
+        }
+        self.forward_after_norm(x, norm, silu, None)?
+            .broadcast_add(&embedding.unsqueeze(2)?.unsqueeze(3)?)
+    }
+
     /// [`forward_after_norm`](Self::forward_after_norm) without a residual, as tokens `[B, H·W, C_out]`: on the AMX
     /// path written channels-last as the tile blocks come (no output planes, no transposed copy of them).
     pub fn forward_after_norm_to_tokens(&self, x: &Tensor, norm: &GroupNorm, silu: bool) -> Result<Tensor> {
         if let Some(op) = self.amx_op() {
             let op = Conv2dBf16 {
                 input_norm: Some(Arc::new(norm.params(silu)?)),
-                tokens_output: true,
+                output: ConvOutput::Tokens,
                 ..op
             };
-            return amx_convolve(x, None, &op, self.flops(x)?);
+            return self.amx_convolve(x, None, None, op, self.flops(x)?);
         }
         image_to_tokens(&self.forward_after_norm(x, norm, silu, None)?)
     }
@@ -233,7 +274,7 @@ impl Conv {
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self.amx_op() {
-            Some(op) => amx_convolve(x, Some(residual), &op, self.flops(x)?),
+            Some(op) => self.amx_convolve(x, Some(residual), None, op, self.flops(x)?),
             None => self.forward(x)? + residual,
         }
     }
@@ -251,26 +292,78 @@ impl Conv {
     }
 }
 
-/// Runs the AMX convolution `op` on `x` (plus `residual` when given), in f32, counted as `flops` of convolution.
-/// An `x` whose memory is channels-last (a transformer's tokens seen as an image) is read as it is.
-fn amx_convolve(x: &Tensor, residual: Option<&Tensor>, op: &Conv2dBf16, flops: f64) -> Result<Tensor> {
-    let as_f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    op_stats::count(OpClass::Conv, flops, || {
-        let x = match x.dtype() == DType::F32 && is_channels_last(x)? {
+impl Conv {
+    /// [`amx_run`](Self::amx_run), counted as `flops` of convolution.
+    fn amx_convolve(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        embedding: Option<&Tensor>,
+        op: Conv2dBf16,
+        flops: f64,
+    ) -> Result<Tensor> {
+        op_stats::count(OpClass::Conv, flops, || self.amx_run(x, residual, embedding, op))
+    }
+
+    /// Runs the AMX convolution `op` on `x` in f32, plus `residual` and `embedding` (`[B, C_out]`, on every pixel)
+    /// when given, its output image laid out as [`ImageMemory`] says (or tokens, when `op` writes those). A
+    /// channels-last `x` is read as it is.
+    fn amx_run(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        embedding: Option<&Tensor>,
+        mut op: Conv2dBf16,
+    ) -> Result<Tensor> {
+        let x = match x.dtype() == DType::F32 && is_channels_last(x) {
             true => x.clone(),
-            false => as_f32(x)?,
+            false => x.to_dtype(DType::F32)?.contiguous()?,
         };
-        match residual {
-            Some(residual) => x.apply_op2_no_bwd(&as_f32(residual)?, op),
-            None => x.apply_op1_no_bwd(op),
+        if op.output != ConvOutput::Tokens {
+            op.output = match self.output_memory {
+                ImageMemory::ChannelsLast => ConvOutput::Pixels,
+                ImageMemory::ChannelsFirst => ConvOutput::Planes,
+                ImageMemory::AsInput if is_channels_last(&x) => ConvOutput::Pixels,
+                ImageMemory::AsInput => ConvOutput::Planes,
+            };
         }
-    })
+        let pixels = op.output == ConvOutput::Pixels;
+        // The epilogue adds per-item values only to pixel rows; channels-first outputs get them after.
+        let (embedding, added_after) = match (embedding, pixels) {
+            (Some(e), true) => (Some(e), None),
+            (e, _) => (None, e),
+        };
+        op.per_item = embedding
+            .map(|e| e.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let out = match residual {
+            Some(residual) => {
+                let residual = residual.to_dtype(DType::F32)?;
+                let residual = match pixels {
+                    true => residual.permute((0, 2, 3, 1))?.contiguous()?,
+                    false => residual.contiguous()?,
+                };
+                x.apply_op2_no_bwd(&residual, &op)?
+            }
+            None => x.apply_op1_no_bwd(&op)?,
+        };
+        let out = match pixels {
+            true => out.permute((0, 3, 1, 2))?,
+            false => out,
+        };
+        match added_after {
+            Some(e) => out.broadcast_add(&e.to_dtype(DType::F32)?.unsqueeze(2)?.unsqueeze(3)?),
+            None => Ok(out),
+        }
+    }
 }
 
-/// Whether `[B, C, H, W]` `x` is laid out channels-last in memory.
-fn is_channels_last(x: &Tensor) -> Result<bool> {
-    let (_, c, h, w) = x.dims4()?;
-    Ok(x.stride() == [h * w * c, 1, w * c, c] && c > 1)
+/// Whether `[B, C, H, W]` `x` is laid out channels-last in memory (the view of `[B, H, W, C]`).
+pub(crate) fn is_channels_last(x: &Tensor) -> bool {
+    match x.dims4() {
+        Ok((_, c, h, w)) => x.stride() == [h * w * c, 1, w * c, c] && c > 1,
+        Err(_) => false,
+    }
 }
 
 /// The AMX convolution with packed weights under `cfg`'s padding and stride.
@@ -281,7 +374,8 @@ fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
         stride: cfg.stride,
         upsample: false,
         input_norm: None,
-        tokens_output: false,
+        output: ConvOutput::Planes,
+        per_item: None,
     }
 }
 
@@ -385,9 +479,23 @@ fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
     Conv::new(cin, cout, 1, 1, None, vb)
 }
 
-/// `[B, C, H, W]` → contiguous tokens `[B, H·W, C]`.
+/// `[B, C, H, W]` → contiguous tokens `[B, H·W, C]` (a view of a channels-last image's memory, else a copy).
 pub fn image_to_tokens(x: &Tensor) -> Result<Tensor> {
+    if is_channels_last(x) {
+        let (b, c, h, w) = x.dims4()?;
+        return x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+    }
     x.flatten_from(2)?.transpose(1, 2)?.contiguous()
+}
+
+/// `[x, y]` joined along the channels (dimension 1): two channels-last images into channels-last memory (pixel by
+/// pixel), anything else as candle's `cat` makes it.
+pub fn cat_channels(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if is_channels_last(x) && is_channels_last(y) {
+        let pixels = |t: &Tensor| t.permute((0, 2, 3, 1));
+        return Tensor::cat(&[pixels(x)?, pixels(y)?], 3)?.permute((0, 3, 1, 2));
+    }
+    Tensor::cat(&[x, y], 1)
 }
 
 /// diffusers' `ResnetBlock2D` (default "default" time-embedding norm, output scale 1).
@@ -452,15 +560,13 @@ impl ResnetBlock2D {
 
     /// `conv1(silu(norm1(x)))` plus the projected time embedding.
     fn first_half(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward_after_norm(x, &self.norm1, true, None)?;
-        let h = match (&self.time_emb_proj, temb) {
+        match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
-                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                h.broadcast_add(&t)?
+                let t = proj.forward(&temb.silu()?)?;
+                self.conv1.forward_after_norm_plus_embedding(x, &self.norm1, true, &t)
             }
-            _ => h,
-        };
-        Ok(h)
+            _ => self.conv1.forward_after_norm(x, &self.norm1, true, None),
+        }
     }
 }
 
@@ -482,7 +588,14 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.asymmetric_pad {
+        if self.asymmetric_pad && is_channels_last(x) {
+            // Padded as pixels, so the padded image stays channels-last.
+            let pixels = x
+                .permute((0, 2, 3, 1))?
+                .pad_with_zeros(2, 0, 1)?
+                .pad_with_zeros(1, 0, 1)?;
+            self.conv.forward(&pixels.permute((0, 3, 1, 2))?)
+        } else if self.asymmetric_pad {
             let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
             self.conv.forward(&x)
         } else {
@@ -646,7 +759,8 @@ impl Transformer2DModel {
     /// `x: [B, C, H, W]`, `context: [B, M, C_ctx]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let to_image = |t: &Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
+        // The tokens as a channels-last image (a view: a reshape of the transposed tokens would copy them).
+        let to_image = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
         // With 1×1 convolutions, on the AMX path the norm is applied as `proj_in` reads its input and the residual
         // added as `proj_out` writes its output (neither the normed tensor nor a separate add pass).
         let tokens = match &self.proj_in {
@@ -656,7 +770,7 @@ impl Transformer2DModel {
         let tokens = self.block.forward(&tokens, context)?;
         match &self.proj_out {
             Projection::Conv(conv) => conv.forward_plus(&to_image(&tokens)?, x),
-            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)? + x,
+            Projection::Linear(lin) => to_image(&lin.forward_plus(&tokens, &image_to_tokens(x)?)?),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! diffusers' `UNet2DConditionModel` (the SD 1.x/2.x layout): predicts the noise ε of a latent at a
 //! timestep, conditioned on CLIP hidden states through cross-attention.
 
-use super::blocks::{group_norm, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Transformer2DModel, Upsample2D};
+use super::blocks::{
+    cat_channels, group_norm, Conv, Downsample2D, GroupNorm, ImageMemory, ResnetBlock2D, Transformer2DModel, Upsample2D,
+};
 use super::config::UNetConfig;
 use super::linear::{linear, Linear};
 use candle_core::{DType, Module, Result, Tensor};
@@ -144,14 +146,17 @@ impl UNet2DConditionModel {
         }
 
         Ok(Self {
-            conv_in: Conv::new(cfg.in_channels, boc[0], 3, 1, None, vb.pp("conv_in"))?,
+            // Activations stay channels-last between these two on the AMX path (`ImageMemory`).
+            conv_in: Conv::new(cfg.in_channels, boc[0], 3, 1, None, vb.pp("conv_in"))?
+                .with_output_memory(ImageMemory::ChannelsLast),
             time_linear_1: linear(boc[0], temb_dim, vb.pp("time_embedding").pp("linear_1"))?,
             time_linear_2: linear(temb_dim, temb_dim, vb.pp("time_embedding").pp("linear_2"))?,
             down,
             mid,
             up,
             conv_norm_out: group_norm(groups, boc[0], eps, vb.pp("conv_norm_out"))?,
-            conv_out: Conv::new(boc[0], cfg.out_channels, 3, 1, None, vb.pp("conv_out"))?,
+            conv_out: Conv::new(boc[0], cfg.out_channels, 3, 1, None, vb.pp("conv_out"))?
+                .with_output_memory(ImageMemory::ChannelsFirst),
             time_proj_dim: boc[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,
@@ -195,7 +200,7 @@ impl UNet2DConditionModel {
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("UNet: skip connections exhausted".into()))?;
-                x = block.layer(i, &Tensor::cat(&[&x, &skip], 1)?, &temb, &context)?;
+                x = block.layer(i, &cat_channels(&x, &skip)?, &temb, &context)?;
             }
             if let Some(us) = upsample {
                 // Upsample to the next skip's size: equals ×2 unless a size was odd on the way down.

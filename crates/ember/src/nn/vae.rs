@@ -6,7 +6,9 @@
 //! (diffusers' `enable_tiling()`), so the activations of a huge image never have to fit in memory at once.
 
 use super::attention::Attention;
-use super::blocks::{group_norm, image_to_tokens, Conv, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D};
+use super::blocks::{
+    group_norm, image_to_tokens, Conv, Downsample2D, GroupNorm, ImageMemory, ResnetBlock2D, Upsample2D,
+};
 use super::config::VaeConfig;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -42,9 +44,10 @@ impl MidBlock {
         let x = self.resnet0.forward(x, None)?;
         let (b, c, h, w) = x.dims4()?;
         let tokens = image_to_tokens(&self.group_norm.forward(&x)?)?;
-        let attended = self.attention.forward(&tokens, None)?;
-        let attended = attended.transpose(1, 2)?.reshape((b, c, h, w))?;
-        self.resnet1.forward(&(attended + x)?, None)
+        // The skip connection added by the output projection; the tokens seen as a channels-last image (a view).
+        let attended = self.attention.forward_plus(&tokens, None, &image_to_tokens(&x)?)?;
+        let attended = attended.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
+        self.resnet1.forward(&attended, None)
     }
 }
 
@@ -85,11 +88,13 @@ impl Encoder {
             down.push((resnets, ds));
         }
         Ok(Self {
-            conv_in: conv(cfg.in_channels, boc[0], 3, vb.pp("conv_in"))?,
+            // Activations stay channels-last between these two on the AMX path (`ImageMemory`).
+            conv_in: conv(cfg.in_channels, boc[0], 3, vb.pp("conv_in"))?.with_output_memory(ImageMemory::ChannelsLast),
             down,
             mid: MidBlock::new(vb.pp("mid_block"), boc[n - 1], groups)?,
             conv_norm_out: group_norm(groups, boc[n - 1], EPS, vb.pp("conv_norm_out"))?,
-            conv_out: conv(boc[n - 1], 2 * cfg.latent_channels, 3, vb.pp("conv_out"))?,
+            conv_out: conv(boc[n - 1], 2 * cfg.latent_channels, 3, vb.pp("conv_out"))?
+                .with_output_memory(ImageMemory::ChannelsFirst),
         })
     }
 
@@ -148,11 +153,14 @@ impl Decoder {
             up.push((resnets, us));
         }
         Ok(Self {
-            conv_in: conv(cfg.latent_channels, boc[n - 1], 3, vb.pp("conv_in"))?,
+            // As the encoder's: channels-last in between.
+            conv_in: conv(cfg.latent_channels, boc[n - 1], 3, vb.pp("conv_in"))?
+                .with_output_memory(ImageMemory::ChannelsLast),
             mid: MidBlock::new(vb.pp("mid_block"), boc[n - 1], groups)?,
             up,
             conv_norm_out: group_norm(groups, boc[0], EPS, vb.pp("conv_norm_out"))?,
-            conv_out: conv(boc[0], cfg.out_channels, 3, vb.pp("conv_out"))?,
+            conv_out: conv(boc[0], cfg.out_channels, 3, vb.pp("conv_out"))?
+                .with_output_memory(ImageMemory::ChannelsFirst),
         })
     }
 
