@@ -539,7 +539,7 @@ fn pixels_to_bf16(
     }
 }
 
-/// [`pixels_to_bf16`], 16 channels at a time.
+/// [`pixels_to_bf16`], 16 channels at a time, pixel by pixel (each pixel's channels are one run of memory).
 ///
 /// # Safety
 /// AVX-512F/BW/VL; the sizes [`pixels_to_bf16`] checks.
@@ -555,29 +555,29 @@ unsafe fn pixels_to_bf16_avx512(
 ) {
     use super::vector_math::avx512::{exp, to_bf16};
     use std::arch::x86_64::*;
-    for c0 in (0..channels).step_by(16) {
-        let mask: __mmask16 = if channels - c0 >= 16 {
-            0xffff
-        } else {
-            (1u16 << (channels - c0)) - 1
-        };
-        let affine = norm.map(|n| {
-            (
-                _mm512_maskz_loadu_ps(mask, n.scale.as_ptr().add(c0)),
-                _mm512_maskz_loadu_ps(mask, n.shift.as_ptr().add(c0)),
-                n.silu,
-            )
-        });
-        for x in 0..row.len() / depth {
-            let mut v = _mm512_maskz_loadu_ps(mask, source.as_ptr().add(x / repeat * channels + c0));
-            if let Some((scale, shift, silu)) = affine {
+    let tail: __mmask16 = if channels.is_multiple_of(16) {
+        0xffff
+    } else {
+        (1u16 << (channels % 16)) - 1
+    };
+    for x in 0..row.len() / depth {
+        let (src, dst) = (
+            source.as_ptr().add(x / repeat * channels),
+            row.as_mut_ptr().add(x * depth),
+        );
+        for c0 in (0..channels).step_by(16) {
+            let mask = if channels - c0 >= 16 { 0xffff } else { tail };
+            let mut v = _mm512_maskz_loadu_ps(mask, src.add(c0));
+            if let Some(n) = norm {
+                let scale = _mm512_maskz_loadu_ps(mask, n.scale.as_ptr().add(c0));
+                let shift = _mm512_maskz_loadu_ps(mask, n.shift.as_ptr().add(c0));
                 v = _mm512_fmadd_ps(v, scale, shift);
-                if silu {
+                if n.silu {
                     let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
                     v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e));
                 }
             }
-            _mm256_mask_storeu_epi16(row.as_mut_ptr().add(x * depth + c0) as *mut i16, mask, to_bf16(v));
+            _mm256_mask_storeu_epi16(dst.add(c0) as *mut i16, mask, to_bf16(v));
         }
     }
 }
@@ -732,13 +732,17 @@ unsafe fn add_row_avx512(
     let len = values.len();
     for c in (0..len).step_by(16) {
         let mask: __mmask16 = if len - c >= 16 { 0xffff } else { (1u16 << (len - c)) - 1 };
-        let load = |v: &[f32]| _mm512_maskz_loadu_ps(mask, v.as_ptr().add(c));
-        let mut v = _mm512_add_ps(load(block_row), load(bias));
+        // (No closure for the loads: a closure does not inherit the target features, and its intrinsics become
+        // calls.)
+        let mut v = _mm512_add_ps(
+            _mm512_maskz_loadu_ps(mask, block_row.as_ptr().add(c)),
+            _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c)),
+        );
         if let Some(p) = per_item {
-            v = _mm512_add_ps(v, load(p));
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, p.as_ptr().add(c)));
         }
         if let Some(r) = residual {
-            v = _mm512_add_ps(v, load(r));
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(c)));
         }
         _mm512_mask_storeu_ps(values.as_mut_ptr().add(c), mask, v);
     }

@@ -289,16 +289,15 @@ pub(crate) mod avx512 {
             } else {
                 (1u8 << (channels - c0)) - 1
             };
-            let load =
-                |pixel: usize| _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, values.as_ptr().add(pixel * channels + c0)));
-            let p = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, pivot.as_ptr().add(c0)));
+            let p = widened(mask, pivot.as_ptr().add(c0));
             let [mut s0, mut s1, mut q0, mut q1] = [_mm512_setzero_pd(); 4];
+            let at = |pixel: usize| values.as_ptr().add(pixel * channels + c0);
             for pixel in (0..pixels).step_by(2) {
-                let d = _mm512_sub_pd(load(pixel), p);
+                let d = _mm512_sub_pd(widened(mask, at(pixel)), p);
                 s0 = _mm512_add_pd(s0, d);
                 q0 = _mm512_fmadd_pd(d, d, q0);
                 if pixel + 1 < pixels {
-                    let d = _mm512_sub_pd(load(pixel + 1), p);
+                    let d = _mm512_sub_pd(widened(mask, at(pixel + 1)), p);
                     s1 = _mm512_add_pd(s1, d);
                     q1 = _mm512_fmadd_pd(d, d, q1);
                 }
@@ -306,6 +305,14 @@ pub(crate) mod avx512 {
             _mm512_mask_storeu_pd(first.as_mut_ptr().add(c0), mask, _mm512_add_pd(s0, s1));
             _mm512_mask_storeu_pd(second.as_mut_ptr().add(c0), mask, _mm512_add_pd(q0, q1));
         }
+    }
+
+    /// The `mask`ed of eight f32 values at `at`, as f64: a 512-bit masked load (AVX-512F alone; the 256-bit masked
+    /// load needs VL, and without it compiled to a call per load).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn widened(mask: __mmask8, at: *const f32) -> __m512d {
+        _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask as __mmask16, at)))
     }
 
     /// `v − mean` computed in f64 (8 lanes at a time), rounded to f32.
