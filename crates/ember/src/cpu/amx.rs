@@ -749,6 +749,18 @@ impl Tiles {
         unsafe { self.accumulate(terms, Start::Zero, None, out.as_mut_ptr(), out_row) }
     }
 
+    /// `acc += Σ_terms A_t · B_t` for the 32×32 f32 block `acc` (rows `acc_row` values apart): the accumulators are
+    /// loaded from it and stored back (a product summed over pieces of its depth, between which the tiles do
+    /// other work).
+    pub fn block_accumulate(&self, terms: &[Term<'_>], acc: &mut [f32], acc_row: usize) {
+        check_block_bounds(acc.len(), 0, acc_row);
+        // SAFETY: the block lies inside `acc`, which this call borrows exclusively.
+        unsafe {
+            let start = Start::Block(acc.as_ptr(), acc_row);
+            self.accumulate(terms, start, None, acc.as_mut_ptr(), acc_row)
+        }
+    }
+
     /// [`block_into`](Self::block_into) plus `bias[c]` on every row's column `c`: the accumulators start from the
     /// bias instead of zero, so the caller needs no epilogue pass.
     pub fn block_into_biased(&self, terms: &[Term<'_>], bias: &BlockBias, out: &mut [f32], out_row: usize) {
