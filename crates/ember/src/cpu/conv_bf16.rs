@@ -8,8 +8,10 @@
 //! shifted columns). Other strides: one row per output pixel holding every tap's channels side by side (im2col).
 //! The weights are packed once per tap as B panels (`[C_in] × [C_out]`), so each 32 pixels × 32 output channels
 //! block is summed over all taps and input channels in the tile registers, then written once, with the bias (and a
-//! resnet block's skip connection, when given), straight into the `[B, C_out, H_out, W_out]` output (rows that fall
-//! on padding are dropped there).
+//! resnet block's skip connection and time embedding, when given), into the output: each block row as it is into a
+//! channels-last `[B, H_out, W_out, C_out]` output (the UNet's and the VAE's layout on this path), or transposed into
+//! the planes of a `[B, C_out, H_out, W_out]` one; rows that fall on padding are dropped there. The input may be
+//! channels-first or channels-last, group-normalised (and SiLU'd) and upsampled ×2 as it is read.
 
 use super::amx::{self, AlignedBf16, PanelsB, SharedOut, Staging, Term};
 use super::contiguous_f32;
@@ -110,8 +112,9 @@ pub struct ConvInput<'a> {
     pub upsampled: bool,
     /// Normalise each value as it is read (a resnet block's group norm and SiLU before its convolution).
     pub norm: Option<InputNorm<'a>>,
-    /// `data` is channels-last, `[B, H, W, C_in]` (a transformer's tokens into its `proj_out`): each pixel's
-    /// channels are one row of the A operand already, and no transposed copy of the tokens is made.
+    /// `data` is channels-last, `[B, H, W, C_in]` (the UNet's and the VAE's activations on this path, a
+    /// transformer's tokens into its `proj_out`): each pixel's channels are one run of memory, copied (and
+    /// normalised) into an A row as they are, with no transpose.
     pub channels_last: bool,
 }
 
@@ -1048,6 +1051,14 @@ mod tests {
         Ok(())
     }
 
+    /// Per (item, channel) affine maps of a group norm's kind, different for every plane: `(scale, shift)`.
+    fn plane_affine(planes: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            (0..planes).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect(),
+            (0..planes).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect(),
+        )
+    }
+
     /// A group-normalised input convolves like the normalised tensor: without SiLU to f32 accumulation (the
     /// reference rounds `x·scale + shift` with the same single rounding as the kernel's FMA); with SiLU each input may land one bf16
     /// step away (the vector exp is not the scalar one), so the bound is that step's worst effect, the same
@@ -1069,10 +1080,8 @@ mod tests {
                 padding,
             } = dims;
             let (input, weight, bias) = case_values(dims, 70 + case as u64, amx::bf16_rounded);
-            // Per (item, channel) affine maps of a group norm's kind, different for every plane.
             let planes = batch * in_channels;
-            let scale: Vec<f32> = (0..planes).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
-            let shift: Vec<f32> = (0..planes).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+            let (scale, shift) = plane_affine(planes);
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
             for silu in [false, true] {
                 let plane_size = height * width;
@@ -1230,8 +1239,7 @@ mod tests {
                     input[(item * ci + c) * h * w + p]
                 })
                 .collect();
-            let scale: Vec<f32> = (0..batch * ci).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
-            let shift: Vec<f32> = (0..batch * ci).map(|i| (i % 5) as f32 * 0.2 - 0.4).collect();
+            let (scale, shift) = plane_affine(batch * ci);
             let norm = |silu| InputNorm {
                 scale: &scale,
                 shift: &shift,

@@ -128,7 +128,7 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
     Ok((scale, shift))
 }
 
-/// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (a UNet activation kept as pixels of channels): one pass
+/// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (the UNet's and the VAE's activations on the AMX path): one pass
 /// sums each channel's values over the pixels in f64, relative to the channel's first value (so that a mean far from
 /// zero costs no digits), and the sums are combined per group.
 pub fn folded_affine_channels_last(
@@ -453,16 +453,17 @@ mod tests {
         Ok(())
     }
 
-    /// The folded affine map reproduces the kernel's output (without SiLU) value for value, to f32 rounding of
-    /// `x·scale + shift`, on groups with a mean far from zero.
-    #[test]
-    fn folded_affine_matches_the_kernel() -> Result<()> {
-        let (batch, channels, spatial, groups) = (2, 12, 33, 4);
-        let x: Vec<f32> = (0..batch * channels * spatial)
-            .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + (i / 50) as f32)
+    /// `x: [B, C, spatial]` whose groups' means sit `offset` plus a drift away from their spread, and a norm's
+    /// weight and bias: `(x, weight, bias, dims)` without SiLU.
+    fn folding_case(
+        (batch, channels, spatial, groups): (usize, usize, usize, usize),
+        offset: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, GroupNormDims) {
+        let x = (0..batch * channels * spatial)
+            .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + offset + (i / 50) as f32)
             .collect();
-        let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
-        let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
+        let weight = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
+        let bias = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
         let dims = GroupNormDims {
             batch,
             channels,
@@ -471,6 +472,15 @@ mod tests {
             eps: 1e-5,
             silu: false,
         };
+        (x, weight, bias, dims)
+    }
+
+    /// The folded affine map reproduces the kernel's output (without SiLU) value for value, to f32 rounding of
+    /// `x·scale + shift`, on groups with a mean far from zero.
+    #[test]
+    fn folded_affine_matches_the_kernel() -> Result<()> {
+        let (x, weight, bias, dims) = folding_case((2, 12, 33, 4), 0.0);
+        let spatial = dims.spatial;
         let mut want = vec![f32::NAN; x.len()];
         group_norm(&x, &weight, &bias, &mut want, dims)?;
         let (scale, shift) = folded_affine(&x, &weight, &bias, dims)?;
@@ -486,20 +496,9 @@ mod tests {
     /// groups whose mean is far from their spread, for channel counts that leave every vector tail.
     #[test]
     fn channels_last_folded_affine_matches_the_channels_first_one() -> Result<()> {
-        for &(batch, channels, spatial, groups) in &[(2, 12, 33, 4), (1, 40, 300, 8), (2, 17, 5, 1), (1, 3, 1, 3)] {
-            let x: Vec<f32> = (0..batch * channels * spatial)
-                .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.07 + 100.0 + (i / 50) as f32)
-                .collect();
-            let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 * 0.1).collect();
-            let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.05 - 0.2).collect();
-            let dims = GroupNormDims {
-                batch,
-                channels,
-                spatial,
-                groups,
-                eps: 1e-5,
-                silu: false,
-            };
+        for &sizes in &[(2, 12, 33, 4), (1, 40, 300, 8), (2, 17, 5, 1), (1, 3, 1, 3)] {
+            let (x, weight, bias, dims) = folding_case(sizes, 100.0);
+            let (channels, spatial) = (dims.channels, dims.spatial);
             let (want_scale, want_shift) = folded_affine(&x, &weight, &bias, dims)?;
             // `[B, C, spatial]` → `[B, spatial, C]`.
             let pixels: Vec<f32> = (0..x.len())

@@ -84,8 +84,9 @@ pub struct Conv {
 
 /// How the AMX path lays out a convolution's output image in memory. A channels-last image is the `[B, C, H, W]`
 /// view of `[B, H, W, C]` memory: its convolutions read each pixel's channels as one row of their A operand and write
-/// their tile blocks' rows as they are, where a channels-first image costs a transpose each way. The UNet keeps its
-/// activations channels-last from `conv_in` to `conv_out`; every other op sees the same logical tensor.
+/// their tile blocks' rows as they are, where a channels-first image costs a transpose each way. The UNet and the
+/// VAE keep their activations channels-last from `conv_in` to `conv_out`; every other op sees the same logical
+/// tensor (candle's ops take any strides; Ember's group norm, concatenation and tokens views read such memory as it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageMemory {
     /// Channels-last when the input is.
