@@ -128,9 +128,9 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
     Ok((scale, shift))
 }
 
-/// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (the UNet's and the VAE's activations on the AMX path): one pass
-/// sums each channel's values over the pixels in f64, relative to the channel's first value (so that a mean far from
-/// zero costs no digits), and the sums are combined per group.
+/// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (the UNet's and the VAE's activations on the AMX
+/// path): one pass sums each channel's values over the pixels in f64, relative to the channel's first value (so that
+/// a mean far from zero costs no digits), and the sums are combined per group.
 pub fn folded_affine_channels_last(
     x: &[f32],
     weight: &[f32],
