@@ -105,17 +105,34 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
         channels,
         spatial,
         groups,
-        eps,
         ..
     } = dims;
     dims.check(x, weight, bias)?;
     let per_group = channels / groups * spatial;
-    let mut scale = vec![0f32; batch * channels];
-    let mut shift = vec![0f32; batch * channels];
     if per_group == 0 {
-        return Ok((scale, shift));
+        return Ok((vec![0f32; batch * channels], vec![0f32; batch * channels]));
     }
     let statistics: Vec<(f64, f64)> = x.par_chunks(per_group).map(mean_and_variance).collect();
+    Ok(affine_of_statistics(&statistics, weight, bias, dims))
+}
+
+/// The folded affine map from each (batch item, group)'s `(mean, variance)`, in that order: `(scale, shift)` per
+/// (item, channel), `weight[c] / √(var + eps)` and `bias[c] − mean · scale`.
+fn affine_of_statistics(
+    statistics: &[(f64, f64)],
+    weight: &[f32],
+    bias: &[f32],
+    dims: GroupNormDims,
+) -> (Vec<f32>, Vec<f32>) {
+    let GroupNormDims {
+        batch,
+        channels,
+        groups,
+        eps,
+        ..
+    } = dims;
+    let mut scale = vec![0f32; batch * channels];
+    let mut shift = vec![0f32; batch * channels];
     for (index, &(mean, var)) in statistics.iter().enumerate() {
         let inv_std = 1.0 / (var + eps).sqrt();
         let (item, group) = (index / groups, index % groups);
@@ -125,7 +142,7 @@ pub fn folded_affine(x: &[f32], weight: &[f32], bias: &[f32], dims: GroupNormDim
             shift[item * channels + c] = (bias[c] as f64 - mean * s) as f32;
         }
     }
-    Ok((scale, shift))
+    (scale, shift)
 }
 
 /// [`folded_affine`] of a channels-last `x: [B, spatial, C]` (the UNet's and the VAE's activations on the AMX
@@ -142,14 +159,11 @@ pub fn folded_affine_channels_last(
         channels,
         spatial,
         groups,
-        eps,
         ..
     } = dims;
     dims.check(x, weight, bias)?;
-    let mut scale = vec![0f32; batch * channels];
-    let mut shift = vec![0f32; batch * channels];
     if spatial == 0 || channels == 0 {
-        return Ok((scale, shift));
+        return Ok((vec![0f32; batch * channels], vec![0f32; batch * channels]));
     }
     // Tasks of about 64 KiB of pixels: a channel's pass over them reads from L2.
     let pixels_per_task = (16384 / channels).max(16).min(spatial);
@@ -165,6 +179,7 @@ pub fn folded_affine_channels_last(
         .collect();
     let per_group = channels / groups;
     let n = (per_group * spatial) as f64;
+    let mut statistics = Vec::with_capacity(batch * groups);
     for (item, parts) in sums.chunks(tasks_per_item).enumerate() {
         let pivot = &x[item * spatial * channels..][..channels];
         let total = |c: usize, of: fn(&ChannelSums) -> &[f64]| parts.iter().map(|p| of(p)[c]).sum::<f64>();
@@ -187,15 +202,11 @@ pub fn folded_affine_channels_last(
                 })
                 .sum::<f64>()
                 / n;
-            let inv_std = 1.0 / (var.max(0.0) + eps).sqrt();
-            for c in members {
-                let s = inv_std * weight[c] as f64;
-                scale[item * channels + c] = s as f32;
-                shift[item * channels + c] = (bias[c] as f64 - mean * s) as f32;
-            }
+            // (Rounding may leave a constant group's variance a hair below zero.)
+            statistics.push((mean, var.max(0.0)));
         }
     }
-    Ok((scale, shift))
+    Ok(affine_of_statistics(&statistics, weight, bias, dims))
 }
 
 /// Per channel of some pixels `[pixels][C]`: Σ(x − p) and Σ(x − p)² in f64, `p` the channel's pivot value.
