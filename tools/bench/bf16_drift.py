@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_img2img import DIFFUSERS_JOB, PROMPT  # noqa: E402
+from compare_img2img import DIFFUSERS_JOB, ember_command, prepared_init  # noqa: E402
 
 
 def relative_rms(a_path, b_path):
@@ -37,14 +37,11 @@ def main():
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
-        init = os.path.join(tmp, "init.png")
-        Image.open(args.init).convert("RGB").resize((512, 512)).save(init)
+        init = prepared_init(args.init, tmp)
         images = {}
         for dtype in ("f32", "bf16"):
             outdir = os.path.join(tmp, f"ember-{dtype}")
-            subprocess.run([args.ember, "generate", PROMPT, "-I", init, "-f", "0.75", "-s", "20", "-C", "7.5",
-                            "-A", "k_lms", "-S", "42", "-W", "512", "-H", "512", "--model", args.model,
-                            "--device", "cpu", "--dtype", dtype, "--outdir", outdir],
+            subprocess.run(ember_command(args.ember, args.model, init, dtype, outdir),
                            env=env, check=True, stdout=subprocess.DEVNULL)
             images[("ember", dtype)] = os.path.join(outdir, sorted(os.listdir(outdir))[0])
             out = os.path.join(tmp, f"diffusers-{dtype}.png")

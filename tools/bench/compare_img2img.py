@@ -47,6 +47,22 @@ def run_measured(cmd, env):
     return wall, usage.ru_maxrss * 1024  # Linux reports KiB
 
 
+def prepared_init(path, tmp):
+    """The init image resized to 512×512, as a PNG in `tmp` (both sides read the same file)."""
+    from PIL import Image
+
+    init = os.path.join(tmp, "init-512.png")
+    Image.open(path).convert("RGB").resize((512, 512)).save(init)
+    return init
+
+
+def ember_command(ember, model, init, dtype, outdir):
+    """Ember's side of the job, the same settings as DIFFUSERS_JOB."""
+    return [ember, "generate", PROMPT, "-I", init, "-f", "0.75", "-s", "20", "-C", "7.5", "-A", "k_lms",
+            "-S", "42", "-W", "512", "-H", "512", "--model", model, "--device", "cpu",
+            "--dtype", dtype, "--outdir", outdir]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ember", required=True)
@@ -57,14 +73,8 @@ def main():
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
-        init = os.path.join(tmp, "init-512.png")
-        from PIL import Image
-
-        Image.open(args.init).convert("RGB").resize((512, 512)).save(init)
-        ember_cmd = [args.ember, "generate", PROMPT, "-I", init, "-f", "0.75", "-s", "20", "-C", "7.5", "-A", "k_lms",
-                     "-S", "42", "-W", "512", "-H", "512", "--model", args.model, "--device", "cpu",
-                     "--dtype", args.dtype, "--outdir", os.path.join(tmp, "ember")]
-        ember = run_measured(ember_cmd, env)
+        init = prepared_init(args.init, tmp)
+        ember = run_measured(ember_command(args.ember, args.model, init, args.dtype, os.path.join(tmp, "ember")), env)
         diffusers_cmd = [sys.executable, "-c", DIFFUSERS_JOB, args.model, init, os.path.join(tmp, "diffusers.png"),
                          args.dtype, str(args.threads)]
         diffusers = run_measured(diffusers_cmd, env)
