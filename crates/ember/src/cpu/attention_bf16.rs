@@ -202,7 +202,7 @@ impl Scratch {
         {
             *offset = -(scale * norm(row) * slice.largest_key) * std::f32::consts::LOG2_E;
         }
-        let mut sums = [0f32; QUERY_BLOCK];
+        let mut sums = RowSums::default();
         for chunk in (0..keys_p).step_by(KEY_CHUNK) {
             let chunk_len = KEY_CHUNK.min(keys_p - chunk);
             for panel in 0..chunk_len / amx::BLOCK {
@@ -213,18 +213,17 @@ impl Scratch {
                 };
                 tiles.block_into(&[term], &mut self.chunk_scores[panel * amx::BLOCK..], score_row);
             }
-            // Keys past the last (padding) and the rows past the last query weigh nothing.
-            let visible = keys.saturating_sub(chunk).min(chunk_len);
             let probs = self.chunk_probs.as_mut_slice();
-            for (r, row) in probs.chunks_exact_mut(prob_row).enumerate() {
-                if r < rows {
-                    let scores = &self.chunk_scores[r * score_row..][..visible];
-                    sums[r] += exp_row(scores, c, offsets[r], &mut row[..visible]);
-                    row[visible..chunk_len].fill(0);
-                } else {
-                    row[..chunk_len].fill(0);
-                }
-            }
+            let exps = ChunkExps {
+                scores: &self.chunk_scores,
+                score_row,
+                prob_row,
+                rows,
+                visible: keys.saturating_sub(chunk).min(chunk_len),
+                chunk_len,
+                c,
+            };
+            exp_chunk(exps, &offsets, probs, &mut sums);
             for (panel, output) in self.outputs.iter_mut().enumerate() {
                 let term = Term {
                     a: probs,
@@ -234,6 +233,7 @@ impl Scratch {
                 tiles.block_accumulate(&[term], &mut output.0, amx::BLOCK);
             }
         }
+        let sums = sums.totals();
         sums[..rows].iter().all(|&sum| sum >= SMALLEST_SUM).then_some(sums)
     }
 
@@ -404,6 +404,127 @@ fn softmax_row(scores: &[f32], scale: f32, probs: &mut [u16]) -> f32 {
     exp_row(scores, c, -max * c, probs)
 }
 
+/// One key chunk's scores of a block of query rows, for [`exp_chunk`].
+#[derive(Clone, Copy)]
+struct ChunkExps<'a> {
+    /// `QUERY_BLOCK` rows of `score_row` values; the first `visible` of each are real keys.
+    scores: &'a [f32],
+    score_row: usize,
+    prob_row: usize,
+    /// Real query rows.
+    rows: usize,
+    visible: usize,
+    chunk_len: usize,
+    /// `scale·log2 e`.
+    c: f32,
+}
+
+/// Each query row's running sum of its exponentials, kept as 16 lanes until the end (a horizontal sum per row and
+/// chunk cost as much as the chunk's exponentials).
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct RowSums([[f32; 16]; QUERY_BLOCK]);
+
+impl Default for RowSums {
+    fn default() -> Self {
+        Self([[0.0; 16]; QUERY_BLOCK])
+    }
+}
+
+impl RowSums {
+    fn totals(&self) -> [f32; QUERY_BLOCK] {
+        std::array::from_fn(|r| self.0[r].iter().sum())
+    }
+}
+
+/// A key chunk's exponentials: `probs[r][k] = 2^(s·c + offsets[r])` as bf16 for the real rows and keys, added to the
+/// row's sums; zeros past them (padding keys and rows weigh nothing in `p·v`).
+fn exp_chunk(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16], sums: &mut RowSums) {
+    assert!(
+        exps.scores.len() >= QUERY_BLOCK * exps.score_row
+            && probs.len() >= QUERY_BLOCK * exps.prob_row
+            && exps.visible <= exps.chunk_len
+            && exps.chunk_len <= exps.score_row.min(exps.prob_row)
+            && exps.rows <= QUERY_BLOCK,
+        "exponentials of a key chunk out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512_bw_vl()
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+    {
+        // SAFETY: AVX-512F, BW, VL, DQ and BF16 were detected; the bounds were checked above.
+        return unsafe { exp_chunk_avx512(exps, offsets, probs, sums) };
+    }
+    let ChunkExps {
+        scores,
+        score_row,
+        prob_row,
+        rows,
+        visible,
+        chunk_len,
+        c,
+    } = exps;
+    for (r, row) in probs.chunks_exact_mut(prob_row).take(QUERY_BLOCK).enumerate() {
+        if r < rows {
+            sums.0[r][0] += exp_row(&scores[r * score_row..][..visible], c, offsets[r], &mut row[..visible]);
+            row[visible..chunk_len].fill(0);
+        } else {
+            row[..chunk_len].fill(0);
+        }
+    }
+}
+
+/// [`exp_chunk`] with 16 lanes ([`exp16`]), one call per chunk.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+unsafe fn exp_chunk_avx512(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16], sums: &mut RowSums) {
+    use std::arch::x86_64::*;
+    let ChunkExps {
+        scores,
+        score_row,
+        prob_row,
+        rows,
+        visible,
+        chunk_len,
+        c,
+    } = exps;
+    let c = _mm512_set1_ps(c);
+    let zeros = _mm256_setzero_si256();
+    for r in 0..QUERY_BLOCK {
+        let probs = probs.as_mut_ptr().add(r * prob_row);
+        let mut i = 0;
+        if r < rows {
+            let (scores, offset) = (scores.as_ptr().add(r * score_row), _mm512_set1_ps(offsets[r]));
+            let mut sum = _mm512_load_ps(sums.0[r].as_ptr());
+            while i < visible {
+                let mask = lanes_before(visible - i);
+                let (e, bf16) = exp16(scores.add(i), mask, c, offset);
+                sum = _mm512_add_ps(sum, e);
+                // Zeros in the lanes past the last key, too.
+                _mm256_mask_storeu_epi16(probs.add(i) as *mut i16, lanes_before(chunk_len - i), bf16);
+                i += 16;
+            }
+            _mm512_store_ps(sums.0[r].as_mut_ptr(), sum);
+        }
+        while i < chunk_len {
+            _mm256_mask_storeu_epi16(probs.add(i) as *mut i16, lanes_before(chunk_len - i), zeros);
+            i += 16;
+        }
+    }
+}
+
+/// The first `n` of 16 lanes (all for `n` ≥ 16).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes_before(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// Writes `2^(s·c + offset)` for the row's scores as bf16 into `probs` and returns their f32 sum: a softmax's
 /// exponentials for a known shift (`offset` ≤ −c·max s).
 fn exp_row(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
@@ -424,41 +545,52 @@ fn exp_row(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
     sum
 }
 
-/// [`exp_row`] with 16 lanes. The exponentials are only needed to bf16's precision (they are rounded to bf16 for the
-/// `p·v` product), so `2^t` is `p(t − ⌊t⌋) · 2^⌊t⌋` with a degree-4 polynomial fitted to `2^f` on [0, 1) (relative
-/// error 2.7e-6, against bf16's 2e-3): `vreduceps` gives the fraction and `vscalefps` floors the exponent itself,
-/// 11 vector operations per 16 scores. The exponentials are the largest part of the attention at 4096 keys.
+/// [`exp_row`] with 16 lanes ([`exp16`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 unsafe fn exp_row_avx512(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
     use std::arch::x86_64::*;
-    // 2^f ≈ c0 + c1·f + … + c4·f⁴ on [0, 1), fitted for the smallest maximum relative error (iteratively
-    // reweighted least squares over 20 001 points; 2.7e-6 evaluated in f32).
-    const C: [f32; 5] = [1.000_002_6, 0.693_003_83, 0.241_442_74, 0.052_011_49, 0.013_534_151];
     let len = scores.len().min(probs.len());
-    let tail: __mmask16 = if len.is_multiple_of(16) {
-        0xffff
-    } else {
-        (1u16 << (len % 16)) - 1
-    };
     let (c, offset) = (_mm512_set1_ps(c), _mm512_set1_ps(offset));
     let mut sum = _mm512_setzero_ps();
     for i in (0..len).step_by(16) {
-        let mask = if len - i >= 16 { 0xffff } else { tail };
-        let t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, scores.as_ptr().add(i)), c, offset);
-        // f = t − ⌊t⌋ in [0, 1).
-        let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
-        let mut p = _mm512_set1_ps(C[4]);
-        for &k in C[..4].iter().rev() {
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
-        }
-        // p · 2^⌊t⌋, zero in the lanes past the end.
-        let e = _mm512_maskz_scalef_ps(mask, p, t);
+        let mask = lanes_before(len - i);
+        let (e, bf16) = exp16(scores.as_ptr().add(i), mask, c, offset);
         sum = _mm512_add_ps(sum, e);
-        let bf16: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(e));
         _mm256_mask_storeu_epi16(probs.as_mut_ptr().add(i) as *mut i16, mask, bf16);
     }
     _mm512_reduce_add_ps(sum)
+}
+
+/// `2^(s·c + offset)` of the 16 scores at `scores` (the lanes in `mask`; zero in the others), in f32 and rounded to
+/// bf16. The exponentials are only needed to bf16's precision (they are rounded to bf16 for the `p·v` product), so
+/// `2^t` is `p(t − ⌊t⌋) · 2^⌊t⌋` with a degree-4 polynomial fitted to `2^f` on [0, 1) (relative error 2.7e-6, against
+/// bf16's 2e-3): `vreduceps` gives the fraction and `vscalefps` floors the exponent itself, 11 vector operations per
+/// 16 scores with the caller's sum and store (a cubic, 7.5e-5, made the bf16 fidelity test's ratio 0.68 → 0.72 for
+/// one operation less). The exponentials are the largest part of the attention at 4096 keys.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+#[inline]
+unsafe fn exp16(
+    scores: *const f32,
+    mask: u16,
+    c: std::arch::x86_64::__m512,
+    offset: std::arch::x86_64::__m512,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // 2^f ≈ c0 + c1·f + … + c4·f⁴ on [0, 1), fitted for the smallest maximum relative error (iteratively
+    // reweighted least squares over 20 001 points; 2.7e-6 evaluated in f32).
+    const C: [f32; 5] = [1.000_002_6, 0.693_003_83, 0.241_442_74, 0.052_011_49, 0.013_534_151];
+    let t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, scores), c, offset);
+    // f = t − ⌊t⌋ in [0, 1).
+    let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+    let mut p = _mm512_set1_ps(C[4]);
+    for &k in C[..4].iter().rev() {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
+    }
+    // p · 2^⌊t⌋, zero in the lanes outside the mask.
+    let e = _mm512_maskz_scalef_ps(mask, p, t);
+    (e, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e)))
 }
 
 #[cfg(test)]
