@@ -491,12 +491,12 @@ unsafe fn exp_chunk_avx512(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], pr
     } = exps;
     let c = _mm512_set1_ps(c);
     let zeros = _mm256_setzero_si256();
-    for r in 0..QUERY_BLOCK {
+    for (r, (&offset, sum_lanes)) in offsets.iter().zip(&mut sums.0).enumerate() {
         let probs = probs.as_mut_ptr().add(r * prob_row);
         let mut i = 0;
         if r < rows {
-            let (scores, offset) = (scores.as_ptr().add(r * score_row), _mm512_set1_ps(offsets[r]));
-            let mut sum = _mm512_load_ps(sums.0[r].as_ptr());
+            let (scores, offset) = (scores.as_ptr().add(r * score_row), _mm512_set1_ps(offset));
+            let mut sum = _mm512_load_ps(sum_lanes.as_ptr());
             while i < visible {
                 let mask = lanes_before(visible - i);
                 let (e, bf16) = exp16(scores.add(i), mask, c, offset);
@@ -505,7 +505,7 @@ unsafe fn exp_chunk_avx512(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], pr
                 _mm256_mask_storeu_epi16(probs.add(i) as *mut i16, lanes_before(chunk_len - i), bf16);
                 i += 16;
             }
-            _mm512_store_ps(sums.0[r].as_mut_ptr(), sum);
+            _mm512_store_ps(sum_lanes.as_mut_ptr(), sum);
         }
         while i < chunk_len {
             _mm256_mask_storeu_epi16(probs.add(i) as *mut i16, lanes_before(chunk_len - i), zeros);
