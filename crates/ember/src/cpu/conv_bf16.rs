@@ -2,10 +2,13 @@
 //! (`nn::Precision`): an implicit GEMM over a channels-last copy of the input.
 //!
 //! Stride 1 (all but the downsamplers): the input is rounded to bf16 and copied once into a zero-padded buffer with
-//! one row per pixel of the padded image (`[B·(H+2p)·(W+2p)][C_in]`, channels padded to 32). Read as the A operand,
-//! that buffer shifted down by `ky·(W+2p) + kx` rows holds, in row `r`, the pixels tap `(ky, kx)` sees for the output
-//! pixel of row `r` — and since a shift moves whole rows, every view stays 64-byte aligned (unlike the f32 kernel's
-//! shifted columns). Other strides: one row per output pixel holding every tap's channels side by side (im2col).
+//! one row per pixel of the padded image (channels padded to 32). Read as the A operand, that buffer shifted down by
+//! `ky·Wp + kx` rows holds, in row `r`, the pixels tap `(ky, kx)` sees for the output pixel of row `r` — and since a
+//! shift moves whole rows, every view stays 64-byte aligned (unlike the f32 kernel's shifted columns). Neighbouring
+//! images and image rows share their padding ([`SharedPadding`]): `p` zero pixels before each image row serve as the
+//! right padding of the row before too, and `p` zero rows before each image as the bottom padding of the image
+//! before, so fewer rows are computed only to be dropped (at 16×16, 17² rows per image instead of 18²). Other
+//! strides: one row per output pixel holding every tap's channels side by side (im2col).
 //! The weights are packed once per tap as B panels (`[C_in] × [C_out]`), so each 32 pixels × 32 output channels
 //! block is summed over all taps and input channels in the tile registers, then written once, with the bias (and a
 //! resnet block's skip connection and time embedding, when given), into the output: each block row as it is into a
@@ -322,27 +325,59 @@ struct TapViews {
     column: Vec<usize>,
     /// Blocks of 32 output rows.
     row_blocks: usize,
-    /// Stride 1: rows are pixels of the padded grid (`Some(Wp)`); otherwise rows are output pixels.
-    padded_width: Option<usize>,
+    /// Stride 1: rows are pixels of the padded grid; otherwise rows are output pixels.
+    grid: Option<SharedPadding>,
+}
+
+/// The padded grid of a stride-1 convolution's input in which neighbours share their padding: each image row is `p`
+/// zero pixels then the row's `W` pixels (`Wp = W + p`: the zeros before a row are also the right padding of the row
+/// before), and each image is `p` zero rows then its `H` rows, followed after the last image by `p` zero rows and
+/// one more for the right padding of the last row. Reading taps `(ky, kx)` from the output pixel `(y, x)` at grid row
+/// `item·(H+p)·Wp + y·Wp + x` reaches `(y + ky − p, x + kx − p)` or, past an edge, zeros — for any kernel and padding,
+/// since output pixels reach at most `p` past each edge.
+#[derive(Debug, Clone, Copy)]
+struct SharedPadding {
+    /// Values of `p` (the zero columns and rows before each image row and image).
+    padding: usize,
+    /// Pixels per grid row, `Wp = W + p`.
+    width: usize,
+    /// Grid rows per image, `H + p`.
+    item_rows: usize,
+}
+
+impl SharedPadding {
+    fn of(dims: ConvDims) -> Self {
+        Self {
+            padding: dims.padding,
+            width: dims.width + dims.padding,
+            item_rows: dims.height + dims.padding,
+        }
+    }
+
+    /// Buffer rows of `batch` images with the trailing padding.
+    fn rows(&self, batch: usize) -> usize {
+        (batch * self.item_rows + self.padding + 1) * self.width
+    }
 }
 
 impl TapViews {
-    /// Stride 1: one row per pixel of the padded input, each tap a view shifted down by `ky·Wp + kx` rows.
+    /// Stride 1: one row per pixel of the padded input ([`SharedPadding`]), each tap a view shifted down by
+    /// `ky·Wp + kx` rows.
     fn shifted_rows(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: ConvDims, depth: usize) -> Self {
-        let (_, wp) = dims.padded();
+        let grid = SharedPadding::of(dims);
         let k = dims.kernel;
-        let row_shift: Vec<usize> = (0..k * k).map(|tap| (tap / k) * wp + tap % k).collect();
-        // Output rows: pixels of the padded grid whose window fits; the buffer has room for the last block shifted
-        // by the last tap.
-        let row_blocks = dims.columns().div_ceil(amx::BLOCK);
-        let rows = (row_blocks * amx::BLOCK + row_shift[k * k - 1]).max(dims.batch * dims.plane());
-        fill_channels_last(buffer, input, dims, depth, rows);
+        let row_shift: Vec<usize> = (0..k * k).map(|tap| (tap / k) * grid.width + tap % k).collect();
+        // Output row `r` is the output pixel whose window starts at buffer row `r`; the buffer has room for the last
+        // block shifted by the last tap.
+        let row_blocks = (dims.batch * grid.item_rows * grid.width).div_ceil(amx::BLOCK);
+        let rows = (row_blocks * amx::BLOCK + row_shift[k * k - 1]).max(grid.rows(dims.batch));
+        fill_channels_last(buffer, input, dims, grid, depth, rows);
         Self {
             a_row: depth,
             column: vec![0; k * k],
             row_shift,
             row_blocks,
-            padded_width: Some(wp),
+            grid: Some(grid),
         }
     }
 
@@ -403,7 +438,7 @@ impl TapViews {
             row_shift: vec![0; k * k],
             column: (0..k * k).map(|tap| tap * depth).collect(),
             row_blocks,
-            padded_width: None,
+            grid: None,
         }
     }
 
@@ -421,8 +456,8 @@ impl TapViews {
         (out_h, out_w): (usize, usize),
         layout: OutputLayout,
     ) -> [Option<usize>; amx::BLOCK] {
-        let (row_width, row_height) = match self.padded_width {
-            Some(wp) => (wp, dims.plane() / wp),
+        let (row_width, row_height) = match self.grid {
+            Some(grid) => (grid.width, grid.item_rows),
             None => (out_w, out_h),
         };
         std::array::from_fn(|r| {
@@ -446,27 +481,32 @@ thread_local! {
     static SCRATCH: RefCell<AlignedBf16> = RefCell::default();
 }
 
-/// `buffer[row][c]` = input pixel (item, y, x) of channel `c` at row `item·plane + (y+p)·Wp + (x+p)`, rounded to bf16;
-/// zeros elsewhere (padding, channels ≥ C_in, rows past the last item).
-fn fill_channels_last(buffer: &mut AlignedBf16, input: ConvInput<'_>, dims: ConvDims, depth: usize, rows: usize) {
+/// `buffer[row][c]` = input pixel (item, y, x) of channel `c` at row `(item·(H+p) + y + p)·Wp + x + p` of the shared
+/// padding grid, rounded to bf16; zeros elsewhere (padding, channels ≥ C_in, rows past the last item).
+fn fill_channels_last(
+    buffer: &mut AlignedBf16,
+    input: ConvInput<'_>,
+    dims: ConvDims,
+    grid: SharedPadding,
+    depth: usize,
+    rows: usize,
+) {
     let ConvDims {
         batch,
         in_channels: ci,
-        height: h,
         width: w,
         padding: p,
         ..
     } = dims;
-    let (hp, wp) = dims.padded();
     let ((source_h, source_w), repeat) = (input.source_size(), input.repeat());
     buffer.resize_zeroed(rows * depth);
-    // One task per padded image row: its `Wp` buffer rows are disjoint from every other task's.
-    buffer.as_mut_slice()[..batch * hp * wp * depth]
-        .par_chunks_exact_mut(wp * depth)
+    // One task per grid row: its `Wp` buffer rows are disjoint from every other task's.
+    buffer.as_mut_slice()[..batch * grid.item_rows * grid.width * depth]
+        .par_chunks_exact_mut(grid.width * depth)
         .enumerate()
-        .for_each(|(padded_row, dst)| {
-            let (item, y) = (padded_row / hp, padded_row % hp);
-            if y < p || y >= h + p {
+        .for_each(|(grid_row, dst)| {
+            let (item, y) = (grid_row / grid.item_rows, grid_row % grid.item_rows);
+            if y < p {
                 return;
             }
             let row = &mut dst[p * depth..][..w * depth];
@@ -1364,5 +1404,43 @@ mod tests {
             assert!(err < 1e-5, "{dims:?} upsampled: max abs error {err}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod scratch_x {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn time_unet_convs() {
+        for &(c, hw) in &[(320usize, 64usize), (640, 32), (1280, 16), (1280, 8)] {
+            let batch = 2;
+            let weight: Vec<f32> = crate::cpu::test_values(c * c * 9, 1);
+            let bias = vec![0.1f32; c];
+            let packed = PackedConv::new(&weight, &bias, c, c, 3).unwrap();
+            let input = crate::cpu::test_values(batch * c * hw * hw, 2);
+            let mut out = vec![0f32; input.len()];
+            let inp = ConvInput {
+                channels_last: true,
+                ..ConvInput::plain(&input, batch, hw, hw)
+            };
+            let mut best = f64::MAX;
+            for _ in 0..(2 + 40 * 64 / (hw * 8)) {
+                let t = std::time::Instant::now();
+                conv2d_bf16(
+                    inp,
+                    &packed,
+                    Addends::default(),
+                    &SharedOut::new(&mut out),
+                    1,
+                    1,
+                    OutputLayout::ChannelsLast,
+                )
+                .unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (batch * hw * hw * c * c * 9) as f64;
+            eprintln!("{c}@{hw}: {:.2} ms, {:.0} GFLOP/s", best * 1e3, flops / best / 1e9);
+        }
     }
 }
