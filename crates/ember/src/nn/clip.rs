@@ -86,35 +86,50 @@ impl EncoderLayer {
                 .transpose(1, 2)?
                 .contiguous()
         };
+        if self.bf16_tiles && key_mask.is_none() {
+            return self.forward_on_tiles(x);
+        }
         let h = self.layer_norm1.forward(x)?;
         let (q, k, v) = (
             self.q_proj.forward(&h)?,
             self.k_proj.forward(&h)?,
             self.v_proj.forward(&h)?,
         );
-        let attn = match key_mask {
-            None if self.bf16_tiles => {
-                let op = AttentionBf16 {
-                    heads: self.heads,
-                    scale: ((d / self.heads) as f32).powf(-0.5),
-                    causal: true,
-                    bf16_output: false,
-                };
-                let f32_contiguous = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-                op_stats::count(OpClass::Attention, attention_flops(b * n * d, n), || {
-                    f32_contiguous(&q)?.apply_op3_no_bwd(&f32_contiguous(&k)?, &f32_contiguous(&v)?, &op)
-                })?
-            }
-            _ => {
-                let attn = scaled_dot_product_attention(&heads(q)?, &heads(k)?, &heads(v)?, true, key_mask)?;
-                attn.transpose(1, 2)?.reshape((b, n, d))?
-            }
-        };
+        let attn = scaled_dot_product_attention(&heads(q)?, &heads(k)?, &heads(v)?, true, key_mask)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, n, d))?;
         let x = (self.out_proj.forward(&attn)? + x)?;
         let h = self
             .fc2
             .forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
         h + x
+    }
+
+    /// [`forward`](Self::forward) for a model packed for bf16 tiles, as the UNet's transformer blocks run: tensors
+    /// whose every reader is a tile product (the layer norms, the projections, the attention) are handed over in
+    /// bf16, which that reader would round them to anyway, and the residual adds are done by the output layers.
+    fn forward_on_tiles(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let h = self.layer_norm1.forward_for(x, true)?;
+        let (q, k, v) = (
+            self.q_proj.forward_to_bf16(&h)?,
+            self.k_proj.forward_to_bf16(&h)?,
+            self.v_proj.forward_to_bf16(&h)?,
+        );
+        let op = AttentionBf16 {
+            heads: self.heads,
+            scale: ((d / self.heads) as f32).powf(-0.5),
+            causal: true,
+            bf16_output: true,
+        };
+        let attn = op_stats::count(OpClass::Attention, attention_flops(b * n * d, n), || {
+            q.contiguous()?
+                .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+        })?;
+        let x = self.out_proj.forward_plus(&attn, x)?;
+        let h = self
+            .act
+            .forward(&self.fc1.forward(&self.layer_norm2.forward_for(&x, true)?)?)?;
+        self.fc2.forward_plus(&h, &x)
     }
 }
 
