@@ -456,7 +456,7 @@ pub(crate) mod tests {
             for isa in Isa::all_supported() {
                 let mut got = vec![f32::NAN; want.len()];
                 attention(&q, &k, &v, &mut got, dims, isa)?;
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let err = crate::cpu::max_abs_error(&got, &want);
                 assert!(
                     err < 2e-6,
                     "{isa:?} {slices}×{queries}×{keys}×{head_dim}: max abs error {err}"

@@ -389,7 +389,7 @@ pub(crate) mod tests {
             let want = reference(&input, &weight, &bias, dims);
             let mut got = vec![f32::NAN; want.len()];
             conv2d(&input, &weight, &bias, &mut got, dims)?;
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = crate::cpu::max_abs_error(&got, &want);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
         }
         Ok(())

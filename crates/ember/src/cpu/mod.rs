@@ -110,6 +110,17 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The largest `|got − want|`, or infinity if any difference is not finite (`f32::max` alone skips NaN, so an output
+/// left at its NaN fill would pass).
+#[cfg(test)]
+pub(crate) fn max_abs_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "compared outputs differ in length");
+    got.iter().zip(want).fold(0f32, |worst, (g, w)| match (g - w).abs() {
+        e if e.is_finite() => worst.max(e),
+        _ => f32::INFINITY,
+    })
+}
+
 /// Whether the CPU has AVX-512 F, BW and VL (the 16-bit-lane stores of the bf16 kernels); detected once.
 pub(crate) fn avx512_bw_vl() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
