@@ -1030,8 +1030,6 @@ mod tests {
     use crate::cpu::conv::tests::{case_values, odd_shapes, reference};
     use crate::cpu::test_values;
 
-    /// Against the f32 kernel's six-loop f64 reference on the same odd shapes, the operands rounded to bf16 first
-    /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
     /// The padded input buffer is reused between calls without clearing: a call with few channels must not see the
     /// infinities a call with more left in its rows (an infinity times a zero weight is NaN).
     #[test]
@@ -1088,6 +1086,8 @@ mod tests {
         Ok(())
     }
 
+    /// Against the f32 kernel's six-loop f64 reference on the same odd shapes, the operands rounded to bf16 first
+    /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
     #[test]
     fn matches_the_reference_on_odd_shapes() -> Result<()> {
         if !amx::available() {

@@ -80,15 +80,15 @@ impl EncoderLayer {
 
     /// `key_mask`: additive, `[B, 1, 1, N]`.
     fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        if self.bf16_tiles && key_mask.is_none() {
+            return self.forward_on_tiles(x);
+        }
         let (b, n, d) = x.dims3()?;
         let heads = |t: Tensor| {
             t.reshape((b, n, self.heads, d / self.heads))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        if self.bf16_tiles && key_mask.is_none() {
-            return self.forward_on_tiles(x);
-        }
         let h = self.layer_norm1.forward(x)?;
         let (q, k, v) = (
             self.q_proj.forward(&h)?,
