@@ -456,18 +456,11 @@ fn exp_chunk(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16
         // SAFETY: AVX-512F, BW, VL, DQ and BF16 were detected; the bounds were checked above.
         return unsafe { exp_chunk_avx512(exps, offsets, probs, sums) };
     }
-    let ChunkExps {
-        scores,
-        score_row,
-        prob_row,
-        rows,
-        visible,
-        chunk_len,
-        c,
-    } = exps;
-    for (r, row) in probs.chunks_exact_mut(prob_row).take(QUERY_BLOCK).enumerate() {
-        if r < rows {
-            sums.0[r][0] += exp_row(&scores[r * score_row..][..visible], c, offsets[r], &mut row[..visible]);
+    let (visible, chunk_len) = (exps.visible, exps.chunk_len);
+    for (r, row) in probs.chunks_exact_mut(exps.prob_row).take(QUERY_BLOCK).enumerate() {
+        if r < exps.rows {
+            let scores = &exps.scores[r * exps.score_row..][..visible];
+            sums.0[r][0] += exp_row(scores, exps.c, offsets[r], &mut row[..visible]);
             row[visible..chunk_len].fill(0);
         } else {
             row[..chunk_len].fill(0);

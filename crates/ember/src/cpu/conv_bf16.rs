@@ -1030,6 +1030,26 @@ mod tests {
     use crate::cpu::conv::tests::{case_values, odd_shapes, reference};
     use crate::cpu::test_values;
 
+    /// `conv2d_bf16` with no addends into a channels-first output, filled with NaN first (so a value left unwritten
+    /// shows).
+    fn convolve(input: ConvInput<'_>, packed: &PackedConv, padding: usize, stride: usize) -> Result<Vec<f32>> {
+        let (h, w) = packed
+            .output_size(input.height, input.width, padding, stride)
+            .expect("the kernel fits");
+        let mut out = vec![f32::NAN; input.batch * packed.out_channels * h * w];
+        let target = SharedOut::new(&mut out);
+        conv2d_bf16(
+            input,
+            packed,
+            Addends::default(),
+            &target,
+            padding,
+            stride,
+            OutputLayout::ChannelsFirst,
+        )?;
+        Ok(out)
+    }
+
     /// The padded input buffer is reused between calls without clearing: a call with few channels must not see the
     /// infinities a call with more left in its rows (an infinity times a zero weight is NaN).
     #[test]
@@ -1050,17 +1070,7 @@ mod tests {
         let (_, weight, bias) = case_values(wide, 1, amx::bf16_rounded);
         let packed = PackedConv::new(&weight, &bias, 32, 64, 3)?;
         let infinities = vec![f32::INFINITY; 2 * 64 * 9 * 11];
-        let mut out = vec![0f32; 2 * 32 * 9 * 11];
-        let input = ConvInput::plain(&infinities, 2, 9, 11);
-        conv2d_bf16(
-            input,
-            &packed,
-            Addends::default(),
-            &SharedOut::new(&mut out),
-            1,
-            1,
-            OutputLayout::ChannelsFirst,
-        )?;
+        convolve(ConvInput::plain(&infinities, 2, 9, 11), &packed, 1, 1)?;
         let narrow = ConvDims {
             in_channels: 3,
             height: 8,
@@ -1070,17 +1080,7 @@ mod tests {
         let (input, weight, bias) = case_values(narrow, 2, amx::bf16_rounded);
         let want = reference(&input, &weight, &bias, narrow);
         let packed = PackedConv::new(&weight, &bias, 32, 3, 3)?;
-        let mut got = vec![f32::NAN; want.len()];
-        let input = ConvInput::plain(&input, 2, 8, 12);
-        conv2d_bf16(
-            input,
-            &packed,
-            Addends::default(),
-            &SharedOut::new(&mut got),
-            1,
-            1,
-            OutputLayout::ChannelsFirst,
-        )?;
+        let got = convolve(ConvInput::plain(&input, 2, 8, 12), &packed, 1, 1)?;
         let err = crate::cpu::max_abs_error(&got, &want);
         assert!(err < 1e-5, "max abs error {err}");
         Ok(())
@@ -1107,17 +1107,8 @@ mod tests {
                 padding,
             } = dims;
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, kernel)?;
-            let mut got = vec![f32::NAN; want.len()];
             let plain = ConvInput::plain(&input, batch, height, width);
-            conv2d_bf16(
-                plain,
-                &packed,
-                Addends::default(),
-                &SharedOut::new(&mut got),
-                padding,
-                1,
-                OutputLayout::ChannelsFirst,
-            )?;
+            let mut got = convolve(plain, &packed, padding, 1)?;
             let err = crate::cpu::max_abs_error(&got, &want);
             assert!(err < 1e-5, "{dims:?}: max abs error {err}");
             // With a residual: the same plus the residual, element by element.
@@ -1139,16 +1130,7 @@ mod tests {
             let (out_h, out_w) = dims.output_size().expect("fits");
             for stride in [2, 3] {
                 let (sh, sw) = packed.output_size(height, width, padding, stride).expect("fits");
-                let mut strided = vec![f32::NAN; batch * out_channels * sh * sw];
-                conv2d_bf16(
-                    plain,
-                    &packed,
-                    Addends::default(),
-                    &SharedOut::new(&mut strided),
-                    padding,
-                    stride,
-                    OutputLayout::ChannelsFirst,
-                )?;
+                let strided = convolve(plain, &packed, padding, stride)?;
                 for (index, &got) in strided.iter().enumerate() {
                     let (plane, y, x) = (index / (sh * sw), index / sw % sh, index % sw);
                     let want = want[(plane * out_h + stride * y) * out_w + stride * x];
@@ -1454,20 +1436,11 @@ mod tests {
             let (_, weight, bias) = case_values(dims, 50 + case as u64, amx::bf16_rounded);
             let want = reference(&upsampled, &weight, &bias, dims);
             let packed = PackedConv::new(&weight, &bias, out_channels, in_channels, 3)?;
-            let mut got = vec![f32::NAN; want.len()];
             let input = ConvInput {
                 upsampled: true,
                 ..ConvInput::plain(&source, batch, dims.height, dims.width)
             };
-            conv2d_bf16(
-                input,
-                &packed,
-                Addends::default(),
-                &SharedOut::new(&mut got),
-                1,
-                1,
-                OutputLayout::ChannelsFirst,
-            )?;
+            let got = convolve(input, &packed, 1, 1)?;
             let err = crate::cpu::max_abs_error(&got, &want);
             assert!(err < 1e-5, "{dims:?} upsampled: max abs error {err}");
         }
