@@ -449,10 +449,7 @@ fn exp_chunk(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16
         "exponentials of a key chunk out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if super::avx512_bw_vl()
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512bf16")
-    {
+    if avx512_exponentials() {
         // SAFETY: AVX-512F, BW, VL, DQ and BF16 were detected; the bounds were checked above.
         return unsafe { exp_chunk_avx512(exps, offsets, probs, sums) };
     }
@@ -507,6 +504,14 @@ unsafe fn exp_chunk_avx512(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], pr
     }
 }
 
+/// Whether this CPU has what [`exp16`] needs: AVX-512F, BW, VL, DQ and BF16.
+#[cfg(target_arch = "x86_64")]
+fn avx512_exponentials() -> bool {
+    super::avx512_bw_vl()
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
 /// The first `n` of 16 lanes (all for `n` ≥ 16).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -522,10 +527,7 @@ fn lanes_before(n: usize) -> u16 {
 /// exponentials for a known shift (`offset` ≤ −c·max s).
 fn exp_row(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::avx512_bw_vl()
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512bf16")
-    {
+    if avx512_exponentials() {
         // SAFETY: AVX-512F, BW, VL, DQ and BF16 were detected.
         return unsafe { exp_row_avx512(scores, c, offset, probs) };
     }

@@ -14,6 +14,23 @@ use candle_nn::VarBuilder;
 /// time, while the small ones (cross-attention, low resolutions) still batch many slices per matmul.
 const SCORE_BUDGET_BYTES: usize = 64 << 20;
 
+/// `softmax(q·kᵀ/√d)·v` of the projections' token layout (`q: [B, N, heads·d]`, `k, v: [B, M, heads·d]`) on the
+/// bf16 tile kernel (`cpu::attention_bf16`), as a bf16 `[B, N, heads·d]` for the output projection, which rounds to
+/// bf16 anyway. `causal`: query `i` sees keys `0..=i` only (CLIP's text encoder). Needs AMX (`nn::Precision`).
+pub(crate) fn attention_on_tiles(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let (b, n, c) = q.dims3()?;
+    let op = AttentionBf16 {
+        heads,
+        scale: ((c / heads) as f32).powf(-0.5),
+        causal,
+        bf16_output: true,
+    };
+    op_stats::count(OpClass::Attention, attention_flops(b * n * c, k.dim(1)?), || {
+        q.contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+    })
+}
+
 /// `softmax(q·kᵀ/√d [+ causal mask] [+ key_mask]) · v` for `q: [B, H, N, d]`, `k, v: [B, H, M, d]`, returning
 /// `[B, H, N, d]` in `q`'s dtype. `causal` masks key positions after the query's (CLIP's text encoder).
 /// `key_mask` is added to the scores: any shape that broadcasts to `[B, H, N, M]` (e.g. `[B, 1, 1, M]` with 0 to
@@ -189,18 +206,7 @@ impl Attention {
                 self.to_k.forward_to_bf16(context)?,
                 self.to_v.forward_to_bf16(context)?,
             );
-            let (b, n, c) = q.dims3()?;
-            let scale = ((c / self.heads) as f32).powf(-0.5);
-            let op = AttentionBf16 {
-                heads: self.heads,
-                scale,
-                causal: false,
-                bf16_output: true,
-            };
-            op_stats::count(OpClass::Attention, attention_flops(b * n * c, k.dim(1)?), || {
-                q.contiguous()?
-                    .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
-            })?
+            attention_on_tiles(&q, &k, &v, self.heads, false)?
         } else {
             let (q, k, v) = (
                 self.to_q.forward(x)?,

@@ -2,12 +2,10 @@
 //! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
 //! An optional attention mask hides tokens from the others (compel's `DownweightMode.MASK`).
 
-use super::attention::{attention_flops, scaled_dot_product_attention};
+use super::attention::{attention_on_tiles, scaled_dot_product_attention};
 use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
 use super::linear::{linear, Linear};
-use crate::cpu::attention_bf16::AttentionBf16;
-use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 
@@ -108,23 +106,13 @@ impl EncoderLayer {
     /// whose every reader is a tile product (the layer norms, the projections, the attention) are handed over in
     /// bf16, which that reader would round them to anyway, and the residual adds are done by the output layers.
     fn forward_on_tiles(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
         let h = self.layer_norm1.forward_for(x, true)?;
         let (q, k, v) = (
             self.q_proj.forward_to_bf16(&h)?,
             self.k_proj.forward_to_bf16(&h)?,
             self.v_proj.forward_to_bf16(&h)?,
         );
-        let op = AttentionBf16 {
-            heads: self.heads,
-            scale: ((d / self.heads) as f32).powf(-0.5),
-            causal: true,
-            bf16_output: true,
-        };
-        let attn = op_stats::count(OpClass::Attention, attention_flops(b * n * d, n), || {
-            q.contiguous()?
-                .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
-        })?;
+        let attn = attention_on_tiles(&q, &k, &v, self.heads, true)?;
         let x = self.out_proj.forward_plus(&attn, x)?;
         let h = self
             .act
