@@ -101,6 +101,10 @@ pub fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// [`round_to_bf16`] with 16 lanes, over the first `min(src.len(), dst.len())` values.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and VL (checked at run time by the caller, [`super::avx512_bw_vl`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
@@ -108,6 +112,7 @@ unsafe fn round_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
     let len = src.len().min(dst.len());
     for i in (0..len).step_by(16) {
         let mask: __mmask16 = if len - i >= 16 { 0xffff } else { (1u16 << (len - i)) - 1 };
+        // `i < len` ≤ both lengths: both pointers are inside their slices, and the mask stops at `len`.
         let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
         _mm256_mask_storeu_epi16(
             dst.as_mut_ptr().add(i) as *mut i16,
@@ -449,7 +454,16 @@ pub struct SharedOut<'a, T = f32> {
 
 // SAFETY: writes go through `write`, whose contract makes concurrent writes touch disjoint elements.
 unsafe impl<T: Send> Send for SharedOut<'_, T> {}
+// SAFETY: as above: every access through a shared `SharedOut` is an unsafe write to elements the caller owns.
 unsafe impl<T: Send> Sync for SharedOut<'_, T> {}
+
+/// [`SharedOut`]'s bounds-check failure, kept out of line so the checks inline to a compare and a branch.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_range(start: usize, len: usize, buffer: usize) -> ! {
+    panic!("output range {start}+{len} out of {buffer} (or past usize::MAX): a kernel's block arithmetic is wrong")
+}
 
 impl<'a, T: Copy> SharedOut<'a, T> {
     pub fn new(out: &'a mut [T]) -> Self {
@@ -468,19 +482,37 @@ impl<'a, T: Copy> SharedOut<'a, T> {
         self.len == 0
     }
 
-    /// Panics unless `start..start + len` lies inside the buffer.
+    /// Panics unless `start..start + len` lies inside the buffer (an internal invariant: the kernels compute their
+    /// ranges from checked shapes). The end is computed with `checked_add`, so a range that would wrap around
+    /// `usize` panics too instead of passing as a small one.
+    #[inline]
     fn check_range(&self, start: usize, len: usize) {
-        assert!(
-            start + len <= self.len,
-            "output range {start}+{len} out of {}",
-            self.len
-        );
+        match start.checked_add(len) {
+            Some(end) if end <= self.len => {}
+            _ => out_of_range(start, len, self.len),
+        }
     }
 
-    /// Copies `values` to the elements `start..start + values.len()` (bounds-checked).
+    /// Panics unless `rows` rows of `columns` values, the first at `start` and each `out_row` values after the one
+    /// before, lie inside the buffer (overflow-checked, as [`check_range`](Self::check_range)).
+    #[inline]
+    fn check_rows(&self, start: usize, out_row: usize, rows: usize, columns: usize) {
+        if rows == 0 {
+            return;
+        }
+        match (rows - 1)
+            .checked_mul(out_row)
+            .and_then(|offset| offset.checked_add(start))
+        {
+            Some(last) => self.check_range(last, columns),
+            None => out_of_range(start, usize::MAX, self.len),
+        }
+    }
+
+    /// Copies `values` to the elements `start..start + values.len()` (bounds-checked: panics outside the buffer).
     ///
     /// # Safety
-    /// No other thread may access these elements meanwhile.
+    /// No other thread may read or write these elements while this runs (the caller's tasks write disjoint parts).
     #[inline(always)]
     pub unsafe fn copy_to(&self, start: usize, values: &[T]) {
         self.check_range(start, values.len());
@@ -490,7 +522,8 @@ impl<'a, T: Copy> SharedOut<'a, T> {
     /// Where element `index` is, for vector stores; the caller checks `index + lanes ≤ len()`.
     ///
     /// # Safety
-    /// As [`write_unchecked`](Self::write_unchecked), for every element stored through the pointer.
+    /// `index < self.len()`; every element then stored through the pointer must lie below [`len`](Self::len), and
+    /// no other thread may access those elements while the `SharedOut` is alive.
     #[inline(always)]
     pub unsafe fn ptr_unchecked(&self, index: usize) -> *mut T {
         debug_assert!(index < self.len);
@@ -512,7 +545,7 @@ impl SharedOut<'_, half::bf16> {
     /// `values` rounded to bf16 into the elements `start..start + values.len()` (bounds-checked).
     ///
     /// # Safety
-    /// As [`copy_to`](Self::copy_to).
+    /// As [`copy_to`](Self::copy_to): no other thread may access these elements while this runs.
     pub unsafe fn round_to(&self, start: usize, values: &[f32]) {
         self.check_range(start, values.len());
         // Rounded into a local run, then copied: the output may not be initialised yet, so no slice of it is made.
@@ -525,15 +558,21 @@ impl SharedOut<'_, half::bf16> {
     }
 
     /// [`OutputElement::store_rows`] for bf16: one vector pass over the block (a conversion call per row made bf16
-    /// outputs slower than the f32 ones they replace).
+    /// outputs slower than the f32 ones they replace). Bounds-checked: panics unless every row lies in the buffer.
+    ///
+    /// # Safety
+    /// No other thread may access the elements written (`columns` values at `start + r·out_row` for each
+    /// `r < rows`) while this runs.
     unsafe fn round_rows(&self, start: usize, out_row: usize, block: &Staging, rows: usize, columns: usize) {
         if rows == 0 || columns == 0 {
             return;
         }
         assert!(columns <= BLOCK && rows <= BLOCK, "a block has 32 rows of 32 values");
-        self.check_range(start + (rows - 1) * out_row, columns);
+        self.check_rows(start, out_row, rows, columns);
         #[cfg(target_arch = "x86_64")]
         if super::avx512_bw_vl() {
+            // `round_rows_avx512`'s contract: AVX-512F, BW and VL were detected; `check_rows` put every row's
+            // `columns` values inside the buffer, which `self.ptr` spans; the caller owns those elements.
             round_rows_avx512(self.ptr.add(start) as *mut u16, out_row, block, rows, columns);
             return;
         }
@@ -547,11 +586,19 @@ impl SharedOut<'_, half::bf16> {
     }
 }
 
-/// Rows `0..rows` of `block`, their first `columns` values, rounded to bf16 at `out + r·out_row`.
+/// Rows `0..rows` of `block`, their first `columns` values, rounded to bf16 at `out + r·out_row`. Masked loads and
+/// stores touch only those columns, and the right half's pointer (`+ 16`) is formed only when `columns > 16`: for
+/// narrower rows it would lie past the end of an output whose last row ends at its last column.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and VL (checked at run time by the caller). `rows ≤ 32`, `columns ≤ 32`, and for
+/// every `r < rows` the `columns` values at `out + r·out_row` must lie in one allocation that no other thread
+/// accesses while this runs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn round_rows_avx512(out: *mut u16, out_row: usize, block: &Staging, rows: usize, columns: usize) {
     use std::arch::x86_64::*;
+    debug_assert!(rows <= BLOCK && columns <= BLOCK);
     let lanes = |n: usize| -> __mmask16 {
         if n >= 16 {
             0xffff
@@ -560,17 +607,29 @@ unsafe fn round_rows_avx512(out: *mut u16, out_row: usize, block: &Staging, rows
         }
     };
     let (left, right) = (lanes(columns), lanes(columns.saturating_sub(16)));
+    let to_bf16 = super::vector_math::avx512::to_bf16;
     for r in 0..rows {
+        // The block's rows are 32 values: both halves' loads stay inside it.
         let row = block.row(r).as_ptr();
         let dst = out.add(r * out_row) as *mut i16;
-        let to_bf16 = super::vector_math::avx512::to_bf16;
-        _mm256_mask_storeu_epi16(dst, left, to_bf16(_mm512_loadu_ps(row)));
-        _mm256_mask_storeu_epi16(dst.add(16), right, to_bf16(_mm512_loadu_ps(row.add(16))));
+        _mm256_mask_storeu_epi16(dst, left, to_bf16(_mm512_maskz_loadu_ps(left, row)));
+        if columns > 16 {
+            // Column 16 is a real one here: `dst + 16` points inside the row.
+            _mm256_mask_storeu_epi16(dst.add(16), right, to_bf16(_mm512_maskz_loadu_ps(right, row.add(16))));
+        }
     }
 }
 
 /// The element types of kernel outputs: f32 results stored as they are, or rounded to bf16.
-pub trait OutputElement: Copy + Send {
+pub trait OutputElement: Copy + Send + Sync {
+    /// What [`new_output`] fills a buffer with in debug builds before the kernel writes it: a signalling NaN, which
+    /// no arithmetic produces (x86 quiets every NaN it computes with, and [`bf16_bits`] rounds any NaN to 0x7fc0), so
+    /// one left in the output is an element the kernel did not write.
+    const UNWRITTEN: Self;
+
+    /// Whether `self` is exactly [`UNWRITTEN`](Self::UNWRITTEN) (bit for bit: NaN ≠ NaN).
+    fn is_unwritten(self) -> bool;
+
     /// Stores `values` into `out`'s elements `start..start + values.len()` (bounds-checked).
     ///
     /// # Safety
@@ -595,10 +654,20 @@ pub trait OutputElement: Copy + Send {
 }
 
 impl OutputElement for f32 {
+    const UNWRITTEN: f32 = f32::from_bits(0x7fa5_a5a5);
+
+    fn is_unwritten(self) -> bool {
+        self.to_bits() == Self::UNWRITTEN.to_bits()
+    }
+
+    /// # Safety
+    /// As [`OutputElement::store`].
     unsafe fn store(out: &SharedOut<'_, f32>, start: usize, values: &[f32]) {
         out.copy_to(start, values);
     }
 
+    /// # Safety
+    /// As [`OutputElement::store_rows`].
     unsafe fn store_rows(
         out: &SharedOut<'_, f32>,
         start: usize,
@@ -607,7 +676,9 @@ impl OutputElement for f32 {
         rows: usize,
         columns: usize,
     ) {
+        out.check_rows(start, out_row, rows, columns);
         for r in 0..rows {
+            // Cannot overflow: `check_rows` computed the last row's start.
             out.copy_to(start + r * out_row, &block.row(r)[..columns]);
         }
     }
@@ -618,10 +689,20 @@ impl OutputElement for f32 {
 }
 
 impl OutputElement for half::bf16 {
+    const UNWRITTEN: half::bf16 = half::bf16::from_bits(0x7fa5);
+
+    fn is_unwritten(self) -> bool {
+        self.to_bits() == Self::UNWRITTEN.to_bits()
+    }
+
+    /// # Safety
+    /// As [`OutputElement::store`].
     unsafe fn store(out: &SharedOut<'_, half::bf16>, start: usize, values: &[f32]) {
         out.round_to(start, values);
     }
 
+    /// # Safety
+    /// As [`OutputElement::store_rows`].
     unsafe fn store_rows(
         out: &SharedOut<'_, half::bf16>,
         start: usize,
@@ -658,24 +739,54 @@ impl<T: OutputElement> SharedOut<'_, T> {
     }
 }
 
-/// A new buffer of `len` values that `write` fills through a [`SharedOut`], not zeroed first: zeroing an op's output
-/// only for the kernel to overwrite it was a full pass over memory, 6% of a bf16 UNet step at 512×512 (`perf`).
+/// A new buffer of `len` values that `write` fills through a [`SharedOut`], not filled first: zeroing an op's output
+/// only for the kernel to overwrite it was a full pass over memory, 6% of a bf16 UNet step at 512×512 (`perf`), and
+/// remeasured in the unsafe-code hardening (scratch test, 2 threads, an AMD EPYC without AMX, noisy): a parallel fill
+/// of a 10.5 MB output (8192 × 320 f32) alone takes 0.23–0.52 ms, +6–10% on a layer norm of that size (1.06–1.76 ms
+/// bare), and would be about a sixth of the 1.8 ms 320→320 linear layer at 8192 rows (BENCHMARKS.md).
+///
+/// So the memory stays uninitialised until `write` returns: it is only ever `MaybeUninit<T>` (the `Vec`'s spare
+/// capacity) reached through `SharedOut`'s raw pointer, never a `&[T]` or a `Vec<T>` longer than what was written;
+/// the `Vec<T>` gets its length only after `write` has returned `Ok`. In debug builds (tests included) the buffer is
+/// first filled with [`OutputElement::UNWRITTEN`] and checked afterwards: an element a kernel did not write panics
+/// there, before anything reads it.
 ///
 /// # Safety
-/// When it returns `Ok`, `write` must have stored every one of the `len` values (through `SharedOut`'s raw writes; the
-/// kernels' tests check this by starting from NaN-filled outputs).
-pub unsafe fn new_output<T>(
+/// When it returns `Ok`, `write` must have stored every one of the `len` values (through `SharedOut`'s raw writes).
+/// Debug builds check this; release builds trust it.
+pub unsafe fn new_output<T: OutputElement>(
     len: usize,
     write: impl FnOnce(&SharedOut<'_, T>) -> candle_core::Result<()>,
 ) -> candle_core::Result<Vec<T>> {
     let mut buffer: Vec<T> = Vec::with_capacity(len);
+    let spare = &mut buffer.spare_capacity_mut()[..len];
+    #[cfg(debug_assertions)]
+    {
+        use rayon::prelude::*;
+        spare
+            .par_chunks_mut(64 << 10)
+            .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(T::UNWRITTEN)));
+    }
     let out = SharedOut {
-        ptr: buffer.as_mut_ptr(),
+        ptr: spare.as_mut_ptr() as *mut T,
         len,
         _buffer: std::marker::PhantomData,
     };
+    // `out` (and with it every pointer into the buffer) ends with this call.
     write(&out)?;
-    buffer.set_len(len);
+    // SAFETY: `write` returned `Ok`, so by the caller's promise it stored all `len` values (in debug builds every one
+    // was initialised by the fill above anyway, and is checked next).
+    unsafe { buffer.set_len(len) };
+    #[cfg(debug_assertions)]
+    {
+        use rayon::prelude::*;
+        let unwritten = buffer.par_iter().position_any(|x| x.is_unwritten());
+        assert!(
+            unwritten.is_none(),
+            "a kernel left element {} of its {len}-value output unwritten",
+            unwritten.unwrap_or_default()
+        );
+    }
     Ok(buffer)
 }
 
@@ -718,20 +829,61 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Proof that the tile registers are configured on this thread: only [`with_tiles`] makes one, for the duration of
-/// its closure. (A tile instruction without a configuration faults.)
+/// Proof that the tile registers are configured on this thread, and the guard that releases them: only
+/// [`with_tiles`] makes one, and drops it when its closure returns or unwinds. (A tile instruction without a
+/// configuration faults.) Neither `Send` nor `Sync`: the configuration belongs to one thread.
 pub struct Tiles(std::marker::PhantomData<*const ()>);
 
-/// Runs `work` with the tile registers configured on this thread (and released after). `work` must not start other
-/// tasks on this thread (no rayon calls inside): one finishing would release the tiles under it.
+thread_local! {
+    /// How many [`Tiles`] guards are alive on this thread: more than one when a `with_tiles` runs inside another's
+    /// closure, e.g. a rayon task stolen onto this thread by a rayon call inside `work`.
+    static TILE_GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Tiles {
+    /// Configures the tiles on this thread unless an enclosing guard already has.
+    fn acquire() -> Tiles {
+        assert!(available(), "AMX tile products need a CPU with AMX-BF16");
+        TILE_GUARDS.with(|guards| {
+            if guards.get() == 0 {
+                // SAFETY: AMX is available and this process may use the tile state (`detect`).
+                unsafe { load_tile_config() };
+            }
+            guards.set(guards.get() + 1);
+        });
+        Tiles(std::marker::PhantomData)
+    }
+}
+
+impl Drop for Tiles {
+    /// Releases the tiles when the outermost guard on this thread goes, on return or unwind alike.
+    fn drop(&mut self) {
+        TILE_GUARDS.with(|guards| {
+            let left = guards.get() - 1;
+            guards.set(left);
+            if left == 0 {
+                // SAFETY: AMX is available (the guard exists) and no tile data is in use: see `with_tiles`.
+                unsafe { release_tiles() };
+            }
+        });
+    }
+}
+
+/// Runs `work` with the tile registers configured on this thread, released after (also when `work` panics: the
+/// [`Tiles`] guard's `Drop` does it).
+///
+/// Nesting is handled, not forbidden: a `with_tiles` inside another on the same thread (directly, or in a rayon task
+/// that a rayon call inside `work` steals onto this thread) reuses the enclosing configuration, and only the
+/// outermost guard releases it. Without the count, the inner call's `tilerelease` would leave the outer closure's
+/// next tile instruction faulting, and its `ldtilecfg` would zero the tile registers. Sharing is sound because the
+/// configuration is the same for every caller (`load_tile_config`) and no tile data outlives one tile computation:
+/// each ([`Tiles::block`] and its kind, [`peak_loop`]) zeroes or loads its accumulators, multiplies and stores them in
+/// one `unsafe` block that calls nothing that could run another task, so nothing an inner call does is ever seen by
+/// the outer one. (Panicking on nesting instead would turn any rayon call inside `work` into a sporadic crash
+/// depending on the scheduler's steals.)
 pub fn with_tiles<R>(work: impl FnOnce(&Tiles) -> R) -> R {
-    assert!(available(), "AMX tile products need a CPU with AMX-BF16");
-    // SAFETY: AMX is available and this process may use the tile state (`detect`).
-    unsafe { load_tile_config() };
-    let result = work(&Tiles(std::marker::PhantomData));
-    // SAFETY: as above.
-    unsafe { release_tiles() };
-    result
+    let tiles = Tiles::acquire();
+    work(&tiles)
 }
 
 impl Tiles {
@@ -831,7 +983,10 @@ impl Tiles {
                 term.a_row >= depth && term.a_row.is_multiple_of(32),
                 "A rows must be aligned and deep enough"
             );
-            assert!(term.a.len() >= (BLOCK - 1) * term.a_row + depth, "A view too short");
+            assert!(
+                term.a_row <= usize::MAX / BLOCK && term.a.len() >= (BLOCK - 1) * term.a_row + depth,
+                "A view too short"
+            );
             assert!(
                 (term.a.as_ptr() as usize).is_multiple_of(64),
                 "A must start on a cache line"
@@ -877,8 +1032,12 @@ enum Start<'a> {
 
 /// Panics unless a 32×32 block starting at `start`, rows `out_row` values apart, fits in `len` values.
 fn check_block_bounds(len: usize, start: usize, out_row: usize) {
+    let end = out_row
+        .checked_mul(BLOCK - 1)
+        .and_then(|x| x.checked_add(start))
+        .and_then(|x| x.checked_add(BLOCK));
     assert!(
-        out_row >= BLOCK && start + (BLOCK - 1) * out_row + BLOCK <= len,
+        out_row >= BLOCK && end.is_some_and(|end| end <= len),
         "C block out of bounds"
     );
 }
@@ -922,6 +1081,11 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
+/// Configures this thread's tile registers as [`TileConfig`] says (`ldtilecfg`, which also zeroes them).
+///
+/// # Safety
+/// The CPU must have AMX-TILE and AMX-BF16 and this process the kernel's permission for the tile state ([`available`]
+/// returned true). Only [`Tiles::acquire`] calls it, for the outermost guard on a thread.
 unsafe fn load_tile_config() {
     let mut config = TileConfig {
         palette: 1,
@@ -938,11 +1102,20 @@ unsafe fn load_tile_config() {
     std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
 }
 
+/// Returns this thread's tile registers to their unconfigured state (`tilerelease`).
+///
+/// # Safety
+/// As [`load_tile_config`]; and no tile instruction may run on this thread afterwards until the tiles are configured
+/// again (only the outermost [`Tiles`] guard's `Drop` calls it).
 unsafe fn release_tiles() {
     #[cfg(target_arch = "x86_64")]
     std::arch::asm!("tilerelease", options(nostack, nomem));
 }
 
+/// Zeroes the accumulator tiles tmm0–tmm3.
+///
+/// # Safety
+/// The tiles must be configured on this thread (a [`Tiles`] guard is alive).
 #[inline(always)]
 unsafe fn zero_accumulators() {
     #[cfg(target_arch = "x86_64")]
@@ -957,6 +1130,11 @@ unsafe fn zero_accumulators() {
 
 /// Loads the accumulators from the 32×32 f32 block at `top`, rows `stride` bytes apart: with a stride of zero, every
 /// row of the left accumulators (tmm0, tmm2) is `top[0..16]` and of the right ones (tmm1, tmm3) `top[16..32]`.
+///
+/// # Safety
+/// The tiles must be configured on this thread. The 32 rows of 128 bytes at `top + r·stride` (`r < 32`; just the
+/// first 128 bytes for a stride of zero) must be readable, inside one allocation, and not written by another thread
+/// meanwhile.
 #[inline(always)]
 unsafe fn load_accumulators(top: *const u8, stride: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -977,6 +1155,11 @@ unsafe fn load_accumulators(top: *const u8, stride: usize) {
 /// Loads A's two row tiles and B's two column tiles at the given addresses and adds their four products to the
 /// accumulators. B is loaded with the T1 hint (kept in L2, not L1): every caller reuses the A rows of a block against
 /// panel after panel of B, and B streaming through L1 evicted them (UNet step 1.53 → 1.45 s, every class ~5%).
+///
+/// # Safety
+/// The tiles must be configured on this thread. Each of the four operands is 16 rows of 64 bytes: rows at
+/// `a_top + r·a_stride` and `a_bottom + r·a_stride`, `b_left + r·b_stride` and `b_right + r·b_stride` (`r < 16`),
+/// all readable, each operand inside one allocation, and not written by another thread meanwhile.
 #[inline(always)]
 unsafe fn multiply_accumulate(
     a_top: *const u8,
@@ -1006,6 +1189,12 @@ unsafe fn multiply_accumulate(
     );
 }
 
+/// Stores the accumulators: tmm0 and tmm1 side by side as the 16 rows of 128 bytes at `top + r·stride`, tmm2 and
+/// tmm3 as those at `bottom + r·stride`.
+///
+/// # Safety
+/// The tiles must be configured on this thread. Those 32 rows of 128 bytes must be writable, inside one allocation,
+/// and accessed by no other thread meanwhile.
 #[inline(always)]
 unsafe fn store_accumulators(top: *mut u8, bottom: *mut u8, stride: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -1122,6 +1311,180 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whole outputs `rows × columns` written block by block through `store_rows` (bf16 and f32), each row exactly
+    /// `columns` wide so that the last row ends at the allocation's end: widths around the vector halves (16) and
+    /// the block (32), against the plain rounding, every element written (NaN start).
+    #[test]
+    fn store_rows_writes_exactly_the_columns() {
+        let rows = 5;
+        for columns in [1, 15, 16, 17, 31, 32, 33] {
+            let values = test_values(rows * columns, columns as u64);
+            let mut bf16_out = vec![half::bf16::NAN; rows * columns];
+            let mut f32_out = vec![f32::NAN; rows * columns];
+            {
+                let (bf16_shared, f32_shared) = (SharedOut::new(&mut bf16_out), SharedOut::new(&mut f32_out));
+                for first in (0..columns).step_by(BLOCK) {
+                    let width = BLOCK.min(columns - first);
+                    let mut block = Staging([f32::NAN; BLOCK * BLOCK]);
+                    for r in 0..rows {
+                        block.0[r * BLOCK..][..width].copy_from_slice(&values[r * columns + first..][..width]);
+                    }
+                    // SAFETY: one thread; the rows lie inside both outputs (checked by the calls).
+                    unsafe {
+                        bf16_shared.store_rows(first, columns, &block, rows, width);
+                        f32_shared.store_rows(first, columns, &block, rows, width);
+                    }
+                }
+            }
+            let want: Vec<f32> = values.iter().map(|&v| bf16_rounded(v)).collect();
+            let got: Vec<f32> = bf16_out.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(crate::cpu::max_abs_error(&got, &want), 0.0, "bf16, {columns} columns");
+            assert_eq!(
+                crate::cpu::max_abs_error(&f32_out, &values),
+                0.0,
+                "f32, {columns} columns"
+            );
+        }
+    }
+
+    /// A range whose end would wrap around `usize` panics instead of passing as a small one.
+    #[test]
+    #[should_panic(expected = "out of 4")]
+    fn wrapping_ranges_are_out_of_range() {
+        let mut out = [0f32; 4];
+        let out = SharedOut::new(&mut out);
+        // SAFETY: one thread; the range check panics before anything is written.
+        unsafe { out.copy_to(usize::MAX, &[1.0]) };
+    }
+
+    #[test]
+    #[should_panic(expected = "out of 64")]
+    fn wrapping_row_ranges_are_out_of_range() {
+        let mut out = [half::bf16::ZERO; 64];
+        let out = SharedOut::new(&mut out);
+        // SAFETY: one thread; the range check panics before anything is written.
+        unsafe { out.store_rows(0, usize::MAX / 2 + 1, &Staging::default(), 3, 1) };
+    }
+
+    /// `new_output` returns what the kernel wrote, and the kernel's error.
+    #[test]
+    fn new_output_returns_the_written_values() {
+        let write_all = |out: &SharedOut<'_, half::bf16>| {
+            for i in 0..out.len() {
+                // SAFETY: `i < len`, one thread.
+                unsafe { out.write_unchecked(i, half::bf16::from_f32(i as f32)) };
+            }
+            Ok(())
+        };
+        // SAFETY: the closure writes every one of the 100 values.
+        let out = unsafe { new_output(100, write_all) };
+        assert_eq!(
+            out.unwrap(),
+            (0..100).map(|i| half::bf16::from_f32(i as f32)).collect::<Vec<_>>()
+        );
+        // SAFETY: it returns an error, so nothing is read.
+        let failed = unsafe { new_output::<f32>(100, |_| candle_core::bail!("kernel error")) };
+        assert!(failed.is_err());
+    }
+
+    /// In debug builds an element the kernel left unwritten panics (the buffer was filled with the sentinel first, so
+    /// nothing uninitialised is read even then).
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "left element 41 of its 100-value output unwritten")]
+    fn new_output_catches_an_unwritten_element() {
+        let skip_one = |out: &SharedOut<'_, f32>| {
+            for i in (0..out.len()).filter(|&i| i != 41) {
+                // SAFETY: `i < len`, one thread.
+                unsafe { out.write_unchecked(i, 0.0) };
+            }
+            Ok(())
+        };
+        // SAFETY: the contract is broken on purpose; debug builds initialise the buffer and check it.
+        let _ = unsafe { new_output(100, skip_one) };
+    }
+
+    /// One 32×32 block of `A · B` on bf16 tiles (for the nesting tests).
+    struct Product {
+        a: AlignedBf16,
+        panel: PanelsB,
+    }
+
+    impl Product {
+        fn new() -> Self {
+            let mut a = AlignedBf16::zeroed(BLOCK * 64);
+            for (x, v) in a.as_mut_slice().iter_mut().zip(test_values(BLOCK * 64, 11)) {
+                *x = bf16_bits(v);
+            }
+            let values = test_values(64 * BLOCK, 12);
+            let panel = PanelsB::from_fn(64, BLOCK, |i, j| values[i * BLOCK + j]);
+            Product { a, panel }
+        }
+
+        fn block(&self, tiles: &Tiles) -> Staging {
+            let mut staging = Staging::default();
+            let term = Term {
+                a: self.a.as_slice(),
+                a_row: 64,
+                b: self.panel.panel(0),
+            };
+            tiles.block(&[term], &mut staging);
+            staging
+        }
+    }
+
+    fn tile_guards() -> usize {
+        TILE_GUARDS.with(|guards| guards.get())
+    }
+
+    /// A `with_tiles` inside another (directly, and through rayon tasks stolen onto threads that already hold the
+    /// tiles) leaves the outer one's tiles configured: its later blocks still compute (a released configuration
+    /// would fault), bit for bit the same; and every thread ends with no guard.
+    #[test]
+    fn nested_tiles_keep_the_outer_configuration() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+            return;
+        }
+        use rayon::prelude::*;
+        let product = Product::new();
+        let want = with_tiles(|tiles| product.block(tiles)).0;
+        assert_eq!(tile_guards(), 0);
+        with_tiles(|outer| {
+            let inner = with_tiles(|inner| product.block(inner));
+            assert_eq!(tile_guards(), 1);
+            assert_eq!(inner.0, want);
+            assert_eq!(product.block(outer).0, want);
+        });
+        (0..64).into_par_iter().for_each(|_| {
+            with_tiles(|outer| {
+                (0..16).into_par_iter().for_each(|_| {
+                    with_tiles(|inner| assert_eq!(product.block(inner).0, want));
+                });
+                assert_eq!(product.block(outer).0, want);
+            });
+        });
+        let left: Vec<usize> = rayon::broadcast(|_| tile_guards());
+        assert!(left.iter().all(|&n| n == 0), "guards left per thread: {left:?}");
+    }
+
+    /// A panic inside `with_tiles` still releases the tiles (the guard's `Drop`), and they can be taken again.
+    #[test]
+    fn a_panic_releases_the_tiles() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+            return;
+        }
+        let product = Product::new();
+        let want = with_tiles(|tiles| product.block(tiles)).0;
+        let result = std::panic::catch_unwind(|| {
+            with_tiles(|_| with_tiles(|_| panic!("inside the tiles")));
+        });
+        assert!(result.is_err());
+        assert_eq!(tile_guards(), 0);
+        assert_eq!(with_tiles(|tiles| product.block(tiles)).0, want);
     }
 
     #[test]

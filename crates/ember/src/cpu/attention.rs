@@ -226,7 +226,12 @@ mod avx512 {
     const ROWS: usize = 4;
     const KEY_VECTORS: usize = KEY_BLOCK / 16;
 
-    /// See `portable::scores`. Safety: AVX-512F; `k_t` holds `(d − 1)·stride + KEY_BLOCK` floats.
+    /// See `portable::scores`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked at run time by the caller, [`Isa::detect`](crate::cpu::Isa::detect)).
+    /// The sizes are asserted here: `k_t` holds `(d − 1)·stride + KEY_BLOCK` floats, `scores` `KEY_BLOCK` per row of
+    /// `q`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores(q: &[f32], k_t: &[f32], stride: usize, d: usize, scores: &mut [f32]) {
         assert!(k_t.len() >= (d - 1) * stride + KEY_BLOCK);
@@ -244,6 +249,11 @@ mod avx512 {
         }
     }
 
+    /// `R` query rows' scores against one key block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `d ≥ 1` and `k_t` holds at least `(d − 1)·stride + KEY_BLOCK` floats (the rows of
+    /// `q` and `scores` are asserted here).
     #[target_feature(enable = "avx512f")]
     unsafe fn scores_rows<const R: usize>(q: &[f32], k_t: &[f32], stride: usize, d: usize, scores: &mut [f32]) {
         assert!(q.len() >= R * d && scores.len() >= R * KEY_BLOCK);
@@ -265,8 +275,10 @@ mod avx512 {
         }
     }
 
-    /// See `portable::max` (the scalar fold was a tenth of the attention time). Safety: AVX-512F; `row` holds
-    /// KEY_BLOCK floats.
+    /// See `portable::max` (the scalar fold was a tenth of the attention time).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked by the caller); `row` holding `KEY_BLOCK` floats is asserted here.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max(row: &[f32], valid: usize) -> f32 {
         assert!(row.len() >= KEY_BLOCK);
@@ -279,7 +291,10 @@ mod avx512 {
         _mm512_reduce_max_ps(max)
     }
 
-    /// See `portable::exp_row`. Safety: AVX-512F; `row` holds KEY_BLOCK floats.
+    /// See `portable::exp_row`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked by the caller); `row` holding `KEY_BLOCK` floats is asserted here.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exp_row(row: &mut [f32], valid: usize, scale: f32, max: f32) -> f32 {
         assert!(row.len() >= KEY_BLOCK);
@@ -296,8 +311,11 @@ mod avx512 {
         _mm512_reduce_add_ps(sum)
     }
 
-    /// See `portable::accumulate_values`. Safety: AVX-512F; `p` holds `rows × KEY_BLOCK`, `v` `valid × d`,
-    /// `acc` `rows × d` floats.
+    /// See `portable::accumulate_values`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked by the caller). The sizes (`p` holds `rows × KEY_BLOCK`, `v` `valid × d`,
+    /// `acc` `rows × d` floats) are asserted here and in `values_rows`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn accumulate_values(p: &[f32], valid: usize, v: &[f32], d: usize, acc: &mut [f32]) {
         assert!(v.len() >= valid * d);
@@ -323,6 +341,9 @@ mod avx512 {
     }
 
     /// `R` rows × `width` (≤ 64) channels of the accumulator, which has row stride `d` like `v`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; the slices' sizes are asserted here.
     #[target_feature(enable = "avx512f")]
     unsafe fn values_rows<const R: usize>(p: &[f32], valid: usize, v: &[f32], d: usize, width: usize, acc: &mut [f32]) {
         let masks: [__mmask16; 4] = std::array::from_fn(|x| {

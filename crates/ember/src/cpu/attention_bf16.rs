@@ -382,6 +382,10 @@ fn row_max(scores: &[f32]) -> f32 {
     scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// [`row_max`] with 16 lanes.
+///
+/// # Safety
+/// The CPU must have AVX-512F (checked at run time by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_max_avx512(scores: &[f32]) -> f32 {
@@ -466,6 +470,11 @@ fn exp_chunk(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16
 }
 
 /// [`exp_chunk`] with 16 lanes ([`exp16`]), one call per chunk.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW, VL, DQ and BF16 ([`avx512_exponentials`], checked by the caller), and the sizes
+/// that [`exp_chunk`] asserts must hold: `scores` holds `QUERY_BLOCK·score_row` values and `probs`
+/// `QUERY_BLOCK·prob_row`, `visible ≤ chunk_len ≤ min(score_row, prob_row)`, `rows ≤ QUERY_BLOCK`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 unsafe fn exp_chunk_avx512(exps: ChunkExps<'_>, offsets: &[f32; QUERY_BLOCK], probs: &mut [u16], sums: &mut RowSums) {
@@ -540,7 +549,10 @@ fn exp_row(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
     sum
 }
 
-/// [`exp_row`] with 16 lanes ([`exp16`]).
+/// [`exp_row`] with 16 lanes ([`exp16`]), over the first `min(scores.len(), probs.len())` values.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW, VL, DQ and BF16 ([`avx512_exponentials`], checked by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 unsafe fn exp_row_avx512(scores: &[f32], c: f32, offset: f32, probs: &mut [u16]) -> f32 {
@@ -563,6 +575,10 @@ unsafe fn exp_row_avx512(scores: &[f32], c: f32, offset: f32, probs: &mut [u16])
 /// bf16's 2e-3): `vreduceps` gives the fraction and `vscalefps` floors the exponent itself, 11 vector operations per
 /// 16 scores with the caller's sum and store (a cubic, 7.5e-5, made the bf16 fidelity test's ratio 0.68 → 0.72 for
 /// one operation less). The exponentials are the largest part of the attention at 4096 keys.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW, VL, DQ and BF16 ([`avx512_exponentials`]); `scores + l` must be readable for
+/// every lane `l` set in `mask` (the masked-off lanes are not read).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 #[inline]

@@ -597,7 +597,8 @@ fn pixels_to_bf16(
 /// [`pixels_to_bf16`], 16 channels at a time, pixel by pixel (each pixel's channels are one run of memory).
 ///
 /// # Safety
-/// AVX-512F/BW/VL; the sizes [`pixels_to_bf16`] checks.
+/// The CPU must have AVX-512F, BW and VL (checked at run time by the caller), and the sizes [`pixels_to_bf16`]
+/// checks must hold.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pixels_to_bf16_avx512(
@@ -639,6 +640,12 @@ unsafe fn pixels_to_bf16_avx512(
 
 /// One image row from channels-first f32 (`input[c·plane + x / repeat]`) to channels-last bf16 (`row[x·depth + c]`):
 /// 16 channels of a pixel per gather.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and VL (checked at run time by the caller). The gather offsets must fit `i32`:
+/// `channels·plane < i32::MAX / 4` (checked by the caller). `repeat ≥ 1`; the slices' sizes (`input` reaches channel
+/// `channels − 1`'s last source pixel, `row` holds `width` pixels of `depth ≥ channels` values, the normalisation
+/// `channels` scales and shifts) are asserted here.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]

@@ -57,6 +57,11 @@ pub fn available() -> bool {
     super::Isa::detect() == super::Isa::Avx512
 }
 
+/// [`geglu_row`] with 16 lanes.
+///
+/// # Safety
+/// The CPU must have AVX-512F (checked at run time by the caller); `value` and `gate` hold at least `out.len()`
+/// values each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn geglu_row_avx512(value: &[f32], gate: &[f32], out: &mut [f32]) {

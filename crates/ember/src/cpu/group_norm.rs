@@ -270,6 +270,9 @@ pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// Σ f(x) over `x` in f64, 16 values per step (tail masked).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked at run time by the caller).
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn sum_f64(x: &[f32], f: impl Fn(__m512d) -> __m512d) -> f64 {
         let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
@@ -289,6 +292,9 @@ pub(crate) mod avx512 {
     }
 
     /// [`ChannelSums::of`](super::ChannelSums::of) with 8 channels per vector, two pixels' chains in flight.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked at run time by the caller); the sizes are asserted here.
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn channel_sums(values: &[f32], pivot: &[f32], first: &mut [f64], second: &mut [f64]) {
         let channels = pivot.len();
@@ -320,6 +326,9 @@ pub(crate) mod avx512 {
 
     /// The `mask`ed of eight f32 values at `at`, as f64: a 512-bit masked load (AVX-512F alone; the 256-bit masked
     /// load needs VL, and without it compiled to a call per load).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `at + l` must be readable for every lane `l` set in `mask`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn widened(mask: __mmask8, at: *const f32) -> __m512d {
@@ -327,6 +336,9 @@ pub(crate) mod avx512 {
     }
 
     /// `v − mean` computed in f64 (8 lanes at a time), rounded to f32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked at run time by the caller).
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn centred(v: __m512, mean: __m512d) -> __m512 {
         let lower = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mean));
@@ -338,7 +350,11 @@ pub(crate) mod avx512 {
         ))
     }
 
-    /// One group, given its `(mean, 1/√(var + eps))`.
+    /// One group, given its `(mean, 1/√(var + eps))`: `x` and `out` as channels of `spatial` values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (checked at run time by the caller). Every access is bounds-checked (`weight[c]`,
+    /// `bias[c]`) or stays inside a `spatial`-long chunk of `x` and `out`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn normalise_group(
         x: &[f32],

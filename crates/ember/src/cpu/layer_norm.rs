@@ -52,6 +52,11 @@ fn normalise_row(x: &[f32], weight: &[f32], bias: &[f32], eps: f64, out: &mut [f
     }
 }
 
+/// [`normalise_row`]'s affine step with 16 lanes, over `x.len()` values.
+///
+/// # Safety
+/// The CPU must have AVX-512F (checked at run time by the caller); `weight`, `bias` and `out` hold at least
+/// `x.len()` values each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512_row(x: &[f32], weight: &[f32], bias: &[f32], (mean, inv_std): (f64, f32), out: &mut [f32]) {

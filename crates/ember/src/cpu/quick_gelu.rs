@@ -24,6 +24,10 @@ pub fn quick_gelu(x: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// [`quick_gelu`] on one chunk with 16 lanes, over `min(x.len(), out.len())` values.
+///
+/// # Safety
+/// The CPU must have AVX-512F (checked at run time by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quick_gelu_avx512(x: &[f32], out: &mut [f32]) {
