@@ -276,6 +276,21 @@ pub struct ServeArgs {
     /// Folder for the job database (ember.sqlite) and the generated images (images/); created if missing.
     #[arg(long, default_value = "ember-data")]
     pub data_dir: PathBuf,
+    /// Access token every API request must carry (`Authorization: Bearer TOKEN`; the page asks for it once). Set it
+    /// when --host exposes the server to a network.
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A host name the server may be reached under besides IP addresses and localhost (repeatable). Requests naming
+    /// any other host are refused, which stops DNS-rebinding attacks from web pages.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Largest image one job may make, in megapixels (2²⁰ pixels) [default: 2 on a CPU, 16 on a GPU].
+    #[arg(long, value_name = "MEGAPIXELS")]
+    pub max_pixels: Option<f64>,
+    /// Most work one job may take, in megapixel-steps: pixels × denoising steps over all passes
+    /// [default: 200 on a CPU (1024² × 190 steps), 2000 on a GPU].
+    #[arg(long, value_name = "MEGAPIXEL_STEPS")]
+    pub work_budget: Option<f64>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -38,7 +38,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         ran += 1;
         // One bad line should not lose the rest of a batch; the exit status still reports it.
         if let Err(e) = runner.run_line(line) {
-            eprintln!("error: line {}: {e:#}", number + 1);
+            eprintln!("error: line {}: {}", number + 1, crate::errors::describe(&e));
             failed += 1;
         }
     }

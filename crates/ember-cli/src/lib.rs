@@ -5,6 +5,7 @@
 pub mod args;
 pub mod bench;
 pub mod dream_line;
+pub mod errors;
 pub mod generate;
 pub mod repl;
 pub mod runner;

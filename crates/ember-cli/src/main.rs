@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ember_cli::errors::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

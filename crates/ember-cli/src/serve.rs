@@ -10,5 +10,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model: args.model.model.clone(),
         device: args.model.device.clone(),
         dtype: args.model.dtype.clone(),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        allowed_hosts: args.allowed_hosts.clone(),
+        max_megapixels: args.max_pixels,
+        work_budget: args.work_budget,
     })
 }

@@ -27,14 +27,19 @@ impl Drop for Server {
 }
 
 fn serve(data_dir: &Path) -> Server {
+    serve_with(data_dir, &[], Stdio::inherit())
+}
+
+fn serve_with(data_dir: &Path, extra_args: &[&str], stderr: Stdio) -> Server {
     let model = Path::new(FIXTURES).join("tiny-sd.safetensors");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["serve", "--port", "0", "--device", "cpu", "--model"])
         .arg(&model)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra_args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("ember serve starts");
     // The first stdout line names the address it bound ("… http://127.0.0.1:PORT/ …").
@@ -143,5 +148,55 @@ fn a_killed_server_fails_the_running_job_and_runs_the_queued_ones_after_restart(
     assert_eq!(
         page["total"], 3,
         "the image from before the crash and the two queued jobs'"
+    );
+}
+
+/// Ctrl-C (SIGINT) in the middle of a long job stops the job between two layers and the server with it, without
+/// waiting for the step to end (the issue: a stuck job kept SIGINT from stopping the process at all).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_a_server_in_the_middle_of_a_long_job() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let log_path = data_dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    // 512² × 200 steps of the tiny model is a minute or more here: over the CPU's default budget, so raise it.
+    let mut server = serve_with(data_dir.path(), &["--work-budget", "1000"], Stdio::from(log));
+    let id = submit(
+        &server,
+        json!({"prompt": "long", "steps": 200, "width": 512, "height": 512, "seed": 3}),
+    );
+    wait_for(&server, id, "running", |j| j["status"] == "running");
+    let interrupted = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    // A hang guard, not a timing test: the server gives a stuck job 10 s and says so in its log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ember serve is still running a minute after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(
+        !log.contains("did not stop"),
+        "the job stopped by itself, between two layers: {log}"
+    );
+    drop(server);
+
+    let server = serve(data_dir.path());
+    let job = get(&server, &format!("/api/jobs/{id}"));
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().is_some_and(|e| e.starts_with("interrupted")),
+        "{job}"
     );
 }

@@ -36,12 +36,17 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, signedIn = false) {
   let res;
   try {
     res = await fetch(path, options);
   } catch (e) {
     throw new ApiError(0, null, "The Ember server cannot be reached. Is `ember serve` still running?");
+  }
+  // A server started with --token: ask for it once; the session cookie carries it from then on.
+  if (res.status === 401 && !signedIn) {
+    await signIn();
+    return api(path, options, true);
   }
   if (res.status === 204) return null;
   const text = await res.text();
@@ -55,6 +60,33 @@ async function api(path, options = {}) {
     throw new ApiError(res.status, (err && err.field) || null, message);
   }
   return body;
+}
+
+let signingIn = null;
+
+// Asks for the server's access token until it is right (or the user gives up); concurrent callers share one prompt.
+function signIn() {
+  if (!signingIn) {
+    signingIn = (async () => {
+      let message = "This Ember server needs its access token (the --token it was started with):";
+      for (;;) {
+        const token = window.prompt(message);
+        if (token === null) {
+          throw new ApiError(401, null, "This server needs its access token; reload the page to enter it.");
+        }
+        const res = await fetch("/api/session", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ token }),
+        });
+        if (res.ok) return;
+        message = "That is not the server's token. Access token:";
+      }
+    })().finally(() => {
+      signingIn = null;
+    });
+  }
+  return signingIn;
 }
 
 // ---------------------------------------------------------------------------------------------- form
@@ -498,11 +530,13 @@ function bindForm() {
   $("page-next").addEventListener("click", () => loadGallery(state.page + 1));
 }
 
-function start() {
+async function start() {
   bindForm();
   bindInit();
   updateStepsRun();
   renderQueue();
+  // Signed in (if the server wants a token) before the event stream opens: EventSource gives up on a 401.
+  await api("/api/models").catch(() => {});
   connectEvents();
   loadSamplers();
   loadJobs();

@@ -15,12 +15,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ember::image::init::prepare_init_image;
+use ember::pipeline::{RequestCheck, Work};
 use ember::request::{random_seed, InitImage};
 use ember::sample::perlin::check_image_size;
 use ember::sample::SamplerKind;
 use futures_util::stream::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use utoipa::{IntoParams, ToSchema};
 
@@ -73,8 +73,10 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     let input = parse_params(&params_json)?;
     let params = input.resolve(random_seed)?;
     let new_job = check_job(&state, params, upload).await?;
+    // A job accepted into a removed database, or onto a full disk, would be lost.
+    state.storage.check().map_err(ApiError::unavailable)?;
     let (queue, events) = (state.queue.clone(), state.events.clone());
-    let job = state
+    let inserted = state
         .db
         .call(move |conn| {
             queue.transition(|| {
@@ -83,13 +85,27 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
                 Ok(job)
             })
         })
-        .await?;
+        .await;
+    let job = match inserted {
+        Ok(job) => {
+            state.storage.recovered();
+            job
+        }
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+            state.storage.failed("cannot queue a job", &e.message);
+            return Err(ApiError::unavailable(state.storage.redact(&e.message)));
+        }
+        Err(e) => return Err(e),
+    };
     state.queue.notify();
     Ok((StatusCode::CREATED, Json(job)))
 }
 
 /// Reads the `params` and `init_image` parts, in either order.
-async fn read_multipart(request: Request, state: &AppState) -> ApiResult<(Vec<u8>, Option<(String, Vec<u8>)>)> {
+pub(crate) async fn read_multipart<S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> ApiResult<(Vec<u8>, Option<(String, Vec<u8>)>)> {
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
@@ -166,7 +182,7 @@ fn clip(s: &str) -> String {
 }
 
 /// JSON → [`ParamsInput`]; a type error names the field it is in.
-fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
+pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
     // Syntax first: a syntax error is about the whole body, not the field the parser happened to be in.
     let value: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
@@ -181,8 +197,52 @@ fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
     })
 }
 
-/// Checks the parameters (and the upload) as the engine would, so a bad job fails at submit time, not in the queue.
+/// Checks the parameters (and the upload) with the engine's own [`ember::pipeline::RequestCheck`] — fields, prompts,
+/// the device's work limits — so a bad job fails at submit time, naming the field, not in the queue. An upload's
+/// size is read from its header and checked before any pixel is decoded.
 async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec<u8>)>) -> ApiResult<NewJob> {
+    let fit = params.fit.then_some((params.width as u32, params.height as u32));
+    let gallery_size = match (&upload, params.init_image_id) {
+        (None, Some(id)) => Some(gallery_init_size(state, id, fit).await?),
+        _ => None,
+    };
+    let checker = state.checker.clone();
+    // Tokenizing a long prompt is CPU work: off the async executor.
+    let (params, upload, work) = tokio::task::spawn_blocking(move || {
+        let work = check_submission(
+            &checker,
+            &params,
+            upload.as_ref().map(|(_, b)| b.as_slice()),
+            gallery_size,
+        )?;
+        Ok::<_, ApiError>((params, upload, work))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the request check failed: {e}")))??;
+    let upload = match upload {
+        Some(upload) => Some(check_decodes(state, upload).await?),
+        None => None,
+    };
+    Ok(NewJob {
+        mode: if params.init_image_id.is_some() || upload.is_some() {
+            Mode::Img2img
+        } else {
+            Mode::Txt2img
+        },
+        params,
+        steps_total: work.steps,
+        upload,
+    })
+}
+
+/// The checks of a submission that need neither the database nor a decoded image: `upload` is the uploaded file's
+/// bytes (only its header is read), `gallery_size` the declared size of an `init_image_id`'s image.
+pub(crate) fn check_submission(
+    checker: &RequestCheck,
+    params: &Params,
+    upload: Option<&[u8]>,
+    gallery_size: Option<(u32, u32)>,
+) -> ApiResult<Work> {
     if params.prompt.trim().is_empty() {
         return Err(ApiError::bad_request(
             Some("prompt"),
@@ -198,104 +258,66 @@ async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec
             ),
         ));
     }
-    if let Some(id) = params.init_image_id {
-        if upload.is_some() {
-            return Err(ApiError::bad_request(
-                Some("init_image_id"),
-                "give either an uploaded init_image or an init_image_id, not both",
-            ));
-        }
-        let exists = state
-            .db
-            .call(move |conn| Ok(db::image_file(conn, id)?.is_some()))
-            .await?;
-        if !exists {
-            return Err(ApiError::bad_request(
-                Some("init_image_id"),
-                format!("there is no gallery image with id {id}"),
-            ));
-        }
-    }
-    let img2img = upload.is_some() || params.init_image_id.is_some();
-    // The engine only needs to know that there is an init image to check the rest.
-    let placeholder = img2img.then(|| InitImage::Path("init image".into()));
-    let request = params.to_request(placeholder)?;
-    request.validate()?;
-    // With hires_fix the worker corrects this once the engine reports the passes' total.
-    let steps_total = request.steps_to_run();
-
-    let upload = match upload {
-        Some(upload) => {
-            let (upload, size) = check_upload(upload, &params).await?;
-            check_perlin_size(&params, size)?;
-            Some(upload)
-        }
-        None => None,
-    };
-    // txt2img sizes were checked by `validate`; an init image's size is known only now.
-    if let Some(id) = params.init_image_id.filter(|_| params.perlin > 0.0) {
-        let size = gallery_init_size(state, id, &params).await?;
-        check_perlin_size(&params, size)?;
-    }
-    Ok(NewJob {
-        params,
-        mode: if img2img { Mode::Img2img } else { Mode::Txt2img },
-        steps_total,
-        upload,
-    })
-}
-
-/// The upload and the size it runs at.
-type CheckedUpload = ((String, Vec<u8>), (u32, u32));
-
-/// Decodes and sizes an uploaded init image as the worker will, so a bad image fails now, naming `init_image`.
-async fn check_upload((name, bytes): (String, Vec<u8>), params: &Params) -> ApiResult<CheckedUpload> {
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request(Some("init_image"), "the uploaded file is empty"));
+    if params.init_image_id.is_some() && upload.is_some() {
+        return Err(ApiError::bad_request(
+            Some("init_image_id"),
+            "give either an uploaded init_image or an init_image_id, not both",
+        ));
     }
     let fit = params.fit.then_some((params.width as u32, params.height as u32));
-    // Decoding and resizing are CPU work: off the async executor.
-    tokio::task::spawn_blocking(move || {
-        let size = prepared_size(&name, &bytes, fit)?;
-        Ok(((name, bytes), size))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+    // The size the init image runs at, from its header: what the work limits and Perlin's sizes depend on.
+    let init_size = match upload {
+        Some([]) => return Err(ApiError::bad_request(Some("init_image"), "the uploaded file is empty")),
+        Some(bytes) => Some(run_size(upload::probe(bytes)?, fit, "init_image")?),
+        None => gallery_size
+            .map(|declared| run_size(declared, fit, "init_image_id"))
+            .transpose()?,
+    };
+    // The engine only needs to know that there is an init image to check the rest.
+    let placeholder = init_size.map(|_| InitImage::Path("init image".into()));
+    let work = checker.check(&params.to_request(placeholder)?, init_size)?;
+    if let Some(size) = init_size.filter(|_| params.perlin > 0.0) {
+        check_image_size(size.0 as usize, size.1 as usize)?;
+    }
+    Ok(work)
 }
 
-/// The size a gallery image runs at as the init image of `params` (for checks that depend on it).
-async fn gallery_init_size(state: &AppState, id: i64, params: &Params) -> ApiResult<(u32, u32)> {
+/// [`ember::image::init::run_size`], its message naming `field`.
+fn run_size(declared: (u32, u32), fit: Option<(u32, u32)>, field: &str) -> ApiResult<(u32, u32)> {
+    ember::image::init::run_size(declared, fit).map_err(|message| ApiError::bad_request(Some(field), message))
+}
+
+/// Decodes an upload that passed every other check, so a broken or truncated image fails now, naming `init_image`.
+/// Decodes wait for a share of [`MAX_DECODING_MEGAPIXELS`], so concurrent uploads cannot hold gigabytes at once.
+async fn check_decodes(state: &AppState, (name, bytes): (String, Vec<u8>)) -> ApiResult<(String, Vec<u8>)> {
+    let (w, h) = upload::probe(&bytes)?;
+    let megapixels = (w as u64 * h as u64)
+        .div_ceil(1 << 20)
+        .clamp(1, MAX_DECODING_MEGAPIXELS as u64) as u32;
+    let _permit = state
+        .decodes
+        .acquire_many(megapixels)
+        .await
+        .map_err(|_| ApiError::unavailable("the server is stopping"))?;
+    tokio::task::spawn_blocking(move || upload::decode(&bytes).map(|_pixels| (name, bytes)))
+        .await
+        .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+}
+
+/// Megapixels of uploads decoded at once: 64 (an 8192² image), ≤ 512 MB of pixels even at 16 bits × RGBA.
+pub const MAX_DECODING_MEGAPIXELS: usize = 64;
+
+/// The size a gallery image declares (its header), for [`check_submission`].
+async fn gallery_init_size(state: &AppState, id: i64, fit: Option<(u32, u32)>) -> ApiResult<(u32, u32)> {
     let missing =
         move || ApiError::bad_request(Some("init_image_id"), format!("there is no gallery image with id {id}"));
     let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
     let path = state.images_dir.join(file.ok_or_else(missing)?);
-    let fit = params.fit.then_some((params.width as u32, params.height as u32));
-    tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|_| missing())?;
-        prepared_size(&format!("gallery image {id}"), &bytes, fit)
-            .map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
-}
-
-/// Decodes an init image and sizes it as the engine will; blocking.
-fn prepared_size(name: &str, bytes: &[u8], fit: Option<(u32, u32)>) -> ApiResult<(u32, u32)> {
-    let source = InitImage::Memory {
-        name: name.to_string(),
-        image: upload::decode(bytes)?,
-    };
-    let prepared =
-        prepare_init_image(&source, fit).map_err(|e| ApiError::bad_request(Some("init_image"), e.to_string()))?;
-    Ok(prepared.rgb.dimensions())
-}
-
-/// With Perlin noise, the init image (as prepared) must have sides that are multiples of 64 pixels.
-fn check_perlin_size(params: &Params, (width, height): (u32, u32)) -> ApiResult<()> {
-    if params.perlin > 0.0 {
-        check_image_size(width as usize, height as usize)?;
-    }
-    Ok(())
+    let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    let declared = upload::probe(&bytes).map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))?;
+    // Checked here for the message's field; `check_submission` gets the declared size.
+    run_size(declared, fit, "init_image_id")?;
+    Ok(declared)
 }
 
 /// Ids in paths are positive integers; anything else (`..%2Fetc`, `abc`) is an unknown id.
@@ -530,6 +552,34 @@ pub async fn delete_image(
         }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` while the server cannot take jobs (the answer's status is then 503).
+    pub status: String,
+    /// `ok`, or what is wrong with the data folder (a full disk, a removed database).
+    pub storage: String,
+    /// The job the worker runs now, if any.
+    pub running_job: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/health", tag = "other",
+    responses((status = 200, body = Health), (status = 503, description = "The storage is unusable", body = Health)))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let storage = state.storage.check();
+    let status = if storage.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let health = Health {
+        status: if storage.is_ok() { "ok" } else { "unavailable" }.into(),
+        storage: storage.err().unwrap_or_else(|| "ok".into()),
+        running_job: state.queue.running_id(),
+    };
+    (status, Json(health))
 }
 
 #[utoipa::path(get, path = "/api/samplers", tag = "other", responses((status = 200, body = SamplerList)))]

@@ -1,5 +1,6 @@
 //! How `ember serve` is set up: where it listens, where it keeps its data and which model it runs.
 
+use ember::pipeline::{WorkLimits, MEGAPIXEL};
 use std::path::PathBuf;
 
 /// Server settings. [`Config::default`] matches the CLI's defaults.
@@ -17,6 +18,14 @@ pub struct Config {
     pub device: String,
     /// `auto`, `f32`, `f16` or `bf16` (as `ember generate --dtype`).
     pub dtype: String,
+    /// When set, every API request must carry it (see `access.rs`).
+    pub token: Option<String>,
+    /// Host names accepted in the `Host` header besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// Largest image of one job, in megapixels; None: the device's default ([`ember::pipeline::WorkLimits`]).
+    pub max_megapixels: Option<f64>,
+    /// Most megapixel-steps one job may take; None: the device's default.
+    pub work_budget: Option<f64>,
 }
 
 impl Default for Config {
@@ -28,6 +37,10 @@ impl Default for Config {
             model: ember::model::DEFAULT_REPO_ID.into(),
             device: "auto".into(),
             dtype: "auto".into(),
+            token: None,
+            allowed_hosts: Vec::new(),
+            max_megapixels: None,
+            work_budget: None,
         }
     }
 }
@@ -38,5 +51,20 @@ impl Config {
     }
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")
+    }
+
+    /// The device's default limits (`defaults`) with this configuration's overrides.
+    pub fn work_limits(&self, defaults: WorkLimits) -> anyhow::Result<WorkLimits> {
+        let megapixels = |value: Option<f64>, flag: &str, default: u64| -> anyhow::Result<u64> {
+            match value {
+                None => Ok(default),
+                Some(v) if v.is_finite() && v > 0.0 => Ok((v * MEGAPIXEL as f64).min(u64::MAX as f64) as u64),
+                Some(v) => anyhow::bail!("{flag} {v} must be a positive number"),
+            }
+        };
+        Ok(WorkLimits {
+            max_pixels: megapixels(self.max_megapixels, "--max-pixels", defaults.max_pixels)?,
+            max_pixel_steps: megapixels(self.work_budget, "--work-budget", defaults.max_pixel_steps)?,
+        })
     }
 }

@@ -47,27 +47,57 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, None, message)
     }
+    /// The server cannot take work now (its storage is unusable); the client may try again later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, None, message)
+    }
+}
+
+/// Longest client or engine text kept in an error message or a log line: a 100 KB prompt is not echoed whole.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
+/// `text` cut to [`MAX_MESSAGE_CHARS`] characters, marked where it was cut.
+pub fn clip_message(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} characters in all)", &text[..end], text.chars().count()),
+    }
+}
+
+/// Whether a database error means the storage itself is unusable (full, read-only, gone), not a bug.
+pub fn is_storage_fault(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseCorrupt | NotADatabase)
+    )
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!("{}", self.message);
+        let message = clip_message(&self.message);
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{message}");
         }
         let body = ErrorBody {
             error: ErrorDetail {
                 field: self.field,
-                message: self.message,
+                message,
             },
         };
         (self.status, Json(body)).into_response()
     }
 }
 
-/// Database faults are the server's, never the client's.
+/// Database faults are the server's, never the client's: 503 when the storage is unusable, else 500.
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(format!("database error: {e}"))
+        if is_storage_fault(&e) {
+            ApiError::unavailable(format!("the server's storage is unusable ({e}); try again later"))
+        } else {
+            ApiError::internal(format!("database error: {e}"))
+        }
     }
 }
 

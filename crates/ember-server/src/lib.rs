@@ -9,13 +9,17 @@
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
 
+mod access;
 mod api;
 mod config;
 mod db;
 mod error;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod openapi;
 mod static_files;
+mod storage;
 mod types;
 mod upload;
 mod worker;
@@ -23,17 +27,20 @@ mod worker;
 pub use config::Config;
 pub use openapi::ApiDoc;
 
+use access::Access;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use ember::device::{parse_device, resolve_dtype};
-use ember::pipeline::Pipeline;
+use ember::pipeline::{Pipeline, RequestCheck, WorkLimits, MEGAPIXEL};
 use events::Events;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use storage::Storage;
 use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 use worker::{Queue, Worker};
 
 /// What every handler can reach.
@@ -44,12 +51,17 @@ pub(crate) struct AppState {
     queue: Arc<Queue>,
     images_dir: Arc<PathBuf>,
     model_name: Arc<str>,
+    /// The engine's admission checks, with this server's work limits.
+    checker: RequestCheck,
+    storage: Arc<Storage>,
+    /// Megapixels of uploads being decoded at once (see `api::MAX_DECODING_MEGAPIXELS`).
+    decodes: Arc<Semaphore>,
 }
 
 /// Room for the 20 MB upload plus the params part and multipart framing.
 const MAX_JOB_BODY: usize = upload::MAX_UPLOAD_BYTES + 1024 * 1024;
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, access: Arc<Access>) -> Router {
     let api = Router::new()
         .route(
             "/jobs",
@@ -65,6 +77,8 @@ fn router(state: AppState) -> Router {
         .route("/images/{id}/file", get(api::image_file))
         .route("/samplers", get(api::samplers))
         .route("/models", get(api::models))
+        .route("/health", get(api::health))
+        .route("/session", post(access::session).with_state(access.clone()))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(api::not_found);
     Router::new()
@@ -73,6 +87,7 @@ fn router(state: AppState) -> Router {
         .nest("/api", api)
         .fallback(api::not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
 
 /// A server started by [`start`]: its address, and the means to stop it.
@@ -106,17 +121,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tracing::warn!("{interrupted} job(s) were running when the server last stopped; they are marked failed");
     }
     let worker_conn = db::open(&config.db_path())?;
+    let storage = Arc::new(Storage::new(&config.data_dir, &config.db_path(), &images_dir));
 
     let (model, device, dtype) = (config.model.clone(), config.device.clone(), config.dtype.clone());
+    let limits_config = config.clone();
     let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
         let device = parse_device(&device)?;
         let dtype = resolve_dtype(&dtype, &device)?;
-        Pipeline::load(&model, &device, dtype)
-            .with_context(|| format!("cannot load the model '{model}'; pass a local model with --model PATH"))
+        let limits = limits_config.work_limits(WorkLimits::for_device(&device))?;
+        let mut pipeline = Pipeline::load(&model, &device, dtype)
+            .with_context(|| format!("cannot load the model '{model}'; pass a local model with --model PATH"))?;
+        pipeline.set_work_limits(Some(limits));
+        Ok(pipeline)
     })
     .await
     .context("the model loading task failed")??;
     let model_name = pipeline.model_name().to_string();
+    let checker = pipeline.checker();
+    if let Some(limits) = checker.limits() {
+        tracing::info!(
+            "work limits: {:.2} megapixels per image, {:.1} megapixel-steps per job",
+            limits.max_pixels as f64 / MEGAPIXEL as f64,
+            limits.max_pixel_steps as f64 / MEGAPIXEL as f64
+        );
+    }
+    let access = Arc::new(Access::new(config.token.clone(), &config.allowed_hosts));
 
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -130,6 +159,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         queue: Arc::new(Queue::default()),
         images_dir: Arc::new(images_dir.clone()),
         model_name: model_name.as_str().into(),
+        checker,
+        storage: storage.clone(),
+        decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
     };
     let worker = Worker {
         conn: worker_conn,
@@ -137,13 +169,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         queue: state.queue.clone(),
         events: state.events.clone(),
         images_dir,
+        storage,
     }
     .spawn()
     .context("cannot start the worker thread")?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (events, queue) = (state.events.clone(), state.queue.clone());
-    let app = router(state);
+    let app = router(state, access);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -167,23 +200,76 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Runs the server until Ctrl-C, printing its address on stdout.
+/// How long Ctrl-C waits for the running job to stop before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the server until Ctrl-C (or SIGTERM), printing its address on stdout. A job that does not stop within
+/// [`SHUTDOWN_GRACE`] (or a second Ctrl-C) does not keep the process alive: it is marked interrupted at the next start.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let exposed = !is_loopback(&config.host);
+    let protected = config.token.is_some();
     let server = start(config).await?;
     println!(
         "Ember is listening on http://{}/ (model: {})",
         server.addr, server.model_name
     );
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    if exposed && !protected {
+        eprintln!(
+            "warning: --host {} exposes the API to the network without an access token: anyone who can reach port \
+             {} can queue jobs and delete images. Set --token (or EMBER_TOKEN).",
+            server.addr.ip(),
+            server.addr.port()
+        );
+    }
+    stop_signal().await?;
     eprintln!("stopping: the running job (if any) is marked failed; queued jobs run after the next start");
-    server.shutdown().await
+    let shutdown = server.shutdown();
+    tokio::select! {
+        stopped = shutdown => stopped,
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            eprintln!("the running job did not stop within {}s; exiting anyway", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+        _ = stop_signal() => {
+            eprintln!("second interrupt: exiting without waiting for the running job");
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM where there are signals (what `kill` and service managers send).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot wait for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot wait for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// [`serve`] on its own multi-threaded tokio runtime, for callers without one (the `ember` binary).
 pub fn serve_blocking(config: Config) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(serve(config))
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve(config));
+    // Dropping a runtime waits for its blocking tasks, which include waiting for a job that would not stop.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }

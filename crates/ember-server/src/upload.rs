@@ -29,20 +29,34 @@ fn sniff(bytes: &[u8]) -> ApiResult<ImageFormat> {
     }
 }
 
-/// Checks type and declared size, then decodes (applying EXIF orientation). Run it off the async executor:
-/// decoding a large JPEG takes a while.
-pub fn decode(bytes: &[u8]) -> ApiResult<DynamicImage> {
+/// The size an image declares, with its EXIF orientation applied (a quarter turn swaps the sides), read from the
+/// header alone: no pixel buffer is allocated, so a job's size limits are checked before anything is decoded.
+pub fn probe(bytes: &[u8]) -> ApiResult<(u32, u32)> {
     let format = sniff(bytes)?;
-    let too_large = |w: u32, h: u32| {
-        ApiError::bad_request(
-            FIELD,
-            format!(
-                "the image declares {w}×{h} pixels, over the {MAX_DECODE_SIDE}×{MAX_DECODE_SIDE} limit; \
-                 shrink it first"
-            ),
-        )
-    };
-    let broken = |e: ImageError| match e {
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(broken)?;
+    let (w, h) = decoder.dimensions();
+    let orientation = decoder.orientation().map_err(broken)?;
+    use image::metadata::Orientation::*;
+    let quarter_turn = matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH);
+    if w > MAX_DECODE_SIDE || h > MAX_DECODE_SIDE {
+        return Err(too_large(w, h));
+    }
+    Ok(if quarter_turn { (h, w) } else { (w, h) })
+}
+
+fn too_large(w: u32, h: u32) -> ApiError {
+    ApiError::bad_request(
+        FIELD,
+        format!(
+            "the image declares {w}×{h} pixels, over the {MAX_DECODE_SIDE}×{MAX_DECODE_SIDE} limit; shrink it first"
+        ),
+    )
+}
+
+fn broken(e: ImageError) -> ApiError {
+    match e {
         ImageError::Limits(_) => ApiError::bad_request(
             FIELD,
             format!(
@@ -51,14 +65,14 @@ pub fn decode(bytes: &[u8]) -> ApiResult<DynamicImage> {
             ),
         ),
         e => ApiError::bad_request(FIELD, format!("the image is broken or truncated: {e}")),
-    };
-    // Header only: no pixel buffer is allocated here.
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(broken)?;
-    if w > MAX_DECODE_SIDE || h > MAX_DECODE_SIDE {
-        return Err(too_large(w, h));
     }
+}
+
+/// Checks type and declared size ([`probe`]), then decodes (applying EXIF orientation). Run it off the async executor:
+/// decoding a large JPEG takes a while.
+pub fn decode(bytes: &[u8]) -> ApiResult<DynamicImage> {
+    let format = sniff(bytes)?;
+    probe(bytes)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DECODE_SIDE);

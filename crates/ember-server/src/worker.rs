@@ -6,7 +6,9 @@
 //! the gallery and mark the job done — or failed / canceled. Every status change is published as a `job` event.
 
 use crate::db::{self, NewImage, INTERRUPTED};
+use crate::error::clip_message;
 use crate::events::Events;
+use crate::storage::Storage;
 use crate::types::{Image, ImageEvent, Job, JobStatus, Progress};
 use crate::upload;
 use base64::prelude::{Engine, BASE64_STANDARD};
@@ -74,6 +76,11 @@ impl Queue {
         self.notify();
     }
 
+    /// The id of the job running now.
+    pub fn running_id(&self) -> Option<i64> {
+        lock(&self.running).as_ref().map(|(id, _)| *id)
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -99,6 +106,7 @@ pub struct Worker {
     pub queue: Arc<Queue>,
     pub events: Events,
     pub images_dir: PathBuf,
+    pub storage: Arc<Storage>,
 }
 
 /// How a job ended.
@@ -117,12 +125,18 @@ impl Worker {
 
     fn run(mut self) {
         while !self.queue.stopping() {
+            // Results written into a removed data folder would be lost: wait for a restart instead.
+            if let Err(message) = self.storage.check() {
+                self.storage.failed("the worker is waiting", &message);
+                self.queue.wait(Duration::from_secs(1));
+                continue;
+            }
             match db::next_queued(&self.conn) {
                 Ok(Some(job)) => self.run_job(job),
                 Ok(None) => self.queue.wait(Duration::from_secs(1)),
                 Err(e) => {
-                    tracing::error!("cannot read the job queue: {e}; retrying in a second");
-                    std::thread::sleep(Duration::from_secs(1));
+                    self.storage.failed("cannot read the job queue", &e);
+                    self.queue.wait(Duration::from_secs(1));
                 }
             }
         }
@@ -144,9 +158,9 @@ impl Worker {
             // Canceled between the read and the claim.
             Ok(false) => return self.queue.set_running(None),
             Err(e) => {
-                tracing::error!("cannot start job {}: {e}", job.id);
+                self.storage.failed(&format!("cannot start job {}", job.id), &e);
                 self.queue.set_running(None);
-                return std::thread::sleep(Duration::from_secs(1));
+                return self.queue.wait(Duration::from_secs(1));
             }
         }
 
@@ -159,30 +173,49 @@ impl Worker {
                 .unwrap_or("unknown panic");
             Outcome::Failed(format!("internal error in the engine ({what}); please report it"))
         });
-        self.queue.set_running(None);
-
-        let finished = match &outcome {
-            Outcome::Done(image) => {
-                self.events.image(&ImageEvent {
-                    job_id: job.id,
-                    image: (**image).clone(),
-                });
-                Ok(())
-            }
-            // A shutdown cancels the running job too; it was interrupted, not canceled by anyone.
-            Outcome::Canceled if self.queue.stopping() => {
-                db::finish(&self.conn, job.id, JobStatus::Failed, Some(INTERRUPTED))
-            }
-            Outcome::Canceled => db::finish(&self.conn, job.id, JobStatus::Canceled, None),
-            Outcome::Failed(message) => {
-                tracing::warn!("job {} failed: {message}", job.id);
-                db::finish(&self.conn, job.id, JobStatus::Failed, Some(message))
-            }
+        let outcome = match outcome {
+            // Clients see job errors: no absolute server paths in them.
+            Outcome::Failed(message) => Outcome::Failed(clip_message(&self.storage.redact(&message))),
+            other => other,
         };
-        if let Err(e) = finished {
-            tracing::error!("cannot record the end of job {}: {e}", job.id);
+        if let Outcome::Failed(message) = &outcome {
+            tracing::warn!("job {} failed: {message}", job.id);
+        }
+        self.record_end(job.id, &outcome);
+        // Registered until its end is recorded, so a cancel meanwhile finds the job instead of a conflict.
+        self.queue.set_running(None);
+        if let Outcome::Done(image) = &outcome {
+            self.events.image(&ImageEvent {
+                job_id: job.id,
+                image: (**image).clone(),
+            });
         }
         self.publish_job(job.id);
+    }
+
+    /// Records how job `id` ended. A storage fault (a full disk) does not strand the job as `running`: the write is
+    /// retried every second until it succeeds or the server stops (then the next start marks it interrupted).
+    fn record_end(&mut self, id: i64, outcome: &Outcome) {
+        loop {
+            let recorded = match outcome {
+                // Recorded with its image, in the same transaction.
+                Outcome::Done(_) => Ok(()),
+                // A shutdown cancels the running job too; it was interrupted, not canceled by anyone.
+                Outcome::Canceled if self.queue.stopping() => {
+                    db::finish(&self.conn, id, JobStatus::Failed, Some(INTERRUPTED))
+                }
+                Outcome::Canceled => db::finish(&self.conn, id, JobStatus::Canceled, None),
+                Outcome::Failed(message) => db::finish(&self.conn, id, JobStatus::Failed, Some(message)),
+            };
+            match recorded {
+                Ok(()) => return self.storage.recovered(),
+                Err(e) => self.storage.failed(&format!("cannot record the end of job {id}"), &e),
+            }
+            if self.queue.stopping() {
+                return;
+            }
+            self.queue.wait(Duration::from_secs(1));
+        }
     }
 
     fn publish_job(&self, id: i64) {
@@ -202,10 +235,10 @@ impl Worker {
             let (conn, events, queue, id) = (&self.conn, &self.events, &self.queue, job.id);
             let mut started = Instant::now();
             let mut on_event = |event: Event<'_>| match event {
-                Event::Warning(w) => tracing::warn!("job {id}: {w}"),
+                Event::Warning(w) => tracing::warn!("job {id}: {}", clip_message(&w)),
                 Event::Started { total_steps, .. } => {
                     started = Instant::now();
-                    // The submit-time count cannot know a hires-fix run's two passes; the engine's is the truth.
+                    // The engine's count is the truth (a job stored by an older version counted one hires pass).
                     if total_steps as i64 != job.steps_total {
                         queue.transition(|| match db::set_steps_total(conn, id, total_steps) {
                             Ok(()) => publish_job(conn, events, id),
@@ -250,7 +283,13 @@ impl Worker {
             .and_then(|path| write_png(&path, &generated.image, &generated.record).map(|()| path))
         {
             Ok(path) => path,
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Err(e) => {
+                self.storage.failed("cannot write an image", &e);
+                return Outcome::Failed(format!(
+                    "cannot save the image: {}",
+                    self.storage.redact(&e.to_string())
+                ));
+            }
         };
         let file = path
             .file_name()
@@ -274,6 +313,7 @@ impl Worker {
             Err(e) => {
                 // No row points at the file: remove it rather than leave an orphan in the gallery folder.
                 let _ = std::fs::remove_file(&path);
+                self.storage.failed("cannot record an image", &e);
                 Outcome::Failed(format!("cannot record the image in the gallery: {e}"))
             }
         }

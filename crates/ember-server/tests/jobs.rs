@@ -429,7 +429,7 @@ async fn hires_fix_runs_two_passes_and_reports_their_steps() {
     let t = start().await;
     let mut events = t.events().await;
     // The single-file tiny model has SD 1.x's config (native 512×512): 640×512 runs 2 steps at about 512² (568×456),
-    // then floor(0.5 × 2) = 1 at 640×512 — the submit-time count of 2 is corrected once the engine starts.
+    // then floor(0.5 × 2) = 1 at 640×512 — counted at submit by the engine's admission check, which knows the model.
     let job = t
         .submit(
             json!({"prompt": "fire", "steps": 2, "strength": 0.5, "width": 640, "height": 512, "seed": 5, "hires_fix": true}),
@@ -437,7 +437,7 @@ async fn hires_fix_runs_two_passes_and_reports_their_steps() {
         .await;
     let id = job["id"].as_i64().expect("id");
     assert_eq!(job["params"]["hires_fix"], true);
-    assert_eq!(job["steps_total"], 2, "the server cannot know the model's native size");
+    assert_eq!(job["steps_total"], 3, "both passes are counted at submit");
     let seen = events.until_finished(id).await;
     let steps: Vec<(i64, i64)> = seen
         .iter()

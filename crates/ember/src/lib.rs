@@ -17,6 +17,7 @@
 //! [`pipeline::Pipeline`] and consume [`pipeline::Event`]s; none of them touches tensors.
 
 pub mod bench;
+pub mod cancel;
 pub mod cpu;
 pub mod device;
 pub mod error;

@@ -105,6 +105,14 @@ impl Default for GenerateRequest {
 
 /// Largest side accepted, in pixels: beyond this the UNet's memory needs are absurd for SD 1.x.
 pub const MAX_SIDE: usize = 4096;
+/// Classifier-free guidance scales accepted. 0 is the unguided prediction (what Turbo models use); beyond 100 the
+/// guided prediction overflows into a black or saturated image (1e308 gave a black image marked "done").
+pub const MAX_CFG_SCALE: f64 = 100.0;
+/// Longest prompt (and negative prompt) accepted, in characters: 32 chunks of 75 tokens are ~10 000 characters of
+/// ordinary text, and the tokenizer's byte-pair merge is quadratic in the length of a word.
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+/// Most variations applied to one seed's noise (`-V`); each is one more full-size noise tensor.
+pub const MAX_VARIATIONS: usize = 64;
 
 impl GenerateRequest {
     /// Number of denoising steps actually taken: all of them for txt2img, `floor(strength × schedule)` for img2img.
@@ -129,7 +137,7 @@ impl GenerateRequest {
     /// Checks every field a user can get wrong, with messages that say what to do.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
-            return Err(Error::invalid("steps", "must be at least 1 (try -s 50)"));
+            return Err(Error::invalid("steps", "must be at least 1 (try 50)"));
         }
         if self.steps > 1000 {
             return Err(Error::invalid(
@@ -137,8 +145,24 @@ impl GenerateRequest {
                 format!("{} is more than the model's 1000 training steps", self.steps),
             ));
         }
-        if !self.cfg_scale.is_finite() {
-            return Err(Error::invalid("cfg_scale", "must be a finite number (try -C 7.5)"));
+        // NaN fails `contains` too.
+        if !(0.0..=MAX_CFG_SCALE).contains(&self.cfg_scale) {
+            return Err(Error::invalid(
+                "cfg_scale",
+                format!(
+                    "{} is outside [0, {MAX_CFG_SCALE}]; 7.5 is the usual guidance, 1 turns it off",
+                    self.cfg_scale
+                ),
+            ));
+        }
+        for (field, text) in [("prompt", &self.prompt), ("negative_prompt", &self.negative_prompt)] {
+            let chars = text.chars().count();
+            if chars > MAX_PROMPT_CHARS {
+                return Err(Error::invalid(
+                    field,
+                    format!("is {chars} characters long, over the {MAX_PROMPT_CHARS} accepted; shorten it"),
+                ));
+            }
         }
         for (field, v) in [("width", self.width), ("height", self.height)] {
             if !(8..=MAX_SIDE).contains(&v) {
@@ -156,7 +180,7 @@ impl GenerateRequest {
             return Err(Error::invalid(
                 "strength",
                 format!(
-                    "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try -f 0.75)",
+                    "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try 0.75)",
                     self.strength
                 ),
             ));
@@ -164,17 +188,14 @@ impl GenerateRequest {
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
             return Err(Error::invalid(
                 "threshold",
-                format!(
-                    "{} is out of range: 0 turns it off (try --threshold 10)",
-                    self.threshold
-                ),
+                format!("{} is out of range: 0 turns it off (try 10)", self.threshold),
             ));
         }
         if !(0.0..=1.0).contains(&self.perlin) {
             return Err(Error::invalid(
                 "perlin",
                 format!(
-                    "{} is outside [0, 1]: it is the fraction of Perlin noise (try --perlin 0.1)",
+                    "{} is outside [0, 1]: it is the fraction of Perlin noise (try 0.1)",
                     self.perlin
                 ),
             ));
@@ -183,17 +204,26 @@ impl GenerateRequest {
             if self.hires_fix {
                 return Err(Error::invalid(
                     "perlin",
-                    "cannot be combined with --hires_fix: Perlin noise needs sides that are multiples of 64 pixels, \
+                    "cannot be combined with hires_fix: Perlin noise needs sides that are multiples of 64 pixels, \
                      and the first pass runs at a size chosen from the model (drop one of the two)",
                 ));
             }
             crate::sample::perlin::check_image_size(self.width, self.height)?;
         }
+        if self.with_variations.len() > MAX_VARIATIONS {
+            return Err(Error::invalid(
+                "with_variations",
+                format!(
+                    "has {} variations, over the {MAX_VARIATIONS} accepted",
+                    self.with_variations.len()
+                ),
+            ));
+        }
         for &(seed, weight) in &self.with_variations {
             if !(0.0..=1.0).contains(&weight) {
                 return Err(Error::invalid(
                     "with_variations",
-                    format!("weight {weight} of variation seed {seed} is outside [0, 1] (try -V {seed}:0.1)"),
+                    format!("weight {weight} of variation seed {seed} is outside [0, 1] (try {seed}:0.1)"),
                 ));
             }
         }
@@ -208,7 +238,7 @@ impl GenerateRequest {
                 return Err(Error::invalid(
                     "steps",
                     format!(
-                        "{} steps at strength {} need a schedule longer than 1000 steps; lower -s or raise -f",
+                        "{} steps at strength {} need a schedule longer than 1000 steps; lower steps or raise strength",
                         self.steps, self.strength
                     ),
                 ));

@@ -179,3 +179,37 @@ fn f16_compute_stays_close_to_f32_reference() -> TestResult {
 fn bf16_compute_stays_close_to_f32_reference() -> TestResult {
     reduced_precision_stays_close(DType::BF16, TOL_BF16_REL)
 }
+
+/// A cancelled run stops between two layers of each network (a 4096² UNet step takes minutes on a CPU, so waiting
+/// for the step's end is not enough); outside a cancel scope the same calls run through.
+#[test]
+fn networks_stop_between_layers_when_cancelled() -> Result<(), Box<dyn std::error::Error>> {
+    use ember::cancel::{cancel_scope, CancelToken};
+    let (unet, vae, clip) = (unet(DType::F32)?, vae(DType::F32)?, clip(DType::F32)?);
+    let unet_cfg: UNetConfig = config("unet")?;
+    let latents = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu)?;
+    let context = Tensor::zeros((1, 77, unet_cfg.cross_attention_dim), DType::F32, &Device::Cpu)?;
+    let ids = Tensor::zeros((1, 77), DType::U32, &Device::Cpu)?;
+    let run = |what: &str| -> Vec<(String, bool)> {
+        vec![
+            (format!("{what} UNet"), unet.forward(&latents, 10.0, &context).is_ok()),
+            (format!("{what} VAE decode"), vae.decode(&latents).is_ok()),
+            (format!("{what} CLIP"), clip.forward(&ids).is_ok()),
+        ]
+    };
+    for (name, ok) in run("unscoped") {
+        assert!(ok, "{name} runs");
+    }
+    let token = CancelToken::new();
+    let _scope = cancel_scope(&token);
+    for (name, ok) in run("running") {
+        assert!(ok, "{name} runs while not cancelled");
+    }
+    token.cancel();
+    let err = unet.forward(&latents, 10.0, &context).expect_err("cancelled");
+    assert!(err.to_string().starts_with("cancelled"), "{err}");
+    for (name, ok) in run("cancelled") {
+        assert!(!ok, "{name} stops");
+    }
+    Ok(())
+}

@@ -103,7 +103,7 @@ impl Repl {
                 if matches!(e.downcast_ref::<ember::Error>(), Some(ember::Error::Cancelled)) {
                     return Err(e);
                 }
-                eprintln!("error: {path}:{}: {e:#}", number + 1);
+                eprintln!("error: {path}:{}: {}", number + 1, crate::errors::describe(&e));
             }
         }
         Ok(())

@@ -141,7 +141,7 @@ fn report(e: &anyhow::Error) {
     if matches!(e.downcast_ref::<ember::Error>(), Some(ember::Error::Cancelled)) {
         eprintln!("cancelled");
     } else {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", crate::errors::describe(e));
     }
 }
 

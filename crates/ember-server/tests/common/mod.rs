@@ -5,6 +5,7 @@
 
 use ember_server::{Config, RunningServer};
 use futures_util::StreamExt;
+use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,14 +34,21 @@ pub async fn start() -> TestServer {
 
 /// A server on an existing data folder (a restart).
 pub async fn start_in(data_dir: tempfile::TempDir) -> TestServer {
-    let config = Config {
+    start_configured(data_dir, |_| {}).await
+}
+
+/// A server whose configuration `configure` changes first (a token, limits).
+pub async fn start_configured(data_dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config {
         host: "127.0.0.1".into(),
         port: 0,
         data_dir: data_dir.path().to_path_buf(),
         model: fixture("tiny-sd.safetensors").display().to_string(),
         device: "cpu".into(),
         dtype: "f32".into(),
+        ..Config::default()
     };
+    configure(&mut config);
     let server = ember_server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.addr);
     TestServer {
@@ -190,4 +198,64 @@ pub fn error_of(body: &Value) -> (Option<String>, String) {
         .unwrap_or_else(|| panic!("no error message in {body}"));
     assert!(!message.is_empty(), "{body}");
     (error["field"].as_str().map(str::to_string), message.to_string())
+}
+
+pub async fn submit_raw(t: &TestServer, body: &str) -> (StatusCode, Value) {
+    let request = t
+        .client
+        .post(t.url("/api/jobs"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    t.send(request).await
+}
+
+pub async fn submit_form(t: &TestServer, params: Option<Value>, file: Option<Vec<u8>>) -> (StatusCode, Value) {
+    let mut form = Form::new();
+    if let Some(params) = params {
+        form = form.text("params", params.to_string());
+    }
+    if let Some(bytes) = file {
+        form = form.part("init_image", Part::bytes(bytes).file_name("init.png"));
+    }
+    t.send(t.client.post(t.url("/api/jobs")).multipart(form)).await
+}
+
+pub fn assert_error(got: (StatusCode, Value), status: StatusCode, field: Option<&str>, what: &str) -> String {
+    let (got_status, body) = got;
+    assert_eq!(got_status, status, "{what}: {body}");
+    let (got_field, message) = error_of(&body);
+    assert_eq!(got_field.as_deref(), field, "{what}: {body}");
+    message
+}
+
+/// A PNG signature and a valid IHDR declaring `w × h`, then IEND: tiny on the wire, huge if decoded.
+pub fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, 1, 1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().expect("header");
+    writer.write_image_data(&[0, 0, 0]).expect("data");
+    writer.finish().expect("finish");
+    // IHDR's width and height are bytes 16..24; its CRC (bytes 29..33) is recomputed.
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }

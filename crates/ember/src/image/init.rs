@@ -45,12 +45,7 @@ pub fn prepare_init_image(source: &InitImage, fit: Option<(u32, u32)>) -> Result
         }
     };
     let (w, h) = (image.width(), image.height());
-    if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(Error::image(
-            &name,
-            format!("it is {w}×{h} pixels; an init image needs at least {MIN_SIDE} pixels on each side"),
-        ));
-    }
+    let (tw, th) = run_size((w, h), fit).map_err(|message| Error::image(&name, message))?;
 
     let mut warnings = Vec::new();
     let rgb = if has_transparency(&image) {
@@ -59,7 +54,23 @@ pub fn prepare_init_image(source: &InitImage, fit: Option<(u32, u32)>) -> Result
     } else {
         image.to_rgb8()
     };
+    let rgb = if (tw, th) == (w, h) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, tw, th, FilterType::Lanczos3)
+    };
+    Ok(PreparedImage { rgb, warnings })
+}
 
+/// The size an init image of `(w, h)` pixels (after EXIF orientation) runs at: scaled into the `fit` box or kept,
+/// rounded down to multiples of 8. Needs no pixels, so a front-end can check a job's size from an image's header
+/// before decoding it. Errs with a message for the user when the result is too small or too large.
+pub fn run_size((w, h): (u32, u32), fit: Option<(u32, u32)>) -> std::result::Result<(u32, u32), String> {
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(format!(
+            "it is {w}×{h} pixels; an init image needs at least {MIN_SIDE} pixels on each side"
+        ));
+    }
     let (tw, th) = match fit {
         Some((bw, bh)) => {
             // InvokeAI: scale = min(box_w / w, box_h / h); int() of each scaled side, then round down.
@@ -70,31 +81,20 @@ pub fn prepare_init_image(source: &InitImage, fit: Option<(u32, u32)>) -> Result
         None => (floor_multiple(w), floor_multiple(h)),
     };
     if tw < MIN_SIDE || th < MIN_SIDE {
-        return Err(Error::image(
-            &name,
-            format!(
-                "it is {w}×{h} pixels: fitted into the {}×{} box it would be {tw}×{th}, less than {MIN_SIDE} pixels \
-                 on a side; use a larger box or crop the image",
-                fit.map_or(w, |b| b.0),
-                fit.map_or(h, |b| b.1)
-            ),
+        return Err(format!(
+            "it is {w}×{h} pixels: fitted into the {}×{} box it would be {tw}×{th}, less than {MIN_SIDE} pixels \
+             on a side; use a larger box or crop the image",
+            fit.map_or(w, |b| b.0),
+            fit.map_or(h, |b| b.1)
         ));
     }
     if tw as usize > MAX_SIDE || th as usize > MAX_SIDE {
-        return Err(Error::image(
-            &name,
-            format!(
-                "at {tw}×{th} pixels it is larger than {MAX_SIDE} pixels on a side; \
-                 fit it into a smaller box (--fit with -W/-H) or shrink it first"
-            ),
+        return Err(format!(
+            "at {tw}×{th} pixels it is larger than {MAX_SIDE} pixels on a side; fit it into a smaller box (fit with \
+             width and height) or shrink it first"
         ));
     }
-    let rgb = if (tw, th) == (w, h) {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, tw, th, FilterType::Lanczos3)
-    };
-    Ok(PreparedImage { rgb, warnings })
+    Ok((tw, th))
 }
 
 /// Decodes a file with limits checked before any pixel is allocated, then applies its EXIF orientation.

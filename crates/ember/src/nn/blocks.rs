@@ -4,6 +4,7 @@
 
 use super::attention::Attention;
 use super::linear::{linear, Linear};
+use crate::cancel::check_between_layers;
 use crate::cpu::conv::Conv2dStride1;
 use crate::cpu::conv_bf16::{Conv2dBf16, ConvOutput, GroupNormParams, PackedConv};
 use crate::cpu::geglu::Geglu;
@@ -706,7 +707,11 @@ impl BasicTransformerBlock {
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         // On bf16 tiles every norm feeds linear layers alone, which round their input to bf16: normed as bf16.
         let tiles = self.attn1.on_bf16_tiles();
+        // Self-attention over a large image's tokens is the longest single layer (quadratic in them): a cancel is
+        // looked at around it too.
+        check_between_layers()?;
         let x = self.attn1.forward_plus(&self.norm1.forward_for(x, tiles)?, None, x)?;
+        check_between_layers()?;
         let x = self
             .attn2
             .forward_plus(&self.norm2.forward_for(&x, tiles)?, Some(context), &x)?;

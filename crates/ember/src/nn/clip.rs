@@ -6,6 +6,7 @@ use super::attention::{attention_on_tiles, scaled_dot_product_attention};
 use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
 use super::linear::{linear, Linear};
+use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 
@@ -214,6 +215,7 @@ impl ClipTextModel {
         let position = self.position_embedding.forward(&positions)?;
         let mut x = tokens.to_dtype(position.dtype())?.broadcast_add(&position)?;
         for layer in &self.layers {
+            check_between_layers()?;
             x = layer.forward(&x, key_mask.as_ref())?;
         }
         self.final_layer_norm.forward(&x)

@@ -6,6 +6,7 @@ use super::blocks::{
 };
 use super::config::UNetConfig;
 use super::linear::{linear, Linear};
+use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -183,6 +184,7 @@ impl UNet2DConditionModel {
         let mut skips = vec![x.clone()];
         for (block, downsample) in &self.down {
             for i in 0..block.resnets.len() {
+                check_between_layers()?;
                 x = block.layer(i, &x, &temb, &context)?;
                 skips.push(x.clone());
             }
@@ -192,11 +194,13 @@ impl UNet2DConditionModel {
             }
         }
 
+        check_between_layers()?;
         let (res0, attn, res1) = &self.mid;
         x = res1.forward(&attn.forward(&res0.forward(&x, Some(&temb))?, &context)?, Some(&temb))?;
 
         for (block, upsample) in &self.up {
             for i in 0..block.resnets.len() {
+                check_between_layers()?;
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("UNet: skip connections exhausted".into()))?;

@@ -10,6 +10,7 @@ use super::blocks::{
     group_norm, image_to_tokens, Conv, Downsample2D, GroupNorm, ImageMemory, ResnetBlock2D, Upsample2D,
 };
 use super::config::VaeConfig;
+use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -102,6 +103,7 @@ impl Encoder {
         let mut x = self.conv_in.forward(x)?;
         for (resnets, ds) in &self.down {
             for r in resnets {
+                check_between_layers()?;
                 x = r.forward(&x, None)?;
             }
             if let Some(ds) = ds {
@@ -171,6 +173,7 @@ impl Decoder {
             // it for reuse) is returned first: a 512×512 img2img's peak RSS 2.80 → 2.69 GiB.
             crate::cpu::release_free_heap();
             for r in resnets {
+                check_between_layers()?;
                 x = r.forward_owned(x, None)?;
             }
             if let Some(us) = us {

@@ -4,6 +4,8 @@
 //! The stages run in the order of the crate docs: text → latents → sample → decode. Writing the PNG is
 //! left to the caller ([`crate::image::png_meta::write_png`]) so front-ends choose where images go.
 
+use crate::cancel::cancel_scope;
+pub use crate::cancel::CancelToken;
 use crate::guidance::GuidedUNet;
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
 use crate::image::png_meta::ImageRecord;
@@ -17,34 +19,18 @@ use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_prompts, Downweight, PromptOptions};
+use crate::text::conditioning::{describe_tokenization, encode_prompts};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod check;
 mod hires;
 
-/// Shared flag a front-end sets to stop a running generation (Ctrl-C, a web "cancel" button).
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
-    }
-    pub fn reset(&self) {
-        self.0.store(false, Ordering::SeqCst)
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use check::prompt_options;
+pub use check::{RequestCheck, Work, WorkLimits, MEGAPIXEL};
 
 /// What a generation reports while it runs.
 #[derive(Debug)]
@@ -97,7 +83,9 @@ pub struct Generated {
 pub struct Pipeline {
     device: Device,
     dtype: DType,
-    tokenizer: ClipTokenizer,
+    tokenizer: Arc<ClipTokenizer>,
+    /// What `generate` checks before any tensor work (shared with front-ends through [`Pipeline::checker`]).
+    check: RequestCheck,
     text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
@@ -118,10 +106,11 @@ impl Pipeline {
 
     /// Builds the networks from already-located weights.
     pub fn from_weights(weights: ModelWeights, device: &Device, dtype: DType) -> Result<Self> {
-        let tokenizer = match &weights.tokenizer_dir {
+        let tokenizer = Arc::new(match &weights.tokenizer_dir {
             Some(dir) => ClipTokenizer::from_dir(dir)?,
             None => ClipTokenizer::bundled()?,
-        };
+        });
+        let native_size = weights.unet_config.sample_size * 8;
         let model_err = |what: &str, e: candle_core::Error| {
             Error::model(
                 &weights.source,
@@ -142,6 +131,7 @@ impl Pipeline {
         Ok(Self {
             device: device.clone(),
             dtype: precision.activations,
+            check: RequestCheck::new(tokenizer.clone(), native_size),
             tokenizer,
             text_encoder,
             unet,
@@ -150,7 +140,7 @@ impl Pipeline {
             schedule: NoiseSchedule::sd15(),
             model_name: weights.name.clone(),
             model_hash: weights.hash.clone(),
-            native_size: weights.unet_config.sample_size * 8,
+            native_size,
         })
     }
 
@@ -162,8 +152,31 @@ impl Pipeline {
         &self.device
     }
 
-    /// Runs one request. Events arrive in order: warnings, `Started`, one `Step` per denoising step.
+    /// The checks `generate` makes before any tensor work, for a front-end to run on submitted requests.
+    pub fn checker(&self) -> RequestCheck {
+        self.check.clone()
+    }
+
+    /// Limits the work one request may take (None: unlimited, the default; see [`WorkLimits::for_device`]).
+    pub fn set_work_limits(&mut self, limits: Option<WorkLimits>) {
+        self.check = self.check.clone().with_limits(limits);
+    }
+
+    /// Runs one request. Events arrive in order: warnings, `Started`, one `Step` per denoising step. Setting `cancel`
+    /// stops the run between two network layers with [`Error::Cancelled`].
     pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Generated> {
+        let _scope = cancel_scope(cancel);
+        // A cancelled run fails wherever it was stopped; whatever error that gave, it was a cancellation.
+        self.run(request, cancel, on_event)
+            .map_err(|e| if cancel.is_cancelled() { Error::Cancelled } else { e })
+    }
+
+    fn run(
         &self,
         request: &GenerateRequest,
         cancel: &CancelToken,
@@ -187,6 +200,7 @@ impl Pipeline {
             Some(rgb) => (rgb.width() as usize, rgb.height() as usize),
             None => (request.width, request.height),
         };
+        self.check.check(request, init.as_ref().map(|rgb| rgb.dimensions()))?;
         let steps_run = request.steps_to_run();
         if init.is_some() && steps_run == 0 && request.strength > 0.0 {
             on_event(Event::Warning(format!(
@@ -425,17 +439,5 @@ impl Pipeline {
             self.vae.decode(&z)?
         };
         Ok(((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
-    }
-}
-
-fn prompt_options(request: &GenerateRequest) -> PromptOptions {
-    PromptOptions {
-        truncate: request.truncate_prompts,
-        skip_normalize: request.skip_normalize,
-        downweight: if request.downweight_mask {
-            Downweight::Mask
-        } else {
-            Downweight::Remove
-        },
     }
 }

@@ -91,8 +91,8 @@ pub fn check_image_size(width: usize, height: usize) -> Result<()> {
         "perlin",
         format!(
             "Perlin noise needs a width and height that are multiples of {side} pixels (InvokeAI cuts the latent \
-             into 8×8 cells); this image is {width}×{height} pixels. Use e.g. -W {} -H {} (with --fit for an init \
-             image), or drop --perlin",
+             into 8×8 cells); this image is {width}×{height} pixels. Use e.g. width {} and height {} (with fit for \
+             an init image), or set perlin to 0",
             (width / side).max(1) * side,
             (height / side).max(1) * side,
         ),

@@ -65,18 +65,26 @@ pub struct Conditioning {
     pub warnings: Vec<String>,
 }
 
-/// Encodes `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax).
-pub fn encode_prompts(
+/// A request's prompts, parsed and checked against [`MAX_CHUNKS`]: what [`encode_prompts`] encodes.
+#[derive(Debug)]
+pub struct ParsedPrompts {
+    prompt: Prompt,
+    negative: Prompt,
+    warnings: Vec<String>,
+}
+
+/// Parses `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax) and checks
+/// their length in tokens, without encoding anything (a server runs this when a job is submitted).
+pub fn parse_prompts(
     tokenizer: &ClipTokenizer,
-    encoder: &ClipTextModel,
-    device: &Device,
     prompt: &str,
     negative: &str,
     options: &PromptOptions,
-) -> Result<Conditioning> {
+) -> Result<ParsedPrompts> {
     let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
     let negative_text = join_nonempty(negative, &parsed.negative);
-    let negative_prompt = prompt::parse(&negative_text.replace('\n', " "))?;
+    let negative_prompt =
+        prompt::parse(&negative_text.replace('\n', " ")).map_err(|e| rename_field(e, "negative_prompt"))?;
     for (field, p) in [("prompt", &parsed.prompt), ("negative_prompt", &negative_prompt)] {
         let longest = parts(p)
             .into_iter()
@@ -88,21 +96,50 @@ pub fn encode_prompts(
                 field,
                 format!(
                     "{longest} chunks of {TOKENS_PER_CHUNK} tokens is more than the {MAX_CHUNKS} Ember encodes; \
-                     shorten it (or pass --truncate-prompts to keep only the first {TOKENS_PER_CHUNK} tokens)"
+                     shorten it (or set truncate_prompts, `--truncate-prompts`, to keep only the first \
+                     {TOKENS_PER_CHUNK} tokens)"
                 ),
             ));
         }
     }
+    Ok(ParsedPrompts {
+        prompt: parsed.prompt,
+        negative: negative_prompt,
+        warnings: parsed.warnings,
+    })
+}
+
+/// The negative prompt goes through the same parser as the prompt; its errors name its own field.
+fn rename_field(e: Error, field: &'static str) -> Error {
+    match e {
+        Error::InvalidRequest { message, .. } => Error::InvalidRequest { field, message },
+        other => other,
+    }
+}
+
+/// Encodes `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax).
+pub fn encode_prompts(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextModel,
+    device: &Device,
+    prompt: &str,
+    negative: &str,
+    options: &PromptOptions,
+) -> Result<Conditioning> {
+    let ParsedPrompts {
+        prompt: parsed_prompt,
+        negative: negative_prompt,
+        mut warnings,
+    } = parse_prompts(tokenizer, prompt, negative, options)?;
     let enc = Encoder::new(tokenizer, encoder, device, options);
-    let mut warnings = parsed.warnings;
-    for (what, p) in [("prompt", &parsed.prompt), ("negative prompt", &negative_prompt)] {
+    for (what, p) in [("prompt", &parsed_prompt), ("negative prompt", &negative_prompt)] {
         if let Some(dropped) = enc.dropped_text(p) {
             warnings.push(format!(
                 "the {what} is longer than CLIP's {CHUNK_LEN} tokens; this part was ignored: \"{dropped}\""
             ));
         }
     }
-    let cond = enc.prompt(&parsed.prompt)?;
+    let cond = enc.prompt(&parsed_prompt)?;
     let uncond = enc.prompt(&negative_prompt)?;
     let chunks = chunk_count(&cond)?.max(chunk_count(&uncond)?);
     Ok(Conditioning {

@@ -70,6 +70,7 @@ pub fn parse(text: &str) -> Result<Prompt> {
     }
     reject_unsupported(&spaced)?;
     let chars: Vec<char> = spaced.chars().collect();
+    check_nesting(&chars)?;
     match parse::parse_blend(&chars).map_err(|msg| Error::invalid("prompt", msg))? {
         Some(tree) => Ok(Prompt::Blend(Blend {
             prompts: tree.prompts.iter().map(|nodes| fragments(nodes)).collect(),
@@ -178,6 +179,38 @@ fn empty_fragment() -> Fragment {
         text: String::new(),
         weight: 1.0,
     }
+}
+
+/// Deepest nesting of `(` accepted. The parser recurses once per level (a thread's stack holds a few thousand), and
+/// no prompt needs more than a handful: each level multiplies the weight by at least 1.1.
+pub const MAX_NESTING: usize = 100;
+
+/// Refuses prompts whose unescaped `(` nest deeper than [`MAX_NESTING`] (counting unclosed ones, which compel reads
+/// as text but the parser still explores).
+fn check_nesting(chars: &[char]) -> Result<()> {
+    let (mut depth, mut deepest, mut escaped) = (0usize, 0usize, false);
+    for &c in chars {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_NESTING {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "parentheses nest {deepest} levels deep; at most {MAX_NESTING} are read (write `\\(` for a literal \
+                 parenthesis)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// compel operators Ember does not implement; reading them as plain text would mislead.

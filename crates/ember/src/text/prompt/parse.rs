@@ -4,6 +4,14 @@
 //! leniency: at the top level anything that does not parse as syntax is taken literally, so an unbalanced
 //! `(` or a stray `+` becomes plain text rather than an error. Inside `( )` and `" "` only syntax-free words,
 //! `,`, `.` and nested groups are allowed; if the inside does not parse, the whole group falls back to text.
+//!
+//! Backtracking: compel's grammar tries a group as an attention target, then as a weighted group, then as a
+//! plain group, so a naive parser reads each `(` three times and nested groups cost 3ⁿ (24 unclosed
+//! parentheses never finished). The group readers are memoised by position (a packrat parser), which makes
+//! the parse linear in the number of positions; [`super::MAX_NESTING`] bounds the recursion depth.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// One node of the parse tree: text, or a group whose weight multiplies into everything inside it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,13 +42,38 @@ pub(super) struct BlendTree {
 /// Why a `.blend(…)` was not accepted (a message for the user).
 pub(super) type BlendError = String;
 
+/// A group's children and the position after it, or None when no group starts there.
+type GroupParse = Option<(Vec<Node>, usize)>;
+
 pub(super) struct Parser<'a> {
     s: &'a [char],
+    /// Memoised [`Parser::paren_children`] and [`Parser::quoted`] results, by start position.
+    parens: RefCell<HashMap<usize, GroupParse>>,
+    quotes: RefCell<HashMap<usize, GroupParse>>,
 }
 
 impl<'a> Parser<'a> {
     pub fn new(s: &'a [char]) -> Self {
-        Self { s }
+        Self {
+            s,
+            parens: RefCell::default(),
+            quotes: RefCell::default(),
+        }
+    }
+
+    /// `read(p)`, computed once per position.
+    fn memoised(
+        &self,
+        cache: &RefCell<HashMap<usize, GroupParse>>,
+        p: usize,
+        read: impl FnOnce() -> GroupParse,
+    ) -> GroupParse {
+        if let Some(hit) = cache.borrow().get(&p) {
+            return hit.clone();
+        }
+        let parsed = read();
+        cache.borrow_mut().insert(p, parsed.clone());
+        parsed
     }
 
     fn at(&self, p: usize) -> Option<char> {
@@ -170,11 +203,15 @@ impl<'a> Parser<'a> {
     }
 
     /// `( … )` with compel's inner grammar; None when unbalanced or the inside does not parse.
-    fn paren_children(&self, p: usize) -> Option<(Vec<Node>, usize)> {
-        let q = self.literal(p, "(")?;
-        let (children, q) = self.inner(q)?;
-        let q = self.skip_ws(q);
-        Some((children, self.literal(q, ")")?))
+    fn paren_children(&self, p: usize) -> GroupParse {
+        if self.at(p) != Some('(') {
+            return None;
+        }
+        self.memoised(&self.parens, p, || {
+            let (children, q) = self.inner(p + 1)?;
+            let q = self.skip_ws(q);
+            Some((children, self.literal(q, ")")?))
+        })
     }
 
     /// compel's `fragment_including_commas_or_periods`: groups, syntax-free words, `,` and `.`; stops at
@@ -201,8 +238,14 @@ impl<'a> Parser<'a> {
     }
 
     /// `"…"` (`\"` inside is a literal quote); its content must parse with the inner grammar.
-    fn quoted(&self, p: usize) -> Option<(Vec<Node>, usize)> {
-        let start = self.literal(p, "\"")?;
+    fn quoted(&self, p: usize) -> GroupParse {
+        if self.at(p) != Some('"') {
+            return None;
+        }
+        self.memoised(&self.quotes, p, || self.read_quoted(p + 1))
+    }
+
+    fn read_quoted(&self, start: usize) -> GroupParse {
         let mut q = start;
         loop {
             match self.at(q)? {

@@ -80,3 +80,60 @@ fn empty_prompt_is_one_empty_fragment() {
     assert_eq!(weighted("   "), vec![(String::new(), 1.0)]);
     assert_eq!(weighted("()"), vec![(String::new(), 1.0)]);
 }
+
+/// Runs `parse` on another thread and fails if it has not answered within `limit` (a hang guard, not a timing
+/// test: the backtracking parser took ~15 s for 16 unclosed parentheses and 3× longer for each one more).
+fn parse_within(text: String, limit: std::time::Duration) -> Result<Prompt> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(parse(&text));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the prompt parser did not finish within {limit:?}"))
+}
+
+#[test]
+fn nested_parentheses_parse_in_linear_time() {
+    let limit = std::time::Duration::from_secs(20);
+    // Unclosed: compel reads them as text.
+    let unclosed = format!("{}x", "(".repeat(40));
+    let Prompt::Weighted(fragments) = parse_within(unclosed.clone(), limit).expect("parses") else {
+        panic!("not fragments")
+    };
+    assert_eq!(
+        fragments,
+        vec![Fragment {
+            text: unclosed,
+            weight: 1.0
+        }]
+    );
+    // Closed and weighted at every level: the weights multiply.
+    let depth = MAX_NESTING;
+    let closed = format!("{}x{}", "(".repeat(depth), ")+".repeat(depth));
+    let Prompt::Weighted(fragments) = parse_within(closed, limit).expect("parses") else {
+        panic!("not fragments")
+    };
+    assert_eq!(fragments.len(), 1);
+    assert_eq!(fragments[0].text, "x");
+    assert!((fragments[0].weight / 1.1f64.powi(depth as i32) - 1.0).abs() < 1e-12);
+    // Quoted groups and blends go through the same memoised readers.
+    let quoted = format!("\"{}a\" b", "(".repeat(40));
+    parse_within(quoted, limit).expect("parses");
+    let blend = format!("(\"{}a\", b).blend(1, 1)", "(".repeat(40));
+    parse_within(blend, limit).expect("parses");
+}
+
+#[test]
+fn nesting_deeper_than_the_limit_is_refused_by_name() {
+    let deep = format!("{}x", "(".repeat(MAX_NESTING + 1));
+    let err = parse(&deep).expect_err("too deep");
+    assert!(
+        matches!(&err, Error::InvalidRequest { field, message } if *field == "prompt" && message.contains("101 levels")),
+        "{err}"
+    );
+    // 100 000 of them: refused at once, no stack overflow.
+    assert!(parse(&"(".repeat(100_000)).is_err());
+    // Escaped parentheses are text and do not count.
+    let escaped = "\\(".repeat(MAX_NESTING + 1);
+    assert!(parse(&escaped).is_ok());
+}

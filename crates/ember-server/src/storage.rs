@@ -1,0 +1,165 @@
+//! The health of the server's storage (`--data-dir`: the SQLite database and `images/`), so that a full disk or a
+//! removed data folder makes the server say so — `503` on submit, `GET /api/health` — instead of accepting jobs it
+//! will lose, and so that a fault repeated every second is logged once, not every second.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a fault that goes on is logged again.
+const LOG_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// The data folder and what the server last saw of it.
+#[derive(Debug)]
+pub struct Storage {
+    data_dir: PathBuf,
+    db_path: PathBuf,
+    images_dir: PathBuf,
+    /// The database file's identity when it was opened: a file at the same path with another identity is not the
+    /// one the server writes to (the folder was removed and made again).
+    db_identity: Option<FileIdentity>,
+    fault: Mutex<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+fn identity(path: &Path) -> Option<FileIdentity> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Some(FileIdentity { device: 0, inode: 0 })
+    }
+}
+
+/// The last write error, and when it was last logged.
+#[derive(Debug, Default)]
+struct Fault {
+    message: Option<String>,
+    logged_at: Option<Instant>,
+    repeats: u64,
+}
+
+impl Storage {
+    /// Call once the database is open.
+    pub fn new(data_dir: &Path, db_path: &Path, images_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            db_path: db_path.to_path_buf(),
+            images_dir: images_dir.to_path_buf(),
+            db_identity: identity(db_path),
+            fault: Mutex::new(Fault::default()),
+        }
+    }
+
+    /// Whether the folder the server writes to is still there. Err: why not, for a client.
+    pub fn check(&self) -> Result<(), String> {
+        let removed = || {
+            "the data folder or its database was removed while the server ran; restart `ember serve` \
+             (jobs queued in the removed database are lost)"
+                .to_string()
+        };
+        if identity(&self.db_path) != self.db_identity || !self.images_dir.is_dir() {
+            return Err(removed());
+        }
+        match &self.lock().message {
+            Some(message) => Err(message.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// A write failed: remembered for `check` and `/api/health` until one succeeds; logged at most once a minute.
+    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        let message = self.redact(&format!("{what}: {error}"));
+        let mut fault = self.lock();
+        fault.repeats += 1;
+        let due = fault.logged_at.is_none_or(|at| at.elapsed() >= LOG_AGAIN_AFTER);
+        if due || fault.message.as_deref() != Some(message.as_str()) {
+            let repeats = std::mem::take(&mut fault.repeats);
+            if repeats > 1 {
+                tracing::error!("storage fault ({repeats} times since last logged): {message}");
+            } else {
+                tracing::error!("storage fault: {message}");
+            }
+            fault.logged_at = Some(Instant::now());
+        }
+        fault.message = Some(message);
+    }
+
+    /// A write succeeded: the fault, if any, is over.
+    pub fn recovered(&self) {
+        let mut fault = self.lock();
+        if let Some(message) = fault.message.take() {
+            tracing::info!("storage works again (after: {message})");
+            *fault = Fault::default();
+        }
+    }
+
+    /// `message` without the server's absolute paths: clients see `<data-dir>` instead of the folder.
+    pub fn redact(&self, message: &str) -> String {
+        redact_path(message, &self.data_dir)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fault> {
+        self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Replaces `dir` (as given and as an absolute path) in `message` by `<data-dir>`.
+pub fn redact_path(message: &str, dir: &Path) -> String {
+    let mut out = message.to_string();
+    let absolute = std::fs::canonicalize(dir)
+        .ok()
+        .or_else(|| std::path::absolute(dir).ok());
+    for form in absolute.iter().chain(std::iter::once(&dir.to_path_buf())) {
+        let text = form.to_string_lossy();
+        if text.len() > 1 {
+            out = out.replace(text.as_ref(), "<data-dir>");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_data_folder_and_a_write_fault_are_reported_until_recovered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, images) = (dir.path().join("ember.sqlite"), dir.path().join("images"));
+        std::fs::create_dir_all(&images).expect("images");
+        std::fs::write(&db, b"x").expect("db");
+        let storage = Storage::new(dir.path(), &db, &images);
+        assert_eq!(storage.check(), Ok(()));
+
+        let path = dir.path().join("images/000001.png");
+        storage.failed("cannot write", &format!("{}: No space left on device", path.display()));
+        let message = storage.check().expect_err("fault");
+        assert!(message.contains("<data-dir>/images/000001.png"), "{message}");
+        assert!(!message.contains(&dir.path().display().to_string()), "{message}");
+        storage.recovered();
+        assert_eq!(storage.check(), Ok(()));
+
+        // Removed and made again: another file at the same path (the old one kept alive by a second link, so the
+        // file system cannot hand its inode number to the new one).
+        std::fs::hard_link(&db, dir.path().join("old.sqlite")).expect("link");
+        std::fs::remove_file(&db).expect("rm");
+        std::fs::write(&db, b"y").expect("new db");
+        assert!(storage.check().expect_err("replaced").contains("removed"));
+        std::fs::remove_dir_all(dir.path()).expect("rm -r");
+        assert!(storage.check().expect_err("removed").contains("restart"));
+    }
+}
