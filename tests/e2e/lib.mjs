@@ -42,7 +42,7 @@ function tempDir(prefix) {
  * Starts the server and waits until it answers. EMBER_E2E_MOCK=1 runs tests/e2e/mock-server.mjs instead of the
  * real binary (for working on the page alone). Returns {url, dataDir, stop(), kill(), log()}.
  */
-export async function startServer() {
+export async function startServer(extraArgs = []) {
   const port = await freePort();
   const dataDir = tempDir("ember-e2e-data-");
   let cmd;
@@ -57,7 +57,7 @@ export async function startServer() {
     }
     const model = path.join(REPO, "tests/fixtures/tiny-sd.safetensors");
     args = ["serve", "--host", "127.0.0.1", "--port", String(port), "--model", model, "--device", "cpu",
-      "--data-dir", dataDir];
+      "--data-dir", dataDir, ...extraArgs];
   }
   const child = spawn(cmd, args, { cwd: REPO, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
@@ -84,7 +84,8 @@ export async function startServer() {
       throw new Error(`the server exited (${JSON.stringify(exited)}) before answering:\n${output}`);
     }
     try {
-      const res = await fetch(`${url}/api/samplers`);
+      // Open even on a server started with --token.
+      const res = await fetch(`${url}/api/health`);
       if (res.ok) break;
     } catch (e) {
       // Not listening yet.
@@ -120,8 +121,8 @@ export async function launchBrowser(viewport = { width: 1280, height: 900 }) {
 }
 
 /** Opens the page and waits until its event stream is connected and the sampler list is loaded. */
-export async function openPage(context, url) {
-  const page = context.pages()[0] || (await context.newPage());
+export async function openPage(context, url, page = null) {
+  page = page || context.pages()[0] || (await context.newPage());
   await page.goto(url);
   await page.waitForSelector("body[data-sse=open]", { timeout: 15_000 });
   await page.waitForFunction(() => document.querySelectorAll("#sampler option").length > 1, null, {

@@ -129,6 +129,7 @@ function route(req, res, body) {
     return res.on("close", () => clients.delete(res));
   }
   if (p === "/api/samplers") return send(res, 200, { samplers: SAMPLERS });
+  if (p === "/api/health") return send(res, 200, { status: "ok", storage: "ok", running_job: null });
   if (p === "/api/models") return send(res, 200, { models: [{ name: "mock", loaded: true }] });
   if (p === "/api/jobs" && req.method === "POST") return createJob(req, res, body);
   if (p === "/api/jobs") {

@@ -81,7 +81,8 @@ async function main() {
     browser = await launchBrowser();
     browser.context.on("request", (r) => {
       const u = r.url();
-      if (!u.startsWith(server.url) && !u.startsWith("data:") && !u.startsWith("blob:")) externalRequests.push(u);
+      // Loopback: this server, or the second one of the token check.
+      if (!u.startsWith("http://127.0.0.1:") && !u.startsWith("data:") && !u.startsWith("blob:")) externalRequests.push(u);
     });
     const watchErrors = (p) => p.on("pageerror", (e) => pageErrors.push(String(e)));
     browser.context.pages().forEach(watchErrors);
@@ -264,6 +265,32 @@ async function main() {
         els.filter((e) => e.labels.length === 0 && !e.getAttribute("aria-label")).map((e) => e.id || e.outerHTML));
       assertEq(unlabeled, [], "controls without a label");
     });
+
+    // Not with the mock server, which has no access checks.
+    if (process.env.EMBER_E2E_MOCK !== "1") {
+      await check("a server started with --token asks for it once, then works", async () => {
+        const guarded = await startServer(["--token", "e2e-token"]);
+        try {
+          const tokenPage = await browser.context.newPage();
+          const asked = [];
+          tokenPage.on("dialog", (dialog) => {
+            asked.push(dialog.message());
+            // A wrong answer is asked again; the right one signs the page in.
+            dialog.accept(asked.length === 1 ? "wrong" : "e2e-token");
+          });
+          await openPage(tokenPage, guarded.url, tokenPage);
+          assertEq(asked.length, 2, "prompts shown (wrong token, then the right one)");
+          assert(asked[1].includes("not the server's token"), `second prompt: ${asked[1]}`);
+          const reload = [];
+          tokenPage.on("dialog", (dialog) => reload.push(dialog.message()));
+          await openPage(tokenPage, guarded.url, tokenPage);
+          assertEq(reload.length, 0, "no prompt after a reload: the session cookie carries the token");
+          await tokenPage.close();
+        } finally {
+          await guarded.stop();
+        }
+      });
+    }
 
     await check("no external requests and no script errors", async () => {
       assertEq(externalRequests, [], "external requests");
