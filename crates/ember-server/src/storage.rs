@@ -2,6 +2,7 @@
 //! removed data folder makes the server say so — `503` on submit, `GET /api/health` — instead of accepting jobs it
 //! will lose, and so that a fault repeated every second is logged once, not every second.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,13 +45,15 @@ fn identity(path: &Path) -> Option<FileIdentity> {
     }
 }
 
-/// The last write error, and when it was last logged.
+/// The last write error, and when each message was last logged (with the repeats not logged since).
 #[derive(Debug, Default)]
 struct Fault {
     message: Option<String>,
-    logged_at: Option<Instant>,
-    repeats: u64,
+    logged: HashMap<String, (Instant, u64)>,
 }
+
+/// Distinct messages remembered for rate limiting; past this the memory starts over (and logs them again).
+const MAX_LOGGED_MESSAGES: usize = 64;
 
 impl Storage {
     /// Call once the database is open.
@@ -64,15 +67,11 @@ impl Storage {
         }
     }
 
-    /// Whether the folder the server writes to is still there. Err: why not, for a client.
+    /// Whether the folder the server writes to is usable: still there, and no write failing now. Err: why not, for
+    /// a client.
     pub fn check(&self) -> Result<(), String> {
-        let removed = || {
-            "the data folder or its database was removed while the server ran; restart `ember serve` \
-             (jobs queued in the removed database are lost)"
-                .to_string()
-        };
-        if identity(&self.db_path) != self.db_identity || !self.images_dir.is_dir() {
-            return Err(removed());
+        if let Some(removed) = self.removed() {
+            return Err(removed);
         }
         match &self.lock().message {
             Some(message) => Err(message.clone()),
@@ -80,22 +79,41 @@ impl Storage {
         }
     }
 
-    /// A write failed: remembered for `check` and `/api/health` until one succeeds; logged at most once a minute.
-    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+    /// Why the data folder is no longer the one the server opened, if it is not: then nothing written can be kept.
+    pub fn removed(&self) -> Option<String> {
+        (identity(&self.db_path) != self.db_identity || !self.images_dir.is_dir()).then(|| {
+            "the data folder or its database was removed while the server ran; restart `ember serve` \
+             (jobs queued in the removed database are lost)"
+                .to_string()
+        })
+    }
+
+    /// A write failed: remembered for `check` and `/api/health` until one succeeds; each message is logged at most
+    /// once a minute (true when this call logged it).
+    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) -> bool {
         let message = self.redact(&format!("{what}: {error}"));
         let mut fault = self.lock();
-        fault.repeats += 1;
-        let due = fault.logged_at.is_none_or(|at| at.elapsed() >= LOG_AGAIN_AFTER);
-        if due || fault.message.as_deref() != Some(message.as_str()) {
-            let repeats = std::mem::take(&mut fault.repeats);
-            if repeats > 1 {
-                tracing::error!("storage fault ({repeats} times since last logged): {message}");
-            } else {
-                tracing::error!("storage fault: {message}");
-            }
-            fault.logged_at = Some(Instant::now());
+        if fault.logged.len() >= MAX_LOGGED_MESSAGES {
+            fault.logged.clear();
         }
+        let logged = match fault.logged.get_mut(&message) {
+            Some((at, repeats)) if at.elapsed() < LOG_AGAIN_AFTER => {
+                *repeats += 1;
+                false
+            }
+            Some((at, repeats)) => {
+                tracing::error!("storage fault (also {repeats} times unlogged in the last minute): {message}");
+                (*at, *repeats) = (Instant::now(), 0);
+                true
+            }
+            None => {
+                tracing::error!("storage fault: {message}");
+                fault.logged.insert(message.clone(), (Instant::now(), 0));
+                true
+            }
+        };
         fault.message = Some(message);
+        logged
     }
 
     /// A write succeeded: the fault, if any, is over.
@@ -146,7 +164,15 @@ mod tests {
         assert_eq!(storage.check(), Ok(()));
 
         let path = dir.path().join("images/000001.png");
-        storage.failed("cannot write", &format!("{}: No space left on device", path.display()));
+        let full = format!("{}: No space left on device", path.display());
+        assert!(storage.failed("cannot write", &full), "a new fault is logged");
+        assert!(storage.failed("cannot record", &"disk full"), "and another");
+        // Repeated every second (the worker retries), alternating: each message is logged once a minute.
+        for _ in 0..3 {
+            assert!(!storage.failed("cannot write", &full));
+            assert!(!storage.failed("cannot record", &"disk full"));
+        }
+        storage.failed("cannot write", &full);
         let message = storage.check().expect_err("fault");
         assert!(message.contains("<data-dir>/images/000001.png"), "{message}");
         assert!(!message.contains(&dir.path().display().to_string()), "{message}");

@@ -125,8 +125,9 @@ impl Worker {
 
     fn run(mut self) {
         while !self.queue.stopping() {
-            // Results written into a removed data folder would be lost: wait for a restart instead.
-            if let Err(message) = self.storage.check() {
+            // Results written into a removed data folder would be lost: wait for a restart instead. (A write fault
+            // does not stop it: its next write is what finds the storage working again.)
+            if let Some(message) = self.storage.removed() {
                 self.storage.failed("the worker is waiting", &message);
                 self.queue.wait(Duration::from_secs(1));
                 continue;
@@ -209,7 +210,9 @@ impl Worker {
             };
             match recorded {
                 Ok(()) => return self.storage.recovered(),
-                Err(e) => self.storage.failed(&format!("cannot record the end of job {id}"), &e),
+                Err(e) => {
+                    self.storage.failed(&format!("cannot record the end of job {id}"), &e);
+                }
             }
             if self.queue.stopping() {
                 return;
