@@ -273,3 +273,18 @@ pub fn serve_blocking(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_hosts_count_as_this_machine_only() {
+        for local in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(is_loopback(local), "{local}");
+        }
+        for exposed in ["0.0.0.0", "::", "192.168.1.5", "example.org"] {
+            assert!(!is_loopback(exposed), "{exposed}: the server warns without a token");
+        }
+    }
+}
