@@ -230,7 +230,7 @@ fn dream_chunks_read_back_exactly() {
 #[test]
 fn fetches_invokeai_pngs() {
     let path = Path::new(SHARED).join("000032.1592514025.png");
-    let line = fetch_command(&path).expect("InvokeAI PNG");
+    let line = fetch_command(&path).unwrap_or_else(|e| panic!("shared test data: {e}"));
     let parsed = parse(&line).expect(&line);
     assert_eq!(parsed.prompt, "fire");
     let s = parsed.switches;

@@ -27,7 +27,7 @@ fn tokenizers() -> Vec<(&'static str, ClipTokenizer)> {
         ("bundled", ClipTokenizer::bundled().expect("bundled vocabulary")),
         (
             "from_dir",
-            ClipTokenizer::from_dir(Path::new(&dir)).expect("derived tokenizer folder"),
+            ClipTokenizer::from_dir(Path::new(&dir)).unwrap_or_else(|e| panic!("shared models: {e}")),
         ),
     ]
 }
@@ -87,7 +87,7 @@ mod png_output {
     const INVOKEAI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/invokeai-img2img");
 
     fn text_of(path: &Path, key: &str) -> String {
-        let chunks = read_png_text(path).expect("readable PNG");
+        let chunks = read_png_text(path).unwrap_or_else(|e| panic!("shared test data: {e}"));
         chunks
             .into_iter()
             .find(|(k, _)| k == key)
@@ -411,7 +411,9 @@ mod init_images {
     #[test]
     fn real_init_image_is_unchanged() {
         let path = Path::new(SHARED).join("testdata/invokeai-img2img/fire-drawing.png");
-        let original = image::open(&path).expect("decodes").to_rgb8();
+        let original = image::open(&path)
+            .unwrap_or_else(|e| panic!("shared test data: cannot read {}: {e}", path.display()))
+            .to_rgb8();
         let prepared = prepare_init_image(&InitImage::Path(path), None).expect("prepared");
         assert_eq!(prepared.rgb, original);
         assert!(prepared.warnings.is_empty());

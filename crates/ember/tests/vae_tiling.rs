@@ -20,8 +20,11 @@ const REFERENCE: &str = concat!(
     "/../../tests/fixtures/vae_tiling_reference.safetensors"
 );
 
-/// The same bound as the untiled VAE parity tests (nn_parity.rs): Ember f32 vs torch f64, only f32 rounding differs.
-const TOL_VAE: f32 = 1e-3;
+/// Ember f32 against torch f64: only f32 rounding differs. Measured 2026-12-06 (AMD EPYC, AVX-512, no AMX), max |Δ|
+/// over the six comparisons: 4.6e-6 with the AVX-512 kernels, 3.1e-6 with `EMBER_CPU_KERNELS=portable` (decodes;
+/// encodes 1.3e-6); the bound is ≈10× that, and 4–5 orders below what tiling itself changes (tiled vs untiled
+/// differ by 1.0 in the encode and 3.4 in the decode, `tiling_changes_large_outputs`), which a wrong blend mixes in.
+const TOL_VAE: f32 = 5e-5;
 
 fn reference() -> Result<Reference, Box<dyn std::error::Error>> {
     Reference::load(REFERENCE, "tools/oracle/make_vae_tiling_reference.py")

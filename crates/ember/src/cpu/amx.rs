@@ -1266,8 +1266,7 @@ mod tests {
     /// sum, within f32 rounding (the bias is exact in its three parts).
     #[test]
     fn residual_and_bias_start_the_block() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return;
         }
         let (k, row) = (40, 45); // output rows 45 values apart
@@ -1444,8 +1443,7 @@ mod tests {
     /// would fault), bit for bit the same; and every thread ends with no guard.
     #[test]
     fn nested_tiles_keep_the_outer_configuration() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return;
         }
         use rayon::prelude::*;
@@ -1473,8 +1471,7 @@ mod tests {
     /// A panic inside `with_tiles` still releases the tiles (the guard's `Drop`), and they can be taken again.
     #[test]
     fn a_panic_releases_the_tiles() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return;
         }
         let product = Product::new();
@@ -1489,8 +1486,7 @@ mod tests {
 
     #[test]
     fn blocks_match_a_plain_sum() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the tile products are only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return;
         }
         let (k, n) = (50, 70); // padded to 64 × 96

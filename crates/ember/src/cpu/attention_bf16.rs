@@ -646,8 +646,7 @@ mod tests {
     /// the f32 output rounded.
     #[test]
     fn bf16_activations_give_the_f32_paths_bits() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         let (slices, n, m, d) = (4, 50, 70, 40);
@@ -681,8 +680,7 @@ mod tests {
     /// through the key range and a key count that is not a multiple of 32.
     #[test]
     fn causal_rows_see_only_earlier_keys() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         let (slices, n, d) = (3, 77, 24);
@@ -727,8 +725,7 @@ mod tests {
     /// match the f64 softmax as the other tests' (the largest probability exact, the others within 2⁻⁸).
     #[test]
     fn a_loose_score_bound_falls_back_to_the_exact_maximum() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         let (queries, keys, d) = (40, 100, 40);
@@ -781,8 +778,7 @@ mod tests {
     /// is within 2⁻⁸ = 3.9e-3 plus f32 rounding.
     #[test]
     fn matches_an_f64_softmax_attention() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (bf16 attention is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, &(slices, queries, keys, head_dim)) in [

@@ -1061,8 +1061,7 @@ mod tests {
     /// infinities a call with more left in its rows (an infinity times a zero weight is NaN).
     #[test]
     fn a_previous_calls_values_do_not_leak_into_padding() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         let wide = ConvDims {
@@ -1097,8 +1096,7 @@ mod tests {
     /// (so what is checked is the indexing and the f32 accumulation, not bf16's rounding).
     #[test]
     fn matches_the_reference_on_odd_shapes() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (i, dims) in odd_shapes().into_iter().enumerate() {
@@ -1162,8 +1160,7 @@ mod tests {
     /// convolution of |x|·2⁻⁸ with |W|.
     #[test]
     fn normalised_input_matches_the_normalised_tensor() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, dims) in odd_shapes().into_iter().enumerate() {
@@ -1230,8 +1227,7 @@ mod tests {
     /// the channels-first convolution, transposed.
     #[test]
     fn channels_last_input_and_output_give_the_channels_first_bits() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, &(batch, channels, out_channels, h, w, kernel, padding)) in [
@@ -1314,8 +1310,7 @@ mod tests {
     /// output give the bits of adding them to the output after.
     #[test]
     fn channels_last_reads_give_the_channels_first_bits() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, dims) in odd_shapes().into_iter().enumerate() {
@@ -1408,8 +1403,7 @@ mod tests {
     /// An upsampled input convolves like the explicitly upsampled tensor (nearest ×2), against the same reference.
     #[test]
     fn upsampled_input_matches_the_upsampled_tensor() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 convolution is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, &(batch, in_channels, out_channels, source_h, source_w)) in

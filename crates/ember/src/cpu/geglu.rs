@@ -111,8 +111,7 @@ mod tests {
 
     #[test]
     fn matches_value_times_exact_gelu() -> Result<()> {
-        if !available() {
-            eprintln!("skipped: no AVX-512F (the fused GEGLU is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::Avx512) {
             return Ok(());
         }
         for (rows, inner) in [(1, 1), (3, 17), (5, 40), (2, 333)] {

@@ -359,8 +359,7 @@ mod tests {
     /// and partial blocks.
     #[test]
     fn bf16_activations_give_the_f32_paths_bits() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 linear layer is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         let (rows, k, n) = (45, 70, 128);
@@ -390,8 +389,7 @@ mod tests {
     /// Odd sizes (not multiples of 16/32), one row, many rows, with and without bias, against an f64 sum.
     #[test]
     fn matches_a_plain_product() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 linear layer is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, &(rows, k, n, with_bias)) in [
@@ -437,8 +435,7 @@ mod tests {
     /// partial) and every output value written (NaN-filled start).
     #[test]
     fn fused_geglu_matches_product_then_geglu() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (the bf16 linear layer is only used where it has)");
+        if crate::cpu::skip_without(crate::cpu::Needs::AmxBf16) {
             return Ok(());
         }
         for (case, &(rows, k, inner)) in [(1, 8, 32), (45, 40, 64), (64, 96, 96)].iter().enumerate() {

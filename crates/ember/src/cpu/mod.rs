@@ -124,6 +124,61 @@ pub(crate) fn max_abs_error(got: &[f32], want: &[f32]) -> f32 {
     })
 }
 
+/// A CPU feature that some kernels (and so their tests) need.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Needs {
+    /// AMX-BF16 tiles ([`amx::available`]).
+    AmxBf16,
+    /// AVX-512F ([`Isa::Avx512`]).
+    Avx512,
+}
+
+/// For a test of a kernel that runs only with `feature`: whether the test must stop here because this process cannot
+/// run that kernel. It never stops silently (Rust's harness has no "skipped" state, so a skipped test reads "ok"):
+/// - the feature is turned off by `EMBER_CPU_KERNELS` (`portable`, or `avx512` for AMX): the run is checking the
+///   other kernel path, and the test is skipped with a `SKIPPED` line;
+/// - the CPU lacks it: a `SKIPPED` line, or a failure when `EMBER_EXPECT_AMX=1` / `EMBER_EXPECT_AVX512=1` says it
+///   has it (`.ci/run` sets them from /proc/cpuinfo, so CI on a CPU with the feature cannot skip these tests).
+///
+/// The `SKIPPED` line goes straight to the process's stderr, past the harness's output capture, so it shows in a
+/// plain `cargo test`; with `EMBER_SKIPPED_LOG=FILE` it is also appended to FILE for CI to count.
+#[cfg(test)]
+pub(crate) fn skip_without(feature: Needs) -> bool {
+    let (name, available) = match feature {
+        Needs::AmxBf16 => ("AMX-BF16", amx::available()),
+        Needs::Avx512 => ("AVX-512F", Isa::detect() == Isa::Avx512),
+    };
+    if available {
+        return false;
+    }
+    let (expect_var, turned_off_by): (_, &[_]) = match feature {
+        Needs::AmxBf16 => ("EMBER_EXPECT_AMX", &["portable", "avx512"]),
+        Needs::Avx512 => ("EMBER_EXPECT_AVX512", &["portable"]),
+    };
+    let test = std::thread::current().name().unwrap_or("a cpu:: test").to_owned();
+    let kernels = std::env::var("EMBER_CPU_KERNELS").unwrap_or_default();
+    let reason = if turned_off_by.iter().any(|v| kernels.eq_ignore_ascii_case(v)) {
+        format!("EMBER_CPU_KERNELS={kernels} turns {name} off")
+    } else if std::env::var(expect_var).is_ok_and(|v| v == "1") {
+        panic!("{test}: {expect_var}=1, but this process cannot run {name} (not in the CPU, or not enabled by the OS)");
+    } else {
+        format!("no {name} on this CPU")
+    };
+    let line = format!("SKIPPED ({reason}): {test}\n");
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("EMBER_SKIPPED_LOG") {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        appended.unwrap_or_else(|e| panic!("EMBER_SKIPPED_LOG {}: {e}", log.to_string_lossy()));
+    }
+    true
+}
+
 /// Whether the CPU has AVX-512 F, BW and VL (the 16-bit-lane stores of the bf16 kernels); detected once.
 pub(crate) fn avx512_bw_vl() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
@@ -175,5 +230,22 @@ impl Isa {
             all.push(Isa::Avx512);
         }
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Isa;
+
+    /// The kernel tests that loop over [`Isa::all_supported`] would quietly check only the portable kernels on a CPU
+    /// without AVX-512; where CI knows the CPU has it (`EMBER_EXPECT_AVX512=1`), that is a failure.
+    #[test]
+    fn the_expected_instruction_sets_are_tested() {
+        if std::env::var("EMBER_EXPECT_AVX512").is_ok_and(|v| v == "1") {
+            assert!(
+                Isa::all_supported().contains(&Isa::Avx512),
+                "EMBER_EXPECT_AVX512=1 but this CPU has no AVX-512F"
+            );
+        }
     }
 }

@@ -207,7 +207,7 @@ mod tests {
         }
     }
 
-    /// The same comparison straight against the reference files, where the shared data is present.
+    /// The same comparison straight against the reference files (shared test data: a missing file is a failure).
     #[test]
     fn white_lines_equal_the_reference_pngs() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/invokeai-img2img");
@@ -217,11 +217,9 @@ mod tests {
             ("000019.steps.png", 10),
         ] {
             let path = Path::new(dir).join(file);
-            let Ok(reference) = image::open(&path) else {
-                eprintln!("skipping: {} not found", path.display());
-                continue;
-            };
-            let reference = reference.to_rgb8();
+            let reference = image::open(&path)
+                .unwrap_or_else(|e| panic!("shared test data: cannot read {}: {e}", path.display()))
+                .to_rgb8();
             let ours = strip_of(cells, 10).render();
             assert_eq!(ours.dimensions(), reference.dimensions(), "{file}");
             assert_eq!(white_lines(&ours), white_lines(&reference), "{file}");

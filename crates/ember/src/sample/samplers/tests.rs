@@ -16,7 +16,13 @@ const ORACLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testd
 const TOL: f64 = 1e-5;
 
 fn load(path: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{path}: {e}"))
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// A text file of the shared oracle (../shared/testdata/oracle beside the repository); missing, a failure that names it.
+fn read_oracle(name: &str) -> String {
+    let path = format!("{ORACLE}{name}");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("shared test data: cannot read {path}: {e}"))
 }
 
 fn vec1(t: &Tensor) -> Vec<f64> {
@@ -196,7 +202,7 @@ impl EpsModel for SqrtOneMinusAlphaEps {
 }
 
 fn diffusers_schedule() -> NoiseSchedule {
-    let text = std::fs::read_to_string(format!("{ORACLE}schedulers_sd15.json")).unwrap();
+    let text = read_oracle("schedulers_sd15.json");
     // Python's json writes -Infinity, which serde_json rejects; no test reads that field.
     let text = text.replace("-Infinity", "null");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -282,7 +288,7 @@ fn plms_restarts_its_history_on_an_img2img_tail() {
 #[test]
 fn img2img_plans_match_diffusers_get_timesteps() {
     let schedule = NoiseSchedule::sd15();
-    let text = std::fs::read_to_string(format!("{ORACLE}schedulers_sd15.json")).unwrap();
+    let text = read_oracle("schedulers_sd15.json");
     // Python's json writes -Infinity, which serde_json rejects; no test reads that field.
     let text = text.replace("-Infinity", "null");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -22,7 +22,8 @@ fn extra() -> HashMap<String, Vec<f64>> {
 }
 
 fn oracle_json() -> serde_json::Value {
-    let text = std::fs::read_to_string(format!("{ORACLE}schedulers_sd15.json")).expect("shared oracle json");
+    let path = format!("{ORACLE}schedulers_sd15.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("shared test data: cannot read {path}: {e}"));
     // Python's json writes -Infinity, which serde_json rejects; no test reads that field.
     let text = text.replace("-Infinity", "null");
     serde_json::from_str(&text).unwrap()
@@ -76,7 +77,9 @@ fn karras_sigmas_match_k_diffusion() {
         let err = max_rel(&s.karras_sigmas(n), &fx[&format!("schedule/karras_{n}")], 1e-3);
         assert!(err < 1e-5, "karras({n}): {err}");
     }
-    let toy = candle_core::safetensors::load(format!("{ORACLE}kdiffusion_toy.safetensors"), &Device::Cpu).unwrap();
+    let path = format!("{ORACLE}kdiffusion_toy.safetensors");
+    let toy = candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("shared test data: cannot read {path}: {e}"));
     let theirs: Vec<f64> = toy["karras20_sigmas"]
         .to_vec1::<f32>()
         .unwrap()
