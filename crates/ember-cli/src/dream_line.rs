@@ -204,7 +204,11 @@ pub fn parse_variations(list: &str) -> ember::Result<Vec<(u32, f64)>> {
 /// The command line that made a PNG: its `Dream` chunk (Ember's and InvokeAI's), else one rebuilt from its
 /// `sd-metadata` JSON (InvokeAI 2.x's RFC #266 layout).
 pub fn fetch_command(path: &Path) -> ember::Result<String> {
-    let chunks = ember::image::png_meta::read_png_text(path)?;
+    command_from_text_chunks(path, &ember::image::png_meta::read_png_text(path)?)
+}
+
+/// [`fetch_command`] on text chunks already read from the PNG at `path` (named in errors).
+pub fn command_from_text_chunks(path: &Path, chunks: &[(String, String)]) -> ember::Result<String> {
     let get = |key: &str| chunks.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     if let Some(dream) = get("Dream").map(str::trim).filter(|d| !d.is_empty()) {
         // InvokeAI 2.0 wrote `Dream: "prompt" -s …`'s body; some versions kept a leading `!dream `.

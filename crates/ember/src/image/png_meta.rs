@@ -10,7 +10,7 @@ pub use super::metadata::ImageRecord;
 use crate::{Error, Result};
 use image::RgbImage;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, ErrorKind};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Seek};
 use std::path::{Path, PathBuf};
 
 /// Writes `rgb` with its generation metadata to `path`, which must not exist yet (see [`write_png_with_text`]).
@@ -83,9 +83,14 @@ fn already_exists() -> std::io::Error {
 
 /// All text chunks of a PNG as (keyword, text): tEXt first, then zTXt, then iTXt, each in file order.
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
-    let bad = |e: png::DecodingError| Error::image(path, format!("cannot read its PNG text chunks: {e}"));
     let file = File::open(path).map_err(|e| Error::image(path, format!("cannot open it: {e}")))?;
-    let mut reader = png::Decoder::new(BufReader::new(file)).read_info().map_err(bad)?;
+    read_png_text_from(BufReader::new(file), path)
+}
+
+/// [`read_png_text`] from any reader (`path` only names the image in errors); the fuzz targets feed it bytes.
+pub fn read_png_text_from(png: impl BufRead + Seek, path: &Path) -> Result<Vec<(String, String)>> {
+    let bad = |e: png::DecodingError| Error::image(path, format!("cannot read its PNG text chunks: {e}"));
+    let mut reader = png::Decoder::new(png).read_info().map_err(bad)?;
     // Text chunks may also follow the image data; finishing reads (and skips) up to IEND.
     reader.finish().map_err(bad)?;
     let info = reader.info();
