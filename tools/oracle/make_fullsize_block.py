@@ -30,23 +30,22 @@ Writes tests/fixtures/sd15_down_block_reference.safetensors (float32):
 import json
 import math
 import os
+import sys
 
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_sd15_layout import UNET  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "tests", "fixtures", "sd15_down_block_reference.safetensors")
 SEED = 22015
 INPUTS = [("hidden_states", [2, 320, 16, 16]), ("temb", [2, 1280]), ("encoder_hidden_states", [2, 77, 768])]
 
-# SD 1.5's unet/config.json (stable-diffusion-v1-5/stable-diffusion-v1-5), as make_fullsize.py builds it.
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32, attention_head_dim=8,
-    cross_attention_dim=768, use_linear_projection=False, flip_sin_to_cos=True, freq_shift=0)
+# SD 1.5's unet/config.json, the one make_sd15_layout.py (and make_fullsize.py) build.
+SD15_UNET = UNET
 
 
 def scale_exponent(shape):
