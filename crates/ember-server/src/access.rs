@@ -14,6 +14,7 @@
 //!   sites' requests never carry it). Needed whenever `--host` exposes the server to a network.
 
 use crate::error::ApiError;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -166,7 +167,17 @@ pub struct SessionRequest {
         (status = 204, description = "The token is right: the `ember_token` cookie is set for the page"),
         (status = 401, description = "Wrong token", body = crate::error::ErrorBody),
     ))]
-pub async fn session(State(access): State<Arc<Access>>, Json(body): Json<SessionRequest>) -> Response {
+pub async fn session(State(access): State<Arc<Access>>, body: Result<Json<SessionRequest>, JsonRejection>) -> Response {
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => {
+            return ApiError::bad_request(
+                Some("token"),
+                format!("send {{\"token\": \"…\"}} as JSON: {}", e.body_text()),
+            )
+            .into_response()
+        }
+    };
     if !access.token_matches(Some(&body.token)) {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -75,6 +75,9 @@ async fn an_access_token_guards_the_api() {
     // The page's sign-in: a cookie other sites' requests never carry.
     let (status, _) = t.post_json("/api/session", &json!({"token": "nope"})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = t.post_json("/api/session", &json!({"tok": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the API's error shape: {body}");
+    assert_eq!(error_of(&body).0.as_deref(), Some("token"));
     let response = t
         .client
         .post(t.url("/api/session"))
