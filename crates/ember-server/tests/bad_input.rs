@@ -349,6 +349,8 @@ async fn page_samplers_models_and_openapi() {
         "/api/images/{id}/file",
         "/api/samplers",
         "/api/models",
+        "/api/health",
+        "/api/session",
         "/api/openapi.json",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
