@@ -13,7 +13,7 @@
 //!   the `ember_token` cookie that `POST /api/session` sets for the page (HttpOnly, SameSite=Strict, so other
 //!   sites' requests never carry it). Needed whenever `--host` exposes the server to a network.
 
-use crate::error::ApiError;
+use crate::error::{clip, ApiError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -133,10 +133,6 @@ fn cross_site(what: &str) -> ApiError {
         None,
         format!("cross-site request refused ({what}): only this server's own page may change its state"),
     )
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(60).collect()
 }
 
 /// The token from `Authorization: Bearer …` or the session cookie.

@@ -2,7 +2,7 @@
 //! from the client and answer with [`ApiError`]s naming the field at fault; they never panic on input.
 
 use crate::db::{self, NewJob};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{clip, ApiError, ApiResult, ErrorBody};
 use crate::types::{
     Image, ImagePage, Job, JobList, JobStatus, Mode, ModelInfo, ModelList, Params, ParamsInput, SamplerList,
 };
@@ -176,11 +176,6 @@ fn upload_name(raw: &str) -> String {
     }
 }
 
-/// Client text echoed in a message, cut short.
-fn clip(s: &str) -> String {
-    s.chars().take(40).collect()
-}
-
 /// JSON → [`ParamsInput`]; a type error names the field it is in.
 pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
     // Syntax first: a syntax error is about the whole body, not the field the parser happened to be in.
@@ -201,9 +196,8 @@ pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
 /// the device's work limits — so a bad job fails at submit time, naming the field, not in the queue. An upload's
 /// size is read from its header and checked before any pixel is decoded.
 async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec<u8>)>) -> ApiResult<NewJob> {
-    let fit = params.fit.then_some((params.width as u32, params.height as u32));
     let gallery_size = match (&upload, params.init_image_id) {
-        (None, Some(id)) => Some(gallery_init_size(state, id, fit).await?),
+        (None, Some(id)) => Some(gallery_init_size(state, id).await?),
         _ => None,
     };
     let checker = state.checker.clone();
@@ -308,16 +302,13 @@ async fn check_decodes(state: &AppState, (name, bytes): (String, Vec<u8>)) -> Ap
 pub const MAX_DECODING_MEGAPIXELS: usize = 64;
 
 /// The size a gallery image declares (its header), for [`check_submission`].
-async fn gallery_init_size(state: &AppState, id: i64, fit: Option<(u32, u32)>) -> ApiResult<(u32, u32)> {
+async fn gallery_init_size(state: &AppState, id: i64) -> ApiResult<(u32, u32)> {
     let missing =
         move || ApiError::bad_request(Some("init_image_id"), format!("there is no gallery image with id {id}"));
     let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
     let path = state.images_dir.join(file.ok_or_else(missing)?);
     let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
-    let declared = upload::probe(&bytes).map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))?;
-    // Checked here for the message's field; `check_submission` gets the declared size.
-    run_size(declared, fit, "init_image_id")?;
-    Ok(declared)
+    upload::probe(&bytes).map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))
 }
 
 /// Ids in paths are positive integers; anything else (`..%2Fetc`, `abc`) is an unknown id.

@@ -53,6 +53,11 @@ impl ApiError {
     }
 }
 
+/// A short piece of client text (a name, a header, a path segment) echoed in a message, cut to 40 characters.
+pub fn clip(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
 /// Longest client or engine text kept in an error message or a log line: a 100 KB prompt is not echoed whole.
 pub const MAX_MESSAGE_CHARS: usize = 400;
 

@@ -288,10 +288,8 @@ impl Worker {
             Ok(path) => path,
             Err(e) => {
                 self.storage.failed("cannot write an image", &e);
-                return Outcome::Failed(format!(
-                    "cannot save the image: {}",
-                    self.storage.redact(&e.to_string())
-                ));
+                // Redacted with every other failure in `run_job`.
+                return Outcome::Failed(format!("cannot save the image: {e}"));
             }
         };
         let file = path
