@@ -5,7 +5,7 @@
 
 use super::hires::first_pass_size;
 use crate::request::{img2img_steps, GenerateRequest};
-use crate::text::conditioning::{parse_prompts, Downweight, PromptOptions};
+use crate::text::conditioning::{parse_prompts, Downweight, ParsedPrompts, PromptOptions};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::Device;
@@ -88,8 +88,18 @@ impl RequestCheck {
     /// Checks `request` and returns the work it takes. `init_size`: the size its init image runs at
     /// ([`crate::image::init::run_size`], known from the image's header), None for txt2img.
     pub fn check(&self, request: &GenerateRequest, init_size: Option<(u32, u32)>) -> Result<Work> {
+        self.admit(request, init_size).map(|(work, _)| work)
+    }
+
+    /// [`check`](Self::check), also handing over the parsed prompts, so that the pipeline encodes what it checked
+    /// instead of parsing and tokenizing them again.
+    pub(super) fn admit(
+        &self,
+        request: &GenerateRequest,
+        init_size: Option<(u32, u32)>,
+    ) -> Result<(Work, ParsedPrompts)> {
         request.validate()?;
-        parse_prompts(
+        let prompts = parse_prompts(
             &self.tokenizer,
             &request.prompt,
             &request.negative_prompt,
@@ -99,7 +109,7 @@ impl RequestCheck {
         if let Some(limits) = self.limits {
             check_limits(&work, &limits, init_size.is_some())?;
         }
-        Ok(work)
+        Ok((work, prompts))
     }
 
     fn work(&self, request: &GenerateRequest, init_size: Option<(u32, u32)>) -> Work {

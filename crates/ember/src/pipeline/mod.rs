@@ -19,7 +19,7 @@ use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_prompts};
+use crate::text::conditioning::{describe_tokenization, encode_parsed};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -182,6 +182,7 @@ impl Pipeline {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<Generated> {
+        // The cheap field checks before the init image is decoded; `admit` repeats them with its size known.
         request.validate()?;
 
         // Init image first: its size decides the latent size when there is one.
@@ -200,7 +201,7 @@ impl Pipeline {
             Some(rgb) => (rgb.width() as usize, rgb.height() as usize),
             None => (request.width, request.height),
         };
-        self.check.check(request, init.as_ref().map(|rgb| rgb.dimensions()))?;
+        let (_, prompts) = self.check.admit(request, init.as_ref().map(|rgb| rgb.dimensions()))?;
         let steps_run = request.steps_to_run();
         if init.is_some() && steps_run == 0 && request.strength > 0.0 {
             on_event(Event::Warning(format!(
@@ -215,12 +216,11 @@ impl Pipeline {
         };
 
         // text: prompt language → weighted CLIP hidden states, prompt and negative of equal length.
-        let text = encode_prompts(
+        let text = encode_parsed(
             &self.tokenizer,
             &self.text_encoder,
             &self.device,
-            &request.prompt,
-            &request.negative_prompt,
+            prompts,
             &prompt_options(request),
         )?;
         for warning in text.warnings {

@@ -126,11 +126,23 @@ pub fn encode_prompts(
     negative: &str,
     options: &PromptOptions,
 ) -> Result<Conditioning> {
+    let parsed = parse_prompts(tokenizer, prompt, negative, options)?;
+    encode_parsed(tokenizer, encoder, device, parsed, options)
+}
+
+/// [`encode_prompts`] for prompts [`parse_prompts`] already read (with the same `options`).
+pub fn encode_parsed(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextModel,
+    device: &Device,
+    parsed: ParsedPrompts,
+    options: &PromptOptions,
+) -> Result<Conditioning> {
     let ParsedPrompts {
         prompt: parsed_prompt,
         negative: negative_prompt,
         mut warnings,
-    } = parse_prompts(tokenizer, prompt, negative, options)?;
+    } = parsed;
     let enc = Encoder::new(tokenizer, encoder, device, options);
     for (what, p) in [("prompt", &parsed_prompt), ("negative prompt", &negative_prompt)] {
         if let Some(dropped) = enc.dropped_text(p) {
