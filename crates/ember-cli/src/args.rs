@@ -95,10 +95,12 @@ pub struct Switches {
     /// Height in pixels (multiple of 8); ignored for img2img unless --fit [default: 512].
     #[arg(short = 'H', long)]
     pub height: Option<usize>,
-    /// Classifier-free guidance scale: how strongly the prompt is followed [default: 7.5].
+    /// Classifier-free guidance scale: how strongly the prompt is followed; ≤ 1 runs without guidance (one UNet pass
+    /// per step) [default: the model's: 7.5, 0 for Turbo models, 8 for LCM models].
     #[arg(short = 'C', long, alias = "cfg_scale")]
     pub cfg_scale: Option<f64>,
-    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms [default: k_lms].
+    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms, lcm
+    /// [default: the model's: k_lms for SD 1.x/2.x, k_euler for SDXL and Turbo, lcm for LCM models].
     #[arg(short = 'A', long)]
     pub sampler: Option<String>,
     /// Init image for img2img (PNG, JPEG, WebP, BMP); in the REPL -1 is the previous output (-2 the one before).
@@ -160,6 +162,15 @@ pub struct Switches {
     /// Negative prompt: what the image should not show.
     #[arg(long)]
     pub negative: Option<String>,
+    /// What the model predicts: epsilon or v_prediction (an SD 2.x single file cannot say; see its .yaml)
+    /// [default: the model's].
+    #[arg(long = "prediction-type", alias = "prediction_type")]
+    pub prediction_type: Option<String>,
+    /// How the steps are spread over the noise schedule: linspace, leading, trailing (diffusers') or
+    /// karras-kdiffusion (InvokeAI 2.x's) [default: the model's: trailing for Turbo, leading for SDXL, karras-kdiffusion
+    /// for SD 1.x/2.x].
+    #[arg(long = "timestep-spacing", alias = "timestep_spacing")]
+    pub timestep_spacing: Option<String>,
     /// Cut prompts at CLIP's 77 tokens (InvokeAI 2.x) instead of encoding long prompts in 77-token chunks.
     #[arg(long, alias = "truncate_prompts")]
     pub truncate_prompts: bool,
@@ -215,6 +226,8 @@ impl Switches {
             outdir: self.outdir.clone().or_else(|| base.outdir.clone()),
             karras_max: self.karras_max.or(base.karras_max),
             negative: self.negative.clone().or_else(|| base.negative.clone()),
+            prediction_type: self.prediction_type.clone().or_else(|| base.prediction_type.clone()),
+            timestep_spacing: self.timestep_spacing.clone().or_else(|| base.timestep_spacing.clone()),
             truncate_prompts: self.truncate_prompts || base.truncate_prompts,
             downweight: self.downweight.or(base.downweight),
             exact_steps: self.exact_steps || base.exact_steps,

@@ -15,6 +15,7 @@ use ember::image::png_meta::write_png_with_text;
 use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::preview::latents_to_rgb;
 use ember::image::strip::{strip_path, StepStrip};
+use ember::model::family::GenerationDefaults;
 use ember::pipeline::{CancelToken, Event, Pipeline};
 use ember::request::{random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
 use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
@@ -85,10 +86,12 @@ impl Runner {
     /// Runs one command: `-n` images (seed, variations), each written as it finishes, then the `-g` grid.
     pub fn run(&mut self, line: &DreamLine) -> anyhow::Result<Vec<PathBuf>> {
         let sw = line.switches.over(&self.defaults);
-        let plan = self.plan(&line.prompt, &sw)?;
+        let mut plan = self.plan(&line.prompt, &sw)?;
         self.cancel.reset();
         let cancel = self.cancel.clone();
         let pipeline = self.load()?;
+        apply_model_defaults(&mut plan.request, &sw, pipeline.spec().defaults);
+        plan.request.validate()?;
         if sw.log_tokenization {
             // stderr: stdout carries only the image paths, for scripts.
             eprintln!("{}", pipeline.describe_tokenization(&plan.request)?);
@@ -199,6 +202,8 @@ impl Runner {
             truncate_prompts: sw.truncate_prompts,
             downweight_mask: sw.downweight == Some(Downweight::Mask),
             vae_tiling: sw.vae_tiling,
+            prediction_type: sw.prediction_type.as_deref().map(str::parse).transpose()?,
+            timestep_spacing: sw.timestep_spacing.as_deref().map(str::parse).transpose()?,
         };
         request.validate()?;
         Ok(Plan {
@@ -236,6 +241,23 @@ struct Plan {
     variation_amount: f64,
     seed_was_random: bool,
     outdir: PathBuf,
+}
+
+/// The model's defaults (its family's, or its Turbo/LCM variant's) for the options the command did not set.
+fn apply_model_defaults(request: &mut GenerateRequest, sw: &Switches, defaults: GenerationDefaults) {
+    if sw.steps.is_none() {
+        request.steps = defaults.steps;
+    }
+    if sw.cfg_scale.is_none() {
+        request.cfg_scale = defaults.cfg_scale;
+    }
+    if sw.sampler.is_none() {
+        request.sampler = defaults.sampler;
+    }
+    if sw.width.is_none() && sw.height.is_none() {
+        request.width = defaults.size;
+        request.height = defaults.size;
+    }
 }
 
 /// Loads the model the flags name, on their device and in their precision.

@@ -48,7 +48,7 @@ fn every_switch_in_short_form() {
     let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
                 -V 1:0.1,2:0.2 -t -x -o out --seamless --vae-tiling --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
                 --negative \"ugly hands\" --truncate-prompts --downweight mask --exact-steps --step-strip \
-                --save-intermediates 2 --decode-intermediates";
+                --save-intermediates 2 --decode-intermediates --prediction-type v_prediction --timestep-spacing trailing";
     let want = Switches {
         steps: Some(10),
         seed: Some(1592514025),
@@ -79,6 +79,8 @@ fn every_switch_in_short_form() {
         step_strip: true,
         save_intermediates: Some(2),
         decode_intermediates: true,
+        prediction_type: Some("v_prediction".into()),
+        timestep_spacing: Some("trailing".into()),
     };
     let parsed = parse(line).expect("parses");
     assert_eq!(parsed.prompt, "fire");

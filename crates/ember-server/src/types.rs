@@ -63,6 +63,12 @@ pub struct ParamsInput {
     /// Fade prompt fragments weighted below 1 by masking their tokens in the text encoder's attention (compel's
     /// default) instead of mixing in the prompt without them (InvokeAI 2.x). Default false.
     pub downweight_mask: Option<bool>,
+    /// `epsilon` or `v_prediction`: what the model predicts, for a single file that cannot say (SD 2.x). Default:
+    /// the model's own.
+    pub prediction_type: Option<String>,
+    /// `linspace`, `leading`, `trailing` (diffusers' spacings) or `karras-kdiffusion` (InvokeAI's). Default: the
+    /// model's own (trailing for Turbo models, leading for SDXL, InvokeAI's for SD 1.x/2.x).
+    pub timestep_spacing: Option<String>,
 }
 
 /// One variation of the initial noise: slerp toward the noise of `seed` by `weight`.
@@ -104,6 +110,10 @@ pub struct Params {
     pub skip_normalize: bool,
     pub truncate_prompts: bool,
     pub downweight_mask: bool,
+    /// Null: the model's own.
+    pub prediction_type: Option<String>,
+    /// Null: the model's own.
+    pub timestep_spacing: Option<String>,
 }
 
 impl Default for Params {
@@ -160,6 +170,8 @@ impl ParamsInput {
             skip_normalize: self.skip_normalize.unwrap_or(false),
             truncate_prompts: self.truncate_prompts.unwrap_or(false),
             downweight_mask: self.downweight_mask.unwrap_or(false),
+            prediction_type: self.prediction_type,
+            timestep_spacing: self.timestep_spacing,
         }
     }
 }
@@ -190,6 +202,8 @@ impl Params {
             truncate_prompts: self.truncate_prompts,
             downweight_mask: self.downweight_mask,
             vae_tiling: self.vae_tiling,
+            prediction_type: self.prediction_type.as_deref().map(str::parse).transpose()?,
+            timestep_spacing: self.timestep_spacing.as_deref().map(str::parse).transpose()?,
         })
     }
 }

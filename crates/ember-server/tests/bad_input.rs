@@ -321,9 +321,9 @@ async fn page_samplers_models_and_openapi() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(names.len(), 10);
+    assert_eq!(names.len(), 11);
     assert_eq!(names[0], "k_lms");
-    assert!(names.contains(&"ddim") && names.contains(&"k_dpmpp_2_a"));
+    assert!(names.contains(&"ddim") && names.contains(&"k_dpmpp_2_a") && names.contains(&"lcm"));
 
     let (_, models) = t.get("/api/models").await;
     assert_eq!(models["models"][0]["loaded"], true);

@@ -155,12 +155,12 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let ids = Tensor::from_vec(ids, (2, 77), dev)?;
     on_progress("CLIP text encoder, batch 2");
     let clip_s = time_min(options.repeat, || Ok(clip.forward(&ids)?.to_device(&Device::Cpu)?))?;
-    let context = clip.forward(&ids)?;
+    let inputs = crate::nn::unet::UNetInputs::text(clip.forward(&ids)?);
 
     let unet_step = |side: usize| {
         let latent = Tensor::randn(0f32, 1.0, (2, 4, side / 8, side / 8), dev)?.to_dtype(dtype)?;
         time_min_counted(options.repeat, || {
-            Ok(unet.forward(&latent, 500.0, &context)?.to_device(&Device::Cpu)?)
+            Ok(unet.forward(&latent, 500.0, &inputs)?.to_device(&Device::Cpu)?)
         })
     };
     on_progress("UNet step 384×384 (CFG batch 2)");

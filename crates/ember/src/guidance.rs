@@ -1,35 +1,137 @@
-//! The noise predictor the samplers see: the UNet with classifier-free guidance,
-//! `eps = uncond + scale · (cond − uncond)`, both halves run as one batch of two; and InvokeAI's `--threshold`
+//! The noise predictor the samplers see: the UNet with its conditioning and guidance — classifier-free
+//! (`out = uncond + scale · (cond − uncond)`, both halves run as one batch of two), a single conditional pass
+//! (scale ≤ 1), or LCM's guidance embedding — reporting the model's prediction type; and InvokeAI's `--threshold`
 //! clamp of the guided clean-latent estimate ([`ThresholdedDenoiser`]).
 
-use crate::nn::unet::UNet2DConditionModel;
-use crate::sample::denoiser::{Denoiser, EpsModel};
+use crate::nn::unet::{UNet2DConditionModel, UNetInputs};
+use crate::sample::denoiser::{Denoiser, NoisePredictor, PredictionType};
+use crate::text::conditioning::Conditioning;
 use candle_core::{DType, Tensor};
 use std::cell::Cell;
 
+/// How a run turns the UNet into one prediction per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Guidance {
+    /// Classifier-free guidance at this scale: unconditional and conditional passes as one batch of two.
+    Classifier(f64),
+    /// One conditional pass (a scale ≤ 1, as diffusers decides: Turbo models, LCM-LoRA at low cfg). Half the work.
+    Conditional,
+    /// An LCM-distilled UNet: one conditional pass, the scale given to the network as an embedding of `w = cfg − 1`.
+    Embedded { scale: f64, dim: usize },
+}
+
+impl Guidance {
+    /// diffusers' rule: guidance is embedded when the UNet takes it, classifier-free above a scale of 1, else off.
+    pub fn for_scale(cfg_scale: f64, embedding_dim: Option<usize>) -> Self {
+        match embedding_dim {
+            Some(dim) => Guidance::Embedded { scale: cfg_scale, dim },
+            None if cfg_scale > 1.0 => Guidance::Classifier(cfg_scale),
+            None => Guidance::Conditional,
+        }
+    }
+
+    /// What a metadata record says of it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Guidance::Classifier(_) => "classifier-free",
+            Guidance::Conditional => "none (cfg ≤ 1: conditional pass only)",
+            Guidance::Embedded { .. } => "embedded (LCM guidance embedding)",
+        }
+    }
+}
+
+/// The UNet with its conditioning and guidance, as the samplers see it.
 pub struct GuidedUNet<'a> {
     unet: &'a UNet2DConditionModel,
-    /// `[2, 77, C]`: unconditional (negative prompt) first, then the prompt.
-    context: Tensor,
-    scale: f64,
+    /// Batched inputs: `[uncond, cond]` for classifier-free guidance, `[cond]` otherwise.
+    inputs: UNetInputs,
+    guidance: Guidance,
+    prediction: PredictionType,
 }
 
 impl<'a> GuidedUNet<'a> {
-    pub fn new(unet: &'a UNet2DConditionModel, uncond: &Tensor, cond: &Tensor, scale: f64) -> crate::Result<Self> {
-        let context = Tensor::cat(&[uncond, cond], 0)?;
-        Ok(Self { unet, context, scale })
+    /// `time_ids`: SDXL's micro-conditioning `[1, 6]`, used for both halves of the batch (with the pooled embeddings
+    /// of `text`).
+    pub fn new(
+        unet: &'a UNet2DConditionModel,
+        text: &Conditioning,
+        time_ids: Option<&Tensor>,
+        guidance: Guidance,
+        prediction: PredictionType,
+    ) -> crate::Result<Self> {
+        let both = matches!(guidance, Guidance::Classifier(_));
+        let batch = |uncond: &Tensor, cond: &Tensor| -> crate::Result<Tensor> {
+            Ok(match both {
+                true => Tensor::cat(&[uncond, cond], 0)?,
+                false => cond.clone(),
+            })
+        };
+        let context = batch(&text.uncond, &text.cond)?;
+        let text_time = match (&text.cond_pooled, &text.uncond_pooled, time_ids) {
+            (Some(cond), Some(uncond), Some(ids)) => {
+                let pooled = batch(uncond, cond)?;
+                let ids = ids.to_dtype(pooled.dtype())?;
+                Some((pooled, batch(&ids, &ids)?))
+            }
+            _ => None,
+        };
+        let timestep_cond = match guidance {
+            Guidance::Embedded { scale, dim } => Some(
+                guidance_scale_embedding(scale - 1.0, dim)?
+                    .to_device(context.device())?
+                    .to_dtype(context.dtype())?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            unet,
+            inputs: UNetInputs {
+                context,
+                text_time,
+                timestep_cond,
+                extra_channels: None,
+            },
+            guidance,
+            prediction,
+        })
     }
 }
 
-impl EpsModel for GuidedUNet<'_> {
-    fn predict_eps(&self, x: &Tensor, timestep: f64) -> crate::Result<Tensor> {
+impl NoisePredictor for GuidedUNet<'_> {
+    fn predict(&self, x: &Tensor, timestep: f64) -> crate::Result<Tensor> {
         // The networks compute in the context's dtype; the samplers keep latents in f32 (f64 in parity mode).
-        let x_in = Tensor::cat(&[x, x], 0)?.to_dtype(self.context.dtype())?;
-        let eps = self.unet.forward(&x_in, timestep, &self.context)?.to_dtype(x.dtype())?;
-        let uncond = eps.narrow(0, 0, 1)?;
-        let cond = eps.narrow(0, 1, 1)?;
-        Ok((&uncond + ((cond - &uncond)? * self.scale)?)?)
+        let dtype = self.inputs.context.dtype();
+        let Guidance::Classifier(scale) = self.guidance else {
+            let out = self.unet.forward(&x.to_dtype(dtype)?, timestep, &self.inputs)?;
+            return Ok(out.to_dtype(x.dtype())?);
+        };
+        let x_in = Tensor::cat(&[x, x], 0)?.to_dtype(dtype)?;
+        let out = self.unet.forward(&x_in, timestep, &self.inputs)?.to_dtype(x.dtype())?;
+        let uncond = out.narrow(0, 0, 1)?;
+        let cond = out.narrow(0, 1, 1)?;
+        Ok((&uncond + ((cond - &uncond)? * scale)?)?)
     }
+
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+}
+
+/// diffusers' `get_guidance_scale_embedding(w, embedding_dim)` for one `w`: `w·1000` in sinusoids at frequencies
+/// `exp(−ln(10000)·i / (dim/2 − 1))`, `[sin, cos]`, `[1, dim]` f32.
+pub fn guidance_scale_embedding(w: f64, dim: usize) -> crate::Result<Tensor> {
+    let half = dim / 2;
+    // In f32, in diffusers' order (`w` is a float32 tensor there).
+    let w = w as f32 * 1000.0;
+    let step = 10000f32.ln() / (half as f32 - 1.0).max(1.0);
+    let args: Vec<f32> = (0..half).map(|i| w * (-(i as f32) * step).exp()).collect();
+    let mut emb: Vec<f32> = args
+        .iter()
+        .map(|a| a.sin())
+        .chain(args.iter().map(|a| a.cos()))
+        .collect();
+    emb.resize(dim, 0.0);
+    Ok(Tensor::from_vec(emb, (1, dim), &candle_core::Device::Cpu)?)
 }
 
 /// `--threshold`: InvokeAI 2.x's dynamic clamp of the guided clean-latent estimate, with `CFGDenoiser`'s warm-up

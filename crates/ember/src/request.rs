@@ -1,5 +1,7 @@
 //! What a front-end asks the engine for: one image generation, txt2img or img2img.
 
+use crate::sample::denoiser::PredictionType;
+use crate::sample::schedule::TimestepSpacing;
 use crate::sample::SamplerKind;
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -72,6 +74,10 @@ pub struct GenerateRequest {
     /// `--vae-tiling`: encode the init image and decode the result in overlapping 512-pixel tiles (diffusers'
     /// `enable_tiling()`), so large images fit in memory; pixels differ slightly from the untiled VAE's.
     pub vae_tiling: bool,
+    /// `--prediction-type`: what the model predicts, when the file cannot say (None: the model's own).
+    pub prediction_type: Option<PredictionType>,
+    /// `--timestep-spacing`: how the steps are spread over the schedule (None: the model's default).
+    pub timestep_spacing: Option<TimestepSpacing>,
 }
 
 impl Default for GenerateRequest {
@@ -99,6 +105,8 @@ impl Default for GenerateRequest {
             truncate_prompts: false,
             downweight_mask: false,
             vae_tiling: false,
+            prediction_type: None,
+            timestep_spacing: None,
         }
     }
 }

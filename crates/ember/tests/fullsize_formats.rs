@@ -225,13 +225,16 @@ fn fullsize_folder_and_single_file_give_identical_pixels() -> TestResult {
         let a = load_model(folder.to_str().ok_or("utf-8")?, &Device::Cpu, DType::F16)?;
         let b = load_model(single.to_str().ok_or("utf-8")?, &Device::Cpu, DType::F16)?;
         assert_eq!((a.format, b.format), (ModelFormat::Diffusers, ModelFormat::Safetensors));
-        assert_eq!(a.unet_config, b.unet_config);
-        assert_eq!((&a.vae_config, &a.clip_config), (&b.vae_config, &b.clip_config));
+        assert_eq!(a.spec.unet, b.spec.unet);
+        assert_eq!(
+            (&a.spec.vae, &a.spec.text_encoders[0].config),
+            (&b.spec.vae, &b.spec.text_encoders[0].config)
+        );
         for row in &rows {
             let vb = |m: &ModelWeights| match row.component.as_str() {
                 "unet" => m.unet.clone(),
                 "vae" => m.vae.clone(),
-                _ => m.text_encoder.clone(),
+                _ => m.text_encoders[0].clone(),
             };
             let (x, y) = (
                 vb(&a).get(row.shape.as_slice(), &row.name)?,

@@ -21,7 +21,7 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use ember::nn::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel};
+use ember::nn::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, TransformerShape};
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
 use ember::sample::rng::TorchRng;
@@ -96,7 +96,8 @@ fn fullsize_unet_matches_diffusers() -> TestResult {
         "one timestep for the whole batch"
     );
     let unet = UNet2DConditionModel::new(vb, &cfg)?;
-    let out = unet.forward(r.get("unet/sample")?, t, r.get("unet/encoder_hidden_states")?)?;
+    let inputs = ember::nn::unet::UNetInputs::text(r.get("unet/encoder_hidden_states")?.clone());
+    let out = unet.forward(r.get("unet/sample")?, t, &inputs)?;
     check("unet", &out, r.get("unet/out")?, TOL_UNET)
 }
 
@@ -154,7 +155,15 @@ fn down_block(vb: &VarBuilder, x: &Tensor, temb: &Tensor, context: &Tensor) -> c
     let mut x = x.clone();
     for i in 0..2 {
         let resnet = ResnetBlock2D::new(vb.pp(format!("resnets.{i}")), ch, ch, Some(1280), groups, eps)?;
-        let attn = Transformer2DModel::new(vb.pp(format!("attentions.{i}")), ch, heads, ctx, groups, false)?;
+        let shape = TransformerShape {
+            channels: ch,
+            heads,
+            context_dim: ctx,
+            groups,
+            linear_projection: false,
+            depth: 1,
+        };
+        let attn = Transformer2DModel::new(vb.pp(format!("attentions.{i}")), shape)?;
         x = attn.forward(&resnet.forward(&x, Some(temb))?, context)?;
     }
     Downsample2D::new(vb.pp("downsamplers.0"), ch, false)?.forward(&x)

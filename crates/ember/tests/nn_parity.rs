@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use ember::nn::unet::UNetInputs;
 use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
 
 mod reference;
@@ -122,7 +123,7 @@ fn unet_matches_diffusers_at_integer_and_fractional_timesteps() -> TestResult {
     let model = unet(DType::F32)?;
     let (sample, context) = (r.get("unet/sample")?, r.get("unet/context")?);
     for (name, t) in [("t999", 999.0), ("t500.5", 500.5), ("t1", 1.0)] {
-        let out = model.forward(sample, t, context)?;
+        let out = model.forward(sample, t, &UNetInputs::text(context.clone()))?;
         check(
             &format!("unet {name}"),
             &out,
@@ -136,7 +137,11 @@ fn unet_matches_diffusers_at_integer_and_fractional_timesteps() -> TestResult {
 #[test]
 fn unet_handles_latents_not_divisible_by_8() -> TestResult {
     let r = reference()?;
-    let out = unet(DType::F32)?.forward(r.get("unet/odd_sample")?, 500.5, r.get("unet/context")?)?;
+    let out = unet(DType::F32)?.forward(
+        r.get("unet/odd_sample")?,
+        500.5,
+        &UNetInputs::text(r.get("unet/context")?.clone()),
+    )?;
     check("unet 5x9", &out, r.get("unet/odd_out_t500.5")?, TOL_CLIP_UNET)
 }
 
@@ -167,7 +172,11 @@ fn reduced_precision_stays_close(dtype: DType, tol: f32) -> TestResult {
     assert_eq!(out.dtype(), dtype);
     check_rel(&format!("clip {dtype:?}"), &out, r.get("clip/output")?, tol)?;
 
-    let out = unet(dtype)?.forward(r.get("unet/sample")?, 500.5, r.get("unet/context")?)?;
+    let out = unet(dtype)?.forward(
+        r.get("unet/sample")?,
+        500.5,
+        &UNetInputs::text(r.get("unet/context")?.clone()),
+    )?;
     assert_eq!(out.dtype(), DType::F32, "UNet returns the sample's dtype");
     check_rel(&format!("unet {dtype:?}"), &out, r.get("unet/out_t500.5")?, tol)?;
 
@@ -200,7 +209,10 @@ fn networks_stop_between_layers_when_cancelled() -> Result<(), Box<dyn std::erro
     let ids = Tensor::zeros((1, 77), DType::U32, &Device::Cpu)?;
     let run = |what: &str| -> Vec<(String, bool)> {
         vec![
-            (format!("{what} UNet"), unet.forward(&latents, 10.0, &context).is_ok()),
+            (
+                format!("{what} UNet"),
+                unet.forward(&latents, 10.0, &UNetInputs::text(context.clone())).is_ok(),
+            ),
             (format!("{what} VAE decode"), vae.decode(&latents).is_ok()),
             (format!("{what} CLIP"), clip.forward(&ids).is_ok()),
         ]
@@ -214,7 +226,9 @@ fn networks_stop_between_layers_when_cancelled() -> Result<(), Box<dyn std::erro
         assert!(ok, "{name} runs while not cancelled");
     }
     token.cancel();
-    let err = unet.forward(&latents, 10.0, &context).expect_err("cancelled");
+    let err = unet
+        .forward(&latents, 10.0, &UNetInputs::text(context.clone()))
+        .expect_err("cancelled");
     assert!(err.to_string().starts_with("cancelled"), "{err}");
     for (name, ok) in run("cancelled") {
         assert!(!ok, "{name} stops");

@@ -230,13 +230,16 @@ impl Stages {
     fn load(dtype: DType) -> Self {
         let weights = ember::model::load_model(fixture("tiny-sd").to_str().expect("utf-8"), &Device::Cpu, dtype)
             .expect("tiny model");
-        let tokenizer = match &weights.tokenizer_dir {
+        let tokenizer = match &weights.tokenizer_dirs[0] {
             Some(dir) => ClipTokenizer::from_dir(dir),
             None => ClipTokenizer::bundled(),
         }
         .expect("tokenizer");
-        let text_encoder =
-            ClipTextModel::new(weights.text_encoder.clone().set_dtype(dtype), &weights.clip_config).expect("CLIP");
+        let text_encoder = ClipTextModel::new(
+            weights.text_encoders[0].clone().set_dtype(dtype),
+            &weights.spec.text_encoders[0].config,
+        )
+        .expect("CLIP");
         let latent_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
         Stages {
             tokenizer,

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{UNetConfig, VaeConfig};
+use ember::nn::unet::UNetInputs;
 use ember::nn::{seamless_enabled, seamless_scope, AutoencoderKL, UNet2DConditionModel};
 
 mod reference;
@@ -60,15 +61,18 @@ fn unet_with_circular_padding_matches_diffusers() -> TestResult {
     let odd = r.get("unet/odd_sample")?;
     let (tiled, tiled_odd) = {
         let _seamless = seamless_scope(true);
-        let odd_out = unet.forward(odd, 999.0, &context.narrow(0, 0, 1)?)?;
-        (unet.forward(sample, 500.5, context)?, odd_out)
+        let odd_out = unet.forward(odd, 999.0, &UNetInputs::text(context.narrow(0, 0, 1)?))?;
+        (
+            unet.forward(sample, 500.5, &UNetInputs::text(context.clone()))?,
+            odd_out,
+        )
     };
     check("unet seamless 8x8", &tiled, r.get("unet/out_t500.5")?, TOL_UNET)?;
     check("unet seamless 5x9", &tiled_odd, r.get("unet/odd_out_t999")?, TOL_UNET)?;
 
     // The scope ended: zero padding again, and the outputs differ from the circular ones where edges matter.
     assert!(!seamless_enabled());
-    let plain = unet.forward(sample, 500.5, context)?;
+    let plain = unet.forward(sample, 500.5, &UNetInputs::text(context.clone()))?;
     let diff = max_err(&plain, &tiled)?;
     assert!(
         diff > 1e-2,
@@ -116,7 +120,7 @@ fn scopes_nest_and_restore() {
 fn circular_pad_wraps_like_torch() -> TestResult {
     // F.pad(arange(6).reshape(1, 1, 2, 3), (1, 1, 1, 1), mode="circular"):
     let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 1, 2, 3))?;
-    let padded = ember::nn::blocks::pad_circular(&x, 1)?;
+    let padded = ember::nn::layers::pad_circular(&x, 1)?;
     let want: Vec<f32> = vec![
         5., 3., 4., 5., 3., //
         2., 0., 1., 2., 0., //

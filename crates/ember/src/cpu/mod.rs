@@ -5,7 +5,7 @@
 //! come from the `gemm` crate, which picks its own kernels by CPU.
 //!
 //! The networks reach these kernels only through their seams (`nn::attention`, `nn::linear::Linear`,
-//! `nn::blocks::{Conv, GroupNorm, LayerNorm}`), and only for CPU tensors: CUDA stays on candle's own ops.
+//! `nn::layers::{Conv, GroupNorm, LayerNorm}`), and only for CPU tensors: CUDA stays on candle's own ops.
 //!
 //! Every `unsafe fn` here has a `# Safety` section and every `unsafe` block a `// SAFETY:` comment (clippy checks).
 #![deny(clippy::missing_safety_doc, clippy::undocumented_unsafe_blocks)]

@@ -295,6 +295,7 @@ fn a1111_sampler_name(kind: SamplerKind) -> &'static str {
         SamplerKind::KDpmpp2A => "DPM++ 2S a",
         SamplerKind::Ddim => "DDIM",
         SamplerKind::Plms => "PLMS",
+        SamplerKind::Lcm => "LCM",
     }
 }
 

@@ -1,8 +1,10 @@
-//! diffusers folders (`model_index.json` with `unet/`, `vae/`, `text_encoder/`, `tokenizer/`): configs come
-//! from each component's config.json, weights are memory-mapped from its `.safetensors` files.
+//! diffusers folders (`model_index.json` with `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, and SDXL's
+//! `text_encoder_2/`, `tokenizer_2/`): configs come from each component's config.json and the scheduler's
+//! `scheduler_config.json`, weights are memory-mapped from its `.safetensors` files.
 
+use super::family::Hints;
 use super::weights::{list_tensors, open_safetensors, Entry, Source, Transform, WeightMap};
-use super::{infer_config, ldm_keys, Components};
+use super::{ldm_keys, Components};
 use crate::{Error, Result};
 use candle_core::DType;
 use serde::de::DeserializeOwned;
@@ -12,41 +14,57 @@ use std::sync::Arc;
 pub(crate) fn load(dir: &Path, dtype: DType) -> Result<Components> {
     let index_path = dir.join("model_index.json");
     let index: serde_json::Value = read_json(&index_path)?;
-    let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or_default();
-    if index.get("text_encoder_2").is_some() || class.contains("XL") {
-        return Err(infer_config::unsupported_family(dir, "Stable Diffusion XL"));
-    }
 
     let unet_json: serde_json::Value = read_json(&dir.join("unet/config.json"))?;
-    if unet_json.get("addition_embed_type").and_then(|v| v.as_str()).is_some() {
-        return Err(infer_config::unsupported_family(dir, "Stable Diffusion XL"));
-    }
     if unet_json
         .get("cross_attention_dim")
         .is_some_and(|v| v.as_u64().is_none())
     {
         return Err(Error::model(
             dir.join("unet/config.json"),
-            "cross_attention_dim is not a single number, which no SD 1.x UNet has",
+            "cross_attention_dim is not a single number, which no Stable Diffusion UNet has",
         ));
     }
     let unet_config = parse_config(&dir.join("unet/config.json"), unet_json)?;
-    infer_config::check_unet(dir, &unet_config)?;
     let vae_config = parse_config(&dir.join("vae/config.json"), read_json(&dir.join("vae/config.json"))?)?;
-    let clip_config = parse_config(
-        &dir.join("text_encoder/config.json"),
-        read_json(&dir.join("text_encoder/config.json"))?,
-    )?;
+    // SDXL's second text encoder and tokenizer sit in `text_encoder_2/` and `tokenizer_2/`.
+    let encoders: Vec<&str> = match index.get("text_encoder_2").is_some_and(|v| !v.is_null()) {
+        true => vec!["text_encoder", "text_encoder_2"],
+        false => vec!["text_encoder"],
+    };
+    let mut clip_configs = Vec::new();
+    let mut text_encoders = Vec::new();
+    let mut tokenizer_dirs = Vec::new();
+    for (i, name) in encoders.iter().enumerate() {
+        let config = dir.join(name).join("config.json");
+        clip_configs.push(parse_config(&config, read_json(&config)?)?);
+        text_encoders.push(component(&dir.join(name), dtype, None)?);
+        let tokenizer = dir.join(if i == 0 {
+            "tokenizer".to_string()
+        } else {
+            format!("tokenizer_{}", i + 1)
+        });
+        tokenizer_dirs.push(tokenizer.join("vocab.json").is_file().then_some(tokenizer));
+    }
+    let scheduler_path = dir.join("scheduler/scheduler_config.json");
+    let scheduler_config = match scheduler_path.is_file() {
+        true => Some(read_json(&scheduler_path)?),
+        false => None,
+    };
 
-    let tokenizer = dir.join("tokenizer");
     Ok(Components {
         unet: component(&dir.join("unet"), dtype, None)?,
         vae: component(&dir.join("vae"), dtype, Some(ldm_keys::old_diffusers_vae))?,
-        text_encoder: component(&dir.join("text_encoder"), dtype, None)?,
+        text_encoders,
         unet_config,
         vae_config,
-        clip_config,
-        tokenizer_dir: tokenizer.join("vocab.json").is_file().then_some(tokenizer),
+        clip_configs,
+        tokenizer_dirs,
+        hints: Hints {
+            scheduler_config,
+            model_index: Some(index),
+            ..Hints::default()
+        },
     })
 }
 

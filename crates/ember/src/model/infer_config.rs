@@ -1,20 +1,17 @@
-//! Network configurations inferred from tensor shapes (for single files, which carry no config.json),
-//! and the checks that refuse what is not an SD 1.x text-to-image model.
+//! Network configurations inferred from tensor shapes (for single files, which carry no config.json). What the
+//! shapes cannot tell (attention heads, the prediction type) is decided with the family in `family.rs`.
 
 use super::weights::WeightMap;
 use crate::nn::config::{ClipTextConfig, PerBlock, UNetConfig, VaeConfig};
 use crate::{Error, Result};
 use std::path::Path;
 
-/// SD 1.x's UNet has 8 attention heads in every block; the shapes cannot tell heads from head size.
-const SD1_UNET_HEADS: usize = 8;
-
 fn dim(w: &WeightMap, name: &str, axis: usize) -> Result<usize> {
     let shape = w.require(name)?;
     shape.get(axis).copied().ok_or_else(|| {
         Error::model(
             &w.path,
-            format!("the tensor `{name}` has shape {shape:?}, which no SD 1.x model has"),
+            format!("the tensor `{name}` has shape {shape:?}, which no Stable Diffusion model has"),
         )
     })
 }
@@ -73,14 +70,37 @@ pub(crate) fn unet(w: &WeightMap) -> Result<UNetConfig> {
         .find(|k| k.ends_with(".proj_in.weight"))
         .and_then(|k| w.shape(k))
         .map(|s| s.len());
+    // Transformer blocks per spatial transformer, per down block (1 where a block has none, as diffusers writes it).
+    let transformer_layers_per_block = (0..blocks)
+        .map(|b| {
+            count(
+                w,
+                &format!("down_blocks.{b}.attentions.0.transformer_blocks."),
+                ".norm1.weight",
+            )
+            .max(1)
+        })
+        .collect::<Vec<_>>();
+    let add_embedding = w.shape("add_embedding.linear_1.weight").map(|s| s.to_vec());
     Ok(UNetConfig {
+        transformer_layers_per_block: match transformer_layers_per_block.windows(2).all(|p| p[0] == p[1]) {
+            true => PerBlock::One(transformer_layers_per_block.first().copied().unwrap_or(1)),
+            false => PerBlock::Each(transformer_layers_per_block),
+        },
+        // The pooled width is the second text encoder's, so `single_file` completes `addition_time_embed_dim`.
+        addition_embed_type: add_embedding.as_ref().map(|_| "text_time".to_string()),
+        projection_class_embeddings_input_dim: add_embedding.as_ref().and_then(|s| s.get(1).copied()),
+        time_cond_proj_dim: w
+            .shape("time_embedding.cond_proj.weight")
+            .and_then(|s| s.get(1).copied()),
         in_channels: dim(w, "conv_in.weight", 1)?,
         out_channels: dim(w, "conv_out.weight", 0)?,
         block_out_channels,
         down_block_types,
         up_block_types,
         layers_per_block: count(w, "down_blocks.0.resnets.", ".conv1.weight"),
-        attention_head_dim: PerBlock::One(SD1_UNET_HEADS),
+        // The shapes cannot tell heads from head size: `family::describe` sets them.
+        attention_head_dim: PerBlock::One(8),
         cross_attention_dim: dim(w, &attn, 1)?,
         use_linear_projection: proj_in == Some(2),
         ..UNetConfig::default()
@@ -119,40 +139,16 @@ pub(crate) fn clip(w: &WeightMap) -> Result<ClipTextConfig> {
     })
 }
 
-/// The refusal for a recognised model family Ember does not run yet.
+/// The refusal for a recognised model family Ember does not run.
 pub(crate) fn unsupported_family(path: &Path, family: &str) -> Error {
     Error::model(
         path,
         format!(
-            "{} is a {family} checkpoint; Ember supports SD 1.x for now (use a Stable Diffusion 1.x model, \
-             e.g. stable-diffusion-v1-5)",
+            "{} is a {family} checkpoint; Ember runs Stable Diffusion 1.x, 2.x and SDXL models (and their Turbo and \
+             LCM variants)",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string())
         ),
     )
-}
-
-/// Refuses UNets that are not SD 1.x text-to-image ones.
-pub(crate) fn check_unet(path: &Path, c: &UNetConfig) -> Result<()> {
-    match c.cross_attention_dim {
-        1024 => return Err(unsupported_family(path, "Stable Diffusion 2.x")),
-        2048 => return Err(unsupported_family(path, "Stable Diffusion XL")),
-        _ => {}
-    }
-    if c.use_linear_projection {
-        return Err(unsupported_family(path, "Stable Diffusion 2.x"));
-    }
-    match c.in_channels {
-        4 => Ok(()),
-        9 => Err(Error::model(
-            path,
-            "this is an inpainting model (its UNet takes 9 input channels); Ember supports SD 1.x text-to-image \
-             models for now, use the matching non-inpainting model",
-        )),
-        n => Err(Error::model(
-            path,
-            format!("the UNet takes {n} input channels; Ember supports SD 1.x text-to-image models (4 channels)"),
-        )),
-    }
 }

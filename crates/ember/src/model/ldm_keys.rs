@@ -35,6 +35,9 @@ pub(crate) fn unet(key: &str, layers_per_block: usize) -> Option<String> {
     for (from, to) in [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // SDXL's `text_time` added conditioning.
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."),
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
@@ -160,6 +163,55 @@ pub(crate) fn clip(key: &str) -> String {
     }
 }
 
+/// Maps an OpenCLIP text-tower key (SD 2.x's `cond_stage_model.model.*`, SDXL's `conditioner.embedders.1.model.*`,
+/// without that prefix) to transformers' `CLIPTextModel(WithProjection)` names, with the transform that makes the
+/// stored tensor into each: `in_proj` holds q, k and v stacked (three names from one key), `text_projection` is
+/// stored transposed. `width` is the hidden size. Keys with no place (`logit_scale`, the attention mask buffer) map
+/// to nothing.
+pub(crate) fn open_clip(key: &str, width: usize) -> Vec<(String, Transform)> {
+    let one = |name: String, t: Transform| vec![(name, t)];
+    let plain = |name: String| one(name, Transform::None);
+    match key {
+        "token_embedding.weight" => return plain("text_model.embeddings.token_embedding.weight".into()),
+        "positional_embedding" => return plain("text_model.embeddings.position_embedding.weight".into()),
+        "text_projection" => return one("text_projection.weight".into(), Transform::Transpose),
+        _ => {}
+    }
+    if let Some(r) = key.strip_prefix("ln_final.") {
+        return plain(format!("text_model.final_layer_norm.{r}"));
+    }
+    let Some(rest) = key.strip_prefix("transformer.resblocks.") else {
+        return Vec::new();
+    };
+    let Some((i, rest)) = index(rest) else {
+        return Vec::new();
+    };
+    let layer = format!("text_model.encoder.layers.{i}");
+    if let Some(kind) = rest.strip_prefix("attn.in_proj_") {
+        return ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .enumerate()
+            .map(|(n, proj)| {
+                let rows = Transform::Rows {
+                    start: n * width,
+                    len: width,
+                };
+                (format!("{layer}.self_attn.{proj}.{kind}"), rows)
+            })
+            .collect();
+    }
+    const MAP: [(&str, &str); 5] = [
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ];
+    MAP.iter()
+        .find_map(|(from, to)| rest.strip_prefix(from).map(|r| plain(format!("{layer}.{to}{r}"))))
+        .unwrap_or_default()
+}
+
 /// Old diffusers VAE attention names (`query`, `key`, `value`, `proj_attn`) → current ones.
 pub(crate) fn old_diffusers_vae(key: &str) -> Option<String> {
     const MAP: [(&str, &str); 4] = [
@@ -215,7 +267,16 @@ mod tests {
         for (ldm, diffusers) in cases {
             assert_eq!(unet(ldm, 2).as_deref(), Some(diffusers), "{ldm}");
         }
-        assert_eq!(unet("label_emb.0.0.weight", 2), None);
+        // SDXL's added conditioning.
+        assert_eq!(
+            unet("label_emb.0.0.weight", 2).as_deref(),
+            Some("add_embedding.linear_1.weight")
+        );
+        assert_eq!(
+            unet("label_emb.0.2.bias", 2).as_deref(),
+            Some("add_embedding.linear_2.bias")
+        );
+        assert_eq!(unet("label_emb.1.weight", 2), None);
     }
 
     #[test]

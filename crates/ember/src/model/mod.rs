@@ -1,11 +1,12 @@
 //! Model loading: finds the format of a path (diffusers folder, single-file LDM `.safetensors`,
 //! `.ckpt`/`.pt`, Hugging Face repo id), maps its tensors to diffusers' names and infers the configuration.
 //!
-//! The result is three `VarBuilder`s that serve tensors lazily under diffusers/transformers names, converted
-//! to the requested dtype, plus the configurations `nn/` builds the networks from.
+//! The result is `VarBuilder`s that serve tensors lazily under diffusers/transformers names, converted to the
+//! requested dtype, plus the [`ModelSpec`] (family, configurations, schedule) decided once in `family.rs`.
 
 mod detect;
 mod diffusers;
+pub mod family;
 mod hub;
 mod infer_config;
 mod ldm_keys;
@@ -20,6 +21,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use detect::Spec;
+pub use family::{Family, ModelSpec};
 use std::path::{Path, PathBuf};
 use weights::{Source, WeightMap};
 
@@ -44,16 +46,16 @@ impl ModelFormat {
     }
 }
 
-/// A loaded model: weights under diffusers' names (read on demand), configurations and provenance.
+/// A loaded model: weights under diffusers' names (read on demand), what the model is, and provenance.
 pub struct ModelWeights {
-    pub text_encoder: VarBuilder<'static>,
+    /// One per text encoder of [`ModelSpec::text_encoders`], in that order.
+    pub text_encoders: Vec<VarBuilder<'static>>,
     pub unet: VarBuilder<'static>,
     pub vae: VarBuilder<'static>,
-    pub clip_config: ClipTextConfig,
-    pub unet_config: UNetConfig,
-    pub vae_config: VaeConfig,
-    /// The model's own tokenizer files (`vocab.json`, `merges.txt`), when it ships them.
-    pub tokenizer_dir: Option<PathBuf>,
+    /// The family and everything derived from it: configurations, schedule, defaults.
+    pub spec: ModelSpec,
+    /// Each text encoder's own tokenizer files (`vocab.json`, `merges.txt`), when the model ships them.
+    pub tokenizer_dirs: Vec<Option<PathBuf>>,
     pub format: ModelFormat,
     /// Short name for metadata: the file stem, folder name or repo id.
     pub name: String,
@@ -63,15 +65,17 @@ pub struct ModelWeights {
     pub source: PathBuf,
 }
 
-/// What each format's loader produces.
+/// What each format's loader produces: the weights, the configurations their shapes (or config files) give, and
+/// what else the files say ([`family::Hints`]) for [`family::describe`].
 pub(crate) struct Components {
     pub unet: WeightMap,
     pub vae: WeightMap,
-    pub text_encoder: WeightMap,
+    pub text_encoders: Vec<WeightMap>,
     pub unet_config: UNetConfig,
     pub vae_config: VaeConfig,
-    pub clip_config: ClipTextConfig,
-    pub tokenizer_dir: Option<PathBuf>,
+    pub clip_configs: Vec<ClipTextConfig>,
+    pub tokenizer_dirs: Vec<Option<PathBuf>>,
+    pub hints: family::Hints,
 }
 
 /// Loads a model from a diffusers folder, a single `.safetensors`/`.ckpt` file, or a Hugging Face repo id
@@ -106,15 +110,20 @@ pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<ModelWeig
             Some(hex[..10].to_string())
         }
     };
+    let spec = family::describe(
+        &path,
+        parts.unet_config,
+        parts.vae_config,
+        parts.clip_configs,
+        &parts.hints,
+    )?;
     let vb = |w: WeightMap| VarBuilder::from_backend(Box::new(w), dtype, device.clone());
     Ok(ModelWeights {
-        text_encoder: vb(parts.text_encoder),
+        text_encoders: parts.text_encoders.into_iter().map(vb).collect(),
         unet: vb(parts.unet),
         vae: vb(parts.vae),
-        clip_config: parts.clip_config,
-        unet_config: parts.unet_config,
-        vae_config: parts.vae_config,
-        tokenizer_dir: parts.tokenizer_dir,
+        spec,
+        tokenizer_dirs: parts.tokenizer_dirs,
         format,
         name: name.unwrap_or_else(|| short_name(&path)),
         hash,

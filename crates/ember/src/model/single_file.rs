@@ -1,12 +1,48 @@
-//! Single-file LDM checkpoints (`.safetensors`, or `.ckpt`/`.pt` through ember-pickle): splits the file's
-//! tensors into UNet / VAE / text encoder under diffusers' names, recognises model families Ember does
-//! not run, and infers the configurations from the shapes. EMA copies and unrelated keys are ignored.
+//! Single-file checkpoints (`.safetensors`, or `.ckpt`/`.pt` through ember-pickle) in Stability's LDM (SD 1.x/2.x)
+//! and SGM (SDXL) layouts: splits the file's tensors into UNet / VAE / text encoder(s) under diffusers' and
+//! transformers' names (OpenCLIP towers included), recognises model families Ember does not run, and infers the
+//! configurations from the shapes. EMA copies and unrelated keys are ignored.
 
+use super::family::{Hints, Sidecar};
 use super::weights::{list_tensors, Entry, Source, Transform, WeightMap};
 use super::{infer_config, ldm_keys, Components};
 use crate::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Where a single file keeps a text encoder, and in which naming.
+struct TextSource {
+    prefix: &'static str,
+    /// 0: the first (or only) encoder; 1: SDXL's second.
+    slot: usize,
+    open_clip: bool,
+}
+
+const TEXT_SOURCES: [TextSource; 4] = [
+    // SD 1.x: transformers' CLIPTextModel.
+    TextSource {
+        prefix: ldm_keys::CLIP_PREFIX,
+        slot: 0,
+        open_clip: false,
+    },
+    // SD 2.x: OpenCLIP ViT-H.
+    TextSource {
+        prefix: "cond_stage_model.model.",
+        slot: 0,
+        open_clip: true,
+    },
+    // SDXL: CLIP-L in transformers' names, then OpenCLIP bigG.
+    TextSource {
+        prefix: "conditioner.embedders.0.transformer.",
+        slot: 0,
+        open_clip: false,
+    },
+    TextSource {
+        prefix: "conditioner.embedders.1.model.",
+        slot: 1,
+        open_clip: true,
+    },
+];
 
 pub(crate) fn load(path: &Path, source: Source) -> Result<Components> {
     let source = Arc::new(source);
@@ -25,69 +61,114 @@ pub(crate) fn load(path: &Path, source: Source) -> Result<Components> {
         })
         .max()
         .map_or(0, |m| m + 1);
+    // OpenCLIP's fused q/k/v are split by the tower's width.
+    let open_clip_width = |prefix: &str| {
+        tensors
+            .iter()
+            .find(|(k, _)| k.strip_prefix(prefix) == Some("token_embedding.weight"))
+            .and_then(|(_, s)| s.get(1).copied())
+    };
 
-    let (mut unet, mut vae, mut clip) = (WeightMap::new(path), WeightMap::new(path), WeightMap::new(path));
+    let (mut unet, mut vae) = (WeightMap::new(path), WeightMap::new(path));
+    let mut text = [WeightMap::new(path), WeightMap::new(path)];
+    let entry = |key: &String, shape: Vec<usize>, transform: Transform| Entry {
+        source: source.clone(),
+        key: key.clone(),
+        shape,
+        transform,
+    };
     for (key, shape) in &tensors {
-        let (map, name, transform) = if let Some(k) = key.strip_prefix(ldm_keys::UNET_PREFIX) {
-            match ldm_keys::unet(k, layers_per_block) {
-                Some(n) => (&mut unet, n, Transform::None),
-                None => continue,
+        if let Some(k) = key.strip_prefix(ldm_keys::UNET_PREFIX) {
+            if let Some(name) = ldm_keys::unet(k, layers_per_block) {
+                unet.entries.insert(name, entry(key, shape.clone(), Transform::None));
             }
         } else if let Some(k) = key.strip_prefix(ldm_keys::VAE_PREFIX) {
-            match ldm_keys::vae(k, num_up_blocks) {
-                Some((n, t)) => (&mut vae, n, t),
-                None => continue,
+            if let Some((name, transform)) = ldm_keys::vae(k, num_up_blocks) {
+                let shape = match (transform, shape.as_slice()) {
+                    (Transform::ConvToLinear, [o, i, 1, 1]) => vec![*o, *i],
+                    _ => shape.clone(),
+                };
+                vae.entries.insert(name, entry(key, shape, transform));
             }
-        } else if let Some(k) = key.strip_prefix(ldm_keys::CLIP_PREFIX) {
-            (&mut clip, ldm_keys::clip(k), Transform::None)
-        } else {
-            continue; // EMA weights, schedule buffers, training state
-        };
-        let shape = match (transform, shape.as_slice()) {
-            (Transform::ConvToLinear, [o, i, 1, 1]) => vec![*o, *i],
-            _ => shape.clone(),
-        };
-        map.entries.insert(
-            name,
-            Entry {
-                source: source.clone(),
-                key: key.clone(),
-                shape,
-                transform,
-            },
-        );
+        } else if let Some((src, k)) = TEXT_SOURCES
+            .iter()
+            .find_map(|src| key.strip_prefix(src.prefix).map(|k| (src, k)))
+        {
+            let map = &mut text[src.slot];
+            if !src.open_clip {
+                map.entries
+                    .insert(ldm_keys::clip(k), entry(key, shape.clone(), Transform::None));
+                continue;
+            }
+            let width = open_clip_width(src.prefix).unwrap_or(0);
+            for (name, transform) in ldm_keys::open_clip(k, width) {
+                let shape = match (transform, shape.as_slice()) {
+                    (Transform::Rows { len, .. }, [_, rest @ ..]) => [&[len], rest].concat(),
+                    (Transform::Transpose, [a, b]) => vec![*b, *a],
+                    _ => shape.clone(),
+                };
+                map.entries.insert(name, entry(key, shape, transform));
+            }
+        }
+        // Anything else: EMA weights, schedule buffers, training state.
     }
     for (map, what, prefix) in [
         (&unet, "UNet", ldm_keys::UNET_PREFIX),
         (&vae, "VAE", ldm_keys::VAE_PREFIX),
-        (&clip, "text encoder", ldm_keys::CLIP_PREFIX),
+        (&text[0], "text encoder", ldm_keys::CLIP_PREFIX),
     ] {
         if map.entries.is_empty() {
             return Err(missing_component(path, what, prefix, &tensors));
         }
     }
+    let [first, second] = text;
+    let text_encoders: Vec<WeightMap> = match second.entries.is_empty() {
+        true => vec![first],
+        false => vec![first, second],
+    };
 
-    let unet_config = infer_config::unet(&unet)?;
-    infer_config::check_unet(path, &unet_config)?;
+    let mut unet_config = infer_config::unet(&unet)?;
+    // Before the text encoders' shapes are read: an inpainting UNet is refused as such, whatever else is missing.
+    super::family::check_unet(path, &unet_config)?;
+    if let (Some(input), Some(encoder)) = (unet_config.projection_class_embeddings_input_dim, text_encoders.get(1)) {
+        // `add_embedding` eats six sinusoidal size embeddings and the pooled text embedding.
+        let pooled = encoder.require("text_projection.weight")?[0];
+        unet_config.addition_time_embed_dim = Some(input.saturating_sub(pooled) / 6);
+    }
     Ok(Components {
-        clip_config: infer_config::clip(&clip)?,
+        clip_configs: text_encoders.iter().map(infer_config::clip).collect::<Result<_>>()?,
         vae_config: infer_config::vae(&vae)?,
         unet_config,
         unet,
         vae,
-        text_encoder: clip,
-        tokenizer_dir: None,
+        tokenizer_dirs: vec![None; text_encoders.len()],
+        text_encoders,
+        hints: Hints {
+            sidecar: Sidecar::find(path)?,
+            single_file: true,
+            ..Hints::default()
+        },
     })
 }
 
-/// SD 2.x and SDXL files share most of SD 1.x's names; these keys and shapes tell them apart.
+/// Families Ember does not run share some of SD's names; these keys tell them apart.
 fn refuse_other_families(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
-    let has = |p: &str| tensors.iter().any(|(k, _)| k.starts_with(p));
-    if has("conditioner.embedders.") || has("model.diffusion_model.label_emb.") {
-        return Err(infer_config::unsupported_family(path, "Stable Diffusion XL"));
+    let has = |p: &str| {
+        tensors
+            .iter()
+            .any(|(k, _)| k.starts_with(p) || k.contains(&format!(".{p}")))
+    };
+    if has("joint_blocks.") {
+        return Err(infer_config::unsupported_family(path, "Stable Diffusion 3"));
     }
-    if has("cond_stage_model.model.") {
-        return Err(infer_config::unsupported_family(path, "Stable Diffusion 2.x"));
+    if has("double_blocks.") || has("single_blocks.") {
+        return Err(infer_config::unsupported_family(path, "FLUX"));
+    }
+    if has("down_blocks.0.0.channelwise.") || has("clf.") {
+        return Err(infer_config::unsupported_family(path, "Stable Cascade"));
+    }
+    if has("conditioner.embedders.0.model.") {
+        return Err(infer_config::unsupported_family(path, "SDXL refiner"));
     }
     Ok(())
 }
@@ -131,7 +212,7 @@ fn missing_component(path: &Path, what: &str, prefix: &str, tensors: &[(String, 
         "it looks like one component of a diffusers model; pass the whole diffusers folder (with model_index.json)"
             .to_string()
     } else {
-        "it is not a complete Stable Diffusion 1.x checkpoint".to_string()
+        "it is not a complete Stable Diffusion checkpoint".to_string()
     };
     Error::model(path, format!("no {what} weights (`{prefix}*`) in the file: {hint}"))
 }

@@ -21,6 +21,13 @@ pub(crate) enum Transform {
     None,
     /// LDM's VAE attention uses 1×1 convolutions (`[C, C, 1, 1]`); diffusers uses linear layers (`[C, C]`).
     ConvToLinear,
+    /// Rows `start..start + len` of the stored tensor (OpenCLIP stores q, k and v stacked in one `in_proj`).
+    Rows {
+        start: usize,
+        len: usize,
+    },
+    /// The stored matrix transposed (OpenCLIP's `text_projection` is applied as `x @ P`, transformers' as `x @ Wᵀ`).
+    Transpose,
 }
 
 /// Where one diffusers-named tensor comes from.
@@ -58,7 +65,7 @@ impl WeightMap {
         self.shape(name).ok_or_else(|| {
             Error::model(
                 &self.path,
-                format!("the tensor `{name}` is missing; the file is incomplete or not a Stable Diffusion 1.x model"),
+                format!("the tensor `{name}` is missing; the file is incomplete or not a Stable Diffusion model"),
             )
         })
     }
@@ -81,6 +88,8 @@ impl WeightMap {
         };
         let t = match entry.transform {
             Transform::ConvToLinear if t.rank() == 4 => t.reshape(entry.shape.as_slice())?,
+            Transform::Rows { start, len } => t.narrow(0, start, len)?.contiguous()?,
+            Transform::Transpose => t.t()?.contiguous()?,
             _ => t,
         };
         // Convert on the CPU first: uploading f16 then converting would need both copies on the device.

@@ -1,10 +1,12 @@
-//! transformers' `CLIPTextModel`: token ids → the last hidden state (after the final layer norm), the
-//! conditioning the UNet cross-attends to. Causal self-attention; `quick_gelu` (SD 1.x) or `gelu` (SD 2.x).
-//! An optional attention mask hides tokens from the others (compel's `DownweightMode.MASK`).
+//! transformers' `CLIPTextModel` / `CLIPTextModelWithProjection`: token ids → hidden states, the conditioning the
+//! UNet cross-attends to — the last layer's after the final layer norm (SD 1.x/2.x) or the penultimate layer's
+//! (SDXL) — and the projected EOS embedding (SDXL's pooled `text_embeds`). Causal self-attention; `quick_gelu`
+//! (OpenAI CLIP) or `gelu` (OpenCLIP). An optional attention mask hides tokens from the others (compel's
+//! `DownweightMode.MASK`).
 
 use super::attention::{attention_on_tiles, scaled_dot_product_attention};
-use super::blocks::{layer_norm, LayerNorm};
 use super::config::ClipTextConfig;
+use super::layers::{layer_norm, LayerNorm};
 use super::linear::{linear, Linear};
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
@@ -129,7 +131,19 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (no bias), when the weights have one.
+    text_projection: Option<Linear>,
     max_positions: usize,
+    eos_token_id: u32,
+}
+
+/// The hidden states SD families read from a text encoder.
+#[derive(Debug, Clone)]
+pub struct ClipHidden {
+    /// The penultimate layer's output, not normed (transformers' `hidden_states[-2]`).
+    pub penultimate: Tensor,
+    /// The last layer's output after the final layer norm (`last_hidden_state`).
+    pub last_normed: Tensor,
 }
 
 impl ClipTextModel {
@@ -144,10 +158,23 @@ impl ClipTextModel {
         }
         // transformers 4.x saves `text_model.`-prefixed keys (the canonical names); 5.x saves
         // `CLIPTextModel` without the prefix. Accept both so either diffusers folder loads as is.
+        let root = vb.clone();
         let vb = if vb.contains_tensor("embeddings.token_embedding.weight") {
             vb
         } else {
             vb.pp("text_model")
+        };
+        let text_projection = match root.contains_tensor("text_projection.weight") {
+            true => {
+                let shape = root.get_unchecked("text_projection.weight")?.dims().to_vec();
+                let projection_dim = shape.first().copied().unwrap_or(cfg.hidden_size);
+                Some(super::linear::linear_no_bias(
+                    cfg.hidden_size,
+                    projection_dim,
+                    root.pp("text_projection"),
+                )?)
+            }
+            false => None,
         };
         let emb = vb.pp("embeddings");
         let layers = (0..cfg.num_hidden_layers)
@@ -176,8 +203,15 @@ impl ClipTextModel {
             )?,
             layers,
             final_layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            text_projection,
             max_positions: cfg.max_position_embeddings,
+            eos_token_id: crate::text::tokenizer::EOS_ID,
         })
+    }
+
+    /// Whether this encoder has a `text_projection` (SDXL's second encoder), so [`Self::pooled`] works.
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
     }
 
     /// `input_ids: [B, N]` (u32, N ≤ max positions, 77 for SD) → `[B, N, hidden]` in the weights' dtype.
@@ -189,6 +223,49 @@ impl ClipTextModel {
     /// query attends to it (on top of the causal mask). Every query must keep at least one visible key (position 0
     /// at least, as compel's masks always do), or its row of hidden states becomes NaN.
     pub fn forward_masked(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.run_layers(input_ids, attention_mask, None)?.0;
+        self.final_layer_norm.forward(&x)
+    }
+
+    /// The penultimate and the last (normed) hidden states of `input_ids`, masked as [`Self::forward_masked`].
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<ClipHidden> {
+        let keep = self.layers.len().saturating_sub(1);
+        let (last, penultimate) = self.run_layers(input_ids, attention_mask, Some(keep))?;
+        Ok(ClipHidden {
+            penultimate: penultimate.unwrap_or_else(|| last.clone()),
+            last_normed: self.final_layer_norm.forward(&last)?,
+        })
+    }
+
+    /// transformers' `text_embeds`: the final-normed hidden state at each sequence's first EOS token, projected by
+    /// `text_projection`; `last_normed` is [`ClipHidden::last_normed`] of the same `input_ids`.
+    pub fn pooled(&self, input_ids: &Tensor, last_normed: &Tensor) -> Result<Tensor> {
+        let Some(projection) = &self.text_projection else {
+            candle_core::bail!("this text encoder has no text_projection, so no pooled embedding");
+        };
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(b, seq)| {
+                let eos = seq
+                    .iter()
+                    .position(|&t| t == self.eos_token_id)
+                    .unwrap_or(seq.len() - 1);
+                last_normed.get(b)?.get(eos)?.unsqueeze(0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        projection.forward(&Tensor::cat(&rows, 0)?)
+    }
+
+    /// Embeddings and the layers; returns the last layer's output and, with `capture = Some(i)`, the output after
+    /// the first `i` layers.
+    fn run_layers(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        capture: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, n) = input_ids.dims2()?;
         if n > self.max_positions {
             candle_core::bail!("CLIP: {n} tokens exceed the model's {} positions", self.max_positions);
@@ -214,10 +291,17 @@ impl ClipTextModel {
         let tokens = self.token_embedding.forward(&input_ids.to_dtype(DType::U32)?)?;
         let position = self.position_embedding.forward(&positions)?;
         let mut x = tokens.to_dtype(position.dtype())?.broadcast_add(&position)?;
-        for layer in &self.layers {
+        let mut captured = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if capture == Some(i) {
+                captured = Some(x.clone());
+            }
             check_between_layers()?;
             x = layer.forward(&x, key_mask.as_ref())?;
         }
-        self.final_layer_norm.forward(&x)
+        if capture == Some(self.layers.len()) {
+            captured = Some(x.clone());
+        }
+        Ok((x, captured))
     }
 }

@@ -1,5 +1,6 @@
 //! Network configurations, read from diffusers' `config.json` files (unknown fields ignored) or inferred
-//! from a checkpoint's tensor shapes by `model/`. Defaults are Stable Diffusion 1.5's.
+//! from a checkpoint's tensor shapes by `model/`. Defaults are Stable Diffusion 1.5's; `model::family` derives the
+//! other families' from them.
 
 use serde::Deserialize;
 
@@ -18,9 +19,19 @@ impl PerBlock {
             PerBlock::Each(v) => v[block.min(v.len().saturating_sub(1))],
         }
     }
+
+    /// The last block's value (the mid block takes the deepest block's settings).
+    pub fn last(&self) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v.last().copied().unwrap_or(0),
+        }
+    }
 }
 
-/// `UNet2DConditionModel` (SD 1.x layout: cross-attention down blocks, then a plain one; mirrored going up).
+/// `UNet2DConditionModel`, configured by data as in diffusers: SD 1.x/2.x (cross-attention down blocks, then a plain
+/// one; mirrored going up), SDXL (a plain block first, deeper transformers, `text_time` added conditioning), LCM
+/// (a guidance embedding through `time_cond_proj_dim`), inpainting (9 input channels).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
@@ -30,8 +41,12 @@ pub struct UNetConfig {
     pub down_block_types: Vec<String>,
     pub up_block_types: Vec<String>,
     pub layers_per_block: usize,
-    /// In SD 1.x configs this is the number of heads (a diffusers misnomer); head size is channels / heads.
+    /// In SD configs this is the number of heads (a diffusers misnomer); head size is channels / heads.
     pub attention_head_dim: PerBlock,
+    /// The number of heads when a config names it properly (it then wins over `attention_head_dim`).
+    pub num_attention_heads: Option<PerBlock>,
+    /// Transformer blocks per spatial transformer, per down block (up blocks mirror it; the mid block takes the last).
+    pub transformer_layers_per_block: PerBlock,
     pub cross_attention_dim: usize,
     pub norm_num_groups: usize,
     pub norm_eps: f64,
@@ -40,6 +55,40 @@ pub struct UNetConfig {
     /// SD 2.x uses linear `proj_in`/`proj_out`; SD 1.x uses 1×1 convolutions.
     pub use_linear_projection: bool,
     pub sample_size: usize,
+    /// `"text_time"` for SDXL: a pooled text embedding and the image-size micro-conditioning are added to the
+    /// time embedding.
+    pub addition_embed_type: Option<String>,
+    /// Width of each micro-conditioning value's sinusoidal embedding (SDXL: 256).
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding`: 6 × `addition_time_embed_dim` + the pooled embedding's width (SDXL: 2816).
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// LCM-distilled UNets take the guidance scale as an embedding of this width (`time_embedding.cond_proj`).
+    pub time_cond_proj_dim: Option<usize>,
+    /// SD 2.1-768 computes attention in f32 even in f16 (Ember's attention always accumulates in f32).
+    pub upcast_attention: bool,
+}
+
+impl UNetConfig {
+    /// Attention heads of the transformers in down block `block` (up blocks mirror it).
+    pub fn heads(&self, block: usize) -> usize {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .get(block)
+    }
+
+    /// Attention heads of the mid block's transformer.
+    pub fn mid_heads(&self) -> usize {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .last()
+    }
+
+    /// Whether this UNet takes SDXL's pooled text embedding and micro-conditioning.
+    pub fn has_text_time(&self) -> bool {
+        self.addition_embed_type.as_deref() == Some("text_time")
+    }
 }
 
 impl Default for UNetConfig {
@@ -62,6 +111,8 @@ impl Default for UNetConfig {
             ],
             layers_per_block: 2,
             attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            transformer_layers_per_block: PerBlock::One(1),
             cross_attention_dim: 768,
             norm_num_groups: 32,
             norm_eps: 1e-5,
@@ -69,6 +120,11 @@ impl Default for UNetConfig {
             freq_shift: 0.0,
             use_linear_projection: false,
             sample_size: 64,
+            addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
+            time_cond_proj_dim: None,
+            upcast_attention: false,
         }
     }
 }

@@ -5,12 +5,13 @@ pub mod attention;
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod layers;
 pub mod linear;
 pub mod unet;
 pub mod vae;
 
-pub use blocks::{seamless_enabled, seamless_scope, SeamlessScope};
 pub use clip::ClipTextModel;
+pub use layers::{seamless_enabled, seamless_scope, SeamlessScope};
 pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;
 

@@ -1,11 +1,12 @@
-//! diffusers' `UNet2DConditionModel` (the SD 1.x/2.x layout): predicts the noise ε of a latent at a
-//! timestep, conditioned on CLIP hidden states through cross-attention.
+//! diffusers' `UNet2DConditionModel` as SD 1.x/2.x, SDXL and LCM configure it: predicts the noise ε (or v) of a
+//! latent at a timestep, conditioned on text hidden states through cross-attention and on whatever else the model
+//! takes ([`UNetInputs`]: SDXL's pooled text and size micro-conditioning, LCM's guidance embedding, an inpainting
+//! UNet's extra input channels).
 
-use super::blocks::{
-    cat_channels, group_norm, Conv, Downsample2D, GroupNorm, ImageMemory, ResnetBlock2D, Transformer2DModel, Upsample2D,
-};
+use super::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, TransformerShape, Upsample2D};
 use super::config::UNetConfig;
-use super::linear::{linear, Linear};
+use super::layers::{cat_channels, group_norm, Conv, GroupNorm, ImageMemory};
+use super::linear::{linear, linear_no_bias, Linear};
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -31,8 +32,46 @@ fn has_cross_attention(block_type: &str) -> Result<bool> {
     match block_type {
         "CrossAttnDownBlock2D" | "CrossAttnUpBlock2D" => Ok(true),
         "DownBlock2D" | "UpBlock2D" => Ok(false),
-        other => candle_core::bail!("unsupported UNet block type {other:?} (only SD 1.x/2.x layouts are supported)"),
+        other => {
+            candle_core::bail!("unsupported UNet block type {other:?} (SD 1.x, SD 2.x and SDXL layouts are supported)")
+        }
     }
+}
+
+/// What the UNet is conditioned on besides the latent and the timestep; every tensor's batch matches the latent's.
+/// (ControlNet residuals will join here.)
+#[derive(Debug, Clone)]
+pub struct UNetInputs {
+    /// Text hidden states the cross-attention reads, `[B, M, C_ctx]`.
+    pub context: Tensor,
+    /// SDXL's `text_time` conditioning: the pooled text embedding `[B, P]` and the size micro-conditioning
+    /// `[B, 6]` (original height, width, crop top, left, target height, width).
+    pub text_time: Option<(Tensor, Tensor)>,
+    /// An LCM-distilled UNet's guidance-scale embedding, `[B, time_cond_proj_dim]`.
+    pub timestep_cond: Option<Tensor>,
+    /// Channels joined to the latent before `conv_in` (an inpainting UNet's mask and masked-image latent).
+    pub extra_channels: Option<Tensor>,
+}
+
+impl UNetInputs {
+    /// Text conditioning alone (SD 1.x/2.x).
+    pub fn text(context: Tensor) -> Self {
+        Self {
+            context,
+            text_time: None,
+            timestep_cond: None,
+            extra_channels: None,
+        }
+    }
+}
+
+/// SDXL's `add_time_proj` + `add_embedding`: six sinusoidal size embeddings and the pooled text embedding, through
+/// two linear layers, added to the time embedding.
+#[derive(Debug, Clone)]
+struct AddEmbedding {
+    time_embed_dim: usize,
+    linear_1: Linear,
+    linear_2: Linear,
 }
 
 /// `UNet2DConditionModel`. Parameter names are diffusers' state-dict keys.
@@ -41,6 +80,9 @@ pub struct UNet2DConditionModel {
     conv_in: Conv,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    /// LCM: `time_embedding.cond_proj`, the guidance embedding added to the timestep's.
+    time_cond_proj: Option<Linear>,
+    add_embedding: Option<AddEmbedding>,
     down: Vec<(Block, Option<Downsample2D>)>,
     mid: (ResnetBlock2D, Transformer2DModel, ResnetBlock2D),
     up: Vec<(Block, Option<Upsample2D>)>,
@@ -63,9 +105,18 @@ impl UNet2DConditionModel {
         }
         let temb_dim = 4 * boc[0];
         let (groups, eps, ctx) = (cfg.norm_num_groups, cfg.norm_eps, cfg.cross_attention_dim);
-        let transformer = |vb: VarBuilder, ch: usize, heads: usize| {
-            Transformer2DModel::new(vb, ch, heads, ctx, groups, cfg.use_linear_projection)
+        let transformer = |vb: VarBuilder, channels: usize, heads: usize, depth: usize| {
+            let shape = TransformerShape {
+                channels,
+                heads,
+                context_dim: ctx,
+                groups,
+                linear_projection: cfg.use_linear_projection,
+                depth,
+            };
+            Transformer2DModel::new(vb, shape)
         };
+        let depth = &cfg.transformer_layers_per_block;
 
         let mut down = Vec::with_capacity(n);
         let vb_down = vb.pp("down_blocks");
@@ -83,10 +134,12 @@ impl UNet2DConditionModel {
                     .resnets
                     .push(ResnetBlock2D::new(vb_r, in_ch, out_ch, Some(temb_dim), groups, eps)?);
                 if cross {
-                    let heads = cfg.attention_head_dim.get(i);
-                    block
-                        .attentions
-                        .push(transformer(vb.pp("attentions").pp(j), out_ch, heads)?);
+                    block.attentions.push(transformer(
+                        vb.pp("attentions").pp(j),
+                        out_ch,
+                        cfg.heads(i),
+                        depth.get(i),
+                    )?);
                 }
             }
             let downsample = if i + 1 < n {
@@ -101,7 +154,7 @@ impl UNet2DConditionModel {
         let mid_ch = boc[n - 1];
         let mid = (
             ResnetBlock2D::new(vb_mid.pp("resnets").pp(0), mid_ch, mid_ch, Some(temb_dim), groups, eps)?,
-            transformer(vb_mid.pp("attentions").pp(0), mid_ch, cfg.attention_head_dim.get(n - 1))?,
+            transformer(vb_mid.pp("attentions").pp(0), mid_ch, cfg.mid_heads(), depth.last())?,
             ResnetBlock2D::new(vb_mid.pp("resnets").pp(1), mid_ch, mid_ch, Some(temb_dim), groups, eps)?,
         );
 
@@ -132,10 +185,12 @@ impl UNet2DConditionModel {
                     eps,
                 )?);
                 if cross {
-                    let heads = cfg.attention_head_dim.get(level);
-                    block
-                        .attentions
-                        .push(transformer(vb.pp("attentions").pp(j), out_ch, heads)?);
+                    block.attentions.push(transformer(
+                        vb.pp("attentions").pp(j),
+                        out_ch,
+                        cfg.heads(level),
+                        depth.get(level),
+                    )?);
                 }
             }
             let upsample = if i + 1 < n {
@@ -146,7 +201,25 @@ impl UNet2DConditionModel {
             up.push((block, upsample));
         }
 
+        let time_cond_proj = cfg
+            .time_cond_proj_dim
+            .map(|dim| linear_no_bias(dim, boc[0], vb.pp("time_embedding").pp("cond_proj")))
+            .transpose()?;
+        let add_embedding = match (cfg.has_text_time(), cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+            (false, _, _) => None,
+            (true, Some(time_embed_dim), Some(input)) => Some(AddEmbedding {
+                time_embed_dim,
+                linear_1: linear(input, temb_dim, vb.pp("add_embedding").pp("linear_1"))?,
+                linear_2: linear(temb_dim, temb_dim, vb.pp("add_embedding").pp("linear_2"))?,
+            }),
+            (true, _, _) => candle_core::bail!(
+                "UNet config: text_time conditioning needs addition_time_embed_dim and projection_class_embeddings_input_dim"
+            ),
+        };
+
         Ok(Self {
+            time_cond_proj,
+            add_embedding,
             // Activations stay channels-last between these two on the AMX path (`ImageMemory`).
             conv_in: Conv::new(cfg.in_channels, boc[0], 3, 1, None, vb.pp("conv_in"))?
                 .with_output_memory(ImageMemory::ChannelsLast),
@@ -165,19 +238,35 @@ impl UNet2DConditionModel {
         })
     }
 
-    /// ε prediction for `sample: [B, C, h, w]` at `timestep` (may be fractional) with
-    /// `encoder_hidden_states: [B, M, C_ctx]`. Computes in the weights' dtype and returns `sample`'s dtype.
-    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+    /// The network's output for `sample: [B, C, h, w]` at `timestep` (may be fractional), conditioned on `inputs`.
+    /// Computes in the weights' dtype and returns `sample`'s dtype.
+    pub fn forward(&self, sample: &Tensor, timestep: f64, inputs: &UNetInputs) -> Result<Tensor> {
         let out_dtype = sample.dtype();
         let batch = sample.dim(0)?;
-        let x = sample.to_dtype(self.dtype)?;
-        let context = encoder_hidden_states.to_dtype(self.dtype)?;
+        let x = match &inputs.extra_channels {
+            Some(extra) => Tensor::cat(&[sample, &extra.to_dtype(sample.dtype())?], 1)?,
+            None => sample.clone(),
+        };
+        let x = x.to_dtype(self.dtype)?;
+        let context = inputs.context.to_dtype(self.dtype)?;
 
         let t_proj = timestep_embedding(timestep, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift)?;
-        let t_proj = t_proj.to_device(sample.device())?.to_dtype(self.dtype)?;
+        let mut t_proj = t_proj.to_device(sample.device())?.to_dtype(self.dtype)?;
+        match (&self.time_cond_proj, &inputs.timestep_cond) {
+            (Some(proj), Some(cond)) => t_proj = t_proj.broadcast_add(&proj.forward(&cond.to_dtype(self.dtype)?)?)?,
+            (Some(_), None) => candle_core::bail!("this UNet (LCM) needs a guidance embedding (timestep_cond)"),
+            (None, _) => {}
+        }
         let temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&t_proj)?.silu()?)?;
+        let temb = match (&self.add_embedding, &inputs.text_time) {
+            (Some(add), Some((pooled, time_ids))) => temb.broadcast_add(&add.forward(pooled, time_ids, self)?)?,
+            (Some(_), None) => {
+                candle_core::bail!("this UNet (SDXL) needs the pooled text embedding and size conditioning")
+            }
+            (None, _) => temb,
+        };
         let temb = temb.broadcast_as((batch, temb.dim(1)?))?.contiguous()?;
 
         let mut x = self.conv_in.forward(&x)?;
@@ -219,6 +308,22 @@ impl UNet2DConditionModel {
         self.conv_out
             .forward_after_norm(&x, &self.conv_norm_out, true, None)?
             .to_dtype(out_dtype)
+    }
+}
+
+impl AddEmbedding {
+    /// `[B, temb]` from `pooled: [B, P]` and `time_ids: [B, 6]`.
+    fn forward(&self, pooled: &Tensor, time_ids: &Tensor, unet: &UNet2DConditionModel) -> Result<Tensor> {
+        let (batch, n) = time_ids.dims2()?;
+        let values = time_ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let rows = values
+            .iter()
+            .map(|&v| timestep_embedding(v, self.time_embed_dim, unet.flip_sin_to_cos, unet.freq_shift))
+            .collect::<Result<Vec<_>>>()?;
+        let sizes = Tensor::cat(&rows, 0)?.reshape((batch, n * self.time_embed_dim))?;
+        let sizes = sizes.to_device(pooled.device())?.to_dtype(unet.dtype)?;
+        let input = Tensor::cat(&[&pooled.to_dtype(unet.dtype)?, &sizes], 1)?;
+        self.linear_2.forward(&self.linear_1.forward(&input)?.silu()?)
     }
 }
 

@@ -6,10 +6,9 @@
 //! (diffusers' `enable_tiling()`), so the activations of a huge image never have to fit in memory at once.
 
 use super::attention::Attention;
-use super::blocks::{
-    group_norm, image_to_tokens, Conv, Downsample2D, GroupNorm, ImageMemory, ResnetBlock2D, Upsample2D,
-};
+use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::config::VaeConfig;
+use super::layers::{group_norm, image_to_tokens, Conv, GroupNorm, ImageMemory};
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -6,24 +6,28 @@
 
 use crate::cancel::cancel_scope;
 pub use crate::cancel::CancelToken;
-use crate::guidance::GuidedUNet;
+use crate::guidance::{Guidance, GuidedUNet};
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
 use crate::image::png_meta::ImageRecord;
+use crate::model::family::{Family, ModelSpec};
 use crate::model::{load_model, ModelWeights};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
 use crate::nn::Precision;
 use crate::request::{img2img_steps, GenerateRequest};
+use crate::sample::denoiser::PredictionType;
 use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
-use crate::sample::schedule::NoiseSchedule;
+use crate::sample::schedule::{NoiseSchedule, TimestepSpacing};
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_parsed};
+use crate::text::conditioning::{describe_tokenization, encode_for_model};
+use crate::text::encoder::TextConditioner;
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod check;
@@ -53,6 +57,8 @@ pub enum Event<'a> {
 /// passes), and the step count reported so far.
 struct SamplingRun<'r> {
     request: &'r GenerateRequest,
+    /// The request's noise schedule (the model's, spaced as the request or the model says).
+    schedule: &'r NoiseSchedule,
     guided: &'r GuidedUNet<'r>,
     rng: &'r mut TorchRng,
     cancel: &'r CancelToken,
@@ -79,22 +85,23 @@ pub struct Generated {
     pub latents: Tensor,
 }
 
-/// A loaded Stable Diffusion 1.x model, ready to run requests one at a time.
+/// A loaded Stable Diffusion model (SD 1.x, SD 2.x, SDXL and their Turbo/LCM variants), ready to run requests one
+/// at a time.
 pub struct Pipeline {
     device: Device,
     dtype: DType,
+    /// The prompt tokenizer (the first text encoder's).
     tokenizer: Arc<ClipTokenizer>,
     /// What `generate` checks before any tensor work (shared with front-ends through [`Pipeline::checker`]).
     check: RequestCheck,
-    text_encoder: ClipTextModel,
+    text: TextConditioner,
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
-    vae_scale: f64,
-    schedule: NoiseSchedule,
+    spec: ModelSpec,
     model_name: String,
     model_hash: Option<String>,
-    /// The side in pixels the UNet was trained at (`sample_size × 8`: 512 for SD 1.x).
-    native_size: usize,
+    /// A size far from the family's native one has been warned about (once per loaded model).
+    size_warned: AtomicBool,
 }
 
 impl Pipeline {
@@ -106,42 +113,80 @@ impl Pipeline {
 
     /// Builds the networks from already-located weights.
     pub fn from_weights(weights: ModelWeights, device: &Device, dtype: DType) -> Result<Self> {
-        let tokenizer = Arc::new(match &weights.tokenizer_dir {
-            Some(dir) => ClipTokenizer::from_dir(dir)?,
-            None => ClipTokenizer::bundled()?,
-        });
-        let native_size = weights.unet_config.sample_size * 8;
+        let spec = weights.spec.clone();
+        let tokenizers = spec
+            .text_encoders
+            .iter()
+            .zip(&weights.tokenizer_dirs)
+            .map(|(encoder, dir)| match dir {
+                Some(dir) => ClipTokenizer::from_dir(dir),
+                None => ClipTokenizer::bundled_padding_with(encoder.pad_token),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let model_err = |what: &str, e: candle_core::Error| {
             Error::model(
                 &weights.source,
-                format!("the {what} weights do not fit an SD 1.x {what}: {e}"),
+                format!("the {what} weights do not fit an {} {what}: {e}", spec.family),
             )
         };
         let precision = Precision::new(device, dtype);
-        let (text_encoder, unet, vae) = precision.build(|| -> Result<_> {
+        let (text_encoders, unet, vae) = precision.build(|| -> Result<_> {
             let in_dtype = |vb: &VarBuilder<'static>| vb.clone().set_dtype(precision.activations);
+            let text_encoders = weights
+                .text_encoders
+                .iter()
+                .zip(&spec.text_encoders)
+                .map(|(vb, encoder)| {
+                    ClipTextModel::new(in_dtype(vb), &encoder.config).map_err(|e| model_err("text encoder", e))
+                })
+                .collect::<Result<Vec<_>>>()?;
             Ok((
-                ClipTextModel::new(in_dtype(&weights.text_encoder), &weights.clip_config)
-                    .map_err(|e| model_err("text encoder", e))?,
-                UNet2DConditionModel::new(in_dtype(&weights.unet), &weights.unet_config)
-                    .map_err(|e| model_err("UNet", e))?,
-                AutoencoderKL::new(in_dtype(&weights.vae), &weights.vae_config).map_err(|e| model_err("VAE", e))?,
+                text_encoders,
+                UNet2DConditionModel::new(in_dtype(&weights.unet), &spec.unet).map_err(|e| model_err("UNet", e))?,
+                AutoencoderKL::new(in_dtype(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?,
             ))
         })?;
+        let tokenizer_refs: Vec<&ClipTokenizer> = tokenizers.iter().collect();
+        let text = TextConditioner::new(text_encoders, &spec.text_encoders, &tokenizer_refs);
+        let tokenizer = Arc::new(
+            tokenizers
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?,
+        );
         Ok(Self {
             device: device.clone(),
             dtype: precision.activations,
-            check: RequestCheck::new(tokenizer.clone(), native_size),
+            check: RequestCheck::new(tokenizer.clone(), spec.native_size()),
             tokenizer,
-            text_encoder,
+            text,
             unet,
             vae,
-            vae_scale: weights.vae_config.scaling_factor,
-            schedule: NoiseSchedule::sd15(),
             model_name: weights.name.clone(),
             model_hash: weights.hash.clone(),
-            native_size,
+            spec,
+            size_warned: AtomicBool::new(false),
         })
+    }
+
+    /// What the model is: family, configurations, schedule, defaults, and how undecidable details were decided.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The prediction type a request runs with (its override, else the model's).
+    pub fn prediction_type(&self, request: &GenerateRequest) -> PredictionType {
+        request.prediction_type.unwrap_or(self.spec.scheduler.prediction_type)
+    }
+
+    /// The timestep spacing a request runs with (its override, else the model's).
+    pub fn timestep_spacing(&self, request: &GenerateRequest) -> TimestepSpacing {
+        request.timestep_spacing.unwrap_or(self.spec.scheduler.spacing)
+    }
+
+    /// How a request's scale is applied on this model.
+    pub fn guidance(&self, request: &GenerateRequest) -> Guidance {
+        Guidance::for_scale(request.cfg_scale, self.spec.unet.time_cond_proj_dim)
     }
 
     pub fn model_name(&self) -> &str {
@@ -215,18 +260,37 @@ impl Pipeline {
             _ => None,
         };
 
-        // text: prompt language → weighted CLIP hidden states, prompt and negative of equal length.
-        let text = encode_parsed(
+        self.warn_about_size(width, height, on_event);
+        // text: prompt language → weighted text-encoder hidden states, prompt and negative of equal length (and SDXL's
+        // pooled embeddings).
+        let mut text = encode_for_model(
             &self.tokenizer,
-            &self.text_encoder,
+            &self.text,
             &self.device,
             prompts,
             &prompt_options(request),
+            self.spec.force_zeros_for_empty_prompt,
         )?;
-        for warning in text.warnings {
+        for warning in std::mem::take(&mut text.warnings) {
             on_event(Event::Warning(warning));
         }
-        let guided = GuidedUNet::new(&self.unet, &text.uncond, &text.cond, request.cfg_scale)?;
+        // SDXL's micro-conditioning: original size = target size = the image's, no crop (diffusers' defaults).
+        let time_ids = match self.spec.family {
+            Family::Sdxl => {
+                let (h, w) = (height as f64, width as f64);
+                Some(Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?.to_dtype(self.latent_dtype())?)
+            }
+            _ => None,
+        };
+        let guidance = self.guidance(request);
+        let guided = GuidedUNet::new(
+            &self.unet,
+            &text,
+            time_ids.as_ref(),
+            guidance,
+            self.prediction_type(request),
+        )?;
+        let schedule = self.spec.scheduler.noise_schedule(request.timestep_spacing)?;
 
         if request.threshold > 0.0 && !request.sampler.is_k_sampler() {
             on_event(Event::Warning(format!(
@@ -251,7 +315,7 @@ impl Pipeline {
             request.seed,
             &request.with_variations,
             request.perlin,
-            &[1, 4, noise_h / 8, noise_w / 8],
+            &[1, self.spec.latent_channels(), noise_h / 8, noise_w / 8],
             &Device::Cpu,
         )?;
         let noise = noise.to_dtype(self.latent_dtype())?.to_device(&self.device)?;
@@ -262,6 +326,7 @@ impl Pipeline {
 
         let mut run = SamplingRun {
             request,
+            schedule: &schedule,
             guided: &guided,
             rng: &mut rng,
             cancel,
@@ -324,14 +389,15 @@ impl Pipeline {
         request: &GenerateRequest,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Option<(usize, usize)> {
-        let first = hires::first_pass_size(width, height, self.native_size);
+        let native = self.spec.native_size();
+        let first = hires::first_pass_size(width, height, native);
         if first.0 >= width && first.1 >= height {
             on_event(Event::Warning(format!(
                 "--hires_fix has no effect at {width}×{height}: the model's native size is {n}×{n}; \
                  it helps for larger images (e.g. -W {w} -H {h})",
-                n = self.native_size,
-                w = self.native_size * 2,
-                h = self.native_size,
+                n = native,
+                w = native * 2,
+                h = native,
             )));
             return None;
         }
@@ -339,9 +405,9 @@ impl Pipeline {
         Some(first)
     }
 
-    /// Fresh noise `[1, 4, h/8, w/8]` from the run's generator (with `perlin` mixed in), in the samplers' dtype.
+    /// Fresh noise `[1, C, h/8, w/8]` from the run's generator (with `perlin` mixed in), in the samplers' dtype.
     fn draw_noise(&self, rng: &mut TorchRng, height: usize, width: usize, perlin: f64) -> Result<Tensor> {
-        let shape = [1, 4, height / 8, width / 8];
+        let shape = [1, self.spec.latent_channels(), height / 8, width / 8];
         let noise = seed_noise(rng, &shape, perlin)?;
         Ok(Tensor::from_vec(noise, &shape, &Device::Cpu)?
             .to_dtype(self.latent_dtype())?
@@ -358,14 +424,15 @@ impl Pipeline {
         noise: &Tensor,
     ) -> Result<Tensor> {
         let request = run.request;
+        let schedule = run.schedule;
         let plan = samplers::plan(
             request.sampler,
-            &self.schedule,
+            schedule,
             request.schedule_steps(),
             request.karras_max,
             t_enc,
         );
-        let start = samplers::start_latent(&plan, &self.schedule, noise, init)?;
+        let start = samplers::start_latent(&plan, schedule, noise, init)?;
         let (offset, total) = (run.steps_done, run.total_steps);
         let cancel = run.cancel;
         let on_event = &mut *run.on_event;
@@ -383,7 +450,7 @@ impl Pipeline {
         let latents = samplers::sample_with_threshold(
             request.sampler,
             run.guided,
-            &self.schedule,
+            schedule,
             start,
             &plan,
             &mut *run.rng,
@@ -392,6 +459,22 @@ impl Pipeline {
         )?;
         run.steps_done += plan.steps();
         Ok(latents)
+    }
+
+    /// Warns, once per loaded model, about an image much smaller than the family's native size (SDXL at 512²
+    /// gives broken images; it is allowed all the same).
+    fn warn_about_size(&self, width: usize, height: usize, on_event: &mut dyn FnMut(Event<'_>)) {
+        let native = self.spec.native_size();
+        if self.spec.family != Family::Sdxl || 2 * width * height >= native * native {
+            return;
+        }
+        if !self.size_warned.swap(true, Ordering::Relaxed) {
+            on_event(Event::Warning(format!(
+                "{width}×{height} is far below this {} model's native {native}×{native}; such models tend to give \
+                 broken images this small (try -W {native} -H {native})",
+                self.spec.family
+            )));
+        }
     }
 
     /// The prompt's tokens as CLIP sees them, with their weights and chunks, for `-t` (InvokeAI's
@@ -418,7 +501,7 @@ impl Pipeline {
         } else {
             self.vae.encode_mean(&pixels)?
         };
-        Ok((mean.to_dtype(self.latent_dtype())? * self.vae_scale)?)
+        Ok((mean.to_dtype(self.latent_dtype())? * self.spec.vae_scale())?)
     }
 
     /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits); in tiles with `vae_tiling`.
@@ -429,7 +512,7 @@ impl Pipeline {
 
     /// Latents → `[1, 3, H, W]` f32 in [0, 1]; in tiles with `vae_tiling`.
     pub fn decode_to_unit_range(&self, latents: &Tensor, vae_tiling: bool) -> Result<Tensor> {
-        let z = (latents / self.vae_scale)?.to_dtype(self.dtype)?;
+        let z = (latents / self.spec.vae_scale())?.to_dtype(self.dtype)?;
         if z.device().is_cpu() {
             crate::cpu::release_free_heap();
         }

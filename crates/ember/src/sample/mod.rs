@@ -25,10 +25,12 @@ pub enum SamplerKind {
     KDpmpp2A,
     Ddim,
     Plms,
+    /// Latent consistency sampling (diffusers' `LCMScheduler`), for LCM-distilled models and LCM-LoRA: 2–8 steps.
+    Lcm,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 10] = [
+    pub const ALL: [SamplerKind; 11] = [
         SamplerKind::KLms,
         SamplerKind::KEuler,
         SamplerKind::KEulerA,
@@ -39,6 +41,7 @@ impl SamplerKind {
         SamplerKind::KDpmpp2A,
         SamplerKind::Ddim,
         SamplerKind::Plms,
+        SamplerKind::Lcm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,12 +56,13 @@ impl SamplerKind {
             SamplerKind::KDpmpp2A => "k_dpmpp_2_a",
             SamplerKind::Ddim => "ddim",
             SamplerKind::Plms => "plms",
+            SamplerKind::Lcm => "lcm",
         }
     }
 
-    /// k-diffusion samplers work in σ space; ddim/plms work on discrete timesteps.
+    /// k-diffusion samplers work in σ space; ddim/plms/lcm work on discrete timesteps.
     pub fn is_k_sampler(self) -> bool {
-        !matches!(self, SamplerKind::Ddim | SamplerKind::Plms)
+        !matches!(self, SamplerKind::Ddim | SamplerKind::Plms | SamplerKind::Lcm)
     }
 
     /// Ancestral samplers draw fresh noise at every step.

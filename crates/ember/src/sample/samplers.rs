@@ -1,14 +1,14 @@
-//! The samplers InvokeAI 2.x offers, behind one entry point: [`plan`] turns (sampler, steps, img2img strength) into
+//! The samplers InvokeAI 2.x offers, and LCM's, behind one entry point: [`plan`] turns (sampler, steps, img2img strength) into
 //! the sigmas or timesteps to run, [`start_latent`] builds the latent the run starts from, and [`sample`] runs it.
-//! The k-diffusion samplers live in `ksamplers`, DDIM and PLMS in `discrete`.
+//! The k-diffusion samplers live in `ksamplers`, DDIM, PLMS and LCM in `discrete`.
 
 mod discrete;
 mod ksamplers;
 
-pub use discrete::{ddim, plms};
+pub use discrete::{ddim, lcm, plms};
 pub use ksamplers::{dpm_2, dpm_2_ancestral, dpmpp_2m, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms};
 
-use super::denoiser::{CompVisDenoiser, EpsModel};
+use super::denoiser::{CompVisDenoiser, NoisePredictor};
 use super::rng::NoiseSource;
 use super::schedule::NoiseSchedule;
 use super::SamplerKind;
@@ -68,18 +68,18 @@ pub fn plan(
         };
         SamplingPlan::Sigmas(sigmas[skip..].to_vec())
     } else {
-        let timesteps = if steps == 0 {
-            Vec::new()
-        } else {
-            schedule.ddim_timesteps(steps)
+        let timesteps = match (steps, kind) {
+            (0, _) => Vec::new(),
+            (_, SamplerKind::Lcm) => schedule.lcm_timesteps(steps),
+            _ => schedule.ddim_timesteps(steps),
         };
         SamplingPlan::Timesteps(timesteps[skip..].to_vec())
     }
 }
 
 /// The latent a run starts from, given standard normal `noise` and, for img2img, the encoded `init` latent:
-/// k-samplers `init + noise·σ₀` (txt2img: `noise·σ₀`); DDIM/PLMS `√ᾱ·init + √(1-ᾱ)·noise` at the first timestep
-/// that runs (txt2img: `noise`).
+/// k-samplers `init + noise·σ₀` (txt2img: `noise·σ₀`, or √(σ₀²+1) under `leading` spacing as diffusers starts
+/// there); DDIM/PLMS/LCM `√ᾱ·init + √(1-ᾱ)·noise` at the first timestep that runs (txt2img: `noise`).
 pub fn start_latent(
     plan: &SamplingPlan,
     schedule: &NoiseSchedule,
@@ -87,7 +87,10 @@ pub fn start_latent(
     init: Option<&Tensor>,
 ) -> Result<Tensor> {
     match (plan, init) {
-        (SamplingPlan::Sigmas(s), None) => Ok(noise.affine(s.first().copied().unwrap_or(0.0), 0.0)?),
+        (SamplingPlan::Sigmas(s), None) => {
+            let first = s.first().copied().unwrap_or(0.0);
+            Ok(noise.affine(schedule.initial_noise_scale(first), 0.0)?)
+        }
         (SamplingPlan::Sigmas(s), Some(init)) => Ok((init + noise.affine(s.first().copied().unwrap_or(0.0), 0.0)?)?),
         (SamplingPlan::Timesteps(_), None) => Ok(noise.clone()),
         (SamplingPlan::Timesteps(t), Some(init)) => match t.first() {
@@ -105,7 +108,7 @@ pub fn start_latent(
 /// request's [`super::rng::TorchRng`], continuing after the start noise, as in InvokeAI).
 pub fn sample(
     kind: SamplerKind,
-    model: &dyn EpsModel,
+    model: &dyn NoisePredictor,
     schedule: &NoiseSchedule,
     x: Tensor,
     plan: &SamplingPlan,
@@ -120,7 +123,7 @@ pub fn sample(
 #[allow(clippy::too_many_arguments)]
 pub fn sample_with_threshold(
     kind: SamplerKind,
-    model: &dyn EpsModel,
+    model: &dyn NoisePredictor,
     schedule: &NoiseSchedule,
     x: Tensor,
     plan: &SamplingPlan,
@@ -141,11 +144,14 @@ pub fn sample_with_threshold(
                 SamplerKind::KDpm2A => dpm_2_ancestral(&d, x, sigmas, noise, on_step),
                 SamplerKind::KDpmpp2 => dpmpp_2m(&d, x, sigmas, on_step),
                 SamplerKind::KDpmpp2A => dpmpp_2s_ancestral(&d, x, sigmas, noise, on_step),
-                SamplerKind::Ddim | SamplerKind::Plms => unreachable!("guarded by is_k_sampler"),
+                SamplerKind::Ddim | SamplerKind::Plms | SamplerKind::Lcm => unreachable!("guarded by is_k_sampler"),
             }
         }
         SamplingPlan::Timesteps(timesteps) if kind == SamplerKind::Ddim => ddim(model, schedule, x, timesteps, on_step),
         SamplingPlan::Timesteps(timesteps) if kind == SamplerKind::Plms => plms(model, schedule, x, timesteps, on_step),
+        SamplingPlan::Timesteps(timesteps) if kind == SamplerKind::Lcm => {
+            lcm(model, schedule, x, timesteps, noise, on_step)
+        }
         _ => Err(Error::invalid(
             "sampler",
             format!("{kind} cannot run this plan; build it with samplers::plan for the same sampler"),

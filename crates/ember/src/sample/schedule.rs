@@ -1,14 +1,89 @@
 //! The model's discrete noise schedule and the step lists samplers walk, computed as LDM and k-diffusion do
 //! (InvokeAI 2.x runs both): ᾱ (`alphas_cumprod`), model sigmas σ_t = √((1-ᾱ_t)/ᾱ_t), k-diffusion's
 //! `CompVisDenoiser` helpers (σ ↔ fractional t by log-σ interpolation, `get_sigmas`), Karras sigmas, and
-//! LDM's DDIM/PLMS timesteps. Everything is plain data, computed once per request.
+//! LDM's DDIM/PLMS timesteps, diffusers' timestep spacings (leading, trailing, linspace) and LCM's timesteps.
+//! Everything is plain data, computed once per request.
 
 use crate::{Error, Result};
 
 /// Karras et al.'s ρ, as InvokeAI passes it.
 pub const KARRAS_RHO: f64 = 7.0;
 
-/// A DDPM noise schedule over `num_train_timesteps` discrete timesteps.
+/// How the steps of an `n`-step run are spread over the training timesteps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum TimestepSpacing {
+    /// InvokeAI 2.x's schedule, Ember's default for SD 1.x/2.x: k-diffusion's `get_sigmas` (evenly spaced in t,
+    /// log-σ interpolated; Karras between the model's σ_min and σ_max) for k-samplers, LDM's uniform timesteps
+    /// (+1) for DDIM/PLMS.
+    #[default]
+    KDiffusion,
+    /// diffusers' `linspace`: `linspace(0, T−1, n)`, reversed.
+    Linspace,
+    /// diffusers' `leading`: `arange(n)·(T // n) + steps_offset`, reversed (SDXL's default).
+    Leading,
+    /// diffusers' `trailing`: `round(arange(T, 0, −T/n)) − 1` (SD-Turbo, SDXL-Turbo).
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub const ALL: [TimestepSpacing; 4] = [
+        TimestepSpacing::KDiffusion,
+        TimestepSpacing::Linspace,
+        TimestepSpacing::Leading,
+        TimestepSpacing::Trailing,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestepSpacing::KDiffusion => "karras-kdiffusion",
+            TimestepSpacing::Linspace => "linspace",
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Trailing => "trailing",
+        }
+    }
+}
+
+impl std::fmt::Display for TimestepSpacing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TimestepSpacing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linspace" => Ok(TimestepSpacing::Linspace),
+            "leading" => Ok(TimestepSpacing::Leading),
+            "trailing" => Ok(TimestepSpacing::Trailing),
+            "karras-kdiffusion" | "kdiffusion" | "k-diffusion" | "invokeai" => Ok(TimestepSpacing::KDiffusion),
+            other => Err(Error::invalid(
+                "timestep_spacing",
+                format!("unknown timestep spacing {other:?}; use linspace, leading, trailing or karras-kdiffusion"),
+            )),
+        }
+    }
+}
+
+/// LCM's schedule parameters (diffusers' `LCMScheduler`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LcmParams {
+    /// The distillation's timestep grid: `original_inference_steps` evenly spaced timesteps (50).
+    pub original_inference_steps: usize,
+    /// Scales the timestep in the consistency boundary conditions (10).
+    pub timestep_scaling: f64,
+}
+
+impl Default for LcmParams {
+    fn default() -> Self {
+        Self {
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
+        }
+    }
+}
+
+/// A DDPM noise schedule over `num_train_timesteps` discrete timesteps, with how a run spaces its steps on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseSchedule {
     /// ᾱ_t, rounded to f32 as LDM stores its `alphas_cumprod` buffer (k-diffusion and the samplers read that).
@@ -16,6 +91,10 @@ pub struct NoiseSchedule {
     /// σ_t, ascending with t.
     sigmas: Vec<f64>,
     log_sigmas: Vec<f64>,
+    spacing: TimestepSpacing,
+    /// Added to `leading` timesteps (diffusers' `steps_offset`: 1 for every SD model).
+    steps_offset: usize,
+    lcm: LcmParams,
 }
 
 impl NoiseSchedule {
@@ -81,7 +160,32 @@ impl NoiseSchedule {
             alphas_cumprod,
             sigmas,
             log_sigmas,
+            spacing: TimestepSpacing::KDiffusion,
+            steps_offset: 1,
+            lcm: LcmParams::default(),
         })
+    }
+
+    /// This schedule with runs spaced as `spacing` says (`steps_offset` for `leading`).
+    pub fn with_spacing(self, spacing: TimestepSpacing, steps_offset: usize) -> Self {
+        Self {
+            spacing,
+            steps_offset,
+            ..self
+        }
+    }
+
+    /// This schedule with LCM's parameters.
+    pub fn with_lcm(self, lcm: LcmParams) -> Self {
+        Self { lcm, ..self }
+    }
+
+    pub fn spacing(&self) -> TimestepSpacing {
+        self.spacing
+    }
+
+    pub fn lcm(&self) -> LcmParams {
+        self.lcm
     }
 
     pub fn num_train_timesteps(&self) -> usize {
@@ -150,22 +254,104 @@ impl NoiseSchedule {
         karras_sigmas(steps, self.sigma_min(), self.sigma_max(), KARRAS_RHO)
     }
 
-    /// The k-sampler schedule InvokeAI uses for `steps`: Karras when `steps < karras_max`, else the model's.
+    /// The k-sampler schedule for `steps`: Karras when `steps < karras_max` (InvokeAI's rule), else the plain one.
+    /// Under [`TimestepSpacing::KDiffusion`] that is InvokeAI 2.x's: Karras between the model's σ_min and σ_max, or
+    /// k-diffusion's `get_sigmas`. Under a diffusers spacing it is diffusers' `EulerDiscreteScheduler`: σ linearly
+    /// interpolated at the spaced timesteps, and Karras (`use_karras_sigmas`) between that list's ends.
     pub fn k_sigmas(&self, steps: usize, karras_max: usize) -> Vec<f64> {
-        if steps < karras_max {
-            self.karras_sigmas(steps)
+        let karras = steps < karras_max;
+        if self.spacing == TimestepSpacing::KDiffusion {
+            return match karras {
+                true => self.karras_sigmas(steps),
+                false => self.model_sigmas(steps),
+            };
+        }
+        let mut sigmas: Vec<f64> = self
+            .spaced_timesteps(steps)
+            .into_iter()
+            .map(|t| self.sigma_at_linear(t))
+            .collect();
+        if karras && !sigmas.is_empty() {
+            let (max, min) = (sigmas[0], sigmas[sigmas.len() - 1]);
+            sigmas = karras_sigmas(steps, min, max, KARRAS_RHO);
         } else {
-            self.model_sigmas(steps)
+            sigmas.push(0.0);
+        }
+        sigmas
+    }
+
+    /// The factor txt2img's noise is scaled by before a k-sampler's first step, whose σ is `first_sigma`: σ itself,
+    /// except under `leading` spacing, where diffusers' Euler schedulers start from √(σ² + 1) (their
+    /// `init_noise_sigma`), and Ember follows them there.
+    pub fn initial_noise_scale(&self, first_sigma: f64) -> f64 {
+        match self.spacing {
+            TimestepSpacing::Leading => (first_sigma * first_sigma + 1.0).sqrt(),
+            _ => first_sigma,
         }
     }
 
-    /// DDIM/PLMS timesteps, descending: `arange(steps) · (T // steps) + 1` reversed (LDM "uniform" spacing
-    /// with its +1 offset). `steps` is clamped to 1..=T.
+    /// σ at a (fractional) timestep by linear interpolation of σ (numpy's `interp`, as diffusers does).
+    fn sigma_at_linear(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, (self.sigmas.len() - 1) as f64);
+        let (low, high) = (t.floor() as usize, t.ceil() as usize);
+        let w = t - t.floor();
+        self.sigmas[low] + w * (self.sigmas[high] - self.sigmas[low])
+    }
+
+    /// A run's timesteps under a diffusers spacing, descending (fractional for `linspace`, as diffusers' Euler
+    /// scheduler keeps them).
+    pub fn spaced_timesteps(&self, steps: usize) -> Vec<f64> {
+        let total = self.num_train_timesteps();
+        let steps = steps.clamp(1, total);
+        match self.spacing {
+            TimestepSpacing::Linspace => linspace(0.0, (total - 1) as f64, steps).into_iter().rev().collect(),
+            TimestepSpacing::KDiffusion | TimestepSpacing::Leading => {
+                let ratio = total / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| ((i * ratio + self.steps_offset).min(total - 1)) as f64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => {
+                let ratio = total as f64 / steps as f64;
+                (0..steps)
+                    .map(|i| ((total as f64 - i as f64 * ratio).round_ties_even() - 1.0).max(0.0))
+                    .collect()
+            }
+        }
+    }
+
+    /// DDIM/PLMS timesteps, descending. InvokeAI's (and `leading`): `arange(steps) · (T // steps) + 1` reversed (LDM
+    /// "uniform" spacing with its +1 offset); `linspace` and `trailing` as diffusers' DDIM rounds them (numpy rounds halves to even). `steps` is
+    /// clamped to 1..=T.
     pub fn ddim_timesteps(&self, steps: usize) -> Vec<usize> {
         let total = self.num_train_timesteps();
         let steps = steps.clamp(1, total);
-        let stride = total / steps;
-        (0..steps).rev().map(|i| (i * stride + 1).min(total - 1)).collect()
+        match self.spacing {
+            TimestepSpacing::KDiffusion => {
+                let stride = total / steps;
+                (0..steps).rev().map(|i| (i * stride + 1).min(total - 1)).collect()
+            }
+            _ => self
+                .spaced_timesteps(steps)
+                .into_iter()
+                .map(|t| t.round_ties_even() as usize)
+                .collect(),
+        }
+    }
+
+    /// LCM's timesteps for a `steps`-step run, descending (diffusers' `LCMScheduler.set_timesteps` at strength 1):
+    /// the distillation grid `k·(T / original_steps) − 1` for k = 1..=original_steps, reversed, then `steps` of them
+    /// at evenly spaced indices (floored). At most `original_inference_steps` steps.
+    pub fn lcm_timesteps(&self, steps: usize) -> Vec<usize> {
+        let total = self.num_train_timesteps();
+        let original = self.lcm.original_inference_steps.clamp(1, total);
+        let k = total / original;
+        let grid: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+        let steps = steps.clamp(1, original);
+        (0..steps)
+            .map(|i| grid[(i as f64 * original as f64 / steps as f64).floor() as usize])
+            .collect()
     }
 }
 

@@ -18,7 +18,7 @@
 //!   after it, gets no such term.
 //! - Blends: each prompt's conditioning (padded to equal length) mixed by the blend weights.
 
-use crate::nn::clip::ClipTextModel;
+use crate::text::encoder::{ChunkEncoder, TextConditioner};
 use crate::text::prompt::{self, Fragment, Prompt};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
@@ -56,11 +56,13 @@ pub enum Downweight {
 }
 
 /// The UNet's text inputs: `cond` and `uncond` are both `[1, 77·chunks, hidden]` with the same chunk count,
-/// in the text encoder's dtype.
+/// in the text encoder's dtype; SDXL adds each one's pooled embedding (`[1, P]`).
 #[derive(Debug)]
 pub struct Conditioning {
     pub cond: Tensor,
     pub uncond: Tensor,
+    pub cond_pooled: Option<Tensor>,
+    pub uncond_pooled: Option<Tensor>,
     /// For the user: dropped tokens (with `truncate`), legacy blend weights that sum to zero.
     pub warnings: Vec<String>,
 }
@@ -120,7 +122,7 @@ fn rename_field(e: Error, field: &'static str) -> Error {
 /// Encodes `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax).
 pub fn encode_prompts(
     tokenizer: &ClipTokenizer,
-    encoder: &ClipTextModel,
+    encoder: &dyn ChunkEncoder,
     device: &Device,
     prompt: &str,
     negative: &str,
@@ -133,7 +135,7 @@ pub fn encode_prompts(
 /// [`encode_prompts`] for prompts [`parse_prompts`] already read (with the same `options`).
 pub fn encode_parsed(
     tokenizer: &ClipTokenizer,
-    encoder: &ClipTextModel,
+    encoder: &dyn ChunkEncoder,
     device: &Device,
     parsed: ParsedPrompts,
     options: &PromptOptions,
@@ -157,8 +159,46 @@ pub fn encode_parsed(
     Ok(Conditioning {
         cond: enc.pad_to(cond, chunks)?,
         uncond: enc.pad_to(uncond, chunks)?,
+        cond_pooled: None,
+        uncond_pooled: None,
         warnings,
     })
+}
+
+/// [`encode_parsed`] for a model's whole text side: adds the pooled embeddings where the model has them (of each
+/// prompt's first chunk, weights dropped, as compel computes SDXL's), and — for models that ask for it
+/// (`force_zeros_for_empty_prompt`) — zeros for an empty negative prompt instead of its encoding, as diffusers.
+pub fn encode_for_model(
+    tokenizer: &ClipTokenizer,
+    conditioner: &TextConditioner,
+    device: &Device,
+    parsed: ParsedPrompts,
+    options: &PromptOptions,
+    zeros_for_empty_negative: bool,
+) -> Result<Conditioning> {
+    let first_chunk = |p: &Prompt| {
+        let fragments = parts(p).into_iter().next().unwrap_or(&[]);
+        let mut ids = chunk_ids(tokenizer, fragments, true).ids;
+        ids.truncate(CHUNK_LEN);
+        ids
+    };
+    let (prompt_ids, negative_ids) = (first_chunk(&parsed.prompt), first_chunk(&parsed.negative));
+    let zero_negative = zeros_for_empty_negative && is_empty(&parsed.negative);
+    let mut text = encode_parsed(tokenizer, conditioner, device, parsed, options)?;
+    text.cond_pooled = conditioner.pooled(&prompt_ids, device)?;
+    text.uncond_pooled = conditioner.pooled(&negative_ids, device)?;
+    if zero_negative {
+        text.uncond = text.uncond.zeros_like()?;
+        text.uncond_pooled = text.uncond_pooled.map(|p| p.zeros_like()).transpose()?;
+    }
+    Ok(text)
+}
+
+/// A prompt with no text at all (no negative prompt given).
+fn is_empty(prompt: &Prompt) -> bool {
+    parts(prompt)
+        .iter()
+        .all(|fragments| fragments.iter().all(|f| f.text.trim().is_empty()))
 }
 
 fn join_nonempty(a: &str, b: &str) -> String {
@@ -276,7 +316,7 @@ fn mask_without(len: usize, (first, last): (usize, usize), truncate: bool) -> Ve
 
 pub(crate) struct Encoder<'a> {
     tokenizer: &'a ClipTokenizer,
-    model: &'a ClipTextModel,
+    model: &'a dyn ChunkEncoder,
     device: &'a Device,
     truncate: bool,
     downweight: Downweight,
@@ -286,7 +326,7 @@ pub(crate) struct Encoder<'a> {
 impl<'a> Encoder<'a> {
     pub fn new(
         tokenizer: &'a ClipTokenizer,
-        model: &'a ClipTextModel,
+        model: &'a dyn ChunkEncoder,
         device: &'a Device,
         options: &PromptOptions,
     ) -> Self {
@@ -333,7 +373,7 @@ impl<'a> Encoder<'a> {
         let mask = mask
             .map(|m| Tensor::new(m, self.device).and_then(|t| t.unsqueeze(0)))
             .transpose()?;
-        Ok(self.model.forward_masked(&ids, mask.as_ref())?)
+        self.model.encode_chunk(&ids, mask.as_ref())
     }
 
     /// compel's `build_weighted_embedding_tensor`: each chunk encoded (under `mask`, laid out like `chunked.ids`),

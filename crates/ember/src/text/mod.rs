@@ -1,5 +1,7 @@
-//! Text: the CLIP BPE tokenizer (prompt → token ids), the prompt language and weighted conditioning.
+//! Text: the CLIP BPE tokenizer (prompt → token ids), the prompt language, weighted conditioning, and each model
+//! family's text encoders behind one seam (`encoder`).
 
 pub mod conditioning;
+pub mod encoder;
 pub mod prompt;
 pub mod tokenizer;

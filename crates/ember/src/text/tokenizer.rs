@@ -24,6 +24,8 @@ const BUNDLED_MERGES: usize = 49152 - 256 - 2;
 
 pub const START_OF_TEXT: &str = "<|startoftext|>";
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// `<|endoftext|>`'s id in CLIP's vocabulary (the last entry), the token whose hidden state is pooled.
+pub const EOS_ID: u32 = 49407;
 
 /// CLIP's word splitter. Text is lowercased before it runs, so the case-insensitive flag is not needed.
 const WORD_PATTERN: &str =
@@ -76,6 +78,11 @@ impl std::fmt::Debug for ClipTokenizer {
 impl ClipTokenizer {
     /// The SD 1.x tokenizer built from the vocabulary bundled into the binary.
     pub fn bundled() -> Result<Self> {
+        Self::bundled_padding_with(END_OF_TEXT)
+    }
+
+    /// [`Self::bundled`] padding with `pad_token` (`!` for OpenCLIP's text towers: SD 2.x, SDXL's second).
+    pub fn bundled_padding_with(pad_token: &str) -> Result<Self> {
         let mut text = String::new();
         flate2::read::GzDecoder::new(BUNDLED_BPE_GZ)
             .read_to_string(&mut text)
@@ -102,7 +109,7 @@ impl ClipTokenizer {
         vocab.push(END_OF_TEXT.to_string());
         // `dict(zip(vocab, range(len(vocab))))`: a repeated string keeps its last id.
         let ids: HashMap<String, u32> = vocab.into_iter().zip(0u32..).collect();
-        Self::build(ids, &merges, END_OF_TEXT)
+        Self::build(ids, &merges, pad_token)
     }
 
     /// Loads a model's tokenizer folder: `vocab.json`, `merges.txt` and, if present, the pad token

@@ -1,10 +1,12 @@
-//! LDM's DDIM (η = 0) and PLMS samplers over an [`EpsModel`], walking explicit descending integer timesteps.
+//! LDM's DDIM (η = 0) and PLMS samplers, and diffusers' LCM sampler, over a [`NoisePredictor`] (ε, or v read as ε),
+//! walking explicit descending integer timesteps.
 //! Each step goes from ᾱ_t to the ᾱ of the next timestep in the list, and the last one to ᾱ_0 (LDM's
 //! `ddim_alphas_prev`; diffusers' `set_alpha_to_one = False`). img2img passes the tail of the full list; PLMS then
 //! starts its ε history afresh, with the pseudo improved Euler step, as LDM's `decode` does.
 
 use super::{alpha_at, OnStep, StepProgress};
-use crate::sample::denoiser::EpsModel;
+use crate::sample::denoiser::{eps_at, NoisePredictor};
+use crate::sample::rng::NoiseSource;
 use crate::sample::schedule::NoiseSchedule;
 use crate::Result;
 use candle_core::Tensor;
@@ -27,7 +29,7 @@ fn alphas(schedule: &NoiseSchedule, timesteps: &[usize], i: usize) -> Result<(f6
 }
 
 pub fn ddim(
-    model: &dyn EpsModel,
+    model: &dyn NoisePredictor,
     schedule: &NoiseSchedule,
     mut x: Tensor,
     timesteps: &[usize],
@@ -35,7 +37,7 @@ pub fn ddim(
 ) -> Result<Tensor> {
     for i in 0..timesteps.len() {
         let (a_t, a_prev) = alphas(schedule, timesteps, i)?;
-        let eps = model.predict_eps(&x, timesteps[i] as f64)?;
+        let eps = eps_at(model, &x, timesteps[i] as f64, a_t)?;
         let (x_prev, pred_x0) = ddim_update(&x, &eps, a_t, a_prev)?;
         x = x_prev;
         on_step(StepProgress {
@@ -51,7 +53,7 @@ pub fn ddim(
 /// Pseudo linear multistep: the first step is a pseudo improved Euler (two model calls), later ones
 /// Adams–Bashforth of rising order (up to 4) over the past ε.
 pub fn plms(
-    model: &dyn EpsModel,
+    model: &dyn NoisePredictor,
     schedule: &NoiseSchedule,
     mut x: Tensor,
     timesteps: &[usize],
@@ -60,13 +62,13 @@ pub fn plms(
     let mut old_eps: Vec<Tensor> = Vec::with_capacity(4);
     for i in 0..timesteps.len() {
         let (a_t, a_prev) = alphas(schedule, timesteps, i)?;
-        let e_t = model.predict_eps(&x, timesteps[i] as f64)?;
+        let e_t = eps_at(model, &x, timesteps[i] as f64, a_t)?;
         let e_prime = match old_eps.len() {
             0 => {
                 // LDM evaluates the model at the next timestep (the same one on a 1-step run).
                 let t_next = timesteps[(i + 1).min(timesteps.len() - 1)];
                 let (x_euler, _) = ddim_update(&x, &e_t, a_t, a_prev)?;
-                let e_next = model.predict_eps(&x_euler, t_next as f64)?;
+                let e_next = eps_at(model, &x_euler, t_next as f64, alpha_at(schedule, t_next)?)?;
                 (&e_t + e_next)?.affine(0.5, 0.0)?
             }
             1 => (e_t.affine(3.0, 0.0)? - &old_eps[0])?.affine(0.5, 0.0)?,
@@ -90,6 +92,53 @@ pub fn plms(
             total: timesteps.len(),
             x: &x,
             denoised: Some(&pred_x0),
+        })?;
+    }
+    Ok(x)
+}
+
+/// LCM's consistency boundary scalings at timestep `t` (diffusers' `get_scalings_for_boundary_condition_discrete`,
+/// σ_data = 0.5): `(c_skip, c_out)`.
+fn lcm_scalings(t: f64, timestep_scaling: f64) -> (f64, f64) {
+    const SIGMA_DATA: f64 = 0.5;
+    let scaled = t * timestep_scaling;
+    let d = scaled * scaled + SIGMA_DATA * SIGMA_DATA;
+    (SIGMA_DATA * SIGMA_DATA / d, scaled / d.sqrt())
+}
+
+/// Latent consistency sampling (diffusers' `LCMScheduler.step`): each step predicts x₀, takes the consistency
+/// estimate `c_out·x₀ + c_skip·x`, and — except after the last — noises it afresh to the next timestep with noise
+/// from `noise` (after the start noise, from the same generator, as diffusers draws it). The result is the last
+/// step's estimate.
+pub fn lcm(
+    model: &dyn NoisePredictor,
+    schedule: &NoiseSchedule,
+    mut x: Tensor,
+    timesteps: &[usize],
+    noise: &mut dyn NoiseSource,
+    on_step: &mut OnStep<'_>,
+) -> Result<Tensor> {
+    let scaling = schedule.lcm().timestep_scaling;
+    for i in 0..timesteps.len() {
+        let t = timesteps[i];
+        let a_t = alpha_at(schedule, t)?;
+        let eps = eps_at(model, &x, t as f64, a_t)?;
+        let pred_x0 = (&x - eps.affine((1.0 - a_t).sqrt(), 0.0)?)?.affine(1.0 / a_t.sqrt(), 0.0)?;
+        let (c_skip, c_out) = lcm_scalings(t as f64, scaling);
+        let denoised = (pred_x0.affine(c_out, 0.0)? + x.affine(c_skip, 0.0)?)?;
+        x = match timesteps.get(i + 1) {
+            Some(&next) => {
+                let a_prev = alpha_at(schedule, next)?;
+                let n = noise.randn_like(&denoised)?;
+                (denoised.affine(a_prev.sqrt(), 0.0)? + n.affine((1.0 - a_prev).sqrt(), 0.0)?)?
+            }
+            None => denoised.clone(),
+        };
+        on_step(StepProgress {
+            step: i + 1,
+            total: timesteps.len(),
+            x: &x,
+            denoised: Some(&denoised),
         })?;
     }
     Ok(x)

@@ -129,8 +129,8 @@ fn k_samplers_match_k_diffusion_on_the_toy_denoiser() {
 
 /// eps(x_in, t) = x_in · (0.5 + t / 2000), the eps-model of kdiffusion_extra's "cvd" runs.
 struct LinearEps;
-impl EpsModel for LinearEps {
-    fn predict_eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+impl NoisePredictor for LinearEps {
+    fn predict(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         Ok(x.affine(0.5 + t / 2000.0, 0.0)?)
     }
 }
@@ -191,8 +191,8 @@ fn every_k_sampler_matches_k_diffusion_through_compvis_denoiser_on_an_img2img_ta
 
 /// diffusers' toy: eps = √(1 - ᾱ(t)) · x with ᾱ = 1/(1+s²), s = σ linearly interpolated at t.
 struct SqrtOneMinusAlphaEps(NoiseSchedule);
-impl EpsModel for SqrtOneMinusAlphaEps {
-    fn predict_eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+impl NoisePredictor for SqrtOneMinusAlphaEps {
+    fn predict(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let s = self.0.sigmas();
         let (lo, hi) = (t.floor() as usize, t.ceil() as usize);
         let sigma = s[lo] + (t - t.floor()) * (s[hi] - s[lo]);
