@@ -151,6 +151,7 @@ fn record(request: GenerateRequest, size: (usize, usize)) -> ImageRecord {
         model_name: "tiny".into(),
         model_hash: None,
         init_image_name: None,
+        run: Default::default(),
     }
 }
 

@@ -117,6 +117,7 @@ mod png_output {
             model_name: "stable-diffusion-1.4".into(),
             model_hash: Some("fe4efff1e174c627256e44ec2991ba279b3816e364b49f9be2abc0b3ff3f8556".into()),
             init_image_name: init.map(str::to_string),
+            run: Default::default(),
         }
     }
 

@@ -33,6 +33,20 @@ pub struct ImageRecord {
     pub model_hash: Option<String>,
     /// How the init image was named (path or upload name), for img2img.
     pub init_image_name: Option<String>,
+    /// What the model made of the request: the settings the request left to the model, as they were applied.
+    pub run: RunInfo,
+}
+
+/// The model-side settings of a generation, recorded so that an image says how it was made even where the request
+/// left them to the model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunInfo {
+    /// `sd1`, `sd2`, `sdxl` (see [`crate::model::Family::id`]); empty when unknown.
+    pub family: String,
+    pub prediction_type: crate::sample::denoiser::PredictionType,
+    pub timestep_spacing: crate::sample::schedule::TimestepSpacing,
+    /// How the cfg scale was applied: [`crate::guidance::Guidance::describe`].
+    pub guidance: String,
 }
 
 impl ImageRecord {

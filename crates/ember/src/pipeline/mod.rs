@@ -8,6 +8,7 @@ use crate::cancel::cancel_scope;
 pub use crate::cancel::CancelToken;
 use crate::guidance::{Guidance, GuidedUNet};
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
+use crate::image::metadata::RunInfo;
 use crate::image::png_meta::ImageRecord;
 use crate::model::family::{Family, ModelSpec};
 use crate::model::{load_model, ModelWeights};
@@ -21,7 +22,9 @@ use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::{NoiseSchedule, TimestepSpacing};
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_for_model};
+use crate::text::conditioning::{
+    describe_tokenization, encode_for_model, parse_prompts, Conditioning, ParsedPrompts,
+};
 use crate::text::encoder::TextConditioner;
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
@@ -263,14 +266,7 @@ impl Pipeline {
         self.warn_about_size(width, height, on_event);
         // text: prompt language → weighted text-encoder hidden states, prompt and negative of equal length (and SDXL's
         // pooled embeddings).
-        let mut text = encode_for_model(
-            &self.tokenizer,
-            &self.text,
-            &self.device,
-            prompts,
-            &prompt_options(request),
-            self.spec.force_zeros_for_empty_prompt,
-        )?;
+        let mut text = self.encode_parsed(prompts, request)?;
         for warning in std::mem::take(&mut text.warnings) {
             on_event(Event::Warning(warning));
         }
@@ -376,6 +372,12 @@ impl Pipeline {
             model_name: self.model_name.clone(),
             model_hash: self.model_hash.clone(),
             init_image_name: request.init_image.as_ref().map(|i| i.display_name()),
+            run: RunInfo {
+                family: self.spec.family.id().to_string(),
+                prediction_type: self.prediction_type(request),
+                timestep_spacing: self.timestep_spacing(request),
+                guidance: guidance.describe().to_string(),
+            },
         };
         Ok(Generated { image, record, latents })
     }
@@ -459,6 +461,25 @@ impl Pipeline {
         )?;
         run.steps_done += plan.steps();
         Ok(latents)
+    }
+
+    /// The text conditioning of a request's prompts on this model (what the UNet cross-attends to, and SDXL's pooled
+    /// embeddings), as `generate` computes it.
+    pub fn encode_text(&self, request: &GenerateRequest) -> Result<Conditioning> {
+        let options = prompt_options(request);
+        let prompts = parse_prompts(&self.tokenizer, &request.prompt, &request.negative_prompt, &options)?;
+        self.encode_parsed(prompts, request)
+    }
+
+    fn encode_parsed(&self, prompts: ParsedPrompts, request: &GenerateRequest) -> Result<Conditioning> {
+        encode_for_model(
+            &self.tokenizer,
+            &self.text,
+            &self.device,
+            prompts,
+            &prompt_options(request),
+            self.spec.force_zeros_for_empty_prompt,
+        )
     }
 
     /// Warns, once per loaded model, about an image much smaller than the family's native size (SDXL at 512²
