@@ -48,6 +48,9 @@ impl std::fmt::Display for Family {
     }
 }
 
+/// SDXL's VAE scaling factor (SD 1.x/2.x: 0.18215, `VaeConfig`'s default).
+const SDXL_VAE_SCALE: f64 = 0.13025;
+
 /// What a text encoder's output is taken from, per family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextLayer {
@@ -284,7 +287,7 @@ pub(crate) fn check_unet(path: &Path, unet: &UNetConfig) -> Result<()> {
 pub(crate) fn describe(
     path: &Path,
     mut unet: UNetConfig,
-    vae: VaeConfig,
+    mut vae: VaeConfig,
     mut text: Vec<ClipTextConfig>,
     hints: &Hints,
 ) -> Result<ModelSpec> {
@@ -299,6 +302,10 @@ pub(crate) fn describe(
     if hints.single_file {
         // Single files carry no config: the UNet's heads, SD 2.x's text tower cut and the prediction type are told
         // by the sidecar .yaml or the family's published layout.
+        // SDXL's VAE works at another latent scale (a folder's vae/config.json says so; a file cannot).
+        if family == Family::Sdxl {
+            vae.scaling_factor = SDXL_VAE_SCALE;
+        }
         let heads = single_file_heads(path, family, &unet, hints)?;
         unet.attention_head_dim = match heads.windows(2).all(|w| w[0] == w[1]) {
             true => crate::nn::config::PerBlock::One(heads[0]),
