@@ -165,6 +165,14 @@ impl ModelSpec {
         self.unet.sample_size * 8
     }
 
+    /// The linear latent → RGB map of this model's VAE, for step previews.
+    pub fn preview(&self) -> &'static crate::image::preview::LatentRgb {
+        match self.family {
+            Family::Sdxl => &crate::image::preview::LatentRgb::SDXL,
+            Family::Sd1 | Family::Sd2 => &crate::image::preview::LatentRgb::SD1,
+        }
+    }
+
     /// An LCM-distilled UNet: takes the guidance scale as an embedding instead of classifier-free guidance.
     pub fn guidance_embedded(&self) -> bool {
         self.unet.time_cond_proj_dim.is_some()

@@ -22,9 +22,7 @@ use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::{NoiseSchedule, TimestepSpacing};
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{
-    describe_tokenization, encode_for_model, parse_prompts, Conditioning, ParsedPrompts,
-};
+use crate::text::conditioning::{describe_tokenization, encode_for_model, parse_prompts, Conditioning, ParsedPrompts};
 use crate::text::encoder::TextConditioner;
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
@@ -461,6 +459,11 @@ impl Pipeline {
         )?;
         run.steps_done += plan.steps();
         Ok(latents)
+    }
+
+    /// A fast preview of latents (one pixel per latent position) with this model's latent → RGB map.
+    pub fn preview(&self, latents: &Tensor) -> Result<::image::RgbImage> {
+        crate::image::preview::latents_to_rgb_with(latents, self.spec.preview())
     }
 
     /// The text conditioning of a request's prompts on this model (what the UNet cross-attends to, and SDXL's pooled
