@@ -8,6 +8,9 @@ Random weights of the real SD1.5 sizes cost the same as trained ones, so no mode
     .venv/bin/python tools/bench/compare_diffusers.py --ember target/release/ember --dtype f32 --threads 2
 
 --dtype picks the compute precision of both (f32, f16 or bf16). Without --ember only diffusers is timed.
+--family sdxl times SDXL base's networks instead (UNet step 1024×1024 with CFG batch 2 and its text_time inputs,
+VAE decode 1024×1024, both text encoders with the pooled embedding), each built, timed and freed in turn on both
+sides (`ember bench --family sdxl`); in f32 that needs about 11 GiB per side.
 Each measurement is the fastest of --repeat timed runs after one untimed warm-up, on both sides.
 
 --device cuda runs both on the first GPU (the binary must be built with `--features cuda`; see
@@ -162,6 +165,66 @@ def bench_diffusers(dtype_name, repeat, threads, device="cpu"):
     return out
 
 
+def bench_diffusers_sdxl(dtype_name, repeat, threads):
+    """SDXL base's networks at their real sizes with random weights, on the CPU, one at a time."""
+    import gc
+    import resource
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype_name]
+    out = {"family": "sdxl", "dtype": dtype_name, "device": "cpu", "threads": threads}
+    with torch.inference_mode():
+        clip_l = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                              num_attention_heads=12, hidden_act="quick_gelu")).to(dtype).eval()
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+            hidden_act="gelu", projection_dim=1280)).to(dtype).eval()
+        ids = torch.randint(0, 49407, (2, 77))
+
+        def text():  # as StableDiffusionXLPipeline.encode_prompt: penultimate states of both, bigG's pooled
+            a = clip_l(ids, output_hidden_states=True).hidden_states[-2]
+            g = clip_g(ids, output_hidden_states=True)
+            return torch.cat([a, g.hidden_states[-2]], -1), g.text_embeds
+
+        out["sdxl_text_s"] = time_min(text, repeat)
+        del clip_l, clip_g
+        gc.collect()
+        unet = UNet2DConditionModel(  # SDXL base 1.0's unet/config.json
+            sample_size=128, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        ).to(dtype).eval()
+        x = torch.randn(2, 4, 128, 128, dtype=dtype)
+        t = torch.tensor([500.0, 500.0])
+        ctx = torch.randn(2, 77, 2048, dtype=dtype)
+        added = {"text_embeds": torch.randn(2, 1280, dtype=dtype),
+                 "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2, dtype=dtype)}
+        out["sdxl_unet_step_1024_s"] = time_min(
+            lambda: unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added), repeat)
+        del unet
+        gc.collect()
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, scaling_factor=0.13025,
+        ).to(dtype).eval()
+        lat = torch.randn(1, 4, 128, 128, dtype=dtype)
+        out["sdxl_vae_decode_1024_s"] = time_min(lambda: vae.decode(lat), repeat)
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    import diffusers
+
+    out["diffusers"] = diffusers.__version__
+    out["torch"] = torch.__version__
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ember", help="path of the ember binary to run `ember bench --json` with")
@@ -170,13 +233,19 @@ def main():
                     help="where both sides run (cuda: the first GPU)")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per measurement (the fastest is reported)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (ignored with --device cuda)")
+    ap.add_argument("--family", default="sd1", choices=["sd1", "sdxl"],
+                    help="whose networks to time: SD 1.5's (512×512) or SDXL base's (1024×1024; CPU only)")
     args = ap.parse_args()
     on_gpu = args.device == "cuda"
+    sdxl = args.family == "sdxl"
+    if sdxl and on_gpu:
+        ap.error("--family sdxl runs on the CPU only")
 
     results = {}
     failed = False
     if args.ember:
-        cmd = [args.ember, "bench", "--json", "--dtype", args.dtype, "--repeat", str(args.repeat)]
+        cmd = [args.ember, "bench", "--json", "--dtype", args.dtype, "--repeat", str(args.repeat),
+               "--family", args.family]
         if on_gpu:
             cmd += ["--device", "cuda"]
         sampler = GpuMemorySampler() if on_gpu else None
@@ -199,10 +268,14 @@ def main():
             results["diffusers"] = bench_diffusers(args.dtype, args.repeat, args.threads, args.device)
         results["diffusers"]["peak_gpu_bytes"] = sampler.peak_bytes
         results["diffusers"]["gpu_memory_reader"] = sampler.reader
+    elif sdxl:
+        results["diffusers"] = bench_diffusers_sdxl(args.dtype, args.repeat, args.threads)
     else:
         results["diffusers"] = bench_diffusers(args.dtype, args.repeat, args.threads, args.device)
 
     keys = ["unet_step_512_s", "unet_step_384_s", "vae_decode_512_s", "vae_encode_512_s", "clip_s", "peak_rss_bytes"]
+    if sdxl:
+        keys = ["sdxl_unet_step_1024_s", "sdxl_vae_decode_1024_s", "sdxl_text_s", "peak_rss_bytes"]
     if on_gpu:
         keys += ["peak_gpu_bytes", "torch_max_memory_allocated_bytes"]
     w = max(20, *map(len, keys))

@@ -12,9 +12,12 @@ use std::path::PathBuf;
 /// The default model: downloaded into the Hugging Face cache on first use.
 pub const DEFAULT_MODEL: &str = ember::model::DEFAULT_REPO_ID;
 
-const ABOUT: &str = "Ember: Stable Diffusion 1.x image generation (txt2img and img2img) on your CPU or GPU.";
+const ABOUT: &str =
+    "Ember: Stable Diffusion image generation (txt2img and img2img; SD 1.x, 2.x, SDXL, Turbo, LCM) on your CPU or GPU.";
 
-const LONG_ABOUT: &str = "Ember: Stable Diffusion 1.x image generation (txt2img and img2img) on your CPU or GPU.
+const LONG_ABOUT: &str =
+    "Ember: Stable Diffusion image generation (txt2img and img2img; SD 1.x, 2.x, SDXL, Turbo, LCM) on your CPU or
+GPU. The model's family is read from its files; unset -s, -C, -A, -W and -H take the model's defaults.
 
 Without a subcommand (or with `ember repl`) Ember opens InvokeAI's `invoke>` prompt: the model stays
 loaded and each line is a prompt with switches, e.g. `a red fox -s 30 -S 42 -W 512 -H 512 -C 7.5`.
@@ -276,6 +279,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Which model family's networks to time: sd1 (SD 1.5 sizes, 512×512) or sdxl (SDXL base sizes, 1024×1024:
+    /// UNet step, VAE decode, both text encoders; about 10 GiB of memory in f32).
+    #[arg(long, default_value = "sd1")]
+    pub family: String,
 }
 
 #[derive(Debug, Args)]

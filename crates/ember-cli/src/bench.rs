@@ -1,7 +1,7 @@
 //! `ember bench`: prints the engine's timings as a table or one JSON object.
 
 use crate::args::BenchArgs;
-use ember::bench::{run as run_bench, BenchOptions};
+use ember::bench::{run as run_bench, run_sdxl, BenchOptions};
 use ember::device::{parse_device, resolve_dtype};
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -11,6 +11,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         device,
         repeat: args.repeat,
     };
+    match args.family.as_str() {
+        "sd1" | "sd15" => {}
+        "sdxl" => return run_sdxl_bench(args, &options),
+        other => anyhow::bail!("unknown --family {other:?}; ember bench times sd1 or sdxl networks"),
+    }
     let report = run_bench(&options, &mut |stage| eprintln!("bench: {stage}"))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -64,5 +69,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `ember bench --family sdxl`.
+fn run_sdxl_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<()> {
+    let report = run_sdxl(options, &mut |stage| eprintln!("bench: {stage}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "Ember bench — SDXL-size networks, random weights, {} on {}, {} threads",
+        report.dtype, report.device, report.threads
+    );
+    println!("{:<40} {:>10}", "measurement", "seconds");
+    for (name, secs) in [
+        ("SDXL UNet step 1024×1024 (CFG batch 2)", report.sdxl_unet_step_1024_s),
+        ("SDXL VAE decode 1024×1024", report.sdxl_vae_decode_1024_s),
+        ("SDXL text encoders (batch 2)", report.sdxl_text_s),
+    ] {
+        println!("{name:<40} {secs:>10.3}");
+    }
+    println!(
+        "{:<40} {:>10.2} GiB",
+        "peak RSS",
+        report.peak_rss_bytes as f64 / (1u64 << 30) as f64
+    );
     Ok(())
 }

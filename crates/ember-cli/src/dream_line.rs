@@ -9,6 +9,8 @@
 use crate::args::Switches;
 use clap::Parser;
 use ember::image::metadata::{quote, quote_if_needed};
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
 use ember::Error;
 use std::path::Path;
 
@@ -202,7 +204,7 @@ pub fn parse_variations(list: &str) -> ember::Result<Vec<(u32, f64)>> {
 }
 
 /// The command line that made a PNG: its `Dream` chunk (Ember's and InvokeAI's), else one rebuilt from its
-/// `sd-metadata` JSON (InvokeAI 2.x's RFC #266 layout).
+/// `sd-metadata` JSON (InvokeAI 2.x's RFC #266 layout, plus Ember's `prediction_type` and `timestep_spacing`).
 pub fn fetch_command(path: &Path) -> ember::Result<String> {
     command_from_text_chunks(path, &ember::image::png_meta::read_png_text(path)?)
 }
@@ -287,6 +289,20 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
     }
     if image["downweight"] == "mask" {
         line.push("--downweight mask".to_string());
+    }
+    // Ember's record of what the model ran with: replayed as overrides, so another model's defaults (or a models-file
+    // entry's) cannot change the image. A value this version does not know is left out rather than failing the line.
+    if let Some(p) = image["prediction_type"]
+        .as_str()
+        .and_then(|p| p.parse::<PredictionType>().ok())
+    {
+        line.push(format!("--prediction-type {p}"));
+    }
+    if let Some(s) = image["timestep_spacing"]
+        .as_str()
+        .and_then(|s| s.parse::<TimestepSpacing>().ok())
+    {
+        line.push(format!("--timestep-spacing {s}"));
     }
     if let Some(negative) = image["negative_prompt"].as_str().filter(|n| !n.is_empty()) {
         line.push(format!("--negative {}", quote(negative)));

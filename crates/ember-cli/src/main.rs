@@ -5,7 +5,7 @@ use clap::Parser;
 use ember_cli::{args, bench, generate, repl, serve, study};
 
 fn main() -> std::process::ExitCode {
-    ember::cpu::tune_allocator();
+    ember::tune_allocator();
     let cli = args::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -4,6 +4,11 @@
 //! A [`Runner`] keeps the loaded model, the sticky defaults (launch flags) and the images it made, so `-S -1`
 //! and `-I -1` can refer back to them. Every request is checked before the model is loaded, so a typo fails
 //! at once instead of after a long load.
+//!
+//! Where a switch comes from, first set wins: the line, the launch flags, the models-file entry the REPL's
+//! `!switch` loaded ([`Runner::switch_model`]), the model's own defaults ([`ModelSpec::defaults`]: its family's, or
+//! its Turbo/LCM variant's), InvokeAI's. Loading a model prints its family and how the loader decided what the files
+//! could not say, on stderr (stdout carries only image paths).
 
 use crate::args::{Downweight, ModelArgs, Switches};
 use crate::dream_line::{self, DreamLine};
@@ -15,7 +20,7 @@ use ember::image::png_meta::write_png_with_text;
 use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::preview::latents_to_rgb;
 use ember::image::strip::{strip_path, StepStrip};
-use ember::model::family::GenerationDefaults;
+use ember::model::family::{GenerationDefaults, ModelSpec};
 use ember::pipeline::{CancelToken, Event, Pipeline};
 use ember::request::{random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
 use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
@@ -34,6 +39,8 @@ pub struct Runner {
     pipeline: Option<Pipeline>,
     /// Sticky defaults: the launch flags, under every line's own switches.
     defaults: Switches,
+    /// The loaded model's defaults from the models file, under the launch flags; empty for a model not loaded by name.
+    model_defaults: Switches,
     cancel: CancelToken,
     /// Every image written so far, oldest first: `(path, seed)`.
     outputs: Vec<(PathBuf, u32)>,
@@ -45,6 +52,7 @@ impl Runner {
             model,
             pipeline: None,
             defaults,
+            model_defaults: Switches::default(),
             cancel: CancelToken::new(),
             outputs: Vec::new(),
         }
@@ -69,11 +77,18 @@ impl Runner {
             .context("the model is not loaded; pass --model path/to/model.safetensors")
     }
 
-    /// Loads another model; on failure the current one stays.
-    pub fn switch_model(&mut self, model: ModelArgs) -> anyhow::Result<()> {
+    /// What the loaded model is, when one is loaded.
+    pub fn spec(&self) -> Option<&ModelSpec> {
+        self.pipeline.as_ref().map(Pipeline::spec)
+    }
+
+    /// Loads another model with its own generation defaults (`defaults`: a models-file entry's, which replace the
+    /// previous model's entirely); on failure the current model and its defaults stay.
+    pub fn switch_model(&mut self, model: ModelArgs, defaults: Switches) -> anyhow::Result<()> {
         let pipeline = load_pipeline(&model)?;
         self.pipeline = Some(pipeline);
         self.model = model;
+        self.model_defaults = defaults;
         Ok(())
     }
 
@@ -85,7 +100,7 @@ impl Runner {
 
     /// Runs one command: `-n` images (seed, variations), each written as it finishes, then the `-g` grid.
     pub fn run(&mut self, line: &DreamLine) -> anyhow::Result<Vec<PathBuf>> {
-        let sw = line.switches.over(&self.defaults);
+        let sw = line.switches.over(&self.defaults).over(&self.model_defaults);
         let mut plan = self.plan(&line.prompt, &sw)?;
         self.cancel.reset();
         let cancel = self.cancel.clone();
@@ -260,12 +275,52 @@ fn apply_model_defaults(request: &mut GenerateRequest, sw: &Switches, defaults: 
     }
 }
 
-/// Loads the model the flags name, on their device and in their precision.
+/// Loads the model the flags name, on their device and in their precision, and says on stderr what it is, once:
+/// `model: tiny-sd2 (SD 2.x, v_prediction, karras-kdiffusion spacing) on cpu in f32; defaults -s 50 …`, then each
+/// of the loader's notes (how it decided what the files could not say) as a `note:` line.
 pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let device = parse_device(&model.device)?;
     let dtype = resolve_dtype(&model.dtype, &device)?;
-    Pipeline::load(&model.model, &device, dtype)
-        .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())
+    let pipeline = Pipeline::load(&model.model, &device, dtype)
+        .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())?;
+    let place = if device.is_cpu() {
+        "cpu"
+    } else if device.is_cuda() {
+        "cuda"
+    } else {
+        "gpu"
+    };
+    let spec = pipeline.spec();
+    eprintln!(
+        "model: {} ({}) on {place} in {}; defaults {}",
+        pipeline.model_name(),
+        describe_spec(spec),
+        dtype.as_str(),
+        defaults_text(spec.defaults)
+    );
+    for note in &spec.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(pipeline)
+}
+
+/// `SD 2.x, v_prediction, karras-kdiffusion spacing`: the family, what the model predicts and how its steps are spaced
+/// when a line does not say.
+pub fn describe_spec(spec: &ModelSpec) -> String {
+    format!(
+        "{}, {}, {} spacing",
+        spec.family.name(),
+        spec.scheduler.prediction_type,
+        spec.scheduler.spacing
+    )
+}
+
+/// The model's own defaults as switches: `-s 50 -C 7.5 -A k_lms -W 512 -H 512`.
+fn defaults_text(d: GenerationDefaults) -> String {
+    format!(
+        "-s {} -C {} -A {} -W {} -H {}",
+        d.steps, d.cfg_scale, d.sampler, d.size, d.size
+    )
 }
 
 /// Generates one image and writes it, with its strip and intermediates; returns its path, pixels and Dream line.

@@ -2,8 +2,10 @@
 //! InvokeAI `_` spellings, and the `Dream` chunk (Ember's writer and InvokeAI's own PNGs) read back exactly.
 //! Expected values are written out by hand from InvokeAI 2.x's rules (`Args.parse_cmd`, Python `shlex`).
 
-use ember::image::metadata::{dream_command, ImageRecord};
+use ember::image::metadata::{dream_command, sd_metadata_json, ImageRecord, RunInfo};
 use ember::request::{GenerateRequest, InitImage};
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
 use ember_cli::args::{Downweight, Switches};
 use ember_cli::dream_line::{fetch_command, parse, parse_variations, split_prompt};
 use std::path::{Path, PathBuf};
@@ -180,11 +182,15 @@ fn dream_chunks_read_back_exactly() {
         skip_normalize: true,
         truncate_prompts: true,
         downweight_mask: true,
+        prediction_type: Some(PredictionType::VPrediction),
+        timestep_spacing: Some(TimestepSpacing::Trailing),
         ..Default::default()
     };
     let line = dream_command(&record(txt2img.clone(), (128, 64)));
     assert!(
-        line.contains(" --truncate-prompts --downweight mask --negative "),
+        line.contains(
+            " --truncate-prompts --downweight mask --prediction-type v_prediction --timestep-spacing trailing --negative "
+        ),
         "{line}"
     );
     let parsed = parse(&line).expect(&line);
@@ -206,6 +212,10 @@ fn dream_chunks_read_back_exactly() {
     assert!(s.seamless && s.vae_tiling && s.hires_fix && s.skip_normalize && s.truncate_prompts);
     assert_eq!(s.downweight, Some(Downweight::Mask));
     assert_eq!((s.threshold, s.perlin, s.strength), (Some(2.5), Some(0.2), Some(0.6)));
+    assert_eq!(
+        (s.prediction_type.as_deref(), s.timestep_spacing.as_deref()),
+        (Some("v_prediction"), Some("trailing"))
+    );
 
     let img2img = GenerateRequest {
         prompt: "fire".into(),
@@ -227,6 +237,35 @@ fn dream_chunks_read_back_exactly() {
     );
     assert_eq!((s.strength, s.fit, s.exact_steps), (Some(0.7), true, true));
     assert_eq!(s.downweight, None, "the default is not written: {line}");
+    // Left to the model, the prediction type and spacing are not written, whatever the model made of them.
+    assert_eq!(
+        (s.prediction_type.as_deref(), s.timestep_spacing.as_deref()),
+        (None, None),
+        "{line}"
+    );
+    assert!(
+        !line.contains("--prediction-type") && !line.contains("--timestep-spacing"),
+        "{line}"
+    );
+
+    // Every spelling the engine writes parses back to the same value.
+    for prediction in [PredictionType::Epsilon, PredictionType::VPrediction] {
+        for spacing in TimestepSpacing::ALL {
+            let request = GenerateRequest {
+                prompt: "x".into(),
+                prediction_type: Some(prediction),
+                timestep_spacing: Some(spacing),
+                ..Default::default()
+            };
+            let line = dream_command(&record(request, (512, 512)));
+            let s = parse(&line).expect(&line).switches;
+            let back: (PredictionType, TimestepSpacing) = (
+                s.prediction_type.as_deref().expect("written").parse().expect("known"),
+                s.timestep_spacing.as_deref().expect("written").parse().expect("known"),
+            );
+            assert_eq!(back, (prediction, spacing), "{line}");
+        }
+    }
 }
 
 /// InvokeAI 2.x's own outputs: the Dream line of the seed document's img2img study.
@@ -260,7 +299,8 @@ fn falls_back_to_sd_metadata() {
         "steps": 20, "cfg_scale": 7.5, "height": 256, "width": 320, "seed": 77, "sampler": "k_heun",
         "type": "img2img", "init_image_path": "in it.png", "strength": 0.4, "fit": true,
         "variations": [{"seed": 5, "weight": 0.1}], "seamless": true, "threshold": 0, "perlin": 0,
-        "downweight": "mask", "vae_tiling": true}}"#;
+        "downweight": "mask", "vae_tiling": true, "model_family": "sd2", "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing", "guidance": "classifier-free"}}"#;
     let pixels = image::RgbImage::new(8, 8);
     ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json.to_string())]).unwrap();
     let line = fetch_command(&path).expect("sd-metadata");
@@ -282,9 +322,75 @@ fn falls_back_to_sd_metadata() {
     assert_eq!(s.with_variations.as_deref(), Some("5:0.1"));
     assert_eq!((s.threshold, s.perlin), (None, None));
     assert_eq!(s.downweight, Some(Downweight::Mask));
+    assert_eq!(
+        (s.prediction_type.as_deref(), s.timestep_spacing.as_deref()),
+        (Some("v_prediction"), Some("trailing"))
+    );
     // A PNG without either chunk is an error that says so.
     let bare = dir.path().join("bare.png");
     ember::image::png_meta::write_png_with_text(&bare, &pixels, &[]).unwrap();
     let err = fetch_command(&bare).expect_err("no metadata").to_string();
     assert!(err.contains("Dream") && err.contains("bare.png"), "{err}");
+}
+
+/// sd-metadata records what the model ran with (`record.run`: the values used, overrides or not), and `!fetch` of a
+/// PNG with only that chunk restores them as switches; values it does not know are left out, not passed on.
+#[test]
+fn sd_metadata_records_the_run_and_reads_it_back() {
+    let request = GenerateRequest {
+        prompt: "a fox".into(),
+        steps: 1,
+        cfg_scale: 0.0,
+        seed: 9,
+        width: 64,
+        height: 64,
+        ..Default::default()
+    };
+    let mut rec = record(request, (64, 64));
+    rec.run = RunInfo {
+        family: "sdxl".into(),
+        prediction_type: PredictionType::Epsilon,
+        timestep_spacing: TimestepSpacing::Trailing,
+        guidance: "none (cfg ≤ 1: conditional pass only)".into(),
+    };
+    let json = sd_metadata_json(&rec);
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let image = &doc["image"];
+    assert_eq!(image["model_family"], "sdxl", "{json}");
+    assert_eq!(image["prediction_type"], "epsilon", "{json}");
+    assert_eq!(image["timestep_spacing"], "trailing", "{json}");
+    assert_eq!(image["guidance"], "none (cfg ≤ 1: conditional pass only)", "{json}");
+    // InvokeAI's fields are still there, with their values.
+    assert_eq!((image["steps"].as_u64(), image["seed"].as_u64()), (Some(1), Some(9)));
+    assert_eq!(
+        (image["sampler"].as_str(), image["type"].as_str()),
+        (Some("k_lms"), Some("txt2img"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta-only.png");
+    let pixels = image::RgbImage::new(8, 8);
+    ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json)]).unwrap();
+    let line = fetch_command(&path).expect("sd-metadata");
+    let s = parse(&line).expect(&line).switches;
+    assert_eq!(
+        (s.prediction_type.as_deref(), s.timestep_spacing.as_deref()),
+        (Some("epsilon"), Some("trailing")),
+        "{line}"
+    );
+    assert_eq!((s.steps, s.cfg_scale, s.seed), (Some(1), Some(0.0), Some(9)), "{line}");
+
+    // Unknown family fields are not written; an unknown spacing from a newer writer is dropped on reading.
+    let unknown: serde_json::Value =
+        serde_json::from_str(&sd_metadata_json(&record(GenerateRequest::default(), (8, 8)))).unwrap();
+    assert!(unknown["image"].get("model_family").is_none() && unknown["image"].get("guidance").is_none());
+    let odd = r#"{"image": {"prompt": "x", "steps": 2, "prediction_type": "x0", "timestep_spacing": "sideways"}}"#;
+    let path = dir.path().join("odd.png");
+    ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", odd.to_string())]).unwrap();
+    let line = fetch_command(&path).expect("sd-metadata");
+    assert!(
+        !line.contains("--prediction-type") && !line.contains("--timestep-spacing"),
+        "{line}"
+    );
+    parse(&line).expect(&line);
 }

@@ -1,6 +1,7 @@
 //! `!fetch` round trips with the real binary on the tiny model: generate → `!fetch` the PNG in the REPL (its
 //! command line is printed when standard input is a pipe) → run that line with `ember generate --from-file -` →
-//! the new image has exactly the same pixels. Covers txt2img, img2img, `-v`/`-V` variations and `--hires_fix`.
+//! the new image has exactly the same pixels. Covers txt2img, img2img, `-v`/`-V` variations, `--hires_fix` and the
+//! `--prediction-type`/`--timestep-spacing` overrides.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -187,4 +188,63 @@ fn hires_fix_round_trip() {
     );
     assert!(lines[0].0.contains("--hires_fix"), "{}", lines[0].0);
     assert_eq!(lines[0].1.dimensions(), (128, 128));
+}
+
+#[test]
+fn prediction_type_and_timestep_spacing_overrides_round_trip() {
+    let switches = [
+        "-s",
+        "3",
+        "-S",
+        "11",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-A",
+        "k_euler",
+        "--prediction-type",
+        "v_prediction",
+        "--timestep-spacing",
+        "trailing",
+    ];
+    let lines = round_trip("a fox", &switches);
+    let line = &lines[0].0;
+    assert!(
+        line.contains("--prediction-type v_prediction --timestep-spacing trailing"),
+        "{line}"
+    );
+    // The overrides changed the picture: without them (the tiny model's ε and InvokeAI's spacing) it differs, so the
+    // replay above reproduced them rather than ignoring them.
+    let lines_default = round_trip("a fox", &switches[..switches.len() - 4]);
+    assert!(
+        !lines_default[0].0.contains("--prediction-type"),
+        "{}",
+        lines_default[0].0
+    );
+    assert!(
+        lines[0].1 != lines_default[0].1,
+        "the overrides made no difference to the image"
+    );
+    // Each on its own is recorded alone.
+    let lines = round_trip(
+        "a fox",
+        &[
+            "-s",
+            "2",
+            "-S",
+            "3",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--timestep-spacing",
+            "leading",
+        ],
+    );
+    assert!(
+        lines[0].0.ends_with("--timestep-spacing leading") && !lines[0].0.contains("--prediction-type"),
+        "{}",
+        lines[0].0
+    );
 }

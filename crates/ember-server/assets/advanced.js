@@ -1,11 +1,13 @@
 // The form's "Advanced" section: InvokeAI's variations (-v, -V), seamless, hires fix, threshold, Perlin noise,
-// exact img2img steps and the prompt switches. Loaded before app.js, which calls these functions (and lends them
+// exact img2img steps, the prompt switches, and the prediction type and timestep spacing overrides. Loaded before app.js, which calls these functions (and lends them
 // `$` and `ApiError` once it has loaded); they only read and write the Advanced controls.
 "use strict";
 
 // Checkboxes of the section, by API field name (= element id).
 const ADVANCED_FLAGS = ["hires_fix", "seamless", "vae_tiling", "exact_steps", "truncate_prompts", "skip_normalize",
   "downweight_mask"];
+// Selects whose empty value means "the model's own" (sent only when one is chosen), by API field name.
+const SCHEDULE_CHOICES = ["prediction_type", "timestep_spacing"];
 // The amount a gallery card's "Variations" button asks for: a close relative of the image.
 const CARD_VARIATION_AMOUNT = 0.1;
 
@@ -45,7 +47,18 @@ function readAdvancedParams(params) {
   params.threshold = advancedNumber("threshold", 0, Infinity, "must be 0 (off) or a positive number, e.g. 10.");
   params.perlin = advancedNumber("perlin", 0, 1, "must be a number from 0 (off) to 1, e.g. 0.1.");
   for (const id of ADVANCED_FLAGS) params[id] = $(id).checked;
+  for (const id of SCHEDULE_CHOICES) {
+    if ($(id).value) params[id] = $(id).value;
+  }
   return params;
+}
+
+// Names the loaded model's own prediction type and spacing in the selects' "Model's own" choices.
+function showModelSchedule(model) {
+  for (const id of SCHEDULE_CHOICES) {
+    const own = $(id).querySelector('option[value=""]');
+    if (own && typeof model[id] === "string") own.textContent = `Model's own (${model[id]})`;
+  }
 }
 
 // Fills the section from an image's params (its resolved variations included), for "Use all".
@@ -55,9 +68,13 @@ function fillAdvanced(p) {
   $("threshold").value = String(p.threshold || 0);
   $("perlin").value = String(p.perlin || 0);
   for (const id of ADVANCED_FLAGS) $(id).checked = Boolean(p[id]);
+  for (const id of SCHEDULE_CHOICES) {
+    const known = [...$(id).options].some((o) => o.value === p[id]);
+    $(id).value = p[id] && known ? p[id] : "";
+  }
   // Settings that differ from the defaults should not hide in a closed section.
   const used = (p.with_variations || []).length > 0 || p.threshold > 0 || p.perlin > 0
-    || ADVANCED_FLAGS.some((id) => p[id]);
+    || ADVANCED_FLAGS.some((id) => p[id]) || SCHEDULE_CHOICES.some((id) => p[id]);
   if (used) $("advanced").open = true;
 }
 

@@ -24,7 +24,12 @@ const state = {
   totalImages: 0,
   submitting: false,
   everConnected: false,
+  model: null, // the loaded model, as GET /api/models reports it
+  nativeSize: 512, // its native side in pixels (hires fix's first pass)
+  touched: new Set(), // ids of the form controls the user has changed: the model's defaults leave them alone
 };
+// Form controls the loaded model's `defaults` set (their ids are the API's field names).
+const MODEL_DEFAULT_FIELDS = ["sampler", "steps", "cfg_scale", "width", "height"];
 
 // ---------------------------------------------------------------------------------------------- API
 
@@ -109,8 +114,9 @@ function updateStepsRun() {
   if (!Number.isFinite(steps) || steps < 1) {
     out.textContent = "Enter the number of steps to see how many will run.";
   } else if (!state.init && $("hires_fix").checked) {
-    out.textContent = `Hires fix: ${steps} steps at about 512 × 512, then ${stepsToRun(strength, steps)} at full size`
-      + " (when the image is larger than 512 × 512).";
+    const native = `${state.nativeSize} × ${state.nativeSize}`;
+    out.textContent = `Hires fix: ${steps} steps at about ${native}, then ${stepsToRun(strength, steps)} at full size`
+      + ` (when the image is larger than ${native}).`;
   } else if (!state.init) {
     out.textContent = `No init image: txt2img runs all ${steps} steps (strength only applies to img2img).`;
   } else if ($("exact_steps").checked) {
@@ -471,6 +477,45 @@ async function resync() {
   loadGallery(state.page);
 }
 
+// ---------------------------------------------------------------------------------------------- model
+
+// Shows the loaded model (name and family) and makes its defaults the form's, except where the user typed already.
+function applyModel(model) {
+  if (!model || typeof model.name !== "string") return;
+  state.model = model;
+  const family = model.family && model.family.name;
+  const label = $("model-label");
+  label.textContent = family ? `${model.name} (${family})` : model.name;
+  label.dataset.family = (model.family && model.family.id) || "";
+  const about = [model.prediction_type && `predicts ${model.prediction_type}`,
+    model.timestep_spacing && `${model.timestep_spacing} timestep spacing`, ...(model.notes || [])].filter(Boolean);
+  label.title = about.join("; ");
+  if (model.native_size > 0) {
+    state.nativeSize = model.native_size;
+    $("native-size").textContent = `${model.native_size} × ${model.native_size}`;
+  }
+  const defaults = model.defaults || {};
+  for (const id of MODEL_DEFAULT_FIELDS) {
+    const v = defaults[id];
+    if (v === undefined || v === null || state.touched.has(id)) continue;
+    if (id === "sampler" && ![...$("sampler").options].some((o) => o.value === v)) {
+      $("sampler").append(new Option(v, v));
+    }
+    $(id).value = String(v);
+  }
+  showModelSchedule(model);
+  updateStepsRun();
+}
+
+async function loadModel() {
+  try {
+    const { models } = await api("/api/models");
+    applyModel((models || []).find((m) => m.loaded) || null);
+  } catch (e) {
+    note(`Could not load the model's details (${e.message}); the form keeps InvokeAI's defaults.`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- start
 
 async function loadSamplers() {
@@ -525,7 +570,10 @@ function bindForm() {
   });
   for (const id of ["strength", "steps"]) $(id).addEventListener("input", updateStepsRun);
   for (const id of ["hires_fix", "exact_steps"]) $(id).addEventListener("change", updateStepsRun);
-  $("gen-form").addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
+  $("gen-form").addEventListener("input", (e) => {
+    e.target.removeAttribute("aria-invalid");
+    if (e.target.id) state.touched.add(e.target.id);
+  });
   $("page-prev").addEventListener("click", () => loadGallery(state.page - 1));
   $("page-next").addEventListener("click", () => loadGallery(state.page + 1));
 }
@@ -535,8 +583,9 @@ async function start() {
   bindInit();
   updateStepsRun();
   renderQueue();
-  // Signed in (if the server wants a token) before the event stream opens: EventSource gives up on a 401.
-  await api("/api/models").catch(() => {});
+  // Signed in (if the server wants a token) before the event stream opens: EventSource gives up on a 401. The model's
+  // defaults fill the form before the sampler list arrives (which keeps the chosen sampler).
+  await loadModel();
   connectEvents();
   loadSamplers();
   loadJobs();

@@ -6,7 +6,8 @@
 // Order in which an image's parameters are listed; keys not named here follow, alphabetically.
 const PARAM_ORDER = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
   "strength", "fit", "karras_max", "hires_fix", "exact_steps", "with_variations", "seamless", "vae_tiling", "threshold",
-  "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "init_image_id"];
+  "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "prediction_type", "timestep_spacing",
+  "init_image_id"];
 
 function formatValue(v) {
   if (typeof v === "string") return v === "" ? "(empty)" : v;

@@ -3,9 +3,7 @@
 
 use crate::db::{self, NewJob};
 use crate::error::{clip, ApiError, ApiResult, ErrorBody};
-use crate::types::{
-    Image, ImagePage, Job, JobList, JobStatus, Mode, ModelInfo, ModelList, Params, ParamsInput, SamplerList,
-};
+use crate::types::{Image, ImagePage, Job, JobList, JobStatus, Mode, ModelList, Params, ParamsInput, SamplerList};
 use crate::upload::{self, MAX_UPLOAD_BYTES};
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -71,7 +69,7 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     };
 
     let input = parse_params(&params_json)?;
-    let params = input.resolve(random_seed)?;
+    let params = input.resolve(&state.defaults, random_seed)?;
     let new_job = check_job(&state, params, upload).await?;
     // A job accepted into a removed database, or onto a full disk, would be lost.
     state.storage.check().map_err(ApiError::unavailable)?;
@@ -580,13 +578,12 @@ pub async fn samplers() -> Json<SamplerList> {
     })
 }
 
-#[utoipa::path(get, path = "/api/models", tag = "other", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/api/models", tag = "other", responses((status = 200,
+    description = "The loaded model: its family, prediction type, timestep spacing, and the defaults of jobs that \
+                   leave steps, cfg_scale, sampler, width or height out", body = ModelList)))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
-        models: vec![ModelInfo {
-            name: state.model_name.to_string(),
-            loaded: true,
-        }],
+        models: vec![(*state.model).clone()],
     })
 }
 

@@ -3,6 +3,7 @@
 //! CPU's work limits, without a model, a database or a network. Not part of the API.
 
 use crate::api::{check_submission, parse_params, read_multipart};
+use crate::types::invokeai_defaults;
 use crate::upload;
 use axum::body::Body;
 use axum::extract::Request;
@@ -45,7 +46,9 @@ pub fn job_multipart(content_type: &str, body: &[u8]) -> bool {
 
 fn check(params: &[u8], upload: Option<&[u8]>) -> bool {
     let Ok(input) = parse_params(params) else { return false };
-    let Ok(params) = input.resolve(|| 1) else { return false };
+    let Ok(params) = input.resolve(&invokeai_defaults(), || 1) else {
+        return false;
+    };
     if check_submission(checker(), &params, upload, None).is_err() {
         return false;
     }

@@ -33,6 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use ember::device::{parse_device, resolve_dtype};
+use ember::model::family::GenerationDefaults;
 use ember::pipeline::{Pipeline, RequestCheck, WorkLimits, MEGAPIXEL};
 use events::Events;
 use std::net::SocketAddr;
@@ -50,7 +51,10 @@ pub(crate) struct AppState {
     events: Events,
     queue: Arc<Queue>,
     images_dir: Arc<PathBuf>,
-    model_name: Arc<str>,
+    /// The loaded model, as `GET /api/models` reports it.
+    model: Arc<types::ModelInfo>,
+    /// What a job's unset steps, CFG scale, sampler and size take: the loaded model's.
+    defaults: GenerationDefaults,
     /// The engine's admission checks, with this server's work limits.
     checker: RequestCheck,
     storage: Arc<Storage>,
@@ -95,6 +99,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The model's name, as `GET /api/models` reports it.
     pub model_name: String,
+    /// Its family's name (`SD 1.x`, `SD 2.x`, `SDXL`).
+    pub model_family: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -137,6 +143,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .await
     .context("the model loading task failed")??;
     let model_name = pipeline.model_name().to_string();
+    let model_info = types::ModelInfo::loaded(&model_name, pipeline.spec());
+    tracing::info!(
+        "model {model_name}: {}, {}, {} spacing",
+        model_info.family.name,
+        model_info.prediction_type,
+        model_info.timestep_spacing
+    );
+    for note in &model_info.notes {
+        tracing::info!("model {model_name}: {note}");
+    }
+    let defaults = pipeline.spec().defaults;
+    let model_family = pipeline.spec().family.name();
     let checker = pipeline.checker();
     if let Some(limits) = checker.limits() {
         tracing::info!(
@@ -158,7 +176,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         events: Events::default(),
         queue: Arc::new(Queue::default()),
         images_dir: Arc::new(images_dir.clone()),
-        model_name: model_name.as_str().into(),
+        model: Arc::new(model_info),
+        defaults,
         checker,
         storage: storage.clone(),
         decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
@@ -195,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         addr: local_addr,
         model_name,
+        model_family,
         shutdown: Some(shutdown_tx),
         task,
     })
@@ -210,8 +230,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let protected = config.token.is_some();
     let server = start(config).await?;
     println!(
-        "Ember is listening on http://{}/ (model: {})",
-        server.addr, server.model_name
+        "Ember is listening on http://{}/ (model: {}, {})",
+        server.addr, server.model_name, server.model_family
     );
     if exposed && !protected {
         eprintln!(

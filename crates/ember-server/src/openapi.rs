@@ -2,8 +2,8 @@
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
-    Image, ImageEvent, ImagePage, Job, JobList, JobStatus, Mode, ModelInfo, ModelList, Params, ParamsInput, Progress,
-    SamplerList, Variation,
+    FamilyInfo, Image, ImageEvent, ImagePage, Job, JobList, JobStatus, Mode, ModelDefaults, ModelInfo, ModelList,
+    Params, ParamsInput, Progress, SamplerList, Variation,
 };
 use crate::{access, api};
 use axum::Json;
@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Ember",
-        description = "Stable Diffusion 1.x txt2img and img2img as a job queue, with live progress over \
+        description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img and img2img as a job queue, with live progress over \
                        Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
     ),
     paths(
@@ -47,6 +47,8 @@ use utoipa::OpenApi;
         SamplerList,
         ModelList,
         ModelInfo,
+        FamilyInfo,
+        ModelDefaults,
         ErrorBody,
         ErrorDetail,
         api::JobUpload,

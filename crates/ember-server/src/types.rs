@@ -1,13 +1,17 @@
 //! The JSON objects of docs/api.md: job parameters (as sent and as resolved), jobs, gallery images, events.
 
+use ember::model::family::{GenerationDefaults, ModelSpec};
 use ember::request::{
     GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH,
 };
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
 use ember::sample::SamplerKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Job parameters as a client sends them; everything but `prompt` has InvokeAI's default.
+/// Job parameters as a client sends them; everything but `prompt` has a default: the loaded model's for `steps`,
+/// `cfg_scale`, `sampler`, `width` and `height` (`GET /api/models`: InvokeAI's for SD 1.x), InvokeAI's for the rest.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamsInput {
@@ -15,17 +19,18 @@ pub struct ParamsInput {
     /// `("a", "b").blend(1, 1)` and `a:0.25 b:0.75`.
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
-    /// Default 50.
+    /// Default: the model's (50; 1 for Turbo models, 4 for LCM models).
     pub steps: Option<usize>,
-    /// Default 7.5.
+    /// Default: the model's (7.5; 0 for Turbo models, 8 for LCM models). ≤ 1 runs without classifier-free guidance.
     pub cfg_scale: Option<f64>,
-    /// Default `k_lms`; see `GET /api/samplers`.
+    /// Default: the model's (`k_lms` for SD 1.x/2.x, `k_euler` for SDXL and Turbo, `lcm` for LCM models); see
+    /// `GET /api/samplers`.
     pub sampler: Option<String>,
     /// Null or absent: a random seed, chosen at submit time and returned in the job's params.
     pub seed: Option<u32>,
-    /// Default 512.
+    /// Default: the model's size (512 for SD 1.x, the trained 512 or 768 for SD 2.x, 1024 for SDXL).
     pub width: Option<usize>,
-    /// Default 512.
+    /// Default: the model's size, as `width`.
     pub height: Option<usize>,
     /// img2img, and the second pass of `hires_fix`: in [0, 1]; default 0.75.
     pub strength: Option<f64>,
@@ -63,11 +68,12 @@ pub struct ParamsInput {
     /// Fade prompt fragments weighted below 1 by masking their tokens in the text encoder's attention (compel's
     /// default) instead of mixing in the prompt without them (InvokeAI 2.x). Default false.
     pub downweight_mask: Option<bool>,
-    /// `epsilon` or `v_prediction`: what the model predicts, for a single file that cannot say (SD 2.x). Default:
-    /// the model's own.
+    /// `epsilon` or `v_prediction`: what the model predicts, for a single file that cannot say (SD 2.x). Null,
+    /// absent or "": the model's own (`GET /api/models`).
     pub prediction_type: Option<String>,
     /// `linspace`, `leading`, `trailing` (diffusers' spacings) or `karras-kdiffusion` (InvokeAI's). Default: the
-    /// model's own (trailing for Turbo models, leading for SDXL, InvokeAI's for SD 1.x/2.x).
+    /// model's own (trailing for Turbo models, leading for SDXL, InvokeAI's for SD 1.x/2.x). Null, absent or "":
+    /// the model's own.
     pub timestep_spacing: Option<String>,
 }
 
@@ -110,23 +116,41 @@ pub struct Params {
     pub skip_normalize: bool,
     pub truncate_prompts: bool,
     pub downweight_mask: bool,
-    /// Null: the model's own.
+    /// `epsilon` or `v_prediction`; null: the model's own.
     pub prediction_type: Option<String>,
-    /// Null: the model's own.
+    /// `linspace`, `leading`, `trailing` or `karras-kdiffusion`; null: the model's own.
     pub timestep_spacing: Option<String>,
+}
+
+/// InvokeAI's defaults, which are also an SD 1.x model's: 50 steps, CFG 7.5, `k_lms`, 512 × 512.
+pub fn invokeai_defaults() -> GenerationDefaults {
+    GenerationDefaults {
+        steps: DEFAULT_STEPS,
+        cfg_scale: DEFAULT_CFG_SCALE,
+        sampler: SamplerKind::KLms,
+        size: DEFAULT_SIZE,
+    }
 }
 
 impl Default for Params {
     /// InvokeAI's defaults, with an empty prompt and seed 0.
     fn default() -> Self {
-        ParamsInput::default().resolve_with(0, Vec::new())
+        ParamsInput::default().resolve_with(&invokeai_defaults(), 0, Vec::new())
     }
 }
 
 impl ParamsInput {
-    /// Fills in the defaults. `random_seed` is called for the seed when none was given, then for the variation
-    /// seed of a non-zero `variation_amount`. Fails, naming the field, on a `variation_amount` outside [0, 1].
-    pub fn resolve(mut self, mut random_seed: impl FnMut() -> u32) -> ember::Result<Params> {
+    /// Fills in the defaults: `defaults` (the loaded model's) for steps, CFG scale, sampler and size, InvokeAI's for
+    /// the rest. `random_seed` is called for the seed when none was given, then for the variation seed of a non-zero
+    /// `variation_amount`. Fails, naming the field, on a `variation_amount` outside [0, 1] or an unknown
+    /// `prediction_type` / `timestep_spacing` (which are stored under their canonical names; "" is the model's own).
+    pub fn resolve(
+        mut self,
+        defaults: &GenerationDefaults,
+        mut random_seed: impl FnMut() -> u32,
+    ) -> ember::Result<Params> {
+        self.prediction_type = canonical::<PredictionType>(self.prediction_type.take(), PredictionType::name)?;
+        self.timestep_spacing = canonical::<TimestepSpacing>(self.timestep_spacing.take(), TimestepSpacing::name)?;
         let amount = self.variation_amount.unwrap_or(0.0);
         // NaN fails `contains` too.
         if !(0.0..=1.0).contains(&amount) {
@@ -143,19 +167,19 @@ impl ParamsInput {
                 weight: amount,
             });
         }
-        Ok(self.resolve_with(seed, variations))
+        Ok(self.resolve_with(defaults, seed, variations))
     }
 
-    fn resolve_with(self, seed: u32, with_variations: Vec<Variation>) -> Params {
+    fn resolve_with(self, defaults: &GenerationDefaults, seed: u32, with_variations: Vec<Variation>) -> Params {
         Params {
             prompt: self.prompt.unwrap_or_default(),
             negative_prompt: self.negative_prompt.unwrap_or_default(),
-            steps: self.steps.unwrap_or(DEFAULT_STEPS),
-            cfg_scale: self.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE),
-            sampler: self.sampler.unwrap_or_else(|| SamplerKind::KLms.name().to_string()),
+            steps: self.steps.unwrap_or(defaults.steps),
+            cfg_scale: self.cfg_scale.unwrap_or(defaults.cfg_scale),
+            sampler: self.sampler.unwrap_or_else(|| defaults.sampler.name().to_string()),
             seed,
-            width: self.width.unwrap_or(DEFAULT_SIZE),
-            height: self.height.unwrap_or(DEFAULT_SIZE),
+            width: self.width.unwrap_or(defaults.size),
+            height: self.height.unwrap_or(defaults.size),
             strength: self.strength.unwrap_or(DEFAULT_STRENGTH),
             fit: self.fit.unwrap_or(false),
             karras_max: self.karras_max.unwrap_or(DEFAULT_KARRAS_MAX),
@@ -173,6 +197,18 @@ impl ParamsInput {
             prediction_type: self.prediction_type,
             timestep_spacing: self.timestep_spacing,
         }
+    }
+}
+
+/// An optional engine name as the engine spells it (`eps` → `epsilon`); "" means none. The parse error names the
+/// field.
+fn canonical<T: std::str::FromStr<Err = ember::Error>>(
+    value: Option<String>,
+    name: fn(T) -> &'static str,
+) -> ember::Result<Option<String>> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(raw) => Ok(Some(name(raw.parse::<T>()?).to_string())),
     }
 }
 
@@ -314,10 +350,67 @@ pub struct SamplerList {
     pub samplers: Vec<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// A model the server runs: what it is and the defaults a job without `steps`, `cfg_scale`, `sampler`, `width` or
+/// `height` takes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelInfo {
     pub name: String,
     pub loaded: bool,
+    pub family: FamilyInfo,
+    /// What the network predicts: `epsilon` or `v_prediction`.
+    pub prediction_type: String,
+    /// How a run's timesteps are spaced: `linspace`, `leading`, `trailing` or `karras-kdiffusion` (InvokeAI's).
+    pub timestep_spacing: String,
+    /// The side in pixels the model was trained at; `hires_fix` makes its first pass at about this size.
+    pub native_size: usize,
+    pub defaults: ModelDefaults,
+    /// How details the model's files could not state were decided (e.g. an SD 2.x single file's prediction type).
+    pub notes: Vec<String>,
+}
+
+/// A model family.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FamilyInfo {
+    /// `sd1`, `sd2` or `sdxl`.
+    pub id: String,
+    /// `SD 1.x`, `SD 2.x` or `SDXL`.
+    pub name: String,
+}
+
+/// The generation settings a model runs with when a job does not set them.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ModelDefaults {
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub sampler: String,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl ModelInfo {
+    /// The loaded model `name`, described by its spec.
+    pub fn loaded(name: &str, spec: &ModelSpec) -> Self {
+        let d = &spec.defaults;
+        Self {
+            name: name.to_string(),
+            loaded: true,
+            family: FamilyInfo {
+                id: spec.family.id().into(),
+                name: spec.family.name().into(),
+            },
+            prediction_type: spec.scheduler.prediction_type.to_string(),
+            timestep_spacing: spec.scheduler.spacing.to_string(),
+            native_size: spec.native_size(),
+            defaults: ModelDefaults {
+                steps: d.steps,
+                cfg_scale: d.cfg_scale,
+                sampler: d.sampler.name().into(),
+                width: d.size,
+                height: d.size,
+            },
+            notes: spec.notes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -357,7 +450,9 @@ mod tests {
             ..Default::default()
         };
         let mut seeds = [11, 12].into_iter();
-        let params = input.resolve(|| seeds.next().unwrap_or(0)).expect("valid");
+        let params = input
+            .resolve(&invokeai_defaults(), || seeds.next().unwrap_or(0))
+            .expect("valid");
         assert_eq!(params.seed, 11, "the seed is drawn first");
         assert_eq!(
             params.with_variations,
@@ -372,7 +467,9 @@ mod tests {
             variation_amount: Some(0.0),
             ..Default::default()
         };
-        let params = zero.resolve(|| panic!("no seed to draw")).expect("valid");
+        let params = zero
+            .resolve(&invokeai_defaults(), || panic!("no seed to draw"))
+            .expect("valid");
         assert!(params.with_variations.is_empty());
 
         for bad in [1.5, -0.1, f64::NAN] {
@@ -380,10 +477,109 @@ mod tests {
                 variation_amount: Some(bad),
                 ..Default::default()
             };
-            let err = input.resolve(|| 1).expect_err("out of range");
+            let err = input.resolve(&invokeai_defaults(), || 1).expect_err("out of range");
             assert!(
                 matches!(&err, ember::Error::InvalidRequest { field, .. } if *field == "variation_amount"),
                 "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unset_fields_take_the_model_defaults_and_set_ones_win() {
+        let turbo = GenerationDefaults {
+            steps: 1,
+            cfg_scale: 0.0,
+            sampler: SamplerKind::KEuler,
+            size: 1024,
+        };
+        let params = ParamsInput::default().resolve(&turbo, || 3).expect("valid");
+        assert_eq!(
+            (
+                params.steps,
+                params.cfg_scale,
+                params.sampler.as_str(),
+                params.width,
+                params.height
+            ),
+            (1, 0.0, "k_euler", 1024, 1024)
+        );
+        let set = ParamsInput {
+            steps: Some(4),
+            cfg_scale: Some(2.0),
+            sampler: Some("ddim".into()),
+            width: Some(512),
+            ..Default::default()
+        };
+        let params = set.resolve(&turbo, || 3).expect("valid");
+        assert_eq!(
+            (
+                params.steps,
+                params.cfg_scale,
+                params.sampler.as_str(),
+                params.width,
+                params.height
+            ),
+            (4, 2.0, "ddim", 512, 1024),
+            "each field that is not set takes its own default"
+        );
+        // SD 1.x's defaults are InvokeAI's, which `Params::default` keeps.
+        let sd1 = ParamsInput::default()
+            .resolve(&invokeai_defaults(), || 0)
+            .expect("valid");
+        assert_eq!(sd1, Params::default());
+        assert_eq!(
+            (sd1.steps, sd1.cfg_scale, sd1.sampler.as_str(), sd1.width),
+            (50, 7.5, "k_lms", 512)
+        );
+    }
+
+    #[test]
+    fn prediction_type_and_spacing_are_checked_and_stored_by_their_engine_names() {
+        let input = ParamsInput {
+            prediction_type: Some("v".into()),
+            timestep_spacing: Some("kdiffusion".into()),
+            ..Default::default()
+        };
+        let params = input.resolve(&invokeai_defaults(), || 0).expect("valid");
+        assert_eq!(params.prediction_type.as_deref(), Some("v_prediction"));
+        assert_eq!(params.timestep_spacing.as_deref(), Some("karras-kdiffusion"));
+        let request = params.to_request(None).expect("request");
+        assert_eq!(request.prediction_type, Some(PredictionType::VPrediction));
+        assert_eq!(request.timestep_spacing, Some(TimestepSpacing::KDiffusion));
+
+        let empty = ParamsInput {
+            prediction_type: Some(String::new()),
+            timestep_spacing: Some(String::new()),
+            ..Default::default()
+        };
+        let params = empty.resolve(&invokeai_defaults(), || 0).expect("valid");
+        assert_eq!(
+            (params.prediction_type, params.timestep_spacing),
+            (None, None),
+            "\"\" is the model's own"
+        );
+
+        for (field, input) in [
+            (
+                "prediction_type",
+                ParamsInput {
+                    prediction_type: Some("x0".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "timestep_spacing",
+                ParamsInput {
+                    timestep_spacing: Some("evenly".into()),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let err = input.resolve(&invokeai_defaults(), || 0).expect_err("unknown");
+            assert!(
+                matches!(&err, ember::Error::InvalidRequest { field: f, .. } if *f == field),
+                "{field}: {err}"
             );
         }
     }

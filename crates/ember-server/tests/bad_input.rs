@@ -368,6 +368,8 @@ async fn page_samplers_models_and_openapi() {
         "skip_normalize",
         "truncate_prompts",
         "downweight_mask",
+        "prediction_type",
+        "timestep_spacing",
     ] {
         assert!(input[field].is_object(), "ParamsInput.{field} is documented");
     }

@@ -1,5 +1,6 @@
-//! `ember bench`: times the networks of an SD1.5-size model with random weights built in memory
-//! (random weights cost the same as real ones), so performance can be measured without any model file.
+//! `ember bench`: times the networks of an SD1.5-size (or, with `--family sdxl`, SDXL-size) model with random weights
+//! built in memory (random weights cost the same as real ones), so performance can be measured without any model
+//! file.
 
 use crate::nn::clip::ClipTextModel;
 use crate::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
@@ -15,7 +16,12 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// Every weight the networks ask for, made up on the spot: N(0, 1/fan_in) so activations stay in range.
-struct RandomWeights;
+struct RandomWeights {
+    /// Whether a text encoder built from these has a `text_projection` (SDXL's second encoder).
+    text_projection: bool,
+}
+
+const PLAIN: RandomWeights = RandomWeights { text_projection: false };
 
 impl SimpleBackend for RandomWeights {
     fn get(
@@ -38,12 +44,16 @@ impl SimpleBackend for RandomWeights {
         t.to_dtype(dtype)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        // The one tensor whose shape a network reads before asking for it: a square projection here.
+        if name.ends_with("text_projection.weight") && self.text_projection {
+            return Tensor::zeros((SDXL_POOLED, SDXL_POOLED), dtype, dev);
+        }
         candle_core::bail!("random weights need a shape for {name}")
     }
 
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.text_projection || !name.ends_with("text_projection.weight")
     }
 }
 
@@ -138,7 +148,7 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let dev = &options.device;
     let precision = Precision::new(dev, options.dtype);
     let dtype = precision.activations;
-    let vb = || VarBuilder::from_backend(Box::new(RandomWeights), dtype, dev.clone());
+    let vb = || VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone());
 
     on_progress("building random SD1.5-size networks");
     let (clip, unet, vae) = precision.build(|| -> Result<_> {
@@ -204,6 +214,140 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
         peak_amx_gflops: peaks.amx_bf16,
         unet_step_512_ops: breakdown(unet_step_512_s, &unet_ops),
         vae_decode_512_ops: breakdown(vae_decode_512_s, &vae_ops),
+    })
+}
+
+/// SDXL base's pooled text embedding width (bigG's `text_projection`).
+const SDXL_POOLED: usize = 1280;
+
+/// SDXL base 1.0's UNet (diffusers' `unet/config.json`).
+pub fn sdxl_unet_config() -> UNetConfig {
+    use crate::nn::config::PerBlock;
+    UNetConfig {
+        block_out_channels: vec![320, 640, 1280],
+        down_block_types: vec![
+            "DownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+        ],
+        up_block_types: vec![
+            "CrossAttnUpBlock2D".into(),
+            "CrossAttnUpBlock2D".into(),
+            "UpBlock2D".into(),
+        ],
+        attention_head_dim: PerBlock::Each(vec![5, 10, 20]),
+        transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+        cross_attention_dim: 2048,
+        use_linear_projection: true,
+        sample_size: 128,
+        addition_embed_type: Some("text_time".into()),
+        addition_time_embed_dim: Some(256),
+        projection_class_embeddings_input_dim: Some(2816),
+        ..UNetConfig::default()
+    }
+}
+
+/// SDXL's second text encoder, OpenCLIP ViT-bigG/14's text tower (the first is CLIP ViT-L's, `ClipTextConfig`'s
+/// default).
+pub fn sdxl_text_encoder_2_config() -> ClipTextConfig {
+    ClipTextConfig {
+        hidden_size: 1280,
+        intermediate_size: 5120,
+        num_hidden_layers: 32,
+        num_attention_heads: 20,
+        hidden_act: "gelu".into(),
+        ..ClipTextConfig::default()
+    }
+}
+
+/// What `ember bench --family sdxl` measured. Field names are the `--json` keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct SdxlBenchReport {
+    pub family: &'static str,
+    pub dtype: String,
+    pub bf16_tiles: bool,
+    pub device: String,
+    pub threads: usize,
+    /// One UNet evaluation at 1024×1024 with classifier-free guidance (batch 2), text_time conditioning included.
+    pub sdxl_unet_step_1024_s: f64,
+    pub sdxl_vae_decode_1024_s: f64,
+    /// Both text encoders on a batch of 2 (prompt and negative), penultimate states and the pooled embedding.
+    pub sdxl_text_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Builds SDXL-size networks with random weights and times them, one at a time (each is dropped before the next is
+/// built, so the peak is the UNet's).
+pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<SdxlBenchReport> {
+    let dev = &options.device;
+    let precision = Precision::new(dev, options.dtype);
+    let dtype = precision.activations;
+    let vb = |weights: RandomWeights| VarBuilder::from_backend(Box::new(weights), dtype, dev.clone());
+
+    on_progress("building random SDXL text encoders");
+    let (clip_l, clip_g) = precision.build(|| -> Result<_> {
+        Ok((
+            ClipTextModel::new(vb(PLAIN), &ClipTextConfig::default())?,
+            ClipTextModel::new(
+                vb(RandomWeights { text_projection: true }),
+                &sdxl_text_encoder_2_config(),
+            )?,
+        ))
+    })?;
+    let ids: Vec<u32> = (0..2 * 77)
+        .map(|i| if i % 77 == 0 { 49406 } else { 320 + (i as u32 % 1000) })
+        .collect();
+    let ids = Tensor::from_vec(ids, (2, 77), dev)?;
+    on_progress("SDXL text encoders, batch 2");
+    let sdxl_text_s = time_min(options.repeat, || {
+        let l = clip_l.hidden_states(&ids, None)?.penultimate;
+        let g = clip_g.hidden_states(&ids, None)?;
+        let pooled = clip_g.pooled(&ids, &g.last_normed)?;
+        Ok((
+            Tensor::cat(&[l, g.penultimate], 2)?.to_device(&Device::Cpu)?,
+            pooled.to_device(&Device::Cpu)?,
+        ))
+    })?;
+    drop((clip_l, clip_g));
+
+    on_progress("building a random SDXL UNet (2.6 B parameters)");
+    let unet = precision.build(|| UNet2DConditionModel::new(vb(PLAIN), &sdxl_unet_config()))?;
+    let inputs = crate::nn::unet::UNetInputs {
+        context: Tensor::randn(0f32, 1.0, (2, 77, 2048), dev)?.to_dtype(dtype)?,
+        text_time: Some((
+            Tensor::randn(0f32, 1.0, (2, SDXL_POOLED), dev)?.to_dtype(dtype)?,
+            Tensor::new(&[[1024f32, 1024., 0., 0., 1024., 1024.]; 2], dev)?.to_dtype(dtype)?,
+        )),
+        timestep_cond: None,
+        extra_channels: None,
+    };
+    let latent = Tensor::randn(0f32, 1.0, (2, 4, 128, 128), dev)?.to_dtype(dtype)?;
+    on_progress("SDXL UNet step 1024×1024 (CFG batch 2)");
+    let sdxl_unet_step_1024_s = time_min(options.repeat, || {
+        Ok(unet.forward(&latent, 500.0, &inputs)?.to_device(&Device::Cpu)?)
+    })?;
+    drop(unet);
+
+    on_progress("building a random SDXL VAE");
+    let vae_config = VaeConfig {
+        scaling_factor: 0.13025,
+        ..VaeConfig::default()
+    };
+    let vae = precision.build(|| AutoencoderKL::new(vb(PLAIN), &vae_config))?;
+    let latent = Tensor::randn(0f32, 1.0, (1, 4, 128, 128), dev)?.to_dtype(dtype)?;
+    on_progress("SDXL VAE decode 1024×1024");
+    let sdxl_vae_decode_1024_s = time_min(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+
+    Ok(SdxlBenchReport {
+        family: "sdxl",
+        dtype: format!("{:?}", options.dtype).to_lowercase(),
+        bf16_tiles: precision.packed_bf16,
+        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
+        threads: candle_core::utils::get_num_threads(),
+        sdxl_unet_step_1024_s,
+        sdxl_vae_decode_1024_s,
+        sdxl_text_s,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 

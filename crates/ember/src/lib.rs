@@ -18,17 +18,20 @@
 
 pub mod bench;
 pub mod cancel;
-pub mod cpu;
+pub(crate) mod cpu;
 pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod image;
 pub mod model;
 pub mod nn;
-pub mod op_stats;
+pub(crate) mod op_stats;
 pub mod pipeline;
 pub mod request;
 pub mod sample;
 pub mod text;
 
+/// What front-ends and tests need of the CPU kernels' module: the allocator tuning a binary applies at start, and the
+/// instruction set the kernels run on.
+pub use cpu::{tune_allocator, Isa};
 pub use error::{Error, Result};

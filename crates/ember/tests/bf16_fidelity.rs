@@ -58,7 +58,7 @@ fn bf16_is_at_least_as_faithful_as_pytorch_bf16() {
     let model = fixture("tiny-sd");
     let pipeline = Pipeline::load(model.to_str().expect("utf-8"), &Device::Cpu, DType::BF16).expect("tiny model");
     let tiles = ember::nn::Precision::new(&Device::Cpu, DType::BF16).packed_bf16;
-    let avx512 = ember::cpu::Isa::detect() == ember::cpu::Isa::Avx512;
+    let avx512 = ember::Isa::detect() == ember::Isa::Avx512;
     // (path, mean bound, per-case bound), from the figures in the module comment.
     let (path, mean_bound, case_bound) = match (tiles, avx512) {
         (true, _) => ("AMX tiles, f32 activations", 1.0, 4.0),

@@ -19,8 +19,8 @@ Commands:
   !replay FILE     run each command line of a text file
   !history         list the history; !NNN puts entry NNN into the edit buffer
   !search TEXT     list the history entries that contain TEXT
-  !models          list the named models of the models file
-  !switch NAME     load a named model
+  !models          list the named models of the models file, with their defaults
+  !switch NAME     load a named model (with its defaults from the models file)
   !clear           clear the history
   q                quit (also Ctrl-D); Ctrl-C cancels the running image";
 
@@ -109,6 +109,8 @@ impl Repl {
         Ok(())
     }
 
+    /// `!models`: every entry with its description, path and settings (dtype, device, generation defaults); the loaded one (`*`) also with what the
+    /// loader found it to be. The others are not loaded to find out.
     fn list_models(&self) -> anyhow::Result<()> {
         let Some(file) = models_file() else {
             bail!("no models file: set EMBER_CONFIG to a models.toml");
@@ -122,13 +124,37 @@ impl Repl {
         }
         let current = &self.runner.model().model;
         for (name, entry) in &models {
-            let mark = if &entry.path == current { "*" } else { " " };
+            let loaded = match &self.current_entry {
+                Some(switched) => switched == name,
+                // The launch model, when an entry names the same path.
+                None => &entry.path == current,
+            };
+            let mark = if loaded { "*" } else { " " };
             let description = entry.description.as_deref().unwrap_or("");
             println!("{mark} {name:<16} {description}  ({})", entry.path);
+            if let Some(spec) = self.runner.spec().filter(|_| loaded) {
+                println!("    loaded: {}", crate::runner::describe_spec(spec));
+            }
+            let mut settings: Vec<String> = Vec::new();
+            if let Some(dtype) = &entry.dtype {
+                settings.push(format!("--dtype {dtype}"));
+            }
+            if let Some(device) = &entry.device {
+                settings.push(format!("--device {device}"));
+            }
+            let defaults = entry.defaults_text();
+            if !defaults.is_empty() {
+                settings.push(defaults);
+            }
+            if !settings.is_empty() {
+                println!("    settings: {}", settings.join(" "));
+            }
         }
         Ok(())
     }
 
+    /// `!switch NAME`: loads the entry's model from the launch flags' device and dtype (unless the entry sets its
+    /// own) with the entry's defaults, which replace the previous entry's.
     fn switch(&mut self, name: &str) -> anyhow::Result<()> {
         if name.is_empty() {
             bail!("!switch needs a model name; !models lists them");
@@ -143,15 +169,20 @@ impl Repl {
                 names.join(", ")
             );
         };
-        let current = self.runner.model().clone();
         let model = ModelArgs {
             model: entry.path.clone(),
-            device: entry.device.clone().unwrap_or(current.device),
-            dtype: entry.dtype.clone().unwrap_or(current.dtype),
+            device: entry.device.clone().unwrap_or_else(|| self.launch.device.clone()),
+            dtype: entry.dtype.clone().unwrap_or_else(|| self.launch.dtype.clone()),
         };
         eprintln!("loading model {name} ({}) …", entry.path);
-        self.runner.switch_model(model)?;
-        eprintln!("model {name} loaded");
+        self.runner.switch_model(model, entry.switches())?;
+        self.current_entry = Some(name.to_string());
+        let defaults = entry.defaults_text();
+        if defaults.is_empty() {
+            eprintln!("model {name} loaded");
+        } else {
+            eprintln!("model {name} loaded; its defaults: {defaults}");
+        }
         Ok(())
     }
 }

@@ -6,12 +6,32 @@
 //! ```toml
 //! [models.sd15]
 //! path = "/models/v1-5-pruned-emaonly.safetensors"   # anything --model takes: file, folder or repo id
-//! dtype = "f16"                                      # optional: auto (default), f32, f16, bf16
+//! dtype = "f16"                                      # optional: auto, f32, f16, bf16 (the REPL's --dtype otherwise)
 //! device = "cuda"                                    # optional: the REPL's --device otherwise
 //! description = "Stable Diffusion 1.5"               # optional: shown by !models
+//!
+//! [models.sdxl-turbo]
+//! path = "/models/sdxl-turbo"
+//! description = "SDXL-Turbo: one step, no guidance"
+//! # Optional generation defaults of this model, for every line that does not set the switch itself (on the line or
+//! # among the REPL's launch flags); they win over the model's own defaults (those `model:` prints after loading).
+//! steps = 1                                          # -s
+//! cfg_scale = 0                                      # -C (≤ 1: no classifier-free guidance)
+//! sampler = "k_euler"                                # -A
+//! width = 512                                        # -W
+//! height = 512                                       # -H
+//! timestep_spacing = "trailing"                      # --timestep-spacing: linspace, leading, trailing, karras-kdiffusion
+//! prediction_type = "epsilon"                        # --prediction-type: epsilon, v_prediction
 //! ```
+//!
+//! `!switch` starts every model from the REPL's launch flags: an entry's `dtype`, `device` and defaults apply to
+//! that entry only, never to the next one switched to.
 
+use crate::args::Switches;
 use anyhow::Context;
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
+use ember::sample::SamplerKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +44,84 @@ pub struct ModelEntry {
     pub dtype: Option<String>,
     pub device: Option<String>,
     pub description: Option<String>,
+    /// Generation defaults of this model (see the module documentation).
+    pub steps: Option<usize>,
+    pub cfg_scale: Option<f64>,
+    pub sampler: Option<String>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub prediction_type: Option<String>,
+    pub timestep_spacing: Option<String>,
+}
+
+impl ModelEntry {
+    /// The entry's generation defaults as switches (unset ones stay `None`), for [`crate::runner::Runner`] to put
+    /// under every line while this model is loaded.
+    pub fn switches(&self) -> Switches {
+        Switches {
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: self.sampler.clone(),
+            width: self.width,
+            height: self.height,
+            prediction_type: self.prediction_type.clone(),
+            timestep_spacing: self.timestep_spacing.clone(),
+            ..Switches::default()
+        }
+    }
+
+    /// The defaults as the switches they stand for (`-s 1 -C 0 --timestep-spacing trailing`); empty when none.
+    pub fn defaults_text(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.steps {
+            parts.push(format!("-s {v}"));
+        }
+        if let Some(v) = self.cfg_scale {
+            parts.push(format!("-C {v}"));
+        }
+        if let Some(v) = &self.sampler {
+            parts.push(format!("-A {v}"));
+        }
+        if let Some(v) = self.width {
+            parts.push(format!("-W {v}"));
+        }
+        if let Some(v) = self.height {
+            parts.push(format!("-H {v}"));
+        }
+        if let Some(v) = &self.prediction_type {
+            parts.push(format!("--prediction-type {v}"));
+        }
+        if let Some(v) = &self.timestep_spacing {
+            parts.push(format!("--timestep-spacing {v}"));
+        }
+        parts.join(" ")
+    }
+
+    /// Rejects values no line could run with, so a typo is reported when the file is read, naming the entry.
+    fn check(&self, name: &str) -> anyhow::Result<()> {
+        let bad = |key: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("[models.{name}] {key}: {e}");
+        if let Some(v) = &self.sampler {
+            v.parse::<SamplerKind>().map_err(|e| bad("sampler", &e))?;
+        }
+        if let Some(v) = &self.prediction_type {
+            v.parse::<PredictionType>().map_err(|e| bad("prediction_type", &e))?;
+        }
+        if let Some(v) = &self.timestep_spacing {
+            v.parse::<TimestepSpacing>().map_err(|e| bad("timestep_spacing", &e))?;
+        }
+        if self.steps == Some(0) {
+            return Err(bad("steps", &"must be at least 1"));
+        }
+        if let Some(v) = self.cfg_scale.filter(|v| !v.is_finite() || *v < 0.0) {
+            return Err(bad("cfg_scale", &format!("{v} is not a scale ≥ 0")));
+        }
+        for (key, side) in [("width", self.width), ("height", self.height)] {
+            if let Some(v) = side.filter(|v| *v == 0 || v % 8 != 0) {
+                return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +166,9 @@ pub fn load_models(path: &Path) -> anyhow::Result<BTreeMap<String, ModelEntry>> 
 
 fn parse_models(text: &str) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
     let file: ConfigFile = toml::from_str(text)?;
+    for (name, entry) in &file.models {
+        entry.check(name)?;
+    }
     Ok(file.models)
 }
 
@@ -92,5 +193,52 @@ mod tests {
         assert_eq!(models["sd15"].dtype.as_deref(), Some("f16"));
         assert_eq!(models["tiny"].path, "tests/fixtures/tiny-sd");
         assert!(parse_models("[models.x]\npth = \"typo\"").is_err());
+        assert_eq!(models["tiny"].switches(), Switches::default());
+        assert_eq!(models["tiny"].defaults_text(), "");
+    }
+
+    #[test]
+    fn per_model_defaults() {
+        let models = parse_models(
+            r#"
+            [models.turbo]
+            path = "/m/sdxl-turbo"
+            steps = 1
+            cfg_scale = 0
+            sampler = "k_euler_a"
+            width = 512
+            height = 768
+            prediction_type = "epsilon"
+            timestep_spacing = "trailing"
+            "#,
+        )
+        .expect("valid");
+        let sw = models["turbo"].switches();
+        assert_eq!(
+            (sw.steps, sw.cfg_scale, sw.width, sw.height),
+            (Some(1), Some(0.0), Some(512), Some(768))
+        );
+        assert_eq!(sw.sampler.as_deref(), Some("k_euler_a"));
+        assert_eq!(
+            (sw.prediction_type.as_deref(), sw.timestep_spacing.as_deref()),
+            (Some("epsilon"), Some("trailing"))
+        );
+        assert_eq!(sw.seed, None);
+        assert_eq!(
+            models["turbo"].defaults_text(),
+            "-s 1 -C 0 -A k_euler_a -W 512 -H 768 --prediction-type epsilon --timestep-spacing trailing"
+        );
+        for (bad, needle) in [
+            ("sampler = \"k_nope\"", "sampler"),
+            ("timestep_spacing = \"sideways\"", "timestep_spacing"),
+            ("prediction_type = \"x0\"", "prediction_type"),
+            ("steps = 0", "steps"),
+            ("cfg_scale = -1", "cfg_scale"),
+            ("width = 100", "width"),
+        ] {
+            let err = parse_models(&format!("[models.m]\npath = \"p\"\n{bad}\n")).expect_err(bad);
+            let text = format!("{err:#}");
+            assert!(text.contains("[models.m]") && text.contains(needle), "{bad}: {text}");
+        }
     }
 }

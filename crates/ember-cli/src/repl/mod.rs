@@ -33,6 +33,11 @@ pub struct Repl {
     /// Text for the next prompt's edit buffer (`!fetch`, `!NNN`).
     pending: Option<String>,
     interactive: bool,
+    /// The launch flags' model settings: `!switch` starts every named model from these, so one entry's `dtype` or
+    /// `device` does not carry over to the next.
+    launch: crate::args::ModelArgs,
+    /// The models-file entry `!switch` loaded last (None: the launch model).
+    current_entry: Option<String>,
 }
 
 pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
@@ -66,6 +71,8 @@ pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
         history_path,
         pending: None,
         interactive,
+        launch: args.model.clone(),
+        current_entry: None,
     };
     loop {
         let read = match repl.pending.take() {

@@ -334,10 +334,6 @@ impl PanelsB {
     pub fn panel(&self, index: usize) -> &[u16] {
         &self.data.as_slice()[index * self.depth * BLOCK..][..self.depth * BLOCK]
     }
-
-    pub fn bytes(&self) -> usize {
-        self.data.capacity_bytes()
-    }
 }
 
 /// Where [`block`] stores one 32×32 block of C (row-major, f32).
@@ -466,6 +462,7 @@ fn out_of_range(start: usize, len: usize, buffer: usize) -> ! {
 }
 
 impl<'a, T: Copy> SharedOut<'a, T> {
+    #[cfg(test)]
     pub fn new(out: &'a mut [T]) -> Self {
         Self {
             ptr: out.as_mut_ptr(),
@@ -476,10 +473,6 @@ impl<'a, T: Copy> SharedOut<'a, T> {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Panics unless `start..start + len` lies inside the buffer (an internal invariant: the kernels compute their
@@ -806,10 +799,6 @@ impl<'a> Activations<'a> {
             Activations::F32(x) => x.len(),
             Activations::Bf16(x) => x.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Values `range` rounded to bf16 (copied when already bf16) into `dst` (`range.len()` long).

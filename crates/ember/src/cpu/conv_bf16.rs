@@ -85,11 +85,6 @@ impl PackedConv {
         })
     }
 
-    /// Bytes held (the packed weights and the bias).
-    pub fn bytes(&self) -> usize {
-        self.taps.iter().map(PanelsB::bytes).sum::<usize>() + self.bias.len() * 4
-    }
-
     /// Output height and width for an input of `height × width`; `None` when the kernel does not fit.
     pub fn output_size(&self, height: usize, width: usize, padding: usize, stride: usize) -> Option<(usize, usize)> {
         let k = self.kernel;
@@ -184,6 +179,7 @@ pub struct Addends<'a> {
 
 impl<'a> Addends<'a> {
     /// The residual alone.
+    #[cfg(test)]
     pub fn residual(residual: &'a [f32]) -> Self {
         Self {
             residual: Some(residual),

@@ -47,12 +47,8 @@ impl PackedLinear {
         })
     }
 
-    /// Bytes held (the packed weight and the bias).
-    pub fn bytes(&self) -> usize {
-        self.weight.bytes() + std::mem::size_of_val(self.bias.as_slice())
-    }
-
     /// `out[rows, out] = x[rows, in] · Wᵀ + b`.
+    #[cfg(test)]
     pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         self.forward_into(Activations::F32(x), None, &amx::SharedOut::new(out))
     }

@@ -8,12 +8,20 @@
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
 //!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
 //!   `--seamless`, `--vae-tiling`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`,
-//!   `--downweight mask`, `--negative "…"`. The line is a valid REPL command, which is what `!fetch` relies on: it
-//!   regenerates the same image.
+//!   `--downweight mask`, `--prediction-type X`, `--timestep-spacing Y`, `--negative "…"`. The prediction type and
+//!   timestep spacing are written when the request set them (an override, or a models-file default); left to the
+//!   model they are not, since the same model decides them the same way again. The line is a valid REPL command,
+//!   which is what `!fetch` relies on: it regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
 //!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given
-//!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`.
-//! - `parameters`: AUTOMATIC1111's text block, read by most image browsers.
+//!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`. Ember adds what the
+//!   model made of the request ([`RunInfo`], the values used, not only the overrides): `model_family` (`sd1`, `sd2`,
+//!   `sdxl`), `prediction_type` (`epsilon`, `v_prediction`), `timestep_spacing` (`karras-kdiffusion`, `linspace`,
+//!   `leading`, `trailing`) and `guidance` (how the cfg scale acted: classifier-free, none at cfg ≤ 1, or LCM's
+//!   embedding).
+//! - `parameters`: AUTOMATIC1111's text block, read by most image browsers. A1111 has no key for the prediction type
+//!   or a diffusers timestep spacing (its `Schedule type` names σ schedules such as Karras, which the sampler name
+//!   already carries, and its `SGM Uniform` is not diffusers' `trailing`), so neither is written there.
 
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
 use crate::sample::SamplerKind;
@@ -143,6 +151,12 @@ pub fn dream_command(record: &ImageRecord) -> String {
     if r.downweight_mask {
         parts.push("--downweight mask".to_string());
     }
+    if let Some(prediction) = r.prediction_type {
+        parts.push(format!("--prediction-type {prediction}"));
+    }
+    if let Some(spacing) = r.timestep_spacing {
+        parts.push(format!("--timestep-spacing {spacing}"));
+    }
     if !r.negative_prompt.is_empty() {
         parts.push(format!("--negative {}", quote(&r.negative_prompt)));
     }
@@ -209,6 +223,13 @@ struct SdImage<'a> {
     strength: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fit: Option<bool>,
+    /// Ember: what the model made of the request ([`RunInfo`]); the family and guidance are absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_family: Option<&'a str>,
+    prediction_type: &'static str,
+    timestep_spacing: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guidance: Option<&'a str>,
 }
 
 /// InvokeAI's `sd-metadata` JSON (see the module documentation).
@@ -251,6 +272,10 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             init_image_path: if img2img { record.init_name() } else { None },
             strength: (img2img || r.hires_fix).then_some(r.strength),
             fit: img2img.then_some(r.fit),
+            model_family: Some(record.run.family.as_str()).filter(|f| !f.is_empty()),
+            prediction_type: record.run.prediction_type.name(),
+            timestep_spacing: record.run.timestep_spacing.name(),
+            guidance: Some(record.run.guidance.as_str()).filter(|g| !g.is_empty()),
         },
     };
     // Plain data with string keys: serialization cannot fail; fall back to an empty object regardless.
