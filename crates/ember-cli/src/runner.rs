@@ -18,7 +18,6 @@ use ember::image::grid::image_grid;
 use ember::image::metadata::dream_command;
 use ember::image::png_meta::write_png_with_text;
 use ember::image::png_meta::{next_output_path, write_png};
-use ember::image::preview::latents_to_rgb;
 use ember::image::strip::{strip_path, StepStrip};
 use ember::model::family::{GenerationDefaults, ModelSpec};
 use ember::pipeline::{CancelToken, Event, Pipeline};
@@ -355,7 +354,7 @@ fn generate_one(
         Event::Step { step, latents, .. } => {
             bar.set_position(step as u64);
             if let Some(strip) = strip.as_mut() {
-                if let Err(e) = strip.push(latents) {
+                if let Err(e) = pipeline.preview(latents).and_then(|cell| strip.push_image(cell)) {
                     preview_error.get_or_insert(e);
                 }
             }
@@ -363,7 +362,7 @@ fn generate_one(
                 let picture = if sw.decode_intermediates {
                     pipeline.decode_latents(latents, request.vae_tiling)
                 } else {
-                    latents_to_rgb(latents)
+                    pipeline.preview(latents)
                 };
                 match picture {
                     Ok(p) => intermediates.push((step, p)),

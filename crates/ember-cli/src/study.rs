@@ -154,7 +154,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
                 } if args.strip => strip = Some(StepStrip::for_run(total_steps, schedule_steps)),
                 Event::Step { latents, .. } => {
                     if let Some(s) = strip.as_mut() {
-                        if let Err(e) = s.push(latents) {
+                        if let Err(e) = pipeline.preview(latents).and_then(|cell| s.push_image(cell)) {
                             strip_error.get_or_insert(e);
                         }
                     }

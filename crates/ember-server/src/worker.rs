@@ -14,7 +14,6 @@ use crate::upload;
 use base64::prelude::{Engine, BASE64_STANDARD};
 use ember::image::metadata::dream_command;
 use ember::image::png_meta::{next_output_path, write_png};
-use ember::image::preview::latents_to_rgb;
 use ember::pipeline::{CancelToken, Event, Pipeline};
 use ember::request::InitImage;
 use rusqlite::Connection;
@@ -236,6 +235,7 @@ impl Worker {
         };
         let generated = {
             let (conn, events, queue, id) = (&self.conn, &self.events, &self.queue, job.id);
+            let pipeline = &self.pipeline;
             let mut started = Instant::now();
             let mut on_event = |event: Event<'_>| match event {
                 Event::Warning(w) => tracing::warn!("job {id}: {}", clip_message(&w)),
@@ -258,7 +258,8 @@ impl Worker {
                         tracing::warn!("cannot record progress of job {id}: {e}");
                     }
                     let per_step = started.elapsed().as_secs_f64() / step.max(1) as f64;
-                    let preview = latents_to_rgb(latents)
+                    let preview = pipeline
+                        .preview(latents)
                         .map_err(|e| e.to_string())
                         .and_then(|rgb| png_data_url(&rgb))
                         .unwrap_or_else(|e| {
@@ -274,7 +275,7 @@ impl Worker {
                     });
                 }
             };
-            self.pipeline.generate(&request, token, &mut on_event)
+            pipeline.generate(&request, token, &mut on_event)
         };
         let generated = match generated {
             Ok(generated) if !token.is_cancelled() => generated,

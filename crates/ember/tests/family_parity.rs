@@ -198,3 +198,14 @@ fn single_files_give_the_same_latents_as_their_diffusers_folders() {
         assert!(rel_err(&b, &refs[&format!("{}.latents", case.name)]) <= LATENTS_F64);
     }
 }
+
+#[test]
+fn step_previews_use_the_family_latent_space() {
+    let zeros = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).expect("zeros");
+    // Zero latents preview as the map's bias: mid grey for SD 1.x/2.x, SDXL's bias (0.1084, −0.0175, −0.0011) →
+    // (141, 125, 127) for SDXL (see image::preview).
+    for (model, want) in [("tiny-sd2", [127, 127, 127]), ("tiny-sdxl", [141, 125, 127])] {
+        let rgb = load_as(model, DType::F32).preview(&zeros).expect("preview");
+        assert_eq!(rgb.get_pixel(0, 0).0, want, "{model}");
+    }
+}
