@@ -382,3 +382,69 @@ fn repo_ids_use_the_hf_cache_offline() {
     assert_eq!((m.name.as_str(), m.format), ("ember/tiny-sd", ModelFormat::Diffusers));
     assert_same_tensors(&m, "hub cache");
 }
+
+#[test]
+fn a_sidecar_yaml_that_contradicts_the_file_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("m.safetensors");
+    std::fs::copy(fixture("tiny-sd2.safetensors"), &file).expect("copy");
+    let yaml = dir.path().join("m.yaml");
+    // The tiny SD 2.x UNet cross-attends to 16-wide states.
+    std::fs::write(
+        &yaml,
+        "model:\n  params:\n    unet_config:\n      params:\n        context_dim: 1024\n",
+    )
+    .expect("yaml");
+    let msg = load_err(&file);
+    assert!(
+        msg.contains("m.yaml") && msg.contains("context_dim: 1024") && msg.contains("16"),
+        "{msg}"
+    );
+    std::fs::write(&yaml, "model:\n  params:\n    parameterization: \"x0\"\n").expect("yaml");
+    let msg = load_err(&file);
+    assert!(msg.contains("parameterization \"x0\""), "{msg}");
+    // Heads that do not divide the blocks' widths: the .yaml is named as the way out.
+    std::fs::write(
+        &yaml,
+        "model:\n  params:\n    unet_config:\n      params:\n        num_head_channels: 7\n",
+    )
+    .expect("yaml");
+    let msg = load_err(&file);
+    assert!(msg.contains("7-wide attention heads") && msg.contains(".yaml"), "{msg}");
+    // A .yaml naming no parameterization is LDM's default, ε (SD 2.x 512-base's v2-inference.yaml).
+    std::fs::write(
+        &yaml,
+        "model:\n  params:\n    unet_config:\n      params:\n        num_head_channels: 8\n",
+    )
+    .expect("yaml");
+    let m = load(&file, DType::F32).expect("loads");
+    assert_eq!(m.spec.family, ember::model::Family::Sd2);
+    assert_eq!(
+        m.spec.scheduler.prediction_type,
+        ember::sample::denoiser::PredictionType::Epsilon
+    );
+    assert_eq!(m.spec.native_size(), 512);
+    assert!(
+        m.spec.notes.iter().any(|n| n.contains("ε-prediction")),
+        "{:?}",
+        m.spec.notes
+    );
+    // Without a .yaml the heads default to SD 2.x's 64-wide ones, which the tiny UNet's 32 channels cannot hold.
+    std::fs::remove_file(&yaml).expect("rm");
+    let msg = load_err(&file);
+    assert!(
+        msg.contains("64-wide attention heads") && msg.contains(".yaml"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unets_no_family_has_are_refused_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // An 8-channel UNet: no SD family has one.
+    let fake = sd_like(768, &[8, 8, 1, 1], 8);
+    let tensors: Vec<(&str, &[usize])> = fake.iter().map(|(k, s)| (*k, s.as_slice())).collect();
+    let msg = load_err(&fake_file(d, "eight.safetensors", &tensors));
+    assert!(msg.contains("8 input channels"), "{msg}");
+}

@@ -329,11 +329,12 @@ pub(crate) fn describe(
             }
         }
         if family == Family::Sd2 {
-            scheduler.prediction_type = match hints.sidecar.as_ref().and_then(|s| s.parameterization.as_deref()) {
-                Some("v") => {
+            scheduler.prediction_type = match hints.sidecar.as_ref().map(|s| s.parameterization.as_deref()) {
+                Some(Some("v")) => {
                     notes.push("v-prediction (from the model's .yaml: parameterization \"v\")".into());
                     PredictionType::VPrediction
                 }
+                // LDM's default parameterization is ε (SD 2.x 512-base's v2-inference.yaml names none).
                 Some(_) => {
                     notes.push("ε-prediction (the model's .yaml names no v parameterization)".into());
                     PredictionType::Epsilon
@@ -349,6 +350,14 @@ pub(crate) fn describe(
                 }
             };
         }
+    }
+    if hints.single_file {
+        // The trained size is not in the shapes either: SDXL's 1024², SD 2.x v's 768² (the 768-v model), else 512².
+        unet.sample_size = match (family, scheduler.prediction_type) {
+            (Family::Sdxl, _) => 128,
+            (Family::Sd2, PredictionType::VPrediction) => 96,
+            _ => 64,
+        };
     }
     if family == Family::Sdxl {
         scheduler.spacing = TimestepSpacing::Leading;
@@ -585,5 +594,33 @@ mod tests {
             &mut spec,
         );
         assert!(err.unwrap_err().to_string().contains("prediction_type"));
+    }
+
+    #[test]
+    fn an_sd2_single_file_without_yaml_is_the_768_v_model_with_64_wide_heads() {
+        let unet = UNetConfig {
+            cross_attention_dim: 1024,
+            use_linear_projection: true,
+            ..UNetConfig::default()
+        };
+        let text = ClipTextConfig {
+            hidden_size: 1024,
+            num_hidden_layers: 24,
+            ..ClipTextConfig::default()
+        };
+        let hints = Hints {
+            single_file: true,
+            ..Hints::default()
+        };
+        let spec = describe(Path::new("sd21.safetensors"), unet, VaeConfig::default(), vec![text], &hints).unwrap();
+        assert_eq!(spec.family, Family::Sd2);
+        assert_eq!(spec.scheduler.prediction_type, PredictionType::VPrediction);
+        assert!(spec.notes[0].contains("v-prediction assumed"), "{:?}", spec.notes);
+        assert_eq!(spec.native_size(), 768);
+        assert_eq!(spec.unet.attention_head_dim, crate::nn::config::PerBlock::Each(vec![5, 10, 20, 20]));
+        // OpenCLIP's tower: gelu, cut to its penultimate layer, padded with `!`.
+        let encoder = &spec.text_encoders[0];
+        assert_eq!((encoder.config.hidden_act.as_str(), encoder.config.num_hidden_layers), ("gelu", 23));
+        assert_eq!((encoder.layer, encoder.pad_token), (TextLayer::LastNormed, "!"));
     }
 }
