@@ -279,8 +279,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Which model family's networks to time: sd1 (SD 1.5 sizes, 512×512) or sdxl (SDXL base sizes, 1024×1024:
-    /// UNet step, VAE decode, both text encoders; about 10 GiB of memory in f32).
+    /// Which model family's networks to time: sd1 (SD 1.5 sizes, 512×512), sd2 (SD 2.1 sizes as SD-Turbo runs
+    /// them: one unguided step and a whole one-step 512×512 txt2img) or sdxl (SDXL base sizes, 1024×1024: UNet step,
+    /// VAE decode, both text encoders; about 11 GiB of memory in f32).
     #[arg(long, default_value = "sd1")]
     pub family: String,
 }

@@ -1,7 +1,7 @@
 //! `ember bench`: prints the engine's timings as a table or one JSON object.
 
 use crate::args::BenchArgs;
-use ember::bench::{run as run_bench, run_sdxl, BenchOptions};
+use ember::bench::{run as run_bench, run_sd2_turbo, run_sdxl, BenchOptions};
 use ember::device::{parse_device, resolve_dtype};
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -14,7 +14,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match args.family.as_str() {
         "sd1" | "sd15" => {}
         "sdxl" => return run_sdxl_bench(args, &options),
-        other => anyhow::bail!("unknown --family {other:?}; ember bench times sd1 or sdxl networks"),
+        "sd2" => return run_turbo_bench(args, &options),
+        other => anyhow::bail!("unknown --family {other:?}; ember bench times sd1, sd2 or sdxl networks"),
     }
     let report = run_bench(&options, &mut |stage| eprintln!("bench: {stage}"))?;
     if args.json {
@@ -93,6 +94,37 @@ fn run_sdxl_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<()
     }
     println!(
         "{:<40} {:>10.2} GiB",
+        "peak RSS",
+        report.peak_rss_bytes as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// `ember bench --family sd2`: SD 2.1-size networks as SD-Turbo runs them.
+fn run_turbo_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<()> {
+    let report = run_sd2_turbo(options, &mut |stage| eprintln!("bench: {stage}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "Ember bench — SD 2.1-size networks (SD-Turbo), random weights, {} on {}, {} threads",
+        report.dtype, report.device, report.threads
+    );
+    println!("{:<44} {:>10}", "measurement", "seconds");
+    for (name, secs) in [
+        (
+            "UNet step 512×512, no guidance (batch 1)",
+            report.sd2_unet_step_512_nocfg_s,
+        ),
+        ("VAE decode 512×512", report.sd2_vae_decode_512_s),
+        ("text encoder (one prompt)", report.sd2_text_s),
+        ("one-step txt2img 512×512 (warm)", report.turbo_txt2img_512_1step_s),
+    ] {
+        println!("{name:<44} {secs:>10.3}");
+    }
+    println!(
+        "{:<44} {:>10.2} GiB",
         "peak RSS",
         report.peak_rss_bytes as f64 / (1u64 << 30) as f64
     );

@@ -351,6 +351,93 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
     })
 }
 
+/// SD 2.1's UNet (diffusers' `unet/config.json`; SD-Turbo's is the same network).
+pub fn sd2_unet_config() -> UNetConfig {
+    use crate::nn::config::PerBlock;
+    UNetConfig {
+        attention_head_dim: PerBlock::Each(vec![5, 10, 20, 20]),
+        cross_attention_dim: 1024,
+        use_linear_projection: true,
+        ..UNetConfig::default()
+    }
+}
+
+/// SD 2.x's text encoder: OpenCLIP ViT-H/14's text tower, cut to its penultimate layer (23 of 24).
+pub fn sd2_text_encoder_config() -> ClipTextConfig {
+    ClipTextConfig {
+        hidden_size: 1024,
+        intermediate_size: 4096,
+        num_hidden_layers: 23,
+        num_attention_heads: 16,
+        hidden_act: "gelu".into(),
+        ..ClipTextConfig::default()
+    }
+}
+
+/// What `ember bench --family sd2` measured (SD-Turbo's use: one step, no classifier-free guidance).
+#[derive(Debug, Clone, Serialize)]
+pub struct TurboBenchReport {
+    pub family: &'static str,
+    pub dtype: String,
+    pub bf16_tiles: bool,
+    pub device: String,
+    pub threads: usize,
+    /// One UNet evaluation at 512×512 without guidance (batch 1).
+    pub sd2_unet_step_512_nocfg_s: f64,
+    pub sd2_vae_decode_512_s: f64,
+    /// The text encoder on one prompt.
+    pub sd2_text_s: f64,
+    /// A whole warm one-step 512×512 txt2img as SD-Turbo runs it: text, one UNet pass, VAE decode.
+    pub turbo_txt2img_512_1step_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Builds SD 2.1-size networks with random weights and times SD-Turbo's one-step txt2img and its parts.
+pub fn run_sd2_turbo(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<TurboBenchReport> {
+    let dev = &options.device;
+    let precision = Precision::new(dev, options.dtype);
+    let dtype = precision.activations;
+    let vb = || VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone());
+    on_progress("building random SD 2.1-size networks");
+    let (clip, unet, vae) = precision.build(|| -> Result<_> {
+        Ok((
+            ClipTextModel::new(vb(), &sd2_text_encoder_config())?,
+            UNet2DConditionModel::new(vb(), &sd2_unet_config())?,
+            AutoencoderKL::new(vb(), &VaeConfig::default())?,
+        ))
+    })?;
+    let ids: Vec<u32> = (0..77).map(|i| if i == 0 { 49406 } else { 320 + i as u32 }).collect();
+    let ids = Tensor::from_vec(ids, (1, 77), dev)?;
+    let latent = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?.to_dtype(dtype)?;
+    on_progress("SD 2.x text encoder, one prompt");
+    let sd2_text_s = time_min(options.repeat, || Ok(clip.forward(&ids)?.to_device(&Device::Cpu)?))?;
+    let inputs = crate::nn::unet::UNetInputs::text(clip.forward(&ids)?);
+    on_progress("SD 2.x UNet step 512×512 without guidance (batch 1)");
+    let sd2_unet_step_512_nocfg_s = time_min(options.repeat, || {
+        Ok(unet.forward(&latent, 999.0, &inputs)?.to_device(&Device::Cpu)?)
+    })?;
+    on_progress("VAE decode 512×512");
+    let sd2_vae_decode_512_s = time_min(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+    on_progress("SD-Turbo-style one-step txt2img 512×512");
+    let turbo_txt2img_512_1step_s = time_min(options.repeat, || {
+        let context = crate::nn::unet::UNetInputs::text(clip.forward(&ids)?);
+        let eps = unet.forward(&latent, 999.0, &context)?;
+        Ok(vae.decode(&(&latent - eps)?)?.to_device(&Device::Cpu)?)
+    })?;
+    Ok(TurboBenchReport {
+        family: "sd2",
+        dtype: format!("{:?}", options.dtype).to_lowercase(),
+        bf16_tiles: precision.packed_bf16,
+        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
+        threads: candle_core::utils::get_num_threads(),
+        sd2_unet_step_512_nocfg_s,
+        sd2_vae_decode_512_s,
+        sd2_text_s,
+        turbo_txt2img_512_1step_s,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`); 0 where unknown.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

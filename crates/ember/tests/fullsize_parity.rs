@@ -16,21 +16,24 @@
 //! embedding and a transformer with 8 heads of 40 and cross-attention to 77 × 768 states, GroupNorm 32, then the
 //! downsampler) on a 16×16 input. Its 10.5 M random weights are not stored: tools/oracle/make_fullsize_block.py
 //! draws them (and the inputs) with `torch.randn` from a fixed seed and Ember's `TorchRng` draws the same stream
-//! here, so only the output is committed (tests/fixtures/sd15_down_block_reference.safetensors, 170 KB).
+//! here, so only the output is committed (tests/fixtures/sd15_down_block_reference.safetensors, 170 KB; the replay is
+//! `reference/random_block.rs`).
+//!
+//! SDXL's counterparts (its deepest down block and time path in CI, the whole networks opt-in) are in
+//! `fullsize_sdxl.rs`.
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use ember::nn::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, TransformerShape};
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
-use ember::sample::rng::TorchRng;
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 mod reference;
 use reference::Reference;
+#[path = "reference/random_block.rs"]
+mod random_block;
+use random_block::{fixture, RandomBlock};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -119,35 +122,6 @@ fn fullsize_vae_matches_diffusers() -> TestResult {
 
 // ------------------------------------------------------------------ one block at full size, in CI
 
-/// Tensors by name, remembering which ones a network asked for.
-struct Recording {
-    tensors: HashMap<String, Tensor>,
-    asked: Arc<Mutex<HashSet<String>>>,
-}
-
-impl SimpleBackend for Recording {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            candle_core::bail!("{name}: shape {:?}, the block wants {s:?}", t.dims());
-        }
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {name} in diffusers' block")))?;
-        self.asked.lock().expect("not poisoned").insert(name.to_string());
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-}
-
 /// The block's output as diffusers' `CrossAttnDownBlock2D.forward` computes it (and as Ember's UNet runs its
 /// down blocks): (resnet → transformer) per layer, then the downsampler.
 fn down_block(vb: &VarBuilder, x: &Tensor, temb: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
@@ -169,98 +143,19 @@ fn down_block(vb: &VarBuilder, x: &Tensor, temb: &Tensor, context: &Tensor) -> c
     Downsample2D::new(vb.pp("downsamplers.0"), ch, false)?.forward(&x)
 }
 
-/// What make_fullsize_block.py stores in the reference's metadata.
-#[derive(serde::Deserialize)]
-struct BlockReference {
-    seed: u64,
-    params: Vec<(String, Vec<usize>)>,
-    input_shapes: Vec<(String, Vec<usize>)>,
-    checksums: HashMap<String, f64>,
-}
-
 /// Runs in CI (10.5 M weights, ≈ 2 s): `down_blocks[0]` of SD 1.5's UNet against diffusers, see the file's doc.
 #[test]
 fn sd15_down_block_matches_diffusers() -> TestResult {
-    let path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/sd15_down_block_reference.safetensors"
-    ));
-    let bytes = std::fs::read(&path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("reference"))
-        .ok_or("metadata missing; rerun tools/oracle/make_fullsize_block.py")?;
-    let BlockReference {
-        seed,
-        params,
-        input_shapes: inputs,
-        checksums,
-    } = serde_json::from_str(json)?;
-
-    // One draw for everything, cut in the script's order; exact power-of-two scales (see the script's doc).
-    let total: usize = params
-        .iter()
-        .chain(&inputs)
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
-    let flat = TorchRng::new(seed).randn(total);
-    let mut rest = flat.as_slice();
-    let mut take = |name: &str, shape: &[usize], f: &dyn Fn(f32) -> f32| -> candle_core::Result<Tensor> {
-        let (head, tail) = rest.split_at(shape.iter().product());
-        rest = tail;
-        let values: Vec<f32> = head.iter().map(|&x| f(x)).collect();
-        let sum: f64 = values.iter().map(|&v| v as f64).sum();
-        // The script's float64 sums: a mismatch here is the random stream, not the block.
-        assert!(
-            (sum - checksums[name]).abs() < 1e-6,
-            "{name}: sum {sum} ≠ torch's {}",
-            checksums[name]
-        );
-        Tensor::from_vec(values, shape, &Device::Cpu)
-    };
-    let mut weights = HashMap::new();
-    for (name, shape) in &params {
-        let t = if shape.len() >= 2 {
-            let fan_in = shape[1..].iter().product::<usize>() as f64;
-            let scale = (-(fan_in.log2() / 2.0 + 0.5).floor()).exp2() as f32;
-            take(name, shape, &|x| x * scale)?
-        } else if name.ends_with(".weight") {
-            take(name, shape, &|x| 1.0 + x / 32.0)?
-        } else {
-            take(name, shape, &|x| x / 32.0)?
-        };
-        weights.insert(name.clone(), t);
-    }
-    let mut input = HashMap::new();
-    for (name, shape) in &inputs {
-        input.insert(name.as_str(), take(name, shape, &|x| x)?);
-    }
-    assert!(rest.is_empty());
-
-    let asked = Arc::new(Mutex::new(HashSet::new()));
-    let recording = Recording {
-        tensors: weights,
-        asked: asked.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(recording), DType::F32, Device::Cpu);
-    let out = down_block(
-        &vb,
-        &input["hidden_states"],
-        &input["temb"],
-        &input["encoder_hidden_states"],
+    let block = RandomBlock::load(
+        &fixture("sd15_down_block_reference.safetensors"),
+        "tools/oracle/make_fullsize_block.py",
     )?;
-    // Every parameter of diffusers' block must have been used (a map-backed VarBuilder would not notice one left out).
-    let asked = asked.lock().map_err(|_| "poisoned")?;
-    let unused: Vec<_> = params
-        .iter()
-        .filter(|(n, _)| !asked.contains(n))
-        .map(|(n, _)| n)
-        .collect();
-    assert!(unused.is_empty(), "parameters the block never read: {unused:?}");
-    let want = candle_core::safetensors::load(&path, &Device::Cpu)?
-        .remove("out")
-        .ok_or("reference lacks out")?;
-    check("sd15 down block", &out, &want, TOL_UNET)
+    let out = down_block(
+        &block.vb,
+        block.input("hidden_states")?,
+        block.input("temb")?,
+        block.input("encoder_hidden_states")?,
+    )?;
+    block.assert_all_used();
+    check("sd15 down block", &out, block.output("out")?, TOL_UNET)
 }

@@ -612,15 +612,28 @@ mod tests {
             single_file: true,
             ..Hints::default()
         };
-        let spec = describe(Path::new("sd21.safetensors"), unet, VaeConfig::default(), vec![text], &hints).unwrap();
+        let spec = describe(
+            Path::new("sd21.safetensors"),
+            unet,
+            VaeConfig::default(),
+            vec![text],
+            &hints,
+        )
+        .unwrap();
         assert_eq!(spec.family, Family::Sd2);
         assert_eq!(spec.scheduler.prediction_type, PredictionType::VPrediction);
         assert!(spec.notes[0].contains("v-prediction assumed"), "{:?}", spec.notes);
         assert_eq!(spec.native_size(), 768);
-        assert_eq!(spec.unet.attention_head_dim, crate::nn::config::PerBlock::Each(vec![5, 10, 20, 20]));
+        assert_eq!(
+            spec.unet.attention_head_dim,
+            crate::nn::config::PerBlock::Each(vec![5, 10, 20, 20])
+        );
         // OpenCLIP's tower: gelu, cut to its penultimate layer, padded with `!`.
         let encoder = &spec.text_encoders[0];
-        assert_eq!((encoder.config.hidden_act.as_str(), encoder.config.num_hidden_layers), ("gelu", 23));
+        assert_eq!(
+            (encoder.config.hidden_act.as_str(), encoder.config.num_hidden_layers),
+            ("gelu", 23)
+        );
         assert_eq!((encoder.layer, encoder.pad_token), (TextLayer::LastNormed, "!"));
     }
 }

@@ -4,6 +4,15 @@
 
 use serde::Deserialize;
 
+/// A field diffusers may write as `null` (SDXL base: `"upcast_attention": null`): null reads as the type's default.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// diffusers writes `attention_head_dim` either as one number or one per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
@@ -53,6 +62,7 @@ pub struct UNetConfig {
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
     /// SD 2.x uses linear `proj_in`/`proj_out`; SD 1.x uses 1×1 convolutions.
+    #[serde(deserialize_with = "null_as_default")]
     pub use_linear_projection: bool,
     pub sample_size: usize,
     /// `"text_time"` for SDXL: a pooled text embedding and the image-size micro-conditioning are added to the
@@ -65,6 +75,7 @@ pub struct UNetConfig {
     /// LCM-distilled UNets take the guidance scale as an embedding of this width (`time_embedding.cond_proj`).
     pub time_cond_proj_dim: Option<usize>,
     /// SD 2.1-768 computes attention in f32 even in f16 (Ember's attention always accumulates in f32).
+    #[serde(deserialize_with = "null_as_default")]
     pub upcast_attention: bool,
 }
 
@@ -184,5 +195,26 @@ impl Default for ClipTextConfig {
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_booleans_of_real_configs_read_as_false() {
+        // SDXL base 1.0's unet/config.json writes these as null.
+        let json = r#"{"upcast_attention": null, "use_linear_projection": true, "num_attention_heads": null,
+            "attention_head_dim": [5, 10, 20], "transformer_layers_per_block": [1, 2, 10], "time_cond_proj_dim": null,
+            "addition_embed_type": "text_time"}"#;
+        let c: UNetConfig = serde_json::from_str(json).unwrap();
+        assert!(!c.upcast_attention && c.use_linear_projection && c.has_text_time());
+        assert_eq!(
+            (c.heads(2), c.mid_heads(), c.transformer_layers_per_block.last()),
+            (20, 20, 10)
+        );
+        let c: UNetConfig = serde_json::from_str(r#"{"use_linear_projection": null}"#).unwrap();
+        assert!(!c.use_linear_projection);
     }
 }

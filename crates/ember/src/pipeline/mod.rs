@@ -485,11 +485,12 @@ impl Pipeline {
         )
     }
 
-    /// Warns, once per loaded model, about an image much smaller than the family's native size (SDXL at 512²
-    /// gives broken images; it is allowed all the same).
+    /// Warns, once per loaded model, about an image much smaller than the family's native size (SDXL at 512², the
+    /// SD 2.x 768 model at 512² give broken images; it is allowed all the same).
     fn warn_about_size(&self, width: usize, height: usize, on_event: &mut dyn FnMut(Event<'_>)) {
         let native = self.spec.native_size();
-        if self.spec.family != Family::Sdxl || 2 * width * height >= native * native {
+        // SD 1.x keeps InvokeAI's habits (256² and 384² images are common there).
+        if self.spec.family == Family::Sd1 || 2 * width * height >= native * native {
             return;
         }
         if !self.size_warned.swap(true, Ordering::Relaxed) {
