@@ -1,7 +1,7 @@
 //! `ember bench`: prints the engine's timings as a table or one JSON object.
 
 use crate::args::BenchArgs;
-use ember::bench::{run as run_bench, run_sd2_turbo, run_sdxl, BenchOptions};
+use ember::bench::{run as run_bench, run_sd2_turbo, run_sdxl, BenchOptions, BenchSetup};
 use ember::device::{parse_device, resolve_dtype};
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -24,14 +24,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "Ember bench — SD1.5-size networks, random weights, {}{} on {}, {} threads",
-        report.dtype,
-        if report.bf16_tiles {
+        report.setup.dtype,
+        if report.setup.bf16_tiles {
             " (AMX tiles, f32 activations)"
         } else {
             ""
         },
-        report.device,
-        report.threads
+        report.setup.device,
+        report.setup.threads
     );
     println!("{:<34} {:>10}", "measurement", "seconds");
     for (name, secs) in [
@@ -80,23 +80,12 @@ fn run_sdxl_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<()
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
-        "Ember bench — SDXL-size networks, random weights, {} on {}, {} threads",
-        report.dtype, report.device, report.threads
-    );
-    println!("{:<40} {:>10}", "measurement", "seconds");
-    for (name, secs) in [
+    let rows = [
         ("SDXL UNet step 1024×1024 (CFG batch 2)", report.sdxl_unet_step_1024_s),
         ("SDXL VAE decode 1024×1024", report.sdxl_vae_decode_1024_s),
         ("SDXL text encoders (batch 2)", report.sdxl_text_s),
-    ] {
-        println!("{name:<40} {secs:>10.3}");
-    }
-    println!(
-        "{:<40} {:>10.2} GiB",
-        "peak RSS",
-        report.peak_rss_bytes as f64 / (1u64 << 30) as f64
-    );
+    ];
+    print_table("SDXL-size networks", &report.setup, &rows, report.peak_rss_bytes);
     Ok(())
 }
 
@@ -107,12 +96,7 @@ fn run_turbo_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<(
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
-        "Ember bench — SD 2.1-size networks (SD-Turbo), random weights, {} on {}, {} threads",
-        report.dtype, report.device, report.threads
-    );
-    println!("{:<44} {:>10}", "measurement", "seconds");
-    for (name, secs) in [
+    let rows = [
         (
             "UNet step 512×512, no guidance (batch 1)",
             report.sd2_unet_step_512_nocfg_s,
@@ -120,13 +104,29 @@ fn run_turbo_bench(args: &BenchArgs, options: &BenchOptions) -> anyhow::Result<(
         ("VAE decode 512×512", report.sd2_vae_decode_512_s),
         ("text encoder (one prompt)", report.sd2_text_s),
         ("one-step txt2img 512×512 (warm)", report.turbo_txt2img_512_1step_s),
-    ] {
+    ];
+    print_table(
+        "SD 2.1-size networks (SD-Turbo)",
+        &report.setup,
+        &rows,
+        report.peak_rss_bytes,
+    );
+    Ok(())
+}
+
+/// A family benchmark's table: a title line, one row per measurement, the peak RSS.
+fn print_table(what: &str, setup: &BenchSetup, rows: &[(&str, f64)], peak_rss_bytes: u64) {
+    println!(
+        "Ember bench — {what}, random weights, {} on {}, {} threads",
+        setup.dtype, setup.device, setup.threads
+    );
+    println!("{:<44} {:>10}", "measurement", "seconds");
+    for (name, secs) in rows {
         println!("{name:<44} {secs:>10.3}");
     }
     println!(
         "{:<44} {:>10.2} GiB",
         "peak RSS",
-        report.peak_rss_bytes as f64 / (1u64 << 30) as f64
+        peak_rss_bytes as f64 / (1u64 << 30) as f64
     );
-    Ok(())
 }

@@ -3,9 +3,9 @@
 //! the new image has exactly the same pixels. Covers txt2img, img2img, `-v`/`-V` variations, `--hires_fix` and the
 //! `--prediction-type`/`--timestep-spacing` overrides.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
@@ -21,25 +21,7 @@ fn model_args() -> Vec<String> {
 
 /// Runs `ember ARGS` with `stdin`; returns stdout lines, failing with stderr on a non-zero exit.
 fn ember(args: &[String], stdin: &str, home: &Path) -> Vec<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .env("EMBER_HISTORY", home.join("history"))
-        .env("EMBER_CONFIG", home.join("models.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("ember finishes");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = common::run_ember(args, stdin, home);
     String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()

@@ -3,10 +3,11 @@
 //! settings do not leak into the next), and the PNG metadata of SD 2.x, SDXL and LCM runs, replayed from their Dream
 //! lines.
 
+mod common;
+
 use ember::image::png_meta::read_png_text;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
@@ -16,27 +17,7 @@ fn fixture(name: &str) -> String {
 
 /// Runs `ember ARGS` with `stdin` (history and models file under `home`); fails with stderr on a non-zero exit.
 fn ember(args: &[&str], stdin: &str, home: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .env("EMBER_HISTORY", home.join("history"))
-        .env("EMBER_CONFIG", home.join("models.toml"))
-        .env_remove("EMBER_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("ember finishes");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out
+    common::run_ember(args, stdin, home)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -57,15 +57,37 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-/// What `ember bench` measured. Field names are the `--json` keys.
+/// How a benchmark ran; its fields are `--json` keys of every report.
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
+pub struct BenchSetup {
     /// The requested compute dtype.
     pub dtype: String,
     /// bf16 ran as packed bf16 weights on AMX tiles with f32 activations (`nn::Precision`).
     pub bf16_tiles: bool,
     pub device: String,
     pub threads: usize,
+}
+
+impl BenchSetup {
+    fn new(options: &BenchOptions, precision: Precision) -> Self {
+        Self {
+            dtype: format!("{:?}", options.dtype).to_lowercase(),
+            bf16_tiles: precision.packed_bf16,
+            device: if options.device.is_cuda() {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            },
+            threads: candle_core::utils::get_num_threads(),
+        }
+    }
+}
+
+/// What `ember bench` measured. Field names are the `--json` keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    #[serde(flatten)]
+    pub setup: BenchSetup,
     pub unet_step_512_s: f64,
     pub unet_step_384_s: f64,
     pub vae_decode_512_s: f64,
@@ -199,10 +221,7 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let breakdown = |total_s, ops| if on_cpu { op_breakdown(total_s, ops) } else { Vec::new() };
 
     Ok(BenchReport {
-        dtype: format!("{:?}", options.dtype).to_lowercase(),
-        bf16_tiles: precision.packed_bf16,
-        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
-        threads: candle_core::utils::get_num_threads(),
+        setup: BenchSetup::new(options, precision),
         unet_step_512_s,
         unet_step_384_s,
         vae_decode_512_s,
@@ -264,10 +283,8 @@ pub fn sdxl_text_encoder_2_config() -> ClipTextConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct SdxlBenchReport {
     pub family: &'static str,
-    pub dtype: String,
-    pub bf16_tiles: bool,
-    pub device: String,
-    pub threads: usize,
+    #[serde(flatten)]
+    pub setup: BenchSetup,
     /// One UNet evaluation at 1024×1024 with classifier-free guidance (batch 2), text_time conditioning included.
     pub sdxl_unet_step_1024_s: f64,
     pub sdxl_vae_decode_1024_s: f64,
@@ -340,10 +357,7 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
 
     Ok(SdxlBenchReport {
         family: "sdxl",
-        dtype: format!("{:?}", options.dtype).to_lowercase(),
-        bf16_tiles: precision.packed_bf16,
-        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
-        threads: candle_core::utils::get_num_threads(),
+        setup: BenchSetup::new(options, precision),
         sdxl_unet_step_1024_s,
         sdxl_vae_decode_1024_s,
         sdxl_text_s,
@@ -378,10 +392,8 @@ pub fn sd2_text_encoder_config() -> ClipTextConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct TurboBenchReport {
     pub family: &'static str,
-    pub dtype: String,
-    pub bf16_tiles: bool,
-    pub device: String,
-    pub threads: usize,
+    #[serde(flatten)]
+    pub setup: BenchSetup,
     /// One UNet evaluation at 512×512 without guidance (batch 1).
     pub sd2_unet_step_512_nocfg_s: f64,
     pub sd2_vae_decode_512_s: f64,
@@ -426,10 +438,7 @@ pub fn run_sd2_turbo(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) 
     })?;
     Ok(TurboBenchReport {
         family: "sd2",
-        dtype: format!("{:?}", options.dtype).to_lowercase(),
-        bf16_tiles: precision.packed_bf16,
-        device: if dev.is_cuda() { "cuda".into() } else { "cpu".into() },
-        threads: candle_core::utils::get_num_threads(),
+        setup: BenchSetup::new(options, precision),
         sd2_unet_step_512_nocfg_s,
         sd2_vae_decode_512_s,
         sd2_text_s,
