@@ -196,6 +196,7 @@ impl Runner {
         let request = GenerateRequest {
             prompt: prompt.to_string(),
             negative_prompt: sw.negative.clone().unwrap_or_default(),
+            negative_given: sw.negative.is_some(),
             steps: sw.steps.unwrap_or(DEFAULT_STEPS),
             cfg_scale: sw.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE),
             sampler: sw.sampler.as_deref().unwrap_or("k_lms").parse()?,

@@ -394,3 +394,23 @@ fn sd_metadata_records_the_run_and_reads_it_back() {
     );
     parse(&line).expect(&line);
 }
+
+/// An explicitly empty negative prompt (which SDXL encodes, where it zeroes a missing one) survives the Dream line;
+/// no negative writes no switch.
+#[test]
+fn an_explicitly_empty_negative_prompt_is_recorded() {
+    let given = GenerateRequest {
+        prompt: "a fox".into(),
+        negative_given: true,
+        ..GenerateRequest::default()
+    };
+    let line = dream_command(&record(given, (64, 64)));
+    assert!(line.contains(r#"--negative """#), "{line}");
+    assert_eq!(parse(&line).expect("parses").switches.negative.as_deref(), Some(""));
+    let none = GenerateRequest {
+        prompt: "a fox".into(),
+        ..GenerateRequest::default()
+    };
+    let line = dream_command(&record(none, (64, 64)));
+    assert!(!line.contains("--negative"), "{line}");
+}

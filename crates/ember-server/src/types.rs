@@ -218,6 +218,8 @@ impl Params {
         Ok(GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
+            // The page always sends the field: an empty box means no negative prompt.
+            negative_given: !self.negative_prompt.is_empty(),
             steps: self.steps,
             cfg_scale: self.cfg_scale,
             sampler: self.sampler.parse()?,

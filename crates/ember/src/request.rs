@@ -37,6 +37,9 @@ impl InitImage {
 pub struct GenerateRequest {
     pub prompt: String,
     pub negative_prompt: String,
+    /// A negative prompt was given, even an empty one (`--negative ""`): SDXL base zeroes the unconditional embeddings
+    /// only when none was, as diffusers' `force_zeros_for_empty_prompt` does for `negative_prompt=None`.
+    pub negative_given: bool,
     pub steps: usize,
     pub cfg_scale: f64,
     pub sampler: SamplerKind,
@@ -85,6 +88,7 @@ impl Default for GenerateRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            negative_given: false,
             steps: DEFAULT_STEPS,
             cfg_scale: DEFAULT_CFG_SCALE,
             sampler: SamplerKind::KLms,

@@ -65,6 +65,7 @@ fn request_for(case: &Case) -> GenerateRequest {
     GenerateRequest {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative.clone().unwrap_or_default(),
+        negative_given: case.negative.is_some(),
         steps: case.steps,
         cfg_scale: case.cfg,
         sampler: case.sampler.parse().expect("sampler name"),
@@ -133,11 +134,6 @@ fn check_every_case(dtype: DType) {
     let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
     let mut failures = Vec::new();
     for case in cases() {
-        // diffusers encodes an explicitly empty negative prompt where it zeroes a missing one; Ember's requests cannot
-        // tell the two apart yet and zero both on SDXL (`force_zeros_for_empty_prompt`).
-        if case.negative.as_deref() == Some("") && case.model == "tiny-sdxl" {
-            continue;
-        }
         let pipeline = pipelines
             .entry(case.model.clone())
             .or_insert_with(|| load_as(&case.model, dtype));
@@ -167,9 +163,7 @@ fn text_conditioning_matches_diffusers_for_every_family() {
         let err = rel_err(&text.cond, want);
         println!("{:32} cond {err:.2e}", case.name);
         assert!(err <= TEXT_F64, "{}: cond {err:.2e}", case.name);
-        // See `check_every_case` for SDXL's explicit empty negative.
-        let explicit_empty = case.negative.as_deref() == Some("") && case.model == "tiny-sdxl";
-        if let Some(uncond) = refs.get(&format!("{}.uncond", case.name)).filter(|_| !explicit_empty) {
+        if let Some(uncond) = refs.get(&format!("{}.uncond", case.name)) {
             let err = rel_err(&text.uncond, uncond);
             assert!(err <= TEXT_F64, "{}: uncond {err:.2e}", case.name);
         }

@@ -157,7 +157,8 @@ pub fn dream_command(record: &ImageRecord) -> String {
     if let Some(spacing) = r.timestep_spacing {
         parts.push(format!("--timestep-spacing {spacing}"));
     }
-    if !r.negative_prompt.is_empty() {
+    // An explicitly empty negative is recorded too: SDXL encodes it where it zeroes a missing one.
+    if !r.negative_prompt.is_empty() || r.negative_given {
         parts.push(format!("--negative {}", quote(&r.negative_prompt)));
     }
     parts.join(" ")

@@ -481,7 +481,7 @@ impl Pipeline {
             &self.device,
             prompts,
             &prompt_options(request),
-            self.spec.force_zeros_for_empty_prompt,
+            self.spec.force_zeros_for_empty_prompt && !request.negative_given,
         )
     }
 
