@@ -112,18 +112,24 @@ impl Pipeline {
         Self::from_weights(weights, device, dtype)
     }
 
+    /// What a model is and how its requests are checked, without building its networks: the files are read for
+    /// their configurations and tensor names only (a server describes the models it may load this way).
+    pub fn describe(model: &str) -> Result<(ModelSpec, RequestCheck)> {
+        let weights = load_model(model, &Device::Cpu, DType::F32)?;
+        let tokenizer = Arc::new(
+            tokenizers(&weights)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?,
+        );
+        let check = RequestCheck::new(tokenizer, weights.spec.native_size());
+        Ok((weights.spec, check))
+    }
+
     /// Builds the networks from already-located weights.
     pub fn from_weights(weights: ModelWeights, device: &Device, dtype: DType) -> Result<Self> {
         let spec = weights.spec.clone();
-        let tokenizers = spec
-            .text_encoders
-            .iter()
-            .zip(&weights.tokenizer_dirs)
-            .map(|(encoder, dir)| match dir {
-                Some(dir) => ClipTokenizer::from_dir(dir),
-                None => ClipTokenizer::bundled_padding_with(encoder.pad_token),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let tokenizers = tokenizers(&weights)?;
         let model_err = |what: &str, e: candle_core::Error| {
             Error::model(
                 &weights.source,
@@ -548,4 +554,18 @@ impl Pipeline {
         };
         Ok(((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
+}
+
+/// Each text encoder's tokenizer: the model's own files, else the bundled vocabulary padding as the family does.
+fn tokenizers(weights: &ModelWeights) -> Result<Vec<ClipTokenizer>> {
+    weights
+        .spec
+        .text_encoders
+        .iter()
+        .zip(&weights.tokenizer_dirs)
+        .map(|(encoder, dir)| match dir {
+            Some(dir) => ClipTokenizer::from_dir(dir),
+            None => ClipTokenizer::bundled_padding_with(encoder.pad_token),
+        })
+        .collect()
 }
