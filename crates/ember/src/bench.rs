@@ -170,16 +170,12 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let dev = &options.device;
     let precision = Precision::new(dev, options.dtype);
     let dtype = precision.activations;
-    let vb = || VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone());
+    let vb = || precision.vars(&VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone()));
 
     on_progress("building random SD1.5-size networks");
-    let (clip, unet, vae) = precision.build(|| -> Result<_> {
-        Ok((
-            ClipTextModel::new(vb(), &ClipTextConfig::default())?,
-            UNet2DConditionModel::new(vb(), &UNetConfig::default())?,
-            AutoencoderKL::new(vb(), &VaeConfig::default())?,
-        ))
-    })?;
+    let clip = ClipTextModel::new(vb(), &ClipTextConfig::default())?;
+    let unet = UNet2DConditionModel::new(vb(), &UNetConfig::default())?;
+    let vae = AutoencoderKL::new(vb(), &VaeConfig::default())?;
 
     let ids: Vec<u32> = (0..2 * 77)
         .map(|i| if i % 77 == 0 { 49406 } else { 320 + (i as u32 % 1000) })
@@ -299,18 +295,14 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
     let dev = &options.device;
     let precision = Precision::new(dev, options.dtype);
     let dtype = precision.activations;
-    let vb = |weights: RandomWeights| VarBuilder::from_backend(Box::new(weights), dtype, dev.clone());
+    let vb = |weights: RandomWeights| precision.vars(&VarBuilder::from_backend(Box::new(weights), dtype, dev.clone()));
 
     on_progress("building random SDXL text encoders");
-    let (clip_l, clip_g) = precision.build(|| -> Result<_> {
-        Ok((
-            ClipTextModel::new(vb(PLAIN), &ClipTextConfig::default())?,
-            ClipTextModel::new(
-                vb(RandomWeights { text_projection: true }),
-                &sdxl_text_encoder_2_config(),
-            )?,
-        ))
-    })?;
+    let clip_l = ClipTextModel::new(vb(PLAIN), &ClipTextConfig::default())?;
+    let clip_g = ClipTextModel::new(
+        vb(RandomWeights { text_projection: true }),
+        &sdxl_text_encoder_2_config(),
+    )?;
     let ids: Vec<u32> = (0..2 * 77)
         .map(|i| if i % 77 == 0 { 49406 } else { 320 + (i as u32 % 1000) })
         .collect();
@@ -328,7 +320,7 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
     drop((clip_l, clip_g));
 
     on_progress("building a random SDXL UNet (2.6 B parameters)");
-    let unet = precision.build(|| UNet2DConditionModel::new(vb(PLAIN), &sdxl_unet_config()))?;
+    let unet = UNet2DConditionModel::new(vb(PLAIN), &sdxl_unet_config())?;
     let inputs = crate::nn::unet::UNetInputs {
         context: Tensor::randn(0f32, 1.0, (2, 77, 2048), dev)?.to_dtype(dtype)?,
         text_time: Some((
@@ -350,7 +342,7 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
         scaling_factor: 0.13025,
         ..VaeConfig::default()
     };
-    let vae = precision.build(|| AutoencoderKL::new(vb(PLAIN), &vae_config))?;
+    let vae = AutoencoderKL::new(vb(PLAIN), &vae_config)?;
     let latent = Tensor::randn(0f32, 1.0, (1, 4, 128, 128), dev)?.to_dtype(dtype)?;
     on_progress("SDXL VAE decode 1024×1024");
     let sdxl_vae_decode_1024_s = time_min(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
@@ -409,15 +401,11 @@ pub fn run_sd2_turbo(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) 
     let dev = &options.device;
     let precision = Precision::new(dev, options.dtype);
     let dtype = precision.activations;
-    let vb = || VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone());
+    let vb = || precision.vars(&VarBuilder::from_backend(Box::new(PLAIN), dtype, dev.clone()));
     on_progress("building random SD 2.1-size networks");
-    let (clip, unet, vae) = precision.build(|| -> Result<_> {
-        Ok((
-            ClipTextModel::new(vb(), &sd2_text_encoder_config())?,
-            UNet2DConditionModel::new(vb(), &sd2_unet_config())?,
-            AutoencoderKL::new(vb(), &VaeConfig::default())?,
-        ))
-    })?;
+    let clip = ClipTextModel::new(vb(), &sd2_text_encoder_config())?;
+    let unet = UNet2DConditionModel::new(vb(), &sd2_unet_config())?;
+    let vae = AutoencoderKL::new(vb(), &VaeConfig::default())?;
     let ids: Vec<u32> = (0..77).map(|i| if i == 0 { 49406 } else { 320 + i as u32 }).collect();
     let ids = Tensor::from_vec(ids, (1, 77), dev)?;
     let latent = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?.to_dtype(dtype)?;

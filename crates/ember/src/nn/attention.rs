@@ -3,11 +3,11 @@
 //! (self- and cross-attention) and by the VAE's mid-block.
 
 use super::linear::{linear, linear_no_bias, Linear};
+use super::Vars;
 use crate::cpu::attention::FusedAttention;
 use crate::cpu::attention_bf16::AttentionBf16;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// Upper bound on the bytes of f32 attention scores alive at once. At 64×64 latents one head's
 /// 4096×4096 score matrix is exactly this, so the big self-attentions run one (batch × head) slice at a
@@ -155,7 +155,7 @@ pub struct Attention {
 impl Attention {
     /// `context_dim`: the key/value input width (`query_dim` for self-attention). `qkv_bias`: the VAE's
     /// attention has biases on q/k/v, the UNet's does not.
-    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
+    pub fn new(vb: Vars, query_dim: usize, context_dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
         let proj = |i: usize, name: &str| {
             if qkv_bias {
                 linear(i, query_dim, vb.pp(name))
@@ -172,7 +172,7 @@ impl Attention {
             to_v: proj(context_dim, "to_v")?,
             to_out: linear(query_dim, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
-            bf16_tiles: super::packing_bf16(vb.device(), vb.dtype()),
+            bf16_tiles: vb.packs_bf16(),
         })
     }
 

@@ -7,16 +7,16 @@ use super::layers::{
     group_norm, image_to_tokens, is_channels_last, layer_norm, upsample_nearest_2x, Conv, GroupNorm, LayerNorm,
 };
 use super::linear::{linear, Linear};
+use super::Vars;
 use crate::cancel::check_between_layers;
 use crate::cpu::geglu::Geglu;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
-fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv> {
+fn conv3x3(cin: usize, cout: usize, stride: usize, padding: usize, vb: Vars) -> Result<Conv> {
     Conv::new(cin, cout, 3, stride, Some(padding), vb)
 }
 
-fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
+fn conv1x1(cin: usize, cout: usize, vb: Vars) -> Result<Conv> {
     Conv::new(cin, cout, 1, 1, None, vb)
 }
 
@@ -33,14 +33,15 @@ pub struct ResnetBlock2D {
 
 impl ResnetBlock2D {
     /// `temb_channels`: None for the VAE's blocks, which take no time embedding.
-    pub fn new(
-        vb: VarBuilder,
+    pub fn new<'a>(
+        vb: impl Into<Vars<'a>>,
         cin: usize,
         cout: usize,
         temb_channels: Option<usize>,
         groups: usize,
         eps: f64,
     ) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         Ok(Self {
             norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
             conv1: conv3x3(cin, cout, 1, 1, vb.pp("conv1"))?,
@@ -101,7 +102,8 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn new(vb: VarBuilder, channels: usize, asymmetric_pad: bool) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, channels: usize, asymmetric_pad: bool) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         let padding = if asymmetric_pad { 0 } else { 1 };
         Ok(Self {
             conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?,
@@ -134,7 +136,8 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, channels: usize) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         Ok(Self {
             conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))?,
         })
@@ -158,7 +161,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    fn new(vb: Vars, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
             proj_in: linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?,
@@ -199,7 +202,7 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
+    fn new(vb: Vars, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, false)?,
@@ -233,7 +236,7 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(vb: VarBuilder, cin: usize, cout: usize, use_linear: bool) -> Result<Self> {
+    fn new(vb: Vars, cin: usize, cout: usize, use_linear: bool) -> Result<Self> {
         Ok(if use_linear {
             Projection::Linear(linear(cin, cout, vb)?)
         } else {
@@ -268,7 +271,8 @@ pub struct Transformer2DModel {
 }
 
 impl Transformer2DModel {
-    pub fn new(vb: VarBuilder, shape: TransformerShape) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, shape: TransformerShape) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         let TransformerShape {
             channels,
             heads,

@@ -8,9 +8,10 @@ use super::attention::{attention_on_tiles, scaled_dot_product_attention};
 use super::config::ClipTextConfig;
 use super::layers::{layer_norm, LayerNorm};
 use super::linear::{linear, Linear};
+use super::Vars;
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, Embedding, VarBuilder};
+use candle_nn::{embedding, Embedding};
 
 #[derive(Debug, Clone, Copy)]
 enum Activation {
@@ -61,7 +62,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
+    fn new(vb: Vars, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let attn = vb.pp("self_attn");
         Ok(Self {
@@ -75,7 +76,7 @@ impl EncoderLayer {
             fc2: linear(cfg.intermediate_size, d, vb.pp("mlp").pp("fc2"))?,
             heads: cfg.num_attention_heads,
             act,
-            bf16_tiles: super::packing_bf16(vb.device(), vb.dtype()),
+            bf16_tiles: vb.packs_bf16(),
         })
     }
 
@@ -147,7 +148,8 @@ pub struct ClipHidden {
 }
 
 impl ClipTextModel {
-    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, cfg: &ClipTextConfig) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         let act = Activation::parse(&cfg.hidden_act)?;
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!(
@@ -182,7 +184,7 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         // Built for bf16 tiles, the token table (49 408 × 768: 152 MB in f32) is kept in bf16 like every other
         // weight; rows are looked up, then widened to f32.
-        let token_embedding = match super::packing_bf16(vb.device(), vb.dtype()) {
+        let token_embedding = match vb.packs_bf16() {
             true => {
                 let table = emb.pp("token_embedding").get_with_hints_dtype(
                     (cfg.vocab_size, cfg.hidden_size),
@@ -192,14 +194,14 @@ impl ClipTextModel {
                 )?;
                 Embedding::new(table, cfg.hidden_size)
             }
-            false => embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
+            false => embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding").vb())?,
         };
         Ok(Self {
             token_embedding,
             position_embedding: embedding(
                 cfg.max_position_embeddings,
                 cfg.hidden_size,
-                emb.pp("position_embedding"),
+                emb.pp("position_embedding").vb(),
             )?,
             layers,
             final_layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,

@@ -2,13 +2,14 @@
 //! Ember's f32 kernel, candle), group and layer normalisation, `--seamless` circular padding, and the tensor
 //! layout helpers (channels-last images, tokens). Blocks made of these live in `blocks.rs`.
 
+use super::Vars;
 use crate::cpu::conv::Conv2dStride1;
 use crate::cpu::conv_bf16::{Conv2dBf16, ConvOutput, GroupNormParams, PackedConv};
 use crate::cpu::group_norm::FusedGroupNorm;
 use crate::cpu::layer_norm::FusedLayerNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -100,27 +101,20 @@ enum ConvWeights {
 
 impl Conv {
     /// `k`×`k` kernel, zero padding `k / 2` on every side (unless `padding` says otherwise), `stride`.
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        padding: Option<usize>,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: Option<usize>, vb: Vars) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding: padding.unwrap_or(k / 2),
             stride,
             ..Default::default()
         };
-        let weights = if super::packing_bf16(vb.device(), vb.dtype()) {
+        let weights = if vb.packs_bf16() {
             let bias = vb.get(cout, "bias")?.to_vec1::<f32>()?;
             let packed = super::pack_bf16_weight(&vb, &[cout, cin, k, k], |weight| {
                 PackedConv::new(weight, &bias, cout, cin, k)
             })?;
             ConvWeights::PackedBf16(Arc::new(packed))
         } else {
-            ConvWeights::Candle(conv2d(cin, cout, k, cfg, vb)?)
+            ConvWeights::Candle(conv2d(cin, cout, k, cfg, vb.vb())?)
         };
         Ok(Self {
             weights,
@@ -397,7 +391,7 @@ pub struct GroupNorm {
 }
 
 /// diffusers' `nn.GroupNorm(groups, channels, eps)` with `weight` and `bias`.
-pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: Vars) -> Result<GroupNorm> {
     if groups == 0 || !channels.is_multiple_of(groups) {
         candle_core::bail!("group norm: {channels} channels cannot be split into {groups} groups");
     }
@@ -512,8 +506,8 @@ pub struct LayerNorm {
     eps: f64,
 }
 
-pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    let fused = candle_nn::layer_norm(dim, eps, vb)?;
+pub fn layer_norm(dim: usize, eps: f64, vb: Vars) -> Result<LayerNorm> {
+    let fused = candle_nn::layer_norm(dim, eps, vb.vb())?;
     let weight = fused.weight().clone();
     let bias = fused
         .bias()

@@ -2,10 +2,10 @@
 //! on a CPU with AMX (`nn::Precision`) — the weights packed once for `cpu::linear`'s tile kernel. Counted per call by
 //! `op_stats`, so `ember bench` can report linear layers' GFLOP/s.
 
+use super::Vars;
 use crate::cpu::linear::{LinearBf16, LinearGegluBf16, LinearToBf16, PackedLinear};
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -22,18 +22,18 @@ enum Weights {
 }
 
 /// A linear layer with bias (`weight: [out, in]`, `bias: [out]`).
-pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(in_features, out_features, true, vb)
+pub fn linear<'a>(in_features: usize, out_features: usize, vb: impl Into<Vars<'a>>) -> Result<Linear> {
+    Linear::new(in_features, out_features, true, vb.into())
 }
 
 /// A linear layer without bias.
-pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::new(in_features, out_features, false, vb)
+pub fn linear_no_bias<'a>(in_features: usize, out_features: usize, vb: impl Into<Vars<'a>>) -> Result<Linear> {
+    Linear::new(in_features, out_features, false, vb.into())
 }
 
 impl Linear {
-    fn new(in_features: usize, out_features: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weights = if super::packing_bf16(vb.device(), vb.dtype()) {
+    fn new(in_features: usize, out_features: usize, with_bias: bool, vb: Vars) -> Result<Self> {
+        let weights = if vb.packs_bf16() {
             let bias = with_bias
                 .then(|| vb.get(out_features, "bias")?.to_vec1::<f32>())
                 .transpose()?;
@@ -42,9 +42,9 @@ impl Linear {
             })?;
             Weights::PackedBf16(Arc::new(packed))
         } else if with_bias {
-            Weights::Candle(candle_nn::linear(in_features, out_features, vb)?)
+            Weights::Candle(candle_nn::linear(in_features, out_features, vb.vb())?)
         } else {
-            Weights::Candle(candle_nn::linear_no_bias(in_features, out_features, vb)?)
+            Weights::Candle(candle_nn::linear_no_bias(in_features, out_features, vb.vb())?)
         };
         Ok(Self {
             weights,

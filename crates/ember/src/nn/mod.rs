@@ -16,7 +16,7 @@ pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;
 
 use candle_core::{DType, Device};
-use std::cell::Cell;
+use candle_nn::VarBuilder;
 
 /// Precision of the numerically sensitive reductions (softmax, group norm): f32 for f32/f16/bf16 compute,
 /// f64 when the whole model runs in f64 (the reference-parity mode).
@@ -54,23 +54,58 @@ impl Precision {
         }
     }
 
-    /// Builds networks (`build` calls their constructors) so that their layers take this precision's weight format.
-    pub fn build<T>(self, build: impl FnOnce() -> T) -> T {
-        let previous = PACK_BF16.with(|p| p.replace(self.packed_bf16));
-        let built = build();
-        PACK_BF16.with(|p| p.set(previous));
-        built
+    /// `vb` for networks built in this precision: activations in [`Precision::activations`], and matrix weights
+    /// packed as bf16 tiles where [`Precision::packed_bf16`] says.
+    pub fn vars<'a>(self, vb: &VarBuilder<'a>) -> Vars<'a> {
+        Vars {
+            vb: vb.clone().set_dtype(self.activations),
+            packed_bf16: self.packed_bf16,
+        }
     }
 }
 
-thread_local! {
-    /// Set by [`Precision::build`] while networks are being built: layers made now pack their weights as bf16 tiles.
-    static PACK_BF16: Cell<bool> = const { Cell::new(false) };
+/// What a network's layers are built from: their weights (a `VarBuilder`, under diffusers' names) and the form their
+/// matrix weights take, passed explicitly down every constructor (not per-thread state: networks may be built on any
+/// thread, and rebuilt with other weights). A plain `VarBuilder` converts into one with candle's weights.
+#[derive(Clone)]
+pub struct Vars<'a> {
+    vb: VarBuilder<'a>,
+    /// Convolution and linear weights are packed as bf16 tiles for the AMX kernels (see [`Precision`]).
+    packed_bf16: bool,
 }
 
-/// Whether layers built now (on a CPU, in f32) should pack their weights as bf16 tiles.
-pub(crate) fn packing_bf16(device: &Device, dtype: DType) -> bool {
-    PACK_BF16.with(|p| p.get()) && device.is_cpu() && dtype == DType::F32
+impl<'a> From<VarBuilder<'a>> for Vars<'a> {
+    fn from(vb: VarBuilder<'a>) -> Self {
+        Self { vb, packed_bf16: false }
+    }
+}
+
+impl<'a> Vars<'a> {
+    /// The variables under `name` (a module of this one).
+    pub fn pp<S: ToString>(&self, name: S) -> Self {
+        Self {
+            vb: self.vb.pp(name),
+            packed_bf16: self.packed_bf16,
+        }
+    }
+
+    /// The weights, for candle-nn's layer constructors.
+    pub fn vb(&self) -> VarBuilder<'a> {
+        self.vb.clone()
+    }
+
+    /// Whether layers built from these (on a CPU, in f32) pack their matrix weights as bf16 tiles.
+    pub(crate) fn packs_bf16(&self) -> bool {
+        self.packed_bf16 && self.vb.device().is_cpu() && self.vb.dtype() == DType::F32
+    }
+}
+
+impl<'a> std::ops::Deref for Vars<'a> {
+    type Target = VarBuilder<'a>;
+
+    fn deref(&self) -> &VarBuilder<'a> {
+        &self.vb
+    }
 }
 
 /// A weight for packing into bf16 tiles: loaded from `vb` as bf16 (the loader converts the stored dtype once, with

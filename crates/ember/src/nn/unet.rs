@@ -7,9 +7,9 @@ use super::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, Transformer
 use super::config::UNetConfig;
 use super::layers::{cat_channels, group_norm, Conv, GroupNorm, ImageMemory};
 use super::linear::{linear, linear_no_bias, Linear};
+use super::Vars;
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// One down or up block: resnets, each optionally followed by a spatial transformer.
 #[derive(Debug, Clone)]
@@ -95,7 +95,8 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, cfg: &UNetConfig) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         if n == 0 || cfg.down_block_types.len() != n || cfg.up_block_types.len() != n {
@@ -105,7 +106,7 @@ impl UNet2DConditionModel {
         }
         let temb_dim = 4 * boc[0];
         let (groups, eps, ctx) = (cfg.norm_num_groups, cfg.norm_eps, cfg.cross_attention_dim);
-        let transformer = |vb: VarBuilder, channels: usize, heads: usize, depth: usize| {
+        let transformer = |vb: Vars, channels: usize, heads: usize, depth: usize| {
             let shape = TransformerShape {
                 channels,
                 heads,

@@ -9,14 +9,14 @@ use super::attention::Attention;
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::config::VaeConfig;
 use super::layers::{group_norm, image_to_tokens, Conv, GroupNorm, ImageMemory};
+use super::Vars;
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// The VAE's group norms and resnets use eps 1e-6 (diffusers' Encoder/Decoder default).
 const EPS: f64 = 1e-6;
 
-fn conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Conv> {
+fn conv(cin: usize, cout: usize, k: usize, vb: Vars) -> Result<Conv> {
     Conv::new(cin, cout, k, 1, None, vb)
 }
 
@@ -30,7 +30,7 @@ struct MidBlock {
 }
 
 impl MidBlock {
-    fn new(vb: VarBuilder, ch: usize, groups: usize) -> Result<Self> {
+    fn new(vb: Vars, ch: usize, groups: usize) -> Result<Self> {
         let vb_attn = vb.pp("attentions").pp(0);
         Ok(Self {
             resnet0: ResnetBlock2D::new(vb.pp("resnets").pp(0), ch, ch, None, groups, EPS)?,
@@ -61,7 +61,7 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+    fn new(vb: Vars, cfg: &VaeConfig) -> Result<Self> {
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let groups = cfg.norm_num_groups;
@@ -125,7 +125,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+    fn new(vb: Vars, cfg: &VaeConfig) -> Result<Self> {
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let groups = cfg.norm_num_groups;
@@ -199,7 +199,8 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
-    pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<Vars<'a>>, cfg: &VaeConfig) -> Result<Self> {
+        let vb: Vars<'a> = vb.into();
         if cfg.block_out_channels.is_empty() {
             candle_core::bail!("VAE config: block_out_channels is empty");
         }

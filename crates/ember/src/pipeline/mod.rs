@@ -27,7 +27,6 @@ use crate::text::encoder::TextConditioner;
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -137,22 +136,17 @@ impl Pipeline {
             )
         };
         let precision = Precision::new(device, dtype);
-        let (text_encoders, unet, vae) = precision.build(|| -> Result<_> {
-            let in_dtype = |vb: &VarBuilder<'static>| vb.clone().set_dtype(precision.activations);
-            let text_encoders = weights
-                .text_encoders
-                .iter()
-                .zip(&spec.text_encoders)
-                .map(|(vb, encoder)| {
-                    ClipTextModel::new(in_dtype(vb), &encoder.config).map_err(|e| model_err("text encoder", e))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((
-                text_encoders,
-                UNet2DConditionModel::new(in_dtype(&weights.unet), &spec.unet).map_err(|e| model_err("UNet", e))?,
-                AutoencoderKL::new(in_dtype(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?,
-            ))
-        })?;
+        let text_encoders = weights
+            .text_encoders
+            .iter()
+            .zip(&spec.text_encoders)
+            .map(|(vb, encoder)| {
+                ClipTextModel::new(precision.vars(vb), &encoder.config).map_err(|e| model_err("text encoder", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unet =
+            UNet2DConditionModel::new(precision.vars(&weights.unet), &spec.unet).map_err(|e| model_err("UNet", e))?;
+        let vae = AutoencoderKL::new(precision.vars(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?;
         let tokenizer_refs: Vec<&ClipTokenizer> = tokenizers.iter().collect();
         let text = TextConditioner::new(text_encoders, &spec.text_encoders, &tokenizer_refs);
         let tokenizer = Arc::new(
