@@ -15,6 +15,15 @@ const SAMPLERS = ["k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2
   "ddim", "plms"];
 const PREVIEW = `data:image/png;base64,${IMAGE.toString("base64")}`;
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css" };
+// Two named models, as `ember serve --models FILE` lists them; a job's `model` (default: the loaded one) picks one.
+const MODELS = [
+  { name: "mock-sd", loaded: true, description: "a stand-in SD 1.x model", family: { id: "sd1", name: "SD 1.x" },
+    prediction_type: "epsilon", timestep_spacing: "karras-kdiffusion", native_size: 512,
+    defaults: { steps: 50, cfg_scale: 7.5, sampler: "k_lms", width: 512, height: 512 }, notes: [] },
+  { name: "mock-xl", loaded: false, description: "a stand-in SDXL model", family: { id: "sdxl", name: "SDXL" },
+    prediction_type: "epsilon", timestep_spacing: "leading", native_size: 1024,
+    defaults: { steps: 30, cfg_scale: 7.5, sampler: "k_euler", width: 1024, height: 1024 }, notes: [] },
+];
 
 const jobs = [];
 const images = [];
@@ -64,8 +73,12 @@ function createJob(req, res, body) {
     return fail(res, 400, null, `params are not JSON: ${e.message}`);
   }
   if (typeof p.prompt !== "string" || !p.prompt.trim()) return fail(res, 400, "prompt", "must not be empty");
-  const params = { negative_prompt: "", steps: 50, cfg_scale: 7.5, sampler: "k_lms", width: 512, height: 512,
-    strength: 0.75, fit: false, karras_max: 30, ...p };
+  const model = p.model ? MODELS.find((m) => m.name === p.model) : MODELS.find((m) => m.loaded);
+  if (!model) {
+    return fail(res, 400, "model", `there is no model '${p.model}'; its models are ${MODELS.map((m) => m.name)}`);
+  }
+  const params = { negative_prompt: "", ...model.defaults, strength: 0.75, fit: false, karras_max: 30, ...p,
+    model: model.name };
   if (params.seed == null) params.seed = Math.floor(Math.random() * 4294967296);
   if (params.init_image_id != null && !images.some((i) => i.id === params.init_image_id)) {
     return fail(res, 400, "init_image_id", `there is no image ${params.init_image_id} in the gallery`);
@@ -88,6 +101,7 @@ async function work() {
   if (busy) return;
   busy = true;
   for (let job; (job = jobs.find((j) => j.status === "queued"));) {
+    for (const m of MODELS) m.loaded = m.name === job.params.model;
     Object.assign(job, { status: "running", started_at: now() });
     emit("job", job);
     for (let step = 1; step <= job.steps_total && job.status === "running"; step++) {
@@ -130,7 +144,7 @@ function route(req, res, body) {
   }
   if (p === "/api/samplers") return send(res, 200, { samplers: SAMPLERS });
   if (p === "/api/health") return send(res, 200, { status: "ok", storage: "ok", running_job: null });
-  if (p === "/api/models") return send(res, 200, { models: [{ name: "mock", loaded: true }] });
+  if (p === "/api/models") return send(res, 200, { models: MODELS });
   if (p === "/api/jobs" && req.method === "POST") return createJob(req, res, body);
   if (p === "/api/jobs") {
     const st = url.searchParams.get("status");

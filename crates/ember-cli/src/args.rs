@@ -312,6 +312,19 @@ pub struct ServeArgs {
     /// [default: 200 on a CPU (1024² × 190 steps), 2000 on a GPU].
     #[arg(long, value_name = "MEGAPIXEL_STEPS")]
     pub work_budget: Option<f64>,
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Named models jobs may ask for ("model": NAME), one in memory at a time: a TOML file in the format of the
+    /// REPL's models.toml ([models.NAME] tables with a path and optional dtype, device, description and per-model
+    /// defaults). Without --model, the first one by name is loaded at start.
+    #[arg(long, value_name = "FILE")]
+    pub models: Option<PathBuf>,
+    /// Model loaded at start: a diffusers folder, a single-file .safetensors, a .ckpt, a Hugging Face repo id, or a
+    /// name from --models [default: the first model of --models, else stable-diffusion-v1-5/stable-diffusion-v1-5].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
 }

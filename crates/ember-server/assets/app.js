@@ -24,7 +24,8 @@ const state = {
   totalImages: 0,
   submitting: false,
   everConnected: false,
-  model: null, // the loaded model, as GET /api/models reports it
+  model: null, // the model jobs run on (the chosen one, else the loaded one), as GET /api/models reports it
+  models: [], // every model GET /api/models lists; with more than one, the form has a model picker
   nativeSize: 512, // its native side in pixels (hires fix's first pass)
   touched: new Set(), // ids of the form controls the user has changed: the model's defaults leave them alone
 };
@@ -197,6 +198,7 @@ function readParams() {
   if (!Number.isFinite(karras)) throw new ApiError(0, "karras_max", "must be a whole number (30 by default).");
   params.karras_max = karras;
   if (state.init && state.init.kind === "gallery") params.init_image_id = state.init.id;
+  if (state.models.length > 1 && $("model").value) params.model = $("model").value;
   return readAdvancedParams(params);
 }
 
@@ -401,6 +403,8 @@ function onJob(report) {
   if (job.status === "running") showJob(job.id);
   if (job.id === state.shownJobId) renderShownJob();
   renderQueue();
+  // A finished job may have made the server switch models.
+  if (FINISHED.has(job.status) && (!known || known.status !== job.status) && state.models.length > 1) refreshModels();
 }
 
 function onProgress(p) {
@@ -479,15 +483,16 @@ async function resync() {
 
 // ---------------------------------------------------------------------------------------------- model
 
-// Shows the loaded model (name and family) and makes its defaults the form's, except where the user typed already.
-function applyModel(model) {
+// Shows the model jobs will run on (name and family) and makes its defaults the form's, except where the user typed
+// already; `force` (a model chosen in the picker) sets them all.
+function applyModel(model, force = false) {
   if (!model || typeof model.name !== "string") return;
   state.model = model;
   const family = model.family && model.family.name;
   const label = $("model-label");
   label.textContent = family ? `${model.name} (${family})` : model.name;
   label.dataset.family = (model.family && model.family.id) || "";
-  const about = [model.prediction_type && `predicts ${model.prediction_type}`,
+  const about = [model.description, model.prediction_type && `predicts ${model.prediction_type}`,
     model.timestep_spacing && `${model.timestep_spacing} timestep spacing`, ...(model.notes || [])].filter(Boolean);
   label.title = about.join("; ");
   if (model.native_size > 0) {
@@ -497,7 +502,8 @@ function applyModel(model) {
   const defaults = model.defaults || {};
   for (const id of MODEL_DEFAULT_FIELDS) {
     const v = defaults[id];
-    if (v === undefined || v === null || state.touched.has(id)) continue;
+    if (v === undefined || v === null || (state.touched.has(id) && !force)) continue;
+    state.touched.delete(id);
     if (id === "sampler" && ![...$("sampler").options].some((o) => o.value === v)) {
       $("sampler").append(new Option(v, v));
     }
@@ -507,12 +513,54 @@ function applyModel(model) {
   updateStepsRun();
 }
 
+function modelOptionText(model) {
+  const family = model.family && model.family.name;
+  return (family ? `${model.name} (${family})` : model.name) + (model.loaded ? " · loaded" : "");
+}
+
+// Fills the model picker (shown only when the server has several models), keeping the chosen one.
+function renderModelPicker() {
+  const picker = $("model");
+  const chosen = picker.value || (state.model && state.model.name);
+  picker.replaceChildren(...state.models.map((m) => {
+    const option = new Option(modelOptionText(m), m.name);
+    if (m.description) option.title = m.description;
+    return option;
+  }));
+  if (state.models.some((m) => m.name === chosen)) picker.value = chosen;
+  $("model-field").hidden = state.models.length < 2;
+}
+
+// Picks a model by name (the picker's choice, or "Use all" of an image); `withDefaults` puts its defaults in the form.
+function chooseModel(name, withDefaults) {
+  const model = state.models.find((m) => m.name === name);
+  if (!model) return false;
+  $("model").value = name;
+  applyModel(model, withDefaults);
+  return true;
+}
+
 async function loadModel() {
   try {
     const { models } = await api("/api/models");
-    applyModel((models || []).find((m) => m.loaded) || null);
+    state.models = (models || []).filter((m) => m && typeof m.name === "string");
+    const current = state.models.find((m) => m.loaded) || state.models[0] || null;
+    renderModelPicker();
+    if (current) $("model").value = current.name;
+    applyModel(current);
   } catch (e) {
     note(`Could not load the model's details (${e.message}); the form keeps InvokeAI's defaults.`);
+  }
+}
+
+// Refreshes which model is loaded, without touching the form.
+async function refreshModels() {
+  try {
+    const { models } = await api("/api/models");
+    state.models = (models || []).filter((m) => m && typeof m.name === "string");
+    renderModelPicker();
+  } catch (e) {
+    console.warn("Could not refresh the model list", e);
   }
 }
 
@@ -572,7 +620,10 @@ function bindForm() {
   for (const id of ["hires_fix", "exact_steps"]) $(id).addEventListener("change", updateStepsRun);
   $("gen-form").addEventListener("input", (e) => {
     e.target.removeAttribute("aria-invalid");
-    if (e.target.id) state.touched.add(e.target.id);
+    if (e.target.id && e.target.id !== "model") state.touched.add(e.target.id);
+  });
+  $("model").addEventListener("change", (e) => {
+    if (chooseModel(e.target.value, true)) note(`Model ${e.target.value}: its defaults are in the form.`);
   });
   $("page-prev").addEventListener("click", () => loadGallery(state.page - 1));
   $("page-next").addEventListener("click", () => loadGallery(state.page + 1));

@@ -4,7 +4,7 @@
 "use strict";
 
 // Order in which an image's parameters are listed; keys not named here follow, alphabetically.
-const PARAM_ORDER = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+const PARAM_ORDER = ["model", "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
   "strength", "fit", "karras_max", "hires_fix", "exact_steps", "with_variations", "seamless", "vae_tiling", "threshold",
   "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "prediction_type", "timestep_spacing",
   "init_image_id"];
@@ -31,6 +31,11 @@ function useAll(image) {
   const set = (id, v) => {
     if (v !== undefined && v !== null) $(id).value = String(v);
   };
+  // The image's model first (its details, not its defaults: the image's own settings follow).
+  let msgModel = "";
+  if (typeof p.model === "string" && state.models.length > 1 && !chooseModel(p.model, false)) {
+    msgModel = ` Its model, ${p.model}, is not on this server any more.`;
+  }
   set("prompt", p.prompt);
   set("negative_prompt", p.negative_prompt);
   if (p.sampler && ![...$("sampler").options].some((o) => o.value === p.sampler)) {
@@ -47,7 +52,7 @@ function useAll(image) {
   fillAdvanced(p);
   setSeedRandom(false);
   set("seed", image.seed);
-  let msg = `Settings of image #${image.id} loaded.`;
+  let msg = `Settings of image #${image.id} loaded.${msgModel}`;
   if (typeof p.init_image_id === "number") {
     setGalleryInit(p.init_image_id);
   } else if (fromUpload(image)) {
@@ -104,8 +109,8 @@ function renderCard(image) {
   img.width = image.width;
   img.height = image.height;
   const when = image.created_at ? new Date(image.created_at).toLocaleString() : "";
-  li.querySelector(".card-title").textContent = `#${image.id} · seed ${image.seed} · ${image.width}×${image.height}`
-    + (when ? ` · ${when}` : "");
+  li.querySelector(".card-title").textContent = `#${image.id}` + (p.model ? ` · ${p.model}` : "")
+    + ` · seed ${image.seed} · ${image.width}×${image.height}` + (when ? ` · ${when}` : "");
   const dl = li.querySelector("dl");
   for (const [k, v] of paramEntries(p)) {
     const dt = document.createElement("dt");

@@ -68,9 +68,10 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         ));
     };
 
-    let input = parse_params(&params_json)?;
-    let params = input.resolve(&state.defaults, random_seed)?;
-    let new_job = check_job(&state, params, upload).await?;
+    let mut input = parse_params(&params_json)?;
+    let model = state.models.for_job(input.model.take().as_deref())?;
+    let params = model.resolve(input, random_seed)?;
+    let new_job = check_job(&state, model.checker.clone(), params, upload).await?;
     // A job accepted into a removed database, or onto a full disk, would be lost.
     state.storage.check().map_err(ApiError::unavailable)?;
     let (queue, events) = (state.queue.clone(), state.events.clone());
@@ -190,15 +191,19 @@ pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
     })
 }
 
-/// Checks the parameters (and the upload) with the engine's own [`ember::pipeline::RequestCheck`] — fields, prompts,
-/// the device's work limits — so a bad job fails at submit time, naming the field, not in the queue. An upload's
-/// size is read from its header and checked before any pixel is decoded.
-async fn check_job(state: &AppState, params: Params, upload: Option<(String, Vec<u8>)>) -> ApiResult<NewJob> {
+/// Checks the parameters (and the upload) with the engine's own [`ember::pipeline::RequestCheck`] of the job's model
+/// (`checker`) — fields, prompts, the device's work limits — so a bad job fails at submit time, naming the field, not
+/// in the queue. An upload's size is read from its header and checked before any pixel is decoded.
+async fn check_job(
+    state: &AppState,
+    checker: RequestCheck,
+    params: Params,
+    upload: Option<(String, Vec<u8>)>,
+) -> ApiResult<NewJob> {
     let gallery_size = match (&upload, params.init_image_id) {
         (None, Some(id)) => Some(gallery_init_size(state, id).await?),
         _ => None,
     };
-    let checker = state.checker.clone();
     // Tokenizing a long prompt is CPU work: off the async executor.
     let (params, upload, work) = tokio::task::spawn_blocking(move || {
         let work = check_submission(
@@ -579,11 +584,12 @@ pub async fn samplers() -> Json<SamplerList> {
 }
 
 #[utoipa::path(get, path = "/api/models", tag = "other", responses((status = 200,
-    description = "The loaded model: its family, prediction type, timestep spacing, and the defaults of jobs that \
-                   leave steps, cfg_scale, sampler, width or height out", body = ModelList)))]
+    description = "The models jobs may name (`model`), `loaded` saying which one is in memory: each with its family, \
+                   prediction type, timestep spacing, and the defaults of jobs that leave steps, cfg_scale, sampler, \
+                   width or height out", body = ModelList)))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
-        models: vec![(*state.model).clone()],
+        models: state.models.infos(),
     })
 }
 

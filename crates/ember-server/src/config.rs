@@ -1,4 +1,4 @@
-//! How `ember serve` is set up: where it listens, where it keeps its data and which model it runs.
+//! How `ember serve` is set up: where it listens, where it keeps its data and which models it runs.
 
 use ember::pipeline::{WorkLimits, MEGAPIXEL};
 use std::path::PathBuf;
@@ -12,8 +12,12 @@ pub struct Config {
     pub port: u16,
     /// Holds `ember.sqlite` and `images/`.
     pub data_dir: PathBuf,
-    /// Model path or Hugging Face repo id, as `ember generate --model`.
+    /// The model loaded at start: a path or Hugging Face repo id, as `ember generate --model`, or the name (or path)
+    /// of one of `models`.
     pub model: String,
+    /// Named models a job may ask for (`ember serve --models FILE`), one in memory at a time. Empty: `model` only.
+    /// A `model` that is none of them is served too, under its own short name.
+    pub models: Vec<NamedModel>,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     /// `auto`, `f32`, `f16` or `bf16` (as `ember generate --dtype`).
@@ -35,6 +39,7 @@ impl Default for Config {
             port: 9090,
             data_dir: PathBuf::from("ember-data"),
             model: ember::model::DEFAULT_REPO_ID.into(),
+            models: Vec::new(),
             device: "auto".into(),
             dtype: "auto".into(),
             token: None,
@@ -43,6 +48,31 @@ impl Default for Config {
             work_budget: None,
         }
     }
+}
+
+/// One model a job may name (an entry of the REPL's models file, `[models.NAME]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamedModel {
+    /// What a job's `model` says; `GET /api/models` lists it.
+    pub name: String,
+    /// Anything `--model` takes: a file, a diffusers folder or a Hugging Face repo id.
+    pub path: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`; None: the server's.
+    pub device: Option<String>,
+    /// `auto`, `f32`, `f16` or `bf16`; None: the server's.
+    pub dtype: Option<String>,
+    /// Shown with the model in `GET /api/models`.
+    pub description: Option<String>,
+    /// What a job on this model that leaves the field out takes; these win over the model's own defaults.
+    pub steps: Option<usize>,
+    pub cfg_scale: Option<f64>,
+    pub sampler: Option<String>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// `epsilon` or `v_prediction`, for jobs that leave `prediction_type` out.
+    pub prediction_type: Option<String>,
+    /// `linspace`, `leading`, `trailing` or `karras-kdiffusion`, for jobs that leave `timestep_spacing` out.
+    pub timestep_spacing: Option<String>,
 }
 
 impl Config {

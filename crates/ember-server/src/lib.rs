@@ -5,6 +5,9 @@
 //!         ◄──SSE─── events.rs ◄─────────────── progress, job and image events ───┘
 //! ```
 //!
+//! A server may run several named models (`models.rs`), one in memory at a time: jobs are checked against the model
+//! they name at submit time, and the worker loads that model before it runs them.
+//!
 //! Jobs are rows in SQLite, so queued jobs survive a restart; the worker thread takes the oldest queued job, runs
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
@@ -17,6 +20,7 @@ mod error;
 mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+mod models;
 mod openapi;
 mod static_files;
 mod storage;
@@ -24,7 +28,7 @@ mod types;
 mod upload;
 mod worker;
 
-pub use config::Config;
+pub use config::{Config, NamedModel};
 pub use openapi::ApiDoc;
 
 use access::Access;
@@ -32,10 +36,9 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use ember::device::{parse_device, resolve_dtype};
-use ember::model::family::GenerationDefaults;
-use ember::pipeline::{Pipeline, RequestCheck, WorkLimits, MEGAPIXEL};
+use ember::pipeline::MEGAPIXEL;
 use events::Events;
+use models::Models;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,12 +54,9 @@ pub(crate) struct AppState {
     events: Events,
     queue: Arc<Queue>,
     images_dir: Arc<PathBuf>,
-    /// The loaded model, as `GET /api/models` reports it.
-    model: Arc<types::ModelInfo>,
-    /// What a job's unset steps, CFG scale, sampler and size take: the loaded model's.
-    defaults: GenerationDefaults,
-    /// The engine's admission checks, with this server's work limits.
-    checker: RequestCheck,
+    /// The models jobs may name, each with its defaults and the engine's admission checks (with this server's work
+    /// limits), and which one is loaded.
+    models: Arc<Models>,
     storage: Arc<Storage>,
     /// Megapixels of uploads being decoded at once (see `api::MAX_DECODING_MEGAPIXELS`).
     decodes: Arc<Semaphore>,
@@ -97,10 +97,14 @@ fn router(state: AppState, access: Arc<Access>) -> Router {
 /// A server started by [`start`]: its address, and the means to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
-    /// The model's name, as `GET /api/models` reports it.
+    /// The name of the model loaded at start, as `GET /api/models` reports it.
     pub model_name: String,
     /// Its family's name (`SD 1.x`, `SD 2.x`, `SDXL`).
     pub model_family: &'static str,
+    /// Every model jobs may name, the loaded one included.
+    pub models: Vec<String>,
+    /// A line per model of `Config::models` that is left out (it could not be described).
+    pub left_out: Vec<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -129,40 +133,38 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let worker_conn = db::open(&config.db_path())?;
     let storage = Arc::new(Storage::new(&config.data_dir, &config.db_path(), &images_dir));
 
-    let (model, device, dtype) = (config.model.clone(), config.device.clone(), config.dtype.clone());
-    let limits_config = config.clone();
-    let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
-        let device = parse_device(&device)?;
-        let dtype = resolve_dtype(&dtype, &device)?;
-        let limits = limits_config.work_limits(WorkLimits::for_device(&device))?;
-        let mut pipeline = Pipeline::load(&model, &device, dtype)
-            .with_context(|| format!("cannot load the model '{model}'; pass a local model with --model PATH"))?;
-        pipeline.set_work_limits(Some(limits));
-        Ok(pipeline)
-    })
-    .await
-    .context("the model loading task failed")??;
-    let model_name = pipeline.model_name().to_string();
-    let model_info = types::ModelInfo::loaded(&model_name, pipeline.spec());
-    tracing::info!(
-        "model {model_name}: {}, {}, {} spacing",
-        model_info.family.name,
-        model_info.prediction_type,
-        model_info.timestep_spacing
-    );
-    for note in &model_info.notes {
-        tracing::info!("model {model_name}: {note}");
+    let models_config = config.clone();
+    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config))
+        .await
+        .context("the model loading task failed")??;
+    for line in &left_out {
+        tracing::warn!("{line}");
     }
-    let defaults = pipeline.spec().defaults;
+    for info in models.infos() {
+        let name = &info.name;
+        tracing::info!(
+            "model {name}{}: {}, {}, {} spacing",
+            if info.loaded { " (loaded)" } else { "" },
+            info.family.name,
+            info.prediction_type,
+            info.timestep_spacing
+        );
+        for note in &info.notes {
+            tracing::info!("model {name}: {note}");
+        }
+    }
+    let start = models.get(models.current());
+    let model_name = start.name().to_string();
     let model_family = pipeline.spec().family.name();
-    let checker = pipeline.checker();
-    if let Some(limits) = checker.limits() {
+    let model_names = models.infos().into_iter().map(|m| m.name).collect();
+    if let Some(limits) = start.checker.limits() {
         tracing::info!(
             "work limits: {:.2} megapixels per image, {:.1} megapixel-steps per job",
             limits.max_pixels as f64 / MEGAPIXEL as f64,
             limits.max_pixel_steps as f64 / MEGAPIXEL as f64
         );
     }
+    let models = Arc::new(models);
     let access = Arc::new(Access::new(config.token.clone(), &config.allowed_hosts));
 
     let addr = format!("{}:{}", config.host, config.port);
@@ -176,15 +178,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         events: Events::default(),
         queue: Arc::new(Queue::default()),
         images_dir: Arc::new(images_dir.clone()),
-        model: Arc::new(model_info),
-        defaults,
-        checker,
+        models: models.clone(),
         storage: storage.clone(),
         decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
     };
     let worker = Worker {
         conn: worker_conn,
-        pipeline,
+        pipeline: Some((models.current(), pipeline)),
+        models,
         queue: state.queue.clone(),
         events: state.events.clone(),
         images_dir,
@@ -215,6 +216,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         addr: local_addr,
         model_name,
         model_family,
+        models: model_names,
+        left_out,
         shutdown: Some(shutdown_tx),
         task,
     })
@@ -229,8 +232,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let exposed = !is_loopback(&config.host);
     let protected = config.token.is_some();
     let server = start(config).await?;
+    let others = if server.models.len() > 1 {
+        format!("; jobs may name {}", server.models.join(", "))
+    } else {
+        String::new()
+    };
     println!(
-        "Ember is listening on http://{}/ (model: {}, {})",
+        "Ember is listening on http://{}/ (model: {}, {}{others})",
         server.addr, server.model_name, server.model_family
     );
     if exposed && !protected {

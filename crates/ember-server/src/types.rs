@@ -1,6 +1,6 @@
 //! The JSON objects of docs/api.md: job parameters (as sent and as resolved), jobs, gallery images, events.
 
-use ember::model::family::{GenerationDefaults, ModelSpec};
+use ember::model::family::ModelSpec;
 use ember::request::{
     GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH,
 };
@@ -10,11 +10,14 @@ use ember::sample::SamplerKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Job parameters as a client sends them; everything but `prompt` has a default: the loaded model's for `steps`,
+/// Job parameters as a client sends them; everything but `prompt` has a default: the job's model's for `steps`,
 /// `cfg_scale`, `sampler`, `width` and `height` (`GET /api/models`: InvokeAI's for SD 1.x), InvokeAI's for the rest.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamsInput {
+    /// The model to run on: a `name` from `GET /api/models`. Null, absent or "": the model loaded now. A job whose
+    /// model is not the loaded one waits for the server to load it (one model is in memory at a time).
+    pub model: Option<String>,
     /// Required, non-empty. InvokeAI's prompt language: `word+`, `(phrase)1.3`, `[negative words]`, blends
     /// `("a", "b").blend(1, 1)` and `a:0.25 b:0.75`.
     pub prompt: Option<String>,
@@ -93,6 +96,9 @@ pub struct Variation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct Params {
+    /// The model the job runs on (its `name` in `GET /api/models`). Null in jobs stored by an Ember that served one
+    /// model: those run on the model loaded when they start.
+    pub model: Option<String>,
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
@@ -123,12 +129,13 @@ pub struct Params {
 }
 
 /// InvokeAI's defaults, which are also an SD 1.x model's: 50 steps, CFG 7.5, `k_lms`, 512 × 512.
-pub fn invokeai_defaults() -> GenerationDefaults {
-    GenerationDefaults {
+pub fn invokeai_defaults() -> ModelDefaults {
+    ModelDefaults {
         steps: DEFAULT_STEPS,
         cfg_scale: DEFAULT_CFG_SCALE,
-        sampler: SamplerKind::KLms,
-        size: DEFAULT_SIZE,
+        sampler: SamplerKind::KLms.name().into(),
+        width: DEFAULT_SIZE,
+        height: DEFAULT_SIZE,
     }
 }
 
@@ -140,15 +147,11 @@ impl Default for Params {
 }
 
 impl ParamsInput {
-    /// Fills in the defaults: `defaults` (the loaded model's) for steps, CFG scale, sampler and size, InvokeAI's for
+    /// Fills in the defaults: `defaults` (the job's model's) for steps, CFG scale, sampler and size, InvokeAI's for
     /// the rest. `random_seed` is called for the seed when none was given, then for the variation seed of a non-zero
     /// `variation_amount`. Fails, naming the field, on a `variation_amount` outside [0, 1] or an unknown
     /// `prediction_type` / `timestep_spacing` (which are stored under their canonical names; "" is the model's own).
-    pub fn resolve(
-        mut self,
-        defaults: &GenerationDefaults,
-        mut random_seed: impl FnMut() -> u32,
-    ) -> ember::Result<Params> {
+    pub fn resolve(mut self, defaults: &ModelDefaults, mut random_seed: impl FnMut() -> u32) -> ember::Result<Params> {
         self.prediction_type = canonical::<PredictionType>(self.prediction_type.take(), PredictionType::name)?;
         self.timestep_spacing = canonical::<TimestepSpacing>(self.timestep_spacing.take(), TimestepSpacing::name)?;
         let amount = self.variation_amount.unwrap_or(0.0);
@@ -170,16 +173,17 @@ impl ParamsInput {
         Ok(self.resolve_with(defaults, seed, variations))
     }
 
-    fn resolve_with(self, defaults: &GenerationDefaults, seed: u32, with_variations: Vec<Variation>) -> Params {
+    fn resolve_with(self, defaults: &ModelDefaults, seed: u32, with_variations: Vec<Variation>) -> Params {
         Params {
+            model: self.model.filter(|m| !m.is_empty()),
             prompt: self.prompt.unwrap_or_default(),
             negative_prompt: self.negative_prompt.unwrap_or_default(),
             steps: self.steps.unwrap_or(defaults.steps),
             cfg_scale: self.cfg_scale.unwrap_or(defaults.cfg_scale),
-            sampler: self.sampler.unwrap_or_else(|| defaults.sampler.name().to_string()),
+            sampler: self.sampler.unwrap_or_else(|| defaults.sampler.clone()),
             seed,
-            width: self.width.unwrap_or(defaults.size),
-            height: self.height.unwrap_or(defaults.size),
+            width: self.width.unwrap_or(defaults.width),
+            height: self.height.unwrap_or(defaults.height),
             strength: self.strength.unwrap_or(DEFAULT_STRENGTH),
             fit: self.fit.unwrap_or(false),
             karras_max: self.karras_max.unwrap_or(DEFAULT_KARRAS_MAX),
@@ -356,12 +360,17 @@ pub struct SamplerList {
 /// `height` takes.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelInfo {
+    /// What a job's `model` names.
     pub name: String,
+    /// Whether it is the model in memory now (at most one is; none while the server switches models).
     pub loaded: bool,
+    /// The models file's description of it.
+    pub description: Option<String>,
     pub family: FamilyInfo,
-    /// What the network predicts: `epsilon` or `v_prediction`.
+    /// What the network predicts: `epsilon` or `v_prediction` (the models file's setting, if it has one).
     pub prediction_type: String,
-    /// How a run's timesteps are spaced: `linspace`, `leading`, `trailing` or `karras-kdiffusion` (InvokeAI's).
+    /// How a run's timesteps are spaced: `linspace`, `leading`, `trailing` or `karras-kdiffusion` (InvokeAI's); the
+    /// models file's setting, if it has one.
     pub timestep_spacing: String,
     /// The side in pixels the model was trained at; `hires_fix` makes its first pass at about this size.
     pub native_size: usize,
@@ -390,12 +399,13 @@ pub struct ModelDefaults {
 }
 
 impl ModelInfo {
-    /// The loaded model `name`, described by its spec.
-    pub fn loaded(name: &str, spec: &ModelSpec) -> Self {
+    /// The model `name`, described by its spec (not loaded; no description).
+    pub fn new(name: &str, spec: &ModelSpec) -> Self {
         let d = &spec.defaults;
         Self {
             name: name.to_string(),
-            loaded: true,
+            loaded: false,
+            description: None,
             family: FamilyInfo {
                 id: spec.family.id().into(),
                 name: spec.family.name().into(),
@@ -489,11 +499,12 @@ mod tests {
 
     #[test]
     fn unset_fields_take_the_model_defaults_and_set_ones_win() {
-        let turbo = GenerationDefaults {
+        let turbo = ModelDefaults {
             steps: 1,
             cfg_scale: 0.0,
-            sampler: SamplerKind::KEuler,
-            size: 1024,
+            sampler: "k_euler".into(),
+            width: 1024,
+            height: 1024,
         };
         let params = ParamsInput::default().resolve(&turbo, || 3).expect("valid");
         assert_eq!(

@@ -1,13 +1,15 @@
 //! The generation worker: ONE dedicated OS thread that owns the engine [`Pipeline`] and runs queued jobs one at a
 //! time, oldest first. It never runs on the async executor — a step can take seconds on a CPU.
 //!
-//! Per job: claim it (queued → running), build the engine request, generate with a [`CancelToken`] while
+//! Per job: claim it (queued → running), load the job's model if another one is in memory (dropping that one first:
+//! one model in memory at a time), build the engine request, generate with a [`CancelToken`] while
 //! publishing a `progress` event (with a latent preview) per step, write the PNG with its metadata, record it in
 //! the gallery and mark the job done — or failed / canceled. Every status change is published as a `job` event.
 
 use crate::db::{self, NewImage, INTERRUPTED};
 use crate::error::clip_message;
 use crate::events::Events;
+use crate::models::Models;
 use crate::storage::Storage;
 use crate::types::{Image, ImageEvent, Job, JobStatus, Progress};
 use crate::upload;
@@ -101,7 +103,9 @@ impl Queue {
 
 pub struct Worker {
     pub conn: Connection,
-    pub pipeline: Pipeline,
+    /// The model in memory (its index in `models`) and its networks; None while none is (after a failed switch).
+    pub pipeline: Option<(usize, Pipeline)>,
+    pub models: Arc<Models>,
     pub queue: Arc<Queue>,
     pub events: Events,
     pub images_dir: PathBuf,
@@ -224,7 +228,48 @@ impl Worker {
         publish_job(&self.conn, &self.events, id);
     }
 
+    /// Makes the job's model the one in memory: the job's `model`, or (a job stored before jobs named one) the
+    /// current one. A switch drops the loaded model before the next one loads.
+    fn switch_model(&mut self, job: &Job) -> Result<(), String> {
+        let index = match job.params.model.as_deref() {
+            None | Some("") => self.models.current(),
+            Some(name) => self.models.find(name).ok_or_else(|| {
+                format!(
+                    "the job was queued for the model '{name}', which this server does not run now (its models are \
+                     {}); submit it again",
+                    self.models.names()
+                )
+            })?,
+        };
+        if matches!(&self.pipeline, Some((loaded, _)) if *loaded == index) {
+            return Ok(());
+        }
+        let served = self.models.get(index);
+        self.pipeline = None;
+        self.models.set_unloaded();
+        tracing::info!("job {}: loading the model {}", job.id, served.name());
+        let started = Instant::now();
+        let pipeline = served
+            .load()
+            .map_err(|e| served.redact(&format!("cannot load the model '{}': {e:#}", served.name())))?;
+        tracing::info!(
+            "model {} loaded in {:.1} s",
+            served.name(),
+            started.elapsed().as_secs_f64()
+        );
+        self.pipeline = Some((index, pipeline));
+        self.models.set_loaded(index);
+        Ok(())
+    }
+
     fn generate(&mut self, job: &Job, token: &CancelToken) -> Outcome {
+        if let Err(message) = self.switch_model(job) {
+            return Outcome::Failed(message);
+        }
+        // Canceled (or the server stopping) while the model loaded.
+        if token.is_cancelled() {
+            return Outcome::Canceled;
+        }
         let init = match self.init_image(job) {
             Ok(init) => init,
             Err(message) => return Outcome::Failed(message),
@@ -235,7 +280,9 @@ impl Worker {
         };
         let generated = {
             let (conn, events, queue, id) = (&self.conn, &self.events, &self.queue, job.id);
-            let pipeline = &self.pipeline;
+            let Some((_, pipeline)) = &self.pipeline else {
+                return Outcome::Failed("no model is loaded".into());
+            };
             let mut started = Instant::now();
             let mut on_event = |event: Event<'_>| match event {
                 Event::Warning(w) => tracing::warn!("job {id}: {}", clip_message(&w)),

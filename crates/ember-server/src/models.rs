@@ -1,0 +1,341 @@
+//! The models a server runs: `--model`, and the named models of `--models FILE`. Every one is described at startup
+//! (family, schedule, defaults, the engine's request checks) without building its networks, so a job for any of them
+//! is checked and given its defaults at submit time; the worker keeps ONE of them in memory and switches when a job
+//! names another.
+
+use crate::config::{Config, NamedModel};
+use crate::error::{clip, ApiError, ApiResult};
+use crate::types::{ModelInfo, Params, ParamsInput};
+use anyhow::Context;
+use ember::device::{parse_device, resolve_dtype};
+use ember::model::family::ModelSpec;
+use ember::pipeline::{Pipeline, RequestCheck, WorkLimits};
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
+use ember::sample::SamplerKind;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One model a job may name.
+pub struct Served {
+    /// As `GET /api/models` reports it (`loaded` is kept by [`Models`]); its `defaults` are the models file's where it
+    /// sets them, else the model's own.
+    pub info: ModelInfo,
+    /// Anything `--model` takes.
+    path: String,
+    device: String,
+    dtype: String,
+    /// The models file's schedule settings (engine names), for jobs that leave them out.
+    prediction_type: Option<String>,
+    timestep_spacing: Option<String>,
+    /// The engine's admission checks of this model, with its device's work limits.
+    pub checker: RequestCheck,
+}
+
+impl Served {
+    /// `entry` as the server runs it: `spec` and `checker` come from its files, `checker` with its work limits.
+    /// Fails, naming the key, on a per-model default no job could run with.
+    fn new(
+        entry: &NamedModel,
+        (device, dtype): (String, String),
+        spec: &ModelSpec,
+        checker: RequestCheck,
+    ) -> anyhow::Result<Self> {
+        let bad = |key: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("{key}: {e}");
+        let mut info = ModelInfo::new(&entry.name, spec);
+        info.description = entry.description.clone();
+        let defaults = &mut info.defaults;
+        if let Some(v) = entry.steps {
+            if v == 0 {
+                return Err(bad("steps", &"must be at least 1"));
+            }
+            defaults.steps = v;
+        }
+        if let Some(v) = entry.cfg_scale {
+            if !v.is_finite() || v < 0.0 {
+                return Err(bad("cfg_scale", &format!("{v} is not a scale ≥ 0")));
+            }
+            defaults.cfg_scale = v;
+        }
+        if let Some(v) = &entry.sampler {
+            defaults.sampler = v.parse::<SamplerKind>().map_err(|e| bad("sampler", &e))?.name().into();
+        }
+        for (key, value, side) in [
+            ("width", entry.width, &mut defaults.width),
+            ("height", entry.height, &mut defaults.height),
+        ] {
+            match value {
+                Some(v) if v == 0 || v % 8 != 0 => {
+                    return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
+                }
+                Some(v) => *side = v,
+                None => {}
+            }
+        }
+        let prediction_type = entry
+            .prediction_type
+            .as_deref()
+            .map(|v| v.parse::<PredictionType>().map(|p| p.name().to_string()))
+            .transpose()
+            .map_err(|e| bad("prediction_type", &e))?;
+        let timestep_spacing = entry
+            .timestep_spacing
+            .as_deref()
+            .map(|v| v.parse::<TimestepSpacing>().map(|s| s.name().to_string()))
+            .transpose()
+            .map_err(|e| bad("timestep_spacing", &e))?;
+        if let Some(v) = &prediction_type {
+            info.prediction_type = v.clone();
+            info.notes.push(format!("prediction type {v}: set by the models file"));
+        }
+        if let Some(v) = &timestep_spacing {
+            info.timestep_spacing = v.clone();
+            info.notes.push(format!("timestep spacing {v}: set by the models file"));
+        }
+        Ok(Self {
+            info,
+            path: entry.path.clone(),
+            device,
+            dtype,
+            prediction_type,
+            timestep_spacing,
+            checker,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// A job's parameters on this model: its defaults for what the job leaves out (the models file's schedule
+    /// settings included), and its name recorded.
+    pub fn resolve(&self, input: ParamsInput, random_seed: impl FnMut() -> u32) -> ember::Result<Params> {
+        let mut params = input.resolve(&self.info.defaults, random_seed)?;
+        params.model = Some(self.info.name.clone());
+        if params.prediction_type.is_none() {
+            params.prediction_type = self.prediction_type.clone();
+        }
+        if params.timestep_spacing.is_none() {
+            params.timestep_spacing = self.timestep_spacing.clone();
+        }
+        Ok(params)
+    }
+
+    /// Builds its networks (seconds to minutes; blocking), with the work limits its checks use.
+    pub fn load(&self) -> anyhow::Result<Pipeline> {
+        load(&self.path, &self.device, &self.dtype, self.checker.limits())
+    }
+
+    /// `message` without this model's path (an error while loading it names its files): `<model NAME>` instead.
+    pub fn redact(&self, message: &str) -> String {
+        let placeholder = format!("<model {}>", self.info.name);
+        let path = Path::new(&self.path);
+        let absolute = std::fs::canonicalize(path)
+            .ok()
+            .or_else(|| std::path::absolute(path).ok());
+        let mut out = message.to_string();
+        for form in absolute.iter().chain(std::iter::once(&path.to_path_buf())) {
+            let text = form.to_string_lossy();
+            if text.len() > 1 {
+                out = out.replace(text.as_ref(), &placeholder);
+            }
+        }
+        out
+    }
+}
+
+fn load(path: &str, device: &str, dtype: &str, limits: Option<WorkLimits>) -> anyhow::Result<Pipeline> {
+    let device = parse_device(device)?;
+    let dtype = resolve_dtype(dtype, &device)?;
+    let mut pipeline = Pipeline::load(path, &device, dtype)?;
+    pipeline.set_work_limits(limits);
+    Ok(pipeline)
+}
+
+/// The models of a server, and which one the worker has in memory.
+pub struct Models {
+    /// The models file's order (by name), a `--model` that is none of them first.
+    list: Vec<Served>,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Loaded {
+    /// The model jobs without `model` run on: the one loaded last (it stays so while a switch fails).
+    current: usize,
+    /// Whether `current` is in memory (not while the worker switches models, nor after a failed switch).
+    in_memory: bool,
+}
+
+impl Models {
+    fn lock(&self) -> MutexGuard<'_, Loaded> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every model, with its `loaded` flag now.
+    pub fn infos(&self) -> Vec<ModelInfo> {
+        let loaded = *self.lock();
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, served)| ModelInfo {
+                loaded: loaded.in_memory && i == loaded.current,
+                ..served.info.clone()
+            })
+            .collect()
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|s| s.name() == name)
+    }
+
+    /// Panics on an index [`Models::find`] or [`Models::current`] did not give.
+    pub fn get(&self, index: usize) -> &Served {
+        &self.list[index]
+    }
+
+    /// The model a job without `model` runs on.
+    pub fn current(&self) -> usize {
+        self.lock().current
+    }
+
+    /// The model a submitted job runs on: the one it names (None or "": the current one).
+    pub fn for_job(&self, name: Option<&str>) -> ApiResult<&Served> {
+        match name {
+            None | Some("") => Ok(self.get(self.current())),
+            Some(name) => self.find(name).map(|i| self.get(i)).ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("model"),
+                    format!(
+                        "there is no model '{}' on this server; its models are {} (GET /api/models)",
+                        clip(name),
+                        self.names()
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// The names, quoted, for messages: `'a', 'b'`.
+    pub fn names(&self) -> String {
+        let names: Vec<String> = self.list.iter().map(|s| format!("'{}'", s.name())).collect();
+        names.join(", ")
+    }
+
+    /// The worker dropped the model in memory (to load another).
+    pub fn set_unloaded(&self) {
+        self.lock().in_memory = false;
+    }
+
+    /// The worker loaded model `index`.
+    pub fn set_loaded(&self, index: usize) {
+        *self.lock() = Loaded {
+            current: index,
+            in_memory: true,
+        };
+    }
+}
+
+/// `path` and `model` name the same files (as written, or after resolving the paths).
+fn same_model(path: &str, model: &str) -> bool {
+    if path == model {
+        return true;
+    }
+    match (std::fs::canonicalize(path), std::fs::canonicalize(model)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A model's device and dtype: its own, else the server's.
+fn settings(config: &Config, entry: &NamedModel) -> (String, String) {
+    (
+        entry.device.clone().unwrap_or_else(|| config.device.clone()),
+        entry.dtype.clone().unwrap_or_else(|| config.dtype.clone()),
+    )
+}
+
+/// The work limits of jobs on `device` (the server's flags over the device's defaults).
+fn limits(config: &Config, device: &str) -> anyhow::Result<WorkLimits> {
+    config.work_limits(WorkLimits::for_device(&parse_device(device)?))
+}
+
+/// Startup (blocking: reads model files): loads `config.model` and describes every other model of `config.models`.
+/// A listed model that cannot be described (a missing file, a bad per-model setting) is logged and left out; the
+/// model loaded at start must load. Returns its pipeline, the models, and a line per model left out.
+pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> {
+    let start = config
+        .models
+        .iter()
+        .position(|m| m.name == config.model)
+        .or_else(|| config.models.iter().position(|m| same_model(&m.path, &config.model)));
+    let mut start_entry = match start {
+        Some(i) => config.models[i].clone(),
+        None => NamedModel {
+            path: config.model.clone(),
+            ..NamedModel::default()
+        },
+    };
+    let (device, dtype) = settings(config, &start_entry);
+    let start_limits = limits(config, &device)?;
+    let pipeline = load(&start_entry.path, &device, &dtype, Some(start_limits)).with_context(|| {
+        format!(
+            "cannot load the model '{}'; pass a local model with --model PATH",
+            config.model
+        )
+    })?;
+    if start.is_none() {
+        // Not a listed model: served under its short name (file stem, folder or repo id).
+        start_entry.name = pipeline.model_name().to_string();
+        if config.models.iter().any(|m| m.name == start_entry.name) {
+            anyhow::bail!(
+                "--model {} is called '{}', like another model of the models file; pass --model {} to start with \
+                 that one, or rename it",
+                config.model,
+                start_entry.name,
+                start_entry.name
+            );
+        }
+    }
+    let first = Served::new(&start_entry, (device, dtype), pipeline.spec(), pipeline.checker())
+        .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", start_entry.name))?;
+
+    // The start model keeps its place in the file's order; one that is not in the file comes first.
+    let mut first = Some(first);
+    let mut list = Vec::new();
+    let mut skipped = Vec::new();
+    if start.is_none() {
+        list.extend(first.take());
+    }
+    for (i, entry) in config.models.iter().enumerate() {
+        if config.models[..i].iter().any(|m| m.name == entry.name) || entry.name.is_empty() {
+            skipped.push(format!(
+                "model '{}' is left out: its name is empty or taken",
+                entry.name
+            ));
+        } else if Some(i) == start {
+            list.extend(first.take());
+        } else {
+            let described = (|| -> anyhow::Result<Served> {
+                let (device, dtype) = settings(config, entry);
+                let limits = limits(config, &device)?;
+                let (spec, checker) = Pipeline::describe(&entry.path)?;
+                Served::new(entry, (device, dtype), &spec, checker.with_limits(Some(limits)))
+            })();
+            match described {
+                Ok(served) => list.push(served),
+                Err(e) => skipped.push(format!("model '{}' is left out: {e:#}", entry.name)),
+            }
+        }
+    }
+    list.extend(first);
+    let start_index = list.iter().position(|s| s.name() == start_entry.name).unwrap_or(0);
+    let models = Models {
+        list,
+        state: Mutex::new(Loaded {
+            current: start_index,
+            in_memory: true,
+        }),
+    };
+    Ok((pipeline, models, skipped))
+}
