@@ -35,6 +35,8 @@ pub(crate) fn unet(key: &str, layers_per_block: usize) -> Option<String> {
     for (from, to) in [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // LCM-distilled UNets' guidance embedding.
+        ("time_embed.cond_proj.", "time_embedding.cond_proj."),
         // SDXL's `text_time` added conditioning.
         ("label_emb.0.0.", "add_embedding.linear_1."),
         ("label_emb.0.2.", "add_embedding.linear_2."),
@@ -277,6 +279,11 @@ mod tests {
             Some("add_embedding.linear_2.bias")
         );
         assert_eq!(unet("label_emb.1.weight", 2), None);
+        // An LCM-distilled UNet's guidance embedding.
+        assert_eq!(
+            unet("time_embed.cond_proj.weight", 2).as_deref(),
+            Some("time_embedding.cond_proj.weight")
+        );
     }
 
     #[test]
