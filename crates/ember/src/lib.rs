@@ -1,9 +1,10 @@
-//! Ember: a Stable Diffusion 1.x engine (txt2img and img2img) with InvokeAI's semantics.
+//! Ember: a Stable Diffusion engine (txt2img and img2img; SD 1.x, SD 2.x, SDXL and their Turbo/LCM variants) with
+//! InvokeAI's semantics. What a model is (its family, configurations, schedule) is decided once, in `model/family.rs`.
 //!
 //! The flow every request follows, one module per arrow:
 //!
 //! ```text
-//! request ─► text:    tokenize → CLIP encode (cond + uncond)            text/, nn/clip.rs
+//! request ─► text:    tokenize → CLIP encode (cond + uncond [+ pooled]) text/, nn/clip.rs
 //!         ─► latents: torch-compatible seeded noise [+ init image       sample/rng.rs, image/init.rs,
 //!                     → VAE encode mean × scale → noised to σ_start]    nn/vae.rs
 //!         ─► sample:  sampler(denoiser, schedule[start..], latents)     sample/
