@@ -361,7 +361,7 @@ fn generate_one(
             }
             if sw.save_intermediates.is_some_and(|n| n > 0 && step % n == 0) {
                 let picture = if sw.decode_intermediates {
-                    pipeline.decode_latents(latents, request.vae_tiling)
+                    pipeline.decode_latents(latents, request)
                 } else {
                     pipeline.preview(latents)
                 };

@@ -329,6 +329,7 @@ pub fn run_sdxl(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Re
         )),
         timestep_cond: None,
         extra_channels: None,
+        padding: crate::nn::Padding::Zeros,
     };
     let latent = Tensor::randn(0f32, 1.0, (2, 4, 128, 128), dev)?.to_dtype(dtype)?;
     on_progress("SDXL UNet step 1024×1024 (CFG batch 2)");

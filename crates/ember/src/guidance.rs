@@ -4,6 +4,7 @@
 //! clamp of the guided clean-latent estimate ([`ThresholdedDenoiser`]).
 
 use crate::nn::unet::{UNet2DConditionModel, UNetInputs};
+use crate::nn::Padding;
 use crate::sample::denoiser::{Denoiser, NoisePredictor, PredictionType};
 use crate::text::conditioning::Conditioning;
 use candle_core::{DType, Tensor};
@@ -51,13 +52,14 @@ pub struct GuidedUNet<'a> {
 
 impl<'a> GuidedUNet<'a> {
     /// `time_ids`: SDXL's micro-conditioning `[1, 6]`, used for both halves of the batch (with the pooled embeddings
-    /// of `text`).
+    /// of `text`); `padding`: how the UNet's convolutions fill their border (`--seamless`).
     pub fn new(
         unet: &'a UNet2DConditionModel,
         text: &Conditioning,
         time_ids: Option<&Tensor>,
         guidance: Guidance,
         prediction: PredictionType,
+        padding: Padding,
     ) -> crate::Result<Self> {
         let both = matches!(guidance, Guidance::Classifier(_));
         let batch = |uncond: &Tensor, cond: &Tensor| -> crate::Result<Tensor> {
@@ -90,6 +92,7 @@ impl<'a> GuidedUNet<'a> {
                 text_time,
                 timestep_cond,
                 extra_channels: None,
+                padding,
             },
             guidance,
             prediction,

@@ -26,7 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, TransformerShape};
 use ember::nn::config::{ClipTextConfig, UNetConfig, VaeConfig};
-use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
+use ember::nn::{AutoencoderKL, ClipTextModel, Padding, UNet2DConditionModel};
 use std::path::PathBuf;
 
 mod reference;
@@ -138,9 +138,9 @@ fn down_block(vb: &VarBuilder, x: &Tensor, temb: &Tensor, context: &Tensor) -> c
             depth: 1,
         };
         let attn = Transformer2DModel::new(vb.pp(format!("attentions.{i}")), shape)?;
-        x = attn.forward(&resnet.forward(&x, Some(temb))?, context)?;
+        x = attn.forward(&resnet.forward(&x, Some(temb), Padding::Zeros)?, context)?;
     }
-    Downsample2D::new(vb.pp("downsamplers.0"), ch, false)?.forward(&x)
+    Downsample2D::new(vb.pp("downsamplers.0"), ch, false)?.forward(&x, Padding::Zeros)
 }
 
 /// Runs in CI (10.5 M weights, ≈ 2 s): `down_blocks[0]` of SD 1.5's UNet against diffusers, see the file's doc.

@@ -46,7 +46,7 @@ use ember::model::{load_model, Family, ModelWeights};
 use ember::nn::blocks::{ResnetBlock2D, Transformer2DModel, TransformerShape};
 use ember::nn::linear::linear;
 use ember::nn::unet::{timestep_embedding, UNetInputs};
-use ember::nn::{AutoencoderKL, ClipTextModel, UNet2DConditionModel};
+use ember::nn::{AutoencoderKL, ClipTextModel, Padding, UNet2DConditionModel};
 use std::path::PathBuf;
 
 mod reference;
@@ -139,7 +139,7 @@ fn down_block(vb: &VarBuilder, x: &Tensor, temb: &Tensor, context: &Tensor) -> c
             depth: 10,
         };
         let attn = Transformer2DModel::new(vb.pp(format!("attentions.{i}")), shape)?;
-        x = attn.forward(&resnet.forward(&x, Some(temb))?, context)?;
+        x = attn.forward(&resnet.forward(&x, Some(temb), Padding::Zeros)?, context)?;
     }
     Ok(x)
 }
@@ -278,6 +278,7 @@ fn fullsize_sdxl_unet_matches_diffusers() -> TestResult {
         text_time: Some((r.get("unet/text_embeds")?.clone(), r.get("unet/time_ids")?.clone())),
         timestep_cond: None,
         extra_channels: None,
+        padding: Padding::Zeros,
     };
     let out = unet.forward(r.get("unet/sample")?, t, &inputs)?;
     check_rel("unet", &out, r.get("unet/out")?)

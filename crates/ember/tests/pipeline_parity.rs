@@ -385,10 +385,11 @@ fn check_cases(dtype: DType, bounds_for: impl Fn(&Case) -> Option<Bounds>) {
             errors.push(("first_pass", rel_err(first, reference("first_pass"))));
         }
         errors.push(("latents", rel_err(&out.latents, reference("latents"))));
-        let decoded = {
-            let _seamless = ember::nn::seamless_scope(request.seamless);
-            pipeline.decode_to_unit_range(&out.latents, false).expect("decodes")
+        let untiled = GenerateRequest {
+            vae_tiling: false,
+            ..request.clone()
         };
+        let decoded = pipeline.decode_to_unit_range(&out.latents, &untiled).expect("decodes");
         let image_err = max_abs(&decoded, reference("image"));
         errors.push(("image", image_err));
         // The 8-bit image rounds the decoded one: within half a level of it (f32 rounding of ×255 aside).

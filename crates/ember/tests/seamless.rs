@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ember::nn::config::{UNetConfig, VaeConfig};
 use ember::nn::unet::UNetInputs;
-use ember::nn::{seamless_enabled, seamless_scope, AutoencoderKL, UNet2DConditionModel};
+use ember::nn::{AutoencoderKL, Padding, UNet2DConditionModel};
 
 mod reference;
 use reference::Reference;
@@ -59,19 +59,16 @@ fn unet_with_circular_padding_matches_diffusers() -> TestResult {
     let unet = UNet2DConditionModel::new(weights("unet")?, &cfg)?;
     let (sample, context) = (r.get("unet/sample")?, r.get("unet/context")?);
     let odd = r.get("unet/odd_sample")?;
-    let (tiled, tiled_odd) = {
-        let _seamless = seamless_scope(true);
-        let odd_out = unet.forward(odd, 999.0, &UNetInputs::text(context.narrow(0, 0, 1)?))?;
-        (
-            unet.forward(sample, 500.5, &UNetInputs::text(context.clone()))?,
-            odd_out,
-        )
+    let circular = |context: Tensor| UNetInputs {
+        padding: Padding::Circular,
+        ..UNetInputs::text(context)
     };
+    let tiled_odd = unet.forward(odd, 999.0, &circular(context.narrow(0, 0, 1)?))?;
+    let tiled = unet.forward(sample, 500.5, &circular(context.clone()))?;
     check("unet seamless 8x8", &tiled, r.get("unet/out_t500.5")?, TOL_UNET)?;
     check("unet seamless 5x9", &tiled_odd, r.get("unet/odd_out_t999")?, TOL_UNET)?;
 
-    // The scope ended: zero padding again, and the outputs differ from the circular ones where edges matter.
-    assert!(!seamless_enabled());
+    // Zero padding (the same network, another call): the outputs differ from the circular ones where edges matter.
     let plain = unet.forward(sample, 500.5, &UNetInputs::text(context.clone()))?;
     let diff = max_err(&plain, &tiled)?;
     assert!(
@@ -86,34 +83,18 @@ fn vae_with_circular_padding_matches_diffusers() -> TestResult {
     let r = reference()?;
     let cfg: VaeConfig = config("vae")?;
     let vae = AutoencoderKL::new(weights("vae")?, &cfg)?;
-    let _seamless = seamless_scope(true);
     check(
         "vae seamless encode mean",
-        &vae.encode_mean(r.get("vae/input")?)?,
+        &vae.encode_mean_padded(r.get("vae/input")?, None, Padding::Circular)?,
         r.get("vae/mean")?,
         TOL_VAE,
     )?;
     check(
         "vae seamless decode",
-        &vae.decode(r.get("vae/latent")?)?,
+        &vae.decode_padded(r.get("vae/latent")?, None, Padding::Circular)?,
         r.get("vae/decoded")?,
         TOL_VAE,
     )
-}
-
-#[test]
-fn scopes_nest_and_restore() {
-    assert!(!seamless_enabled());
-    {
-        let _on = seamless_scope(true);
-        assert!(seamless_enabled());
-        {
-            let _off = seamless_scope(false);
-            assert!(!seamless_enabled());
-        }
-        assert!(seamless_enabled());
-    }
-    assert!(!seamless_enabled());
 }
 
 #[test]

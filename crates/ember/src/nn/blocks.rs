@@ -4,7 +4,7 @@
 
 use super::attention::Attention;
 use super::layers::{
-    group_norm, image_to_tokens, is_channels_last, layer_norm, upsample_nearest_2x, Conv, GroupNorm, LayerNorm,
+    group_norm, image_to_tokens, is_channels_last, layer_norm, upsample_nearest_2x, Conv, GroupNorm, LayerNorm, Padding,
 };
 use super::linear::{linear, Linear};
 use super::Vars;
@@ -60,35 +60,38 @@ impl ResnetBlock2D {
 
     /// [`forward`](Self::forward) taking `x`, so that a block with a shortcut convolution frees it before `conv2`
     /// (the VAE decoder's largest blocks: 268 MB at 512×512 that no longer coexists with `conv2`'s tensors).
-    pub fn forward_owned(&self, x: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_owned(&self, x: Tensor, temb: Option<&Tensor>, padding: Padding) -> Result<Tensor> {
         let Some(shortcut) = &self.conv_shortcut else {
-            return self.forward(&x, temb);
+            return self.forward(&x, temb, padding);
         };
-        let h = self.first_half(&x, temb)?;
+        let h = self.first_half(&x, temb, padding)?;
         let skip = shortcut.forward(&x)?;
         drop(x);
-        self.conv2.forward_after_norm(&h, &self.norm2, true, Some(&skip))
+        self.conv2
+            .forward_after_norm(&h, &self.norm2, true, Some(&skip), padding)
     }
 
-    /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers).
-    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.first_half(x, temb)?;
+    /// `temb: [B, T]` (already the UNet's time embedding; SiLU is applied here as in diffusers). The 3×3
+    /// convolutions fill their border as `padding` says.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>, padding: Padding) -> Result<Tensor> {
+        let h = self.first_half(x, temb, padding)?;
         match &self.conv_shortcut {
             Some(sc) => self
                 .conv2
-                .forward_after_norm(&h, &self.norm2, true, Some(&sc.forward(x)?)),
-            None => self.conv2.forward_after_norm(&h, &self.norm2, true, Some(x)),
+                .forward_after_norm(&h, &self.norm2, true, Some(&sc.forward(x)?), padding),
+            None => self.conv2.forward_after_norm(&h, &self.norm2, true, Some(x), padding),
         }
     }
 
     /// `conv1(silu(norm1(x)))` plus the projected time embedding.
-    fn first_half(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    fn first_half(&self, x: &Tensor, temb: Option<&Tensor>, padding: Padding) -> Result<Tensor> {
         match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&temb.silu()?)?;
-                self.conv1.forward_after_norm_plus_embedding(x, &self.norm1, true, &t)
+                self.conv1
+                    .forward_after_norm_plus_embedding(x, &self.norm1, true, &t, padding)
             }
-            _ => self.conv1.forward_after_norm(x, &self.norm1, true, None),
+            _ => self.conv1.forward_after_norm(x, &self.norm1, true, None, padding),
         }
     }
 }
@@ -111,7 +114,9 @@ impl Downsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The VAE's explicit zero padding stays under `--seamless` (as in InvokeAI); the UNet's padded convolution
+    /// follows `padding`.
+    pub fn forward(&self, x: &Tensor, padding: Padding) -> Result<Tensor> {
         if self.asymmetric_pad && is_channels_last(x) {
             // Padded as pixels, so the padded image stays channels-last.
             let pixels = x
@@ -123,7 +128,7 @@ impl Downsample2D {
             let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
             self.conv.forward(&x)
         } else {
-            self.conv.forward(x)
+            self.conv.forward_padded(x, padding)
         }
     }
 }
@@ -143,13 +148,13 @@ impl Upsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>, padding: Padding) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
         if (th, tw) == (2 * h, 2 * w) {
-            return self.conv.forward_upsampled(x);
+            return self.conv.forward_upsampled(x, padding);
         }
-        self.conv.forward(&upsample_nearest_2x(x, (th, tw))?)
+        self.conv.forward_padded(&upsample_nearest_2x(x, (th, tw))?, padding)
     }
 }
 

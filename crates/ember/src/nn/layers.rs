@@ -10,45 +10,28 @@ use crate::cpu::layer_norm::FusedLayerNorm;
 use crate::op_stats::{self, OpClass};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig};
-use std::cell::Cell;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-thread_local! {
-    /// `--seamless`: every padded convolution wraps around (circular padding) instead of padding with zeros.
-    /// Per thread, so one immutable model shared by several front-ends can run tiling and normal requests; the
-    /// pipeline turns it on for a run with [`seamless_scope`].
-    static CIRCULAR_PADDING: Cell<bool> = const { Cell::new(false) };
+/// How a padded convolution fills its border: with zeros, or wrapping around (`--seamless`: circular padding in
+/// every padded convolution of the UNet and the VAE, as InvokeAI 2.x's `configure_model_padding`; unpadded ones are
+/// unaffected, so the VAE's explicitly zero-padded downsampling stays as it is). A run passes it down every forward
+/// call: one model shared by several front-ends runs tiling and normal requests side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    #[default]
+    Zeros,
+    Circular,
 }
 
-/// While alive, this thread's convolutions pad as [`seamless_scope`] asked; dropping it restores the previous mode.
-/// Not `Send`: it must be dropped on the thread that made it.
-#[must_use = "the padding mode reverts as soon as the scope is dropped"]
-pub struct SeamlessScope {
-    previous: bool,
-    _not_send: PhantomData<*const ()>,
-}
-
-/// Switches this thread's UNet and VAE convolutions to circular padding (`enabled`) or zero padding, as InvokeAI 2.x's
-/// `configure_model_padding` did for `--seamless` (every `Conv2d` of the model; unpadded ones are unaffected, so the
-/// VAE's explicitly zero-padded downsampling stays as it is). Hold the returned scope for the run.
-pub fn seamless_scope(enabled: bool) -> SeamlessScope {
-    let previous = CIRCULAR_PADDING.with(|c| c.replace(enabled));
-    SeamlessScope {
-        previous,
-        _not_send: PhantomData,
+impl Padding {
+    /// `--seamless` on or off.
+    pub fn seamless(on: bool) -> Self {
+        if on {
+            Padding::Circular
+        } else {
+            Padding::Zeros
+        }
     }
-}
-
-impl Drop for SeamlessScope {
-    fn drop(&mut self) {
-        CIRCULAR_PADDING.with(|c| c.set(self.previous));
-    }
-}
-
-/// Whether this thread's convolutions currently pad circularly.
-pub fn seamless_enabled() -> bool {
-    CIRCULAR_PADDING.with(|c| c.get())
 }
 
 /// torch's `F.pad(x, (p, p, p, p), mode="circular")` on `[B, C, H, W]`: each side gets the opposite edge's `p`
@@ -135,10 +118,16 @@ impl Conv {
         }
     }
 
+    /// The convolution with its border filled as `mode` says (circular padding is made first, then an unpadded
+    /// convolution).
+    pub fn forward_padded(&self, x: &Tensor, mode: Padding) -> Result<Tensor> {
+        op_stats::count(OpClass::Conv, self.flops(x)?, || self.pad_and_convolve(x, mode))
+    }
+
     /// Circular padding first under `--seamless`, then the convolution.
-    fn pad_and_convolve(&self, x: &Tensor) -> Result<Tensor> {
+    fn pad_and_convolve(&self, x: &Tensor, mode: Padding) -> Result<Tensor> {
         let padding = self.cfg.padding;
-        if padding > 0 && seamless_enabled() {
+        if padding > 0 && mode == Padding::Circular {
             let unpadded = Conv2dConfig { padding: 0, ..self.cfg };
             return self.convolve(&pad_circular(x, padding)?, unpadded, false);
         }
@@ -190,14 +179,14 @@ impl Conv {
 
     /// `self.forward(upsample_nearest2d(x, 2H, 2W))`; on the AMX path the upsampled tensor is never made (the
     /// convolution reads each pixel of `x` for the four it stands for).
-    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward_upsampled(&self, x: &Tensor, mode: Padding) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
-        match self.amx_op() {
+        match self.amx_op(mode) {
             Some(op) => {
                 let op = Conv2dBf16 { upsample: true, ..op };
                 self.amx_convolve(x, None, None, op, self.flops_at(b, 2 * h, 2 * w))
             }
-            None => self.forward(&upsample_nearest_2x(x, (2 * h, 2 * w))?),
+            None => self.forward_padded(&upsample_nearest_2x(x, (2 * h, 2 * w))?, mode),
         }
     }
 
@@ -210,8 +199,9 @@ impl Conv {
         norm: &GroupNorm,
         silu: bool,
         residual: Option<&Tensor>,
+        mode: Padding,
     ) -> Result<Tensor> {
-        if let Some(op) = self.amx_op() {
+        if let Some(op) = self.amx_op(mode) {
             let op = Conv2dBf16 {
                 input_norm: Some(Arc::new(norm.params(silu)?)),
                 ..op
@@ -223,8 +213,8 @@ impl Conv {
             false => norm.forward(x)?,
         };
         match residual {
-            Some(residual) => self.forward_plus(&normed, residual),
-            None => self.forward(&normed),
+            Some(residual) => self.forward_padded_plus(&normed, residual, mode),
+            None => self.forward_padded(&normed, mode),
         }
     }
 
@@ -237,22 +227,24 @@ impl Conv {
         norm: &GroupNorm,
         silu: bool,
         embedding: &Tensor,
+        mode: Padding,
     ) -> Result<Tensor> {
-        if let Some(op) = self.amx_op() {
+        if let Some(op) = self.amx_op(mode) {
             let op = Conv2dBf16 {
                 input_norm: Some(Arc::new(norm.params(silu)?)),
                 ..op
             };
             return self.amx_convolve(x, None, Some(embedding), op, self.flops(x)?);
         }
-        self.forward_after_norm(x, norm, silu, None)?
+        self.forward_after_norm(x, norm, silu, None, mode)?
             .broadcast_add(&embedding.unsqueeze(2)?.unsqueeze(3)?)
     }
 
     /// [`forward_after_norm`](Self::forward_after_norm) without a residual, as tokens `[B, H·W, C_out]`: on the AMX
-    /// path written channels-last as the tile blocks come (no output planes, no transposed copy of them).
+    /// path written channels-last as the tile blocks come (no output planes, no transposed copy of them). For
+    /// unpadded (1×1) convolutions, which `--seamless` leaves alone.
     pub fn forward_after_norm_to_tokens(&self, x: &Tensor, norm: &GroupNorm, silu: bool) -> Result<Tensor> {
-        if let Some(op) = self.amx_op() {
+        if let Some(op) = self.amx_op(Padding::Zeros) {
             let op = Conv2dBf16 {
                 input_norm: Some(Arc::new(norm.params(silu)?)),
                 output: ConvOutput::Tokens,
@@ -260,23 +252,28 @@ impl Conv {
             };
             return self.amx_convolve(x, None, None, op, self.flops(x)?);
         }
-        image_to_tokens(&self.forward_after_norm(x, norm, silu, None)?)
+        image_to_tokens(&self.forward_after_norm(x, norm, silu, None, Padding::Zeros)?)
     }
 
     /// `self.forward(x) + residual`; on the AMX path the residual is added as the output is written.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.amx_op() {
+        self.forward_padded_plus(x, residual, Padding::Zeros)
+    }
+
+    /// [`forward_plus`](Self::forward_plus) with the border filled as `mode` says.
+    fn forward_padded_plus(&self, x: &Tensor, residual: &Tensor, mode: Padding) -> Result<Tensor> {
+        match self.amx_op(mode) {
             Some(op) => self.amx_convolve(x, Some(residual), None, op, self.flops(x)?),
-            None => self.forward(x)? + residual,
+            None => self.forward_padded(x, mode)? + residual,
         }
     }
 
     /// The AMX convolution of this layer's packed weights under its own padding and stride, for the fused forms
     /// above; `None` for candle weights, and under `--seamless` with padding (circular padding needs the padded
     /// tensor, which `forward` makes).
-    fn amx_op(&self) -> Option<Conv2dBf16> {
+    fn amx_op(&self, mode: Padding) -> Option<Conv2dBf16> {
         match &self.weights {
-            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || !seamless_enabled() => {
+            ConvWeights::PackedBf16(packed) if self.cfg.padding == 0 || mode == Padding::Zeros => {
                 Some(bf16_op(packed, self.cfg))
             }
             _ => None,
@@ -371,9 +368,10 @@ fn bf16_op(packed: &Arc<PackedConv>, cfg: Conv2dConfig) -> Conv2dBf16 {
     }
 }
 
+/// Zero padding.
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        op_stats::count(OpClass::Conv, self.flops(x)?, || self.pad_and_convolve(x))
+        self.forward_padded(x, Padding::Zeros)
     }
 }
 

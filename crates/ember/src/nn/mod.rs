@@ -11,7 +11,7 @@ pub mod unet;
 pub mod vae;
 
 pub use clip::ClipTextModel;
-pub use layers::{seamless_enabled, seamless_scope, SeamlessScope};
+pub use layers::Padding;
 pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;
 

@@ -5,7 +5,7 @@
 
 use super::blocks::{Downsample2D, ResnetBlock2D, Transformer2DModel, TransformerShape, Upsample2D};
 use super::config::UNetConfig;
-use super::layers::{cat_channels, group_norm, Conv, GroupNorm, ImageMemory};
+use super::layers::{cat_channels, group_norm, Conv, GroupNorm, ImageMemory, Padding};
 use super::linear::{linear, linear_no_bias, Linear};
 use super::Vars;
 use crate::cancel::check_between_layers;
@@ -19,8 +19,8 @@ struct Block {
 }
 
 impl Block {
-    fn layer(&self, i: usize, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = self.resnets[i].forward(x, Some(temb))?;
+    fn layer(&self, i: usize, x: &Tensor, temb: &Tensor, context: &Tensor, padding: Padding) -> Result<Tensor> {
+        let x = self.resnets[i].forward(x, Some(temb), padding)?;
         match self.attentions.get(i) {
             Some(attn) => attn.forward(&x, context),
             None => Ok(x),
@@ -51,6 +51,8 @@ pub struct UNetInputs {
     pub timestep_cond: Option<Tensor>,
     /// Channels joined to the latent before `conv_in` (an inpainting UNet's mask and masked-image latent).
     pub extra_channels: Option<Tensor>,
+    /// How the padded convolutions fill their border (`--seamless`: circular).
+    pub padding: Padding,
 }
 
 impl UNetInputs {
@@ -61,6 +63,7 @@ impl UNetInputs {
             text_time: None,
             timestep_cond: None,
             extra_channels: None,
+            padding: Padding::Zeros,
         }
     }
 }
@@ -270,23 +273,25 @@ impl UNet2DConditionModel {
         };
         let temb = temb.broadcast_as((batch, temb.dim(1)?))?.contiguous()?;
 
-        let mut x = self.conv_in.forward(&x)?;
+        let padding = inputs.padding;
+        let mut x = self.conv_in.forward_padded(&x, padding)?;
         let mut skips = vec![x.clone()];
         for (block, downsample) in &self.down {
             for i in 0..block.resnets.len() {
                 check_between_layers()?;
-                x = block.layer(i, &x, &temb, &context)?;
+                x = block.layer(i, &x, &temb, &context, padding)?;
                 skips.push(x.clone());
             }
             if let Some(ds) = downsample {
-                x = ds.forward(&x)?;
+                x = ds.forward(&x, padding)?;
                 skips.push(x.clone());
             }
         }
 
         check_between_layers()?;
         let (res0, attn, res1) = &self.mid;
-        x = res1.forward(&attn.forward(&res0.forward(&x, Some(&temb))?, &context)?, Some(&temb))?;
+        let mid = attn.forward(&res0.forward(&x, Some(&temb), padding)?, &context)?;
+        x = res1.forward(&mid, Some(&temb), padding)?;
 
         for (block, upsample) in &self.up {
             for i in 0..block.resnets.len() {
@@ -294,7 +299,7 @@ impl UNet2DConditionModel {
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("UNet: skip connections exhausted".into()))?;
-                x = block.layer(i, &cat_channels(&x, &skip)?, &temb, &context)?;
+                x = block.layer(i, &cat_channels(&x, &skip)?, &temb, &context, padding)?;
             }
             if let Some(us) = upsample {
                 // Upsample to the next skip's size: equals ×2 unless a size was odd on the way down.
@@ -302,12 +307,12 @@ impl UNet2DConditionModel {
                     Some(s) => Some((s.dim(2)?, s.dim(3)?)),
                     None => None,
                 };
-                x = us.forward(&x, size)?;
+                x = us.forward(&x, size, padding)?;
             }
         }
 
         self.conv_out
-            .forward_after_norm(&x, &self.conv_norm_out, true, None)?
+            .forward_after_norm(&x, &self.conv_norm_out, true, None, padding)?
             .to_dtype(out_dtype)
     }
 }

@@ -8,7 +8,7 @@
 use super::attention::Attention;
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::config::VaeConfig;
-use super::layers::{group_norm, image_to_tokens, Conv, GroupNorm, ImageMemory};
+use super::layers::{group_norm, image_to_tokens, Conv, GroupNorm, ImageMemory, Padding};
 use super::Vars;
 use crate::cancel::check_between_layers;
 use candle_core::{DType, Module, Result, Tensor};
@@ -40,14 +40,14 @@ impl MidBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.resnet0.forward(x, None)?;
+    fn forward(&self, x: &Tensor, padding: Padding) -> Result<Tensor> {
+        let x = self.resnet0.forward(x, None, padding)?;
         let (b, c, h, w) = x.dims4()?;
         let tokens = image_to_tokens(&self.group_norm.forward(&x)?)?;
         // The skip connection added by the output projection; the tokens seen as a channels-last image (a view).
         let attended = self.attention.forward_plus(&tokens, None, &image_to_tokens(&x)?)?;
         let attended = attended.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?;
-        self.resnet1.forward(&attended, None)
+        self.resnet1.forward(&attended, None, padding)
     }
 }
 
@@ -98,20 +98,21 @@ impl Encoder {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.conv_in.forward(x)?;
+    fn forward(&self, x: &Tensor, padding: Padding) -> Result<Tensor> {
+        let mut x = self.conv_in.forward_padded(x, padding)?;
         for (resnets, ds) in &self.down {
             for r in resnets {
                 check_between_layers()?;
-                x = r.forward(&x, None)?;
+                x = r.forward(&x, None, padding)?;
             }
             if let Some(ds) = ds {
-                x = ds.forward(&x)?;
+                x = ds.forward(&x, padding)?;
             }
         }
-        let x = self.mid.forward(&x)?;
+        let x = self.mid.forward(&x, padding)?;
         // On the AMX path the norm and SiLU are applied as the convolution reads (no normalised copy).
-        self.conv_out.forward_after_norm(&x, &self.conv_norm_out, true, None)
+        self.conv_out
+            .forward_after_norm(&x, &self.conv_norm_out, true, None, padding)
     }
 }
 
@@ -165,22 +166,23 @@ impl Decoder {
         })
     }
 
-    fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let mut x = self.mid.forward(&self.conv_in.forward(z)?)?;
+    fn forward(&self, z: &Tensor, padding: Padding) -> Result<Tensor> {
+        let mut x = self.mid.forward(&self.conv_in.forward_padded(z, padding)?, padding)?;
         for (resnets, us) in &self.up {
             // Each up block's activations are 4× the last one's; the freed heap the smaller ones leave (glibc keeps
             // it for reuse) is returned first: a 512×512 img2img's peak RSS 2.80 → 2.69 GiB.
             crate::cpu::release_free_heap();
             for r in resnets {
                 check_between_layers()?;
-                x = r.forward_owned(x, None)?;
+                x = r.forward_owned(x, None, padding)?;
             }
             if let Some(us) = us {
-                x = us.forward(&x, None)?;
+                x = us.forward(&x, None, padding)?;
             }
         }
         // On the AMX path the norm and SiLU are applied as the convolution reads (no normalised copy).
-        self.conv_out.forward_after_norm(&x, &self.conv_norm_out, true, None)
+        self.conv_out
+            .forward_after_norm(&x, &self.conv_norm_out, true, None, padding)
     }
 }
 
@@ -222,21 +224,40 @@ impl AutoencoderKL {
 
     /// Posterior mean (not scaled) of `x: [B, 3, H, W]` in [-1, 1]; `[B, L, H/8, W/8]` in `x`'s dtype.
     pub fn encode_mean(&self, x: &Tensor) -> Result<Tensor> {
-        self.encode_mean_raw(&x.to_dtype(self.dtype)?)?.to_dtype(x.dtype())
+        self.encode_mean_padded(x, None, Padding::Zeros)
     }
 
     /// RGB `[B, 3, 8h, 8w]` (about [-1, 1], unclamped) of the unscaled latent `z`, in `z`'s dtype.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decode_raw(&z.to_dtype(self.dtype)?)?.to_dtype(z.dtype())
+        self.decode_padded(z, None, Padding::Zeros)
     }
 
     /// [`AutoencoderKL::encode_mean`] tile by tile (diffusers' `_tiled_encode`) when `x` is larger than a sample
     /// tile on either side; otherwise exactly `encode_mean(x)`, as diffusers also falls back.
     pub fn encode_mean_tiled(&self, x: &Tensor, tiling: &VaeTiling) -> Result<Tensor> {
+        self.encode_mean_padded(x, Some(tiling), Padding::Zeros)
+    }
+
+    /// [`AutoencoderKL::decode`] tile by tile (diffusers' `tiled_decode`) when `z` is larger than a latent tile on
+    /// either side; otherwise exactly `decode(z)`, as diffusers also falls back.
+    pub fn decode_tiled(&self, z: &Tensor, tiling: &VaeTiling) -> Result<Tensor> {
+        self.decode_padded(z, Some(tiling), Padding::Zeros)
+    }
+
+    /// [`AutoencoderKL::encode_mean`], in tiles with `tiling`, its convolutions filling their border as `padding`
+    /// says (`--seamless`).
+    pub fn encode_mean_padded(&self, x: &Tensor, tiling: Option<&VaeTiling>, padding: Padding) -> Result<Tensor> {
+        let whole = || {
+            self.encode_mean_raw(&x.to_dtype(self.dtype)?, padding)?
+                .to_dtype(x.dtype())
+        };
+        let Some(tiling) = tiling else {
+            return whole();
+        };
         let layout = tiling.layout(self.downscale)?;
         let (_, _, h, w) = x.dims4()?;
         if h.max(w) <= layout.sample_tile {
-            return self.encode_mean(x);
+            return whole();
         }
         let grid = TileGrid {
             tile: layout.sample_tile,
@@ -244,17 +265,20 @@ impl AutoencoderKL {
             blend: layout.latent_blend,
             keep: layout.latent_tile - layout.latent_blend,
         };
-        let mean = grid.map(&x.to_dtype(self.dtype)?, |tile| self.encode_mean_raw(tile))?;
+        let mean = grid.map(&x.to_dtype(self.dtype)?, |tile| self.encode_mean_raw(tile, padding))?;
         mean.to_dtype(x.dtype())
     }
 
-    /// [`AutoencoderKL::decode`] tile by tile (diffusers' `tiled_decode`) when `z` is larger than a latent tile on
-    /// either side; otherwise exactly `decode(z)`, as diffusers also falls back.
-    pub fn decode_tiled(&self, z: &Tensor, tiling: &VaeTiling) -> Result<Tensor> {
+    /// [`AutoencoderKL::decode`], in tiles with `tiling`, its convolutions filling their border as `padding` says.
+    pub fn decode_padded(&self, z: &Tensor, tiling: Option<&VaeTiling>, padding: Padding) -> Result<Tensor> {
+        let whole = || self.decode_raw(&z.to_dtype(self.dtype)?, padding)?.to_dtype(z.dtype());
+        let Some(tiling) = tiling else {
+            return whole();
+        };
         let layout = tiling.layout(self.downscale)?;
         let (_, _, h, w) = z.dims4()?;
         if h.max(w) <= layout.latent_tile {
-            return self.decode(z);
+            return whole();
         }
         let grid = TileGrid {
             tile: layout.latent_tile,
@@ -262,20 +286,20 @@ impl AutoencoderKL {
             blend: layout.sample_blend,
             keep: layout.sample_tile - layout.sample_blend,
         };
-        let rgb = grid.map(&z.to_dtype(self.dtype)?, |tile| self.decode_raw(tile))?;
+        let rgb = grid.map(&z.to_dtype(self.dtype)?, |tile| self.decode_raw(tile, padding))?;
         rgb.to_dtype(z.dtype())
     }
 
     /// Posterior mean of `x`, already in the model's dtype. The mean is taken before any tile blending: blending is
     /// per channel, so this equals diffusers' blending of the full moments followed by taking the mean.
-    fn encode_mean_raw(&self, x: &Tensor) -> Result<Tensor> {
-        let moments = self.quant_conv.forward(&self.encoder.forward(x)?)?;
+    fn encode_mean_raw(&self, x: &Tensor, padding: Padding) -> Result<Tensor> {
+        let moments = self.quant_conv.forward(&self.encoder.forward(x, padding)?)?;
         moments.narrow(1, 0, self.latent_channels)
     }
 
     /// Decoded RGB of `z`, already in the model's dtype.
-    fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(&self.post_quant_conv.forward(z)?)
+    fn decode_raw(&self, z: &Tensor, padding: Padding) -> Result<Tensor> {
+        self.decoder.forward(&self.post_quant_conv.forward(z)?, padding)
     }
 }
 

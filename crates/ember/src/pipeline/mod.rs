@@ -15,7 +15,7 @@ use crate::model::{load_model, ModelWeights};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
-use crate::nn::Precision;
+use crate::nn::{Padding, Precision};
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::sample::denoiser::PredictionType;
 use crate::sample::rng::TorchRng;
@@ -283,6 +283,7 @@ impl Pipeline {
             time_ids.as_ref(),
             guidance,
             self.prediction_type(request),
+            Padding::seamless(request.seamless),
         )?;
         let schedule = self.spec.scheduler.noise_schedule(request.timestep_spacing)?;
 
@@ -292,8 +293,6 @@ impl Pipeline {
                 request.sampler
             )));
         }
-        // Every convolution of this run (UNet and VAE) pads circularly while the scope lives.
-        let _seamless = crate::nn::seamless_scope(request.seamless);
         if request.seamless && request.vae_tiling {
             on_event(Event::Warning(
                 "--vae-tiling with --seamless: each VAE tile wraps around its own edges, so an image larger than a \
@@ -314,7 +313,7 @@ impl Pipeline {
         )?;
         let noise = noise.to_dtype(self.latent_dtype())?.to_device(&self.device)?;
         let init_latent = match &init {
-            Some(rgb) => Some(self.encode_image(rgb, request.vae_tiling)?),
+            Some(rgb) => Some(self.encode_image(rgb, request)?),
             None => None,
         };
 
@@ -361,7 +360,7 @@ impl Pipeline {
         }
 
         // decode: latents → RGB.
-        let image = self.decode_latents(&latents, request.vae_tiling)?;
+        let image = self.decode_latents(&latents, request)?;
         let record = ImageRecord {
             request: request.clone(),
             width,
@@ -518,34 +517,34 @@ impl Pipeline {
         crate::nn::accumulation_dtype(self.dtype)
     }
 
-    /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI); in tiles with `vae_tiling`.
-    fn encode_image(&self, rgb: &::image::RgbImage, vae_tiling: bool) -> Result<Tensor> {
+    /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI); in tiles with the request's
+    /// `vae_tiling`, circularly padded with its `seamless`.
+    fn encode_image(&self, rgb: &::image::RgbImage, request: &GenerateRequest) -> Result<Tensor> {
         let pixels = rgb_to_tensor(rgb, &self.device)?.to_dtype(self.dtype)?;
-        let mean = if vae_tiling {
-            self.vae.encode_mean_tiled(&pixels, &VaeTiling::default())?
-        } else {
-            self.vae.encode_mean(&pixels)?
-        };
+        let tiling = request.vae_tiling.then(VaeTiling::default);
+        let mean = self
+            .vae
+            .encode_mean_padded(&pixels, tiling.as_ref(), Padding::seamless(request.seamless))?;
         Ok((mean.to_dtype(self.latent_dtype())? * self.spec.vae_scale())?)
     }
 
-    /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits); in tiles with `vae_tiling`.
-    pub fn decode_latents(&self, latents: &Tensor, vae_tiling: bool) -> Result<::image::RgbImage> {
-        let decoded = self.decode_to_unit_range(latents, vae_tiling)?;
+    /// Latents → RGB image (diffusers' `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits), decoded as `request` says
+    /// (`vae_tiling`, `seamless`).
+    pub fn decode_latents(&self, latents: &Tensor, request: &GenerateRequest) -> Result<::image::RgbImage> {
+        let decoded = self.decode_to_unit_range(latents, request)?;
         tensor_to_rgb(&decoded)
     }
 
-    /// Latents → `[1, 3, H, W]` f32 in [0, 1]; in tiles with `vae_tiling`.
-    pub fn decode_to_unit_range(&self, latents: &Tensor, vae_tiling: bool) -> Result<Tensor> {
+    /// Latents → `[1, 3, H, W]` f32 in [0, 1], decoded as `request` says (`vae_tiling`, `seamless`).
+    pub fn decode_to_unit_range(&self, latents: &Tensor, request: &GenerateRequest) -> Result<Tensor> {
         let z = (latents / self.spec.vae_scale())?.to_dtype(self.dtype)?;
         if z.device().is_cpu() {
             crate::cpu::release_free_heap();
         }
-        let x = if vae_tiling {
-            self.vae.decode_tiled(&z, &VaeTiling::default())?
-        } else {
-            self.vae.decode(&z)?
-        };
+        let tiling = request.vae_tiling.then(VaeTiling::default);
+        let x = self
+            .vae
+            .decode_padded(&z, tiling.as_ref(), Padding::seamless(request.seamless))?;
         Ok(((x.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 }
