@@ -44,23 +44,7 @@ pub fn named_models(file: &Path) -> anyhow::Result<Vec<ember_server::NamedModel>
             file.display()
         );
     }
-    Ok(entries
-        .into_iter()
-        .map(|(name, entry)| ember_server::NamedModel {
-            name,
-            path: entry.path,
-            device: entry.device,
-            dtype: entry.dtype,
-            description: entry.description,
-            steps: entry.steps,
-            cfg_scale: entry.cfg_scale,
-            sampler: entry.sampler,
-            width: entry.width,
-            height: entry.height,
-            prediction_type: entry.prediction_type,
-            timestep_spacing: entry.timestep_spacing,
-        })
-        .collect())
+    Ok(entries.iter().map(|(name, entry)| entry.named(name)).collect())
 }
 
 #[cfg(test)]

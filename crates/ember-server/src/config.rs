@@ -1,6 +1,9 @@
 //! How `ember serve` is set up: where it listens, where it keeps its data and which models it runs.
 
 use ember::pipeline::{WorkLimits, MEGAPIXEL};
+use ember::sample::denoiser::PredictionType;
+use ember::sample::schedule::TimestepSpacing;
+use ember::sample::SamplerKind;
 use std::path::PathBuf;
 
 /// Server settings. [`Config::default`] matches the CLI's defaults.
@@ -73,6 +76,35 @@ pub struct NamedModel {
     pub prediction_type: Option<String>,
     /// `linspace`, `leading`, `trailing` or `karras-kdiffusion`, for jobs that leave `timestep_spacing` out.
     pub timestep_spacing: Option<String>,
+}
+
+impl NamedModel {
+    /// Rejects per-model values no job could run with, naming the key (`steps: must be at least 1`); the REPL reads
+    /// its models file through this check too.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let bad = |key: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("{key}: {e}");
+        if let Some(v) = &self.sampler {
+            v.parse::<SamplerKind>().map_err(|e| bad("sampler", &e))?;
+        }
+        if let Some(v) = &self.prediction_type {
+            v.parse::<PredictionType>().map_err(|e| bad("prediction_type", &e))?;
+        }
+        if let Some(v) = &self.timestep_spacing {
+            v.parse::<TimestepSpacing>().map_err(|e| bad("timestep_spacing", &e))?;
+        }
+        if self.steps == Some(0) {
+            return Err(bad("steps", &"must be at least 1"));
+        }
+        if let Some(v) = self.cfg_scale.filter(|v| !v.is_finite() || *v < 0.0) {
+            return Err(bad("cfg_scale", &format!("{v} is not a scale ≥ 0")));
+        }
+        for (key, side) in [("width", self.width), ("height", self.height)] {
+            if let Some(v) = side.filter(|v| *v == 0 || v % 8 != 0) {
+                return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {

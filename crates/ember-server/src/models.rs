@@ -41,49 +41,26 @@ impl Served {
         spec: &ModelSpec,
         checker: RequestCheck,
     ) -> anyhow::Result<Self> {
-        let bad = |key: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("{key}: {e}");
+        entry.check()?;
         let mut info = ModelInfo::new(&entry.name, spec);
         info.description = entry.description.clone();
         let defaults = &mut info.defaults;
-        if let Some(v) = entry.steps {
-            if v == 0 {
-                return Err(bad("steps", &"must be at least 1"));
-            }
-            defaults.steps = v;
-        }
-        if let Some(v) = entry.cfg_scale {
-            if !v.is_finite() || v < 0.0 {
-                return Err(bad("cfg_scale", &format!("{v} is not a scale ≥ 0")));
-            }
-            defaults.cfg_scale = v;
-        }
+        defaults.steps = entry.steps.unwrap_or(defaults.steps);
+        defaults.cfg_scale = entry.cfg_scale.unwrap_or(defaults.cfg_scale);
+        defaults.width = entry.width.unwrap_or(defaults.width);
+        defaults.height = entry.height.unwrap_or(defaults.height);
+        // `check` parsed these: stored under the engine's names.
         if let Some(v) = &entry.sampler {
-            defaults.sampler = v.parse::<SamplerKind>().map_err(|e| bad("sampler", &e))?.name().into();
+            defaults.sampler = v.parse::<SamplerKind>()?.name().into();
         }
-        for (key, value, side) in [
-            ("width", entry.width, &mut defaults.width),
-            ("height", entry.height, &mut defaults.height),
-        ] {
-            match value {
-                Some(v) if v == 0 || v % 8 != 0 => {
-                    return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
-                }
-                Some(v) => *side = v,
-                None => {}
-            }
-        }
-        let prediction_type = entry
-            .prediction_type
-            .as_deref()
-            .map(|v| v.parse::<PredictionType>().map(|p| p.name().to_string()))
-            .transpose()
-            .map_err(|e| bad("prediction_type", &e))?;
-        let timestep_spacing = entry
-            .timestep_spacing
-            .as_deref()
-            .map(|v| v.parse::<TimestepSpacing>().map(|s| s.name().to_string()))
-            .transpose()
-            .map_err(|e| bad("timestep_spacing", &e))?;
+        let prediction_type = match &entry.prediction_type {
+            Some(v) => Some(v.parse::<PredictionType>()?.name().to_string()),
+            None => None,
+        };
+        let timestep_spacing = match &entry.timestep_spacing {
+            Some(v) => Some(v.parse::<TimestepSpacing>()?.name().to_string()),
+            None => None,
+        };
         if let Some(v) = &prediction_type {
             info.prediction_type = v.clone();
             info.notes.push(format!("prediction type {v}: set by the models file"));

@@ -29,9 +29,6 @@
 
 use crate::args::Switches;
 use anyhow::Context;
-use ember::sample::denoiser::PredictionType;
-use ember::sample::schedule::TimestepSpacing;
-use ember::sample::SamplerKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,30 +94,30 @@ impl ModelEntry {
         parts.join(" ")
     }
 
-    /// Rejects values no line could run with, so a typo is reported when the file is read, naming the entry.
+    /// This entry as `ember serve` takes it.
+    pub fn named(&self, name: &str) -> ember_server::NamedModel {
+        ember_server::NamedModel {
+            name: name.to_string(),
+            path: self.path.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            description: self.description.clone(),
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: self.sampler.clone(),
+            width: self.width,
+            height: self.height,
+            prediction_type: self.prediction_type.clone(),
+            timestep_spacing: self.timestep_spacing.clone(),
+        }
+    }
+
+    /// Rejects values no line could run with (the server's check of the same entries), so a typo is reported when
+    /// the file is read, naming the entry.
     fn check(&self, name: &str) -> anyhow::Result<()> {
-        let bad = |key: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("[models.{name}] {key}: {e}");
-        if let Some(v) = &self.sampler {
-            v.parse::<SamplerKind>().map_err(|e| bad("sampler", &e))?;
-        }
-        if let Some(v) = &self.prediction_type {
-            v.parse::<PredictionType>().map_err(|e| bad("prediction_type", &e))?;
-        }
-        if let Some(v) = &self.timestep_spacing {
-            v.parse::<TimestepSpacing>().map_err(|e| bad("timestep_spacing", &e))?;
-        }
-        if self.steps == Some(0) {
-            return Err(bad("steps", &"must be at least 1"));
-        }
-        if let Some(v) = self.cfg_scale.filter(|v| !v.is_finite() || *v < 0.0) {
-            return Err(bad("cfg_scale", &format!("{v} is not a scale ≥ 0")));
-        }
-        for (key, side) in [("width", self.width), ("height", self.height)] {
-            if let Some(v) = side.filter(|v| *v == 0 || v % 8 != 0) {
-                return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
-            }
-        }
-        Ok(())
+        self.named(name)
+            .check()
+            .map_err(|e| anyhow::anyhow!("[models.{name}] {e}"))
     }
 }
 
