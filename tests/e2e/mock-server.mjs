@@ -25,6 +25,14 @@ const MODELS = [
     defaults: { steps: 30, cfg_scale: 7.5, sampler: "k_euler", width: 1024, height: 1024 }, notes: [] },
 ];
 
+// The add-on libraries, as GET /api/loras and /api/embeddings list them (the same names as run.mjs's folders).
+const LORAS = [
+  { name: "broken", family: null, trigger_words: [],
+    error: "not a valid .safetensors file (header too large); it may be truncated or corrupt, download it again" },
+  { name: "style", family: null, trigger_words: ["zxc style", "blue hat"] },
+];
+const EMBEDDINGS = [{ name: "ztok", family: null, trigger_words: [], vectors: 1 }];
+
 const jobs = [];
 const images = [];
 const clients = new Set();
@@ -77,8 +85,10 @@ function createJob(req, res, body) {
   if (!model) {
     return fail(res, 400, "model", `there is no model '${p.model}'; its models are ${MODELS.map((m) => m.name)}`);
   }
+  const unknown = (p.loras || []).find((l) => !LORAS.some((k) => k.name === l.name));
+  if (unknown) return fail(res, 400, "loras", `there is no LoRA '${unknown.name}' for this model`);
   const params = { negative_prompt: "", ...model.defaults, strength: 0.75, fit: false, karras_max: 30, ...p,
-    model: model.name };
+    loras: (p.loras || []).map((l) => ({ name: l.name, weight: l.weight ?? 1 })), model: model.name };
   if (params.seed == null) params.seed = Math.floor(Math.random() * 4294967296);
   if (params.init_image_id != null && !images.some((i) => i.id === params.init_image_id)) {
     return fail(res, 400, "init_image_id", `there is no image ${params.init_image_id} in the gallery`);
@@ -145,6 +155,8 @@ function route(req, res, body) {
   if (p === "/api/samplers") return send(res, 200, { samplers: SAMPLERS });
   if (p === "/api/health") return send(res, 200, { status: "ok", storage: "ok", running_job: null });
   if (p === "/api/models") return send(res, 200, { models: MODELS });
+  if (p === "/api/loras") return send(res, 200, { loras: LORAS });
+  if (p === "/api/embeddings") return send(res, 200, { embeddings: EMBEDDINGS });
   if (p === "/api/jobs" && req.method === "POST") return createJob(req, res, body);
   if (p === "/api/jobs") {
     const st = url.searchParams.get("status");

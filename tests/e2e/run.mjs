@@ -1,9 +1,11 @@
 // End-to-end test of the web page against the real `ember serve` (tiny test model, CPU): upload an init image,
 // generate img2img at strength 0.7 × 10 steps, watch the 7 steps arrive, find the image and its parameters in the
-// gallery, then the gallery buttons, cancel, error display, the Advanced options with "Variations", and the phone
-// layout. Prints "N passed, M failed" last.
+// gallery, then the gallery buttons, cancel, error display, the LoRA and embedding pickers, the Advanced options with
+// "Variations", and the phone layout. Prints "N passed, M failed" last.
 //
 //   node tests/e2e/run.mjs          (EMBER_BIN=path/to/ember, CHROMIUM=path/to/chromium, EMBER_E2E_MOCK=1)
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { launchBrowser, openPage, REPO, startServer } from "./lib.mjs";
 
@@ -70,10 +72,39 @@ async function waitJobStatus(page, jobId, status, options = LONG) {
   );
 }
 
+/**
+ * A LoRA folder (`style`: the tiny model's LoRA fixture with trigger words in its metadata; `broken`: not a
+ * safetensors file) and an embedding folder (`ztok`: one vector for the tiny model) under a temporary folder.
+ */
+function addonFolders() {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "ember-e2e-addons-"));
+  const loras = path.join(root, "loras");
+  const embeddings = path.join(root, "embeddings");
+  fs.mkdirSync(loras);
+  fs.mkdirSync(embeddings);
+  const lora = fs.readFileSync(path.join(REPO, "tests/fixtures/lora/sd1_kohya_locon.safetensors"));
+  const length = Number(lora.readBigUInt64LE(0));
+  const header = JSON.parse(lora.subarray(8, 8 + length).toString("utf8"));
+  header.__metadata__ = { "modelspec.trigger_phrase": "zxc style, blue hat" };
+  let text = JSON.stringify(header);
+  while ((8 + text.length) % 8 !== 0) text += " ";
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(BigInt(Buffer.byteLength(text)));
+  fs.writeFileSync(path.join(loras, "style.safetensors"),
+    Buffer.concat([size, Buffer.from(text, "utf8"), lora.subarray(8 + length)]));
+  fs.writeFileSync(path.join(loras, "broken.safetensors"), "not a safetensors file");
+  fs.copyFileSync(path.join(REPO, "tests/fixtures/lora/sd1_emb_st.safetensors"),
+    path.join(embeddings, "ztok.safetensors"));
+  return { root, args: ["--lora-dir", loras, "--embedding-dir", embeddings] };
+}
+
 let server = null;
 
 async function main() {
-  server = await startServer();
+  const folders = addonFolders();
+  // The server reads the files when it needs them: the folders stay until the test exits.
+  process.on("exit", () => fs.rmSync(folders.root, { recursive: true, force: true }));
+  server = await startServer(folders.args);
   let browser;
   const externalRequests = [];
   const pageErrors = [];
@@ -205,6 +236,38 @@ async function main() {
       const res = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
       assertEq(res.status, "canceled", "job status on the server");
       assert(res.steps_done < 1000, `steps done: ${res.steps_done}`);
+    });
+
+    const pickers = "the LoRA and embedding pickers list the server's files and add them at the prompt's cursor";
+    await check(pickers, async () => {
+      await page.click("#addons summary");
+      await page.waitForFunction(() => document.querySelectorAll("#lora-pick option").length === 2, null, SHORT);
+      const loras = await page.$$eval("#lora-pick option", (os) => os.map((o) => [o.value, o.textContent]));
+      assertEq(loras.map(([v]) => v), ["broken", "style"], "LoRAs listed");
+      assert(loras[1][1].includes("zxc style, blue hat"), `the option shows the trigger words: ${loras[1][1]}`);
+      assert(loras[0][1].includes("cannot be read"), `an unreadable file is marked: ${loras[0][1]}`);
+      assertEq(await page.textContent("#addons-count"), "(2 LoRAs, 1 embedding)", "counts in the summary");
+      await page.selectOption("#lora-pick", "broken");
+      assert(await page.isDisabled("#lora-add"), "an unreadable LoRA cannot be added");
+      assert((await page.textContent("#lora-info")).includes("cannot be used"), "and says why");
+      await page.selectOption("#lora-pick", "style");
+      assert((await page.textContent("#lora-info")).includes("Trigger words: zxc style, blue hat."), "details");
+      await page.fill("#prompt", "fire at night");
+      await page.$eval("#prompt", (box) => box.setSelectionRange(4, 4));
+      await page.getByRole("button", { name: "Add to prompt: LoRA" }).click();
+      assertEq(await page.inputValue("#prompt"), "fire <lora:style:1> at night", "the term at the cursor");
+      await page.getByRole("button", { name: "Add to prompt: embedding" }).click();
+      assertEq(await page.inputValue("#prompt"), "fire <lora:style:1> ztok at night", "the next one after it");
+      await page.fill("#negative_prompt", "");
+      await page.getByRole("button", { name: "Add to negative prompt: embedding" }).click();
+      assertEq(await page.inputValue("#negative_prompt"), "ztok", "an embedding in the negative prompt");
+      await page.fill("#negative_prompt", "");
+      await page.fill("#width", "64");
+      await page.fill("#height", "64");
+      await page.fill("#steps", "2");
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      assertEq(job.params.prompt, "fire <lora:style:1> ztok at night", "the prompt sent");
+      await waitJobStatus(page, job.id, "done");
     });
 
     // The mock server does not resolve variation_amount into with_variations; only the real one is checked.

@@ -193,6 +193,20 @@ pub struct Switches {
     /// With --save-intermediates: decode those steps with the VAE (full size, slower) instead of the fast preview.
     #[arg(long, alias = "decode_intermediates")]
     pub decode_intermediates: bool,
+    /// Apply a LoRA (or LyCORIS) to every image: a file, or the name of one in --lora-dir, with an optional weight
+    /// (`style.safetensors:0.8`) [default weight: 1]. Repeatable. In the prompt: `<lora:NAME:WEIGHT>`.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    pub lora: Vec<String>,
+    /// A textual-inversion embedding to make known by its file name (use it by that name in the prompt or the
+    /// negative prompt). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub embedding: Vec<String>,
+    /// A folder of LoRAs, known by their file names in `<lora:NAME:WEIGHT>` and --lora. Repeatable.
+    #[arg(long = "lora-dir", alias = "lora_dir", value_name = "DIR")]
+    pub lora_dir: Vec<PathBuf>,
+    /// A folder of embeddings, each known by its file name in prompts. Repeatable.
+    #[arg(long = "embedding-dir", alias = "embedding_dir", value_name = "DIR")]
+    pub embedding_dir: Vec<PathBuf>,
 }
 
 /// `--downweight`'s values (see `ember::text::conditioning::Downweight`).
@@ -237,8 +251,25 @@ impl Switches {
             step_strip: self.step_strip || base.step_strip,
             save_intermediates: self.save_intermediates.or(base.save_intermediates),
             decode_intermediates: self.decode_intermediates || base.decode_intermediates,
+            // A line's LoRAs replace the launch flags' (a line without --lora keeps them); folders and embeddings
+            // only make names known, so they add up.
+            lora: if self.lora.is_empty() {
+                base.lora.clone()
+            } else {
+                self.lora.clone()
+            },
+            embedding: union(&self.embedding, &base.embedding),
+            lora_dir: union(&self.lora_dir, &base.lora_dir),
+            embedding_dir: union(&self.embedding_dir, &base.embedding_dir),
         }
     }
+}
+
+/// `first` then the entries of `second` not in it.
+fn union<T: Clone + PartialEq>(first: &[T], second: &[T]) -> Vec<T> {
+    let mut out = first.to_vec();
+    out.extend(second.iter().filter(|x| !first.contains(x)).cloned());
+    out
 }
 
 #[derive(Debug, Args)]
@@ -327,4 +358,7 @@ pub struct ServeArgs {
     /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// `--lora-dir` and `--embedding-dir` (defined in serve.rs).
+    #[command(flatten)]
+    pub addons: crate::serve::AddonDirArgs,
 }

@@ -13,6 +13,7 @@
 use crate::args::{Downweight, ModelArgs, Switches};
 use crate::dream_line::{self, DreamLine};
 use anyhow::Context;
+use ember::addons::{AddonKind, AddonLibrary};
 use ember::device::{parse_device, resolve_dtype};
 use ember::image::grid::image_grid;
 use ember::image::metadata::dream_command;
@@ -23,6 +24,7 @@ use ember::model::family::{GenerationDefaults, ModelSpec};
 use ember::pipeline::{CancelToken, Event, Pipeline};
 use ember::request::{random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
 use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
+use ember::text::prompt::LoraUse;
 use ember::Error;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,6 +93,20 @@ impl Runner {
         Ok(())
     }
 
+    /// The loaded pipeline, knowing the LoRAs and embeddings of `library` (read again only when it changed).
+    fn use_addons(&mut self, library: AddonLibrary) -> anyhow::Result<&Pipeline> {
+        let pipeline = self
+            .pipeline
+            .as_mut()
+            .context("the model is not loaded; pass --model path/to/model.safetensors")?;
+        if *pipeline.addons() != library {
+            for warning in pipeline.set_addons(library)? {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Ok(pipeline)
+    }
+
     /// Parses and runs one `invoke>` command line; returns the image paths written.
     pub fn run_line(&mut self, line: &str) -> anyhow::Result<Vec<PathBuf>> {
         let parsed = dream_line::parse(line)?;
@@ -103,7 +119,10 @@ impl Runner {
         let mut plan = self.plan(&line.prompt, &sw)?;
         self.cancel.reset();
         let cancel = self.cancel.clone();
-        let pipeline = self.load()?;
+        let (library, loras) = addon_library(&sw)?;
+        plan.request.loras = loras;
+        self.load()?;
+        let pipeline = self.use_addons(library)?;
         apply_model_defaults(&mut plan.request, &sw, pipeline.spec().defaults);
         plan.request.validate()?;
         if sw.log_tokenization {
@@ -219,6 +238,7 @@ impl Runner {
             vae_tiling: sw.vae_tiling,
             prediction_type: sw.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: sw.timestep_spacing.as_deref().map(str::parse).transpose()?,
+            loras: Vec::new(),
         };
         request.validate()?;
         Ok(Plan {
@@ -246,6 +266,63 @@ impl Runner {
             )
             .into()),
         }
+    }
+}
+
+/// The LoRAs and embeddings a command's switches name: a library of the folders (`--lora-dir`, `--embedding-dir`)
+/// and files (`--embedding`, `--lora FILE`), and the request's LoRA list (`--lora FILE_OR_NAME[:WEIGHT]`; a name is
+/// looked up in the folders).
+fn addon_library(sw: &Switches) -> anyhow::Result<(AddonLibrary, Vec<LoraUse>)> {
+    let mut library = AddonLibrary::default();
+    for (kind, dirs) in [
+        (AddonKind::Lora, &sw.lora_dir),
+        (AddonKind::Embedding, &sw.embedding_dir),
+    ] {
+        for dir in dirs {
+            for warning in library.add_dir(kind, dir)? {
+                eprintln!("warning: {warning}");
+            }
+        }
+    }
+    for file in &sw.embedding {
+        library.add_file(AddonKind::Embedding, Path::new(file))?;
+    }
+    let mut loras = Vec::with_capacity(sw.lora.len());
+    for spec in &sw.lora {
+        let (target, weight) = split_weight(spec)?;
+        // A file stays named by its path, so the image's Dream line (`--lora PATH:WEIGHT`) finds it again.
+        let name = if Path::new(target).is_file() {
+            library.add_file(AddonKind::Lora, Path::new(target))?;
+            target.to_string()
+        } else if library.lora(target).is_some() {
+            target.to_string()
+        } else {
+            return Err(Error::addon(
+                target,
+                "no such LoRA file, and no LoRA of that name in the --lora-dir folders (check the path or the name)",
+            )
+            .into());
+        };
+        loras.push(LoraUse::new(name, weight));
+    }
+    Ok((library, loras))
+}
+
+/// `FILE_OR_NAME[:WEIGHT]` → (file or name, weight; 1 by default). The weight is what follows the last `:` when
+/// that is a number, so Windows paths (`C:\…`) keep their colon.
+fn split_weight(spec: &str) -> anyhow::Result<(&str, f64)> {
+    let Some((target, weight)) = spec.rsplit_once(':') else {
+        return Ok((spec, 1.0));
+    };
+    match weight.trim().parse::<f64>() {
+        Ok(w) if w.is_finite() && w.abs() <= 100.0 && !target.is_empty() => Ok((target, w)),
+        Ok(w) => Err(Error::invalid("lora", format!("weight {w} in `{spec}` is out of range (-100 to 100)")).into()),
+        Err(_) if weight.contains(['\\', '/']) || target.len() == 1 => Ok((spec, 1.0)),
+        Err(_) => Err(Error::invalid(
+            "lora",
+            format!("`{weight}` in `{spec}` is not a weight; write --lora FILE:0.8 (or just FILE for weight 1)"),
+        )
+        .into()),
     }
 }
 

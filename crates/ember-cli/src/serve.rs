@@ -1,9 +1,24 @@
-//! `ember serve`: the web UI and HTTP API (crate `ember-server`), with the same model flags as `ember generate`, and
-//! `--models FILE`: the REPL's models file, whose named models jobs may ask for.
+//! `ember serve`: the web UI and HTTP API (crate `ember-server`), with the same model flags as `ember generate`,
+//! `--models FILE`: the REPL's models file, whose named models jobs may ask for, and the LoRA and embedding folders.
 
 use crate::args::{ServeArgs, DEFAULT_MODEL};
 use crate::repl::config::load_models;
-use std::path::Path;
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// `ember serve`'s LoRA and embedding folders (part of [`ServeArgs`]).
+#[derive(Debug, Args, Clone, Default, PartialEq)]
+pub struct AddonDirArgs {
+    /// A folder of LoRAs (and LyCORIS) jobs may use on every model, by file name: `"loras": [{"name": NAME,
+    /// "weight": 0.8}]` or `<lora:NAME:0.8>` in the prompt; subfolders are searched too. Repeatable. A model's own
+    /// `lora_dir` (models file) comes first.
+    #[arg(long = "lora-dir", alias = "lora_dir", value_name = "DIR")]
+    pub lora_dir: Vec<PathBuf>,
+    /// A folder of textual-inversion embeddings prompts may use on every model, each by its file name. Repeatable.
+    /// A model's own `embedding_dir` comes first.
+    #[arg(long = "embedding-dir", alias = "embedding_dir", value_name = "DIR")]
+    pub embedding_dir: Vec<PathBuf>,
+}
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let models = match &args.models {
@@ -28,6 +43,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         allowed_hosts: args.allowed_hosts.clone(),
         max_megapixels: args.max_pixels,
         work_budget: args.work_budget,
+        lora_dirs: args.addons.lora_dir.clone(),
+        embedding_dirs: args.addons.embedding_dir.clone(),
     })
 }
 
@@ -94,6 +111,7 @@ mod tests {
         assert_eq!(serve.models.as_deref(), Some(std::path::Path::new("m.toml")));
         assert_eq!(serve.model, None, "the first named model is loaded at start");
         assert_eq!((serve.device.as_str(), serve.dtype.as_str()), ("auto", "auto"));
+        assert_eq!(serve.addons, super::AddonDirArgs::default(), "no add-on folders");
         let serve = parse(&[
             "ember",
             "serve",
@@ -107,5 +125,22 @@ mod tests {
         assert_eq!(serve.model.as_deref(), Some("x.safetensors"));
         assert_eq!((serve.device.as_str(), serve.dtype.as_str()), ("cpu", "f32"));
         assert_eq!(serve.models, None);
+        let serve = parse(&[
+            "ember",
+            "serve",
+            "--lora-dir",
+            "/loras/a",
+            "--lora_dir",
+            "/loras/b",
+            "--embedding-dir",
+            "/embeddings",
+        ]);
+        let paths = |v: &[&str]| v.iter().map(std::path::PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            serve.addons.lora_dir,
+            paths(&["/loras/a", "/loras/b"]),
+            "repeatable, both spellings"
+        );
+        assert_eq!(serve.addons.embedding_dir, paths(&["/embeddings"]));
     }
 }

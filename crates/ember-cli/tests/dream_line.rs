@@ -50,7 +50,8 @@ fn every_switch_in_short_form() {
     let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
                 -V 1:0.1,2:0.2 -t -x -o out --seamless --vae-tiling --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
                 --negative \"ugly hands\" --truncate-prompts --downweight mask --exact-steps --step-strip \
-                --save-intermediates 2 --decode-intermediates --prediction-type v_prediction --timestep-spacing trailing";
+                --save-intermediates 2 --decode-intermediates --prediction-type v_prediction --timestep-spacing trailing \
+                --lora a.safetensors:0.5 --lora b --embedding e.pt --lora-dir loras --embedding_dir embs";
     let want = Switches {
         steps: Some(10),
         seed: Some(1592514025),
@@ -83,6 +84,10 @@ fn every_switch_in_short_form() {
         decode_intermediates: true,
         prediction_type: Some("v_prediction".into()),
         timestep_spacing: Some("trailing".into()),
+        lora: vec!["a.safetensors:0.5".into(), "b".into()],
+        embedding: vec!["e.pt".into()],
+        lora_dir: vec![PathBuf::from("loras")],
+        embedding_dir: vec![PathBuf::from("embs")],
     };
     let parsed = parse(line).expect("parses");
     assert_eq!(parsed.prompt, "fire");
@@ -352,6 +357,7 @@ fn sd_metadata_records_the_run_and_reads_it_back() {
         prediction_type: PredictionType::Epsilon,
         timestep_spacing: TimestepSpacing::Trailing,
         guidance: "none (cfg ≤ 1: conditional pass only)".into(),
+        ..Default::default()
     };
     let json = sd_metadata_json(&rec);
     let doc: serde_json::Value = serde_json::from_str(&json).expect("JSON");

@@ -15,8 +15,9 @@ const MAX_DIMS: usize = 16;
 
 /// Runs the pickle and returns its result's tensors, with their dict keys.
 ///
-/// The result must be a dict of tensors, or a dict with such a dict under `"state_dict"`; other entries
-/// (step counters, metadata) are skipped.
+/// The result must be a dict of tensors, or a dict with such a dict under `"state_dict"` (or, failing both, with
+/// dicts of tensors as values: their tensors are named `outer.inner`); other entries (step counters, metadata) are
+/// skipped.
 pub fn parse_state_dict(pickle: &[u8]) -> Result<Vec<(String, TensorInfo)>> {
     let mut vm = Machine::new(pickle);
     let result = vm.run();
@@ -59,10 +60,20 @@ fn extract(top: &Value) -> Result<Vec<(String, TensorInfo)>> {
         }
         out
     };
-    let tensors = match nested {
+    let mut tensors = match nested {
         Some(inner) => collect(&inner.borrow()),
         None => collect(&dict),
     };
+    if tensors.is_empty() {
+        // Dicts of tensors one level down, as `outer.inner` (A1111's embeddings keep theirs under
+        // `string_to_param`, next to ints and strings).
+        for (k, v) in &dict.items {
+            if let (Value::Str(outer), Value::Dict(inner)) = (k, v) {
+                let inner = collect(&inner.borrow());
+                tensors.extend(inner.into_iter().map(|(name, t)| (format!("{outer}.{name}"), t)));
+            }
+        }
+    }
     if tensors.is_empty() {
         return Err(malformed("the pickle holds no tensors (is this a model checkpoint?)"));
     }

@@ -1,6 +1,7 @@
 // Ember's web page: builds generation requests from the form, follows jobs through the server-sent events of
 // /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md. The form's
-// Advanced section lives in advanced.js, the gallery cards in gallery.js; the scripts share their top-level names.
+// Advanced section lives in advanced.js, the LoRA and embedding pickers in addons.js, the gallery cards in gallery.js;
+// the scripts share their top-level names.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,7 +13,7 @@ const FINISHED = new Set(["done", "failed", "canceled"]);
 // Statuses only move forward; used to ignore a stale report that arrives after a newer one.
 const STATUS_RANK = { queued: 0, running: 1, done: 2, failed: 2, canceled: 2 };
 // API error `field` → the control to point at.
-const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file" };
+const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file", loras: "lora-pick" };
 
 const state = {
   init: null, // {kind: "file", file, url} | {kind: "gallery", id, url}
@@ -535,8 +536,11 @@ function renderModelPicker() {
 function chooseModel(name, withDefaults) {
   const model = state.models.find((m) => m.name === name);
   if (!model) return false;
+  const changed = $("model").value !== name || !state.model || state.model.name !== name;
   $("model").value = name;
   applyModel(model, withDefaults);
+  // Each model has its own LoRAs and embeddings.
+  if (changed) loadAddons();
   return true;
 }
 
@@ -632,6 +636,7 @@ function bindForm() {
 async function start() {
   bindForm();
   bindInit();
+  bindAddons();
   updateStepsRun();
   renderQueue();
   // Signed in (if the server wants a token) before the event stream opens: EventSource gives up on a 401. The model's
@@ -639,6 +644,7 @@ async function start() {
   await loadModel();
   connectEvents();
   loadSamplers();
+  loadAddons();
   loadJobs();
   loadGallery(1);
 }

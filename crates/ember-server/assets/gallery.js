@@ -4,17 +4,19 @@
 "use strict";
 
 // Order in which an image's parameters are listed; keys not named here follow, alphabetically.
-const PARAM_ORDER = ["model", "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-  "strength", "fit", "karras_max", "hires_fix", "exact_steps", "with_variations", "seamless", "vae_tiling", "threshold",
-  "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "prediction_type", "timestep_spacing",
+const PARAM_ORDER = ["model", "prompt", "negative_prompt", "loras", "sampler", "steps", "cfg_scale", "seed", "width",
+  "height", "strength", "fit", "karras_max", "hires_fix", "exact_steps", "with_variations", "seamless", "vae_tiling",
+  "threshold", "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "prediction_type", "timestep_spacing",
   "init_image_id"];
 
 function formatValue(v) {
   if (typeof v === "string") return v === "" ? "(empty)" : v;
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (typeof v === "number") return String(v);
-  if (Array.isArray(v) && v.every((x) => x && "seed" in x && "weight" in x)) {
-    return v.length === 0 ? "none" : formatVariations(v);
+  if (Array.isArray(v) && v.length === 0) return "none";
+  if (Array.isArray(v) && v.every((x) => x && "seed" in x && "weight" in x)) return formatVariations(v);
+  if (Array.isArray(v) && v.every((x) => x && "name" in x && "weight" in x)) {
+    return v.map((x) => `${x.name}:${x.weight}`).join(", ");
   }
   return JSON.stringify(v);
 }
@@ -36,7 +38,9 @@ function useAll(image) {
   if (typeof p.model === "string" && state.models.length > 1 && !chooseModel(p.model, false)) {
     msgModel = ` Its model, ${p.model}, is not on this server any more.`;
   }
-  set("prompt", p.prompt);
+  // The form has no LoRA list: the image's `loras` go into the prompt as terms, which apply the same way.
+  const terms = loraTerms(p.loras);
+  set("prompt", terms.length > 0 ? [p.prompt, ...terms].filter(Boolean).join(" ") : p.prompt);
   set("negative_prompt", p.negative_prompt);
   if (p.sampler && ![...$("sampler").options].some((o) => o.value === p.sampler)) {
     $("sampler").append(new Option(p.sampler, p.sampler));
@@ -53,6 +57,7 @@ function useAll(image) {
   setSeedRandom(false);
   set("seed", image.seed);
   let msg = `Settings of image #${image.id} loaded.${msgModel}`;
+  if (terms.length > 0) msg += " Its LoRAs are in the prompt.";
   if (typeof p.init_image_id === "number") {
     setGalleryInit(p.init_image_id);
   } else if (fromUpload(image)) {

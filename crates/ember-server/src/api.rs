@@ -13,10 +13,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ember::addons::AddonLibrary;
 use ember::pipeline::{RequestCheck, Work};
 use ember::request::{random_seed, InitImage};
 use ember::sample::perlin::check_image_size;
 use ember::sample::SamplerKind;
+use ember::text::prompt::take_loras;
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -71,7 +73,13 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     let mut input = parse_params(&params_json)?;
     let model = state.models.for_job(input.model.take().as_deref())?;
     let params = model.resolve(input, random_seed)?;
-    let new_job = check_job(&state, model.checker.clone(), params, upload).await?;
+    let new_job = check_job(&state, (model.checker.clone(), model.addons.clone()), params, upload)
+        .await
+        // The engine names an add-on by its file (an embedding the model cannot use): no server paths to clients.
+        .map_err(|mut e| {
+            e.message = state.storage.redact(&state.models.redact(&e.message));
+            e
+        })?;
     // A job accepted into a removed database, or onto a full disk, would be lost.
     state.storage.check().map_err(ApiError::unavailable)?;
     let (queue, events) = (state.queue.clone(), state.events.clone());
@@ -192,11 +200,12 @@ pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
 }
 
 /// Checks the parameters (and the upload) with the engine's own [`ember::pipeline::RequestCheck`] of the job's model
-/// (`checker`) — fields, prompts, the device's work limits — so a bad job fails at submit time, naming the field, not
-/// in the queue. An upload's size is read from its header and checked before any pixel is decoded.
+/// (`checker`) — fields, prompts, the device's work limits — and its LoRAs against the model's `library`, so a bad
+/// job fails at submit time, naming the field, not in the queue. An upload's size is read from its header and checked
+/// before any pixel is decoded.
 async fn check_job(
     state: &AppState,
-    checker: RequestCheck,
+    (checker, library): (RequestCheck, std::sync::Arc<AddonLibrary>),
     params: Params,
     upload: Option<(String, Vec<u8>)>,
 ) -> ApiResult<NewJob> {
@@ -208,6 +217,7 @@ async fn check_job(
     let (params, upload, work) = tokio::task::spawn_blocking(move || {
         let work = check_submission(
             &checker,
+            &library,
             &params,
             upload.as_ref().map(|(_, b)| b.as_slice()),
             gallery_size,
@@ -232,10 +242,12 @@ async fn check_job(
     })
 }
 
-/// The checks of a submission that need neither the database nor a decoded image: `upload` is the uploaded file's
-/// bytes (only its header is read), `gallery_size` the declared size of an `init_image_id`'s image.
+/// The checks of a submission that need neither the database nor a decoded image: `library` holds the LoRAs the
+/// job's model knows, `upload` is the uploaded file's bytes (only its header is read), `gallery_size` the declared
+/// size of an `init_image_id`'s image.
 pub(crate) fn check_submission(
     checker: &RequestCheck,
+    library: &AddonLibrary,
     params: &Params,
     upload: Option<&[u8]>,
     gallery_size: Option<(u32, u32)>,
@@ -272,11 +284,50 @@ pub(crate) fn check_submission(
     };
     // The engine only needs to know that there is an init image to check the rest.
     let placeholder = init_size.map(|_| InitImage::Path("init image".into()));
-    let work = checker.check(&params.to_request(placeholder)?, init_size)?;
+    let mut request = params.to_request(placeholder)?;
+    // Lengths first: the LoRA terms are looked for in a prompt of bounded size.
+    request.validate()?;
+    // The LoRAs are checked here, against the model's library: a model described at startup (not loaded) has a
+    // checker without one. It checks the prompt without its LoRA terms, which is what the engine encodes.
+    request.prompt = check_loras(library, params)?;
+    request.loras.clear();
+    let work = checker.check(&request, init_size)?;
     if let Some(size) = init_size.filter(|_| params.perlin > 0.0) {
         check_image_size(size.0 as usize, size.1 as usize)?;
     }
     Ok(work)
+}
+
+/// Every LoRA of the job — its `loras` and the prompt's `<lora:NAME:WEIGHT>` / `withLora(NAME, WEIGHT)` terms — is
+/// one of `library`'s; returns the prompt without its LoRA terms. A malformed term is a `400 prompt` too.
+fn check_loras(library: &AddonLibrary, params: &Params) -> ApiResult<String> {
+    let unknown = |name: &str, field: &str| {
+        let known: Vec<&str> = library.loras().keys().map(String::as_str).take(20).collect();
+        let known = if known.is_empty() {
+            "this server has no LoRAs for this model (start it with --lora-dir DIR, or give the model a lora_dir in \
+             the models file)"
+                .to_string()
+        } else {
+            let more = if library.loras().len() > known.len() {
+                ", …"
+            } else {
+                ""
+            };
+            format!("its LoRAs are {}{more} (GET /api/loras)", known.join(", "))
+        };
+        ApiError::bad_request(
+            Some(field),
+            format!("there is no LoRA '{}' for this model; {known}", clip(name)),
+        )
+    };
+    if let Some(lora) = params.loras.iter().find(|l| library.lora(&l.name).is_none()) {
+        return Err(unknown(&lora.name, "loras"));
+    }
+    let (prompt, terms) = take_loras(&params.prompt, "prompt")?;
+    if let Some(term) = terms.iter().find(|t| library.lora(&t.name).is_none()) {
+        return Err(unknown(&term.name, "prompt"));
+    }
+    Ok(prompt)
 }
 
 /// [`ember::image::init::run_size`], its message naming `field`.

@@ -33,6 +33,10 @@ pub struct Config {
     pub max_megapixels: Option<f64>,
     /// Most megapixel-steps one job may take; None: the device's default.
     pub work_budget: Option<f64>,
+    /// Folders of LoRAs every model's jobs may use (`ember serve --lora-dir`), after each model's own `lora_dir`.
+    pub lora_dirs: Vec<PathBuf>,
+    /// Folders of textual-inversion embeddings for every model (`--embedding-dir`), after each model's own.
+    pub embedding_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -49,6 +53,8 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             max_megapixels: None,
             work_budget: None,
+            lora_dirs: Vec::new(),
+            embedding_dirs: Vec::new(),
         }
     }
 }
@@ -76,6 +82,11 @@ pub struct NamedModel {
     pub prediction_type: Option<String>,
     /// `linspace`, `leading`, `trailing` or `karras-kdiffusion`, for jobs that leave `timestep_spacing` out.
     pub timestep_spacing: Option<String>,
+    /// A folder of LoRAs for this model's jobs, besides the server's `--lora-dir` folders (its files win over theirs
+    /// when names clash).
+    pub lora_dir: Option<PathBuf>,
+    /// A folder of textual-inversion embeddings for this model, besides the server's `--embedding-dir` folders.
+    pub embedding_dir: Option<PathBuf>,
 }
 
 impl NamedModel {
@@ -101,6 +112,12 @@ impl NamedModel {
         for (key, side) in [("width", self.width), ("height", self.height)] {
             if let Some(v) = side.filter(|v| *v == 0 || v % 8 != 0) {
                 return Err(bad(key, &format!("{v} is not a positive multiple of 8")));
+            }
+        }
+        // Whether the folder exists is found when the server or the REPL reads it.
+        for (key, dir) in [("lora_dir", &self.lora_dir), ("embedding_dir", &self.embedding_dir)] {
+            if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+                return Err(bad(key, &"is empty; give a folder, or leave the key out"));
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use crate::types::invokeai_defaults;
 use crate::upload;
 use axum::body::Body;
 use axum::extract::Request;
+use ember::addons::AddonLibrary;
 use ember::pipeline::{RequestCheck, WorkLimits};
 use ember::text::tokenizer::ClipTokenizer;
 use std::sync::{Arc, OnceLock};
@@ -49,7 +50,8 @@ fn check(params: &[u8], upload: Option<&[u8]>) -> bool {
     let Ok(params) = input.resolve(&invokeai_defaults(), || 1) else {
         return false;
     };
-    if check_submission(checker(), &params, upload, None).is_err() {
+    // No LoRAs: a job naming one is refused, as on a server without --lora-dir.
+    if check_submission(checker(), &AddonLibrary::default(), &params, upload, None).is_err() {
         return false;
     }
     upload.is_none_or(|bytes| upload::decode(bytes).is_ok())

@@ -6,13 +6,15 @@
 //! ```
 //!
 //! A server may run several named models (`models.rs`), one in memory at a time: jobs are checked against the model
-//! they name at submit time, and the worker loads that model before it runs them.
+//! they name at submit time, and the worker loads that model before it runs them. Each model has its library of
+//! LoRAs and embeddings (`addons.rs` lists them for the page's pickers).
 //!
 //! Jobs are rows in SQLite, so queued jobs survive a restart; the worker thread takes the oldest queued job, runs
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
 
 mod access;
+mod addons;
 mod api;
 mod config;
 mod db;
@@ -60,6 +62,8 @@ pub(crate) struct AppState {
     storage: Arc<Storage>,
     /// Megapixels of uploads being decoded at once (see `api::MAX_DECODING_MEGAPIXELS`).
     decodes: Arc<Semaphore>,
+    /// What the models' LoRA and embedding files say about themselves (`GET /api/loras`, `/api/embeddings`).
+    addon_infos: Arc<addons::AddonInfos>,
 }
 
 /// Room for the 20 MB upload plus the params part and multipart framing.
@@ -81,6 +85,8 @@ fn router(state: AppState, access: Arc<Access>) -> Router {
         .route("/images/{id}/file", get(api::image_file))
         .route("/samplers", get(api::samplers))
         .route("/models", get(api::models))
+        .route("/loras", get(addons::loras))
+        .route("/embeddings", get(addons::embeddings))
         .route("/health", get(api::health))
         .route("/session", post(access::session).with_state(access.clone()))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -181,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         models: models.clone(),
         storage: storage.clone(),
         decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
+        addon_infos: Arc::default(),
     };
     let worker = Worker {
         conn: worker_conn,

@@ -2,19 +2,25 @@
 //! (family, schedule, defaults, the engine's request checks) without building its networks, so a job for any of them
 //! is checked and given its defaults at submit time; the worker keeps ONE of them in memory and switches when a job
 //! names another.
+//!
+//! Each model has its add-on library: the LoRAs and embeddings of its own `lora_dir` / `embedding_dir` and of the
+//! server's `--lora-dir` / `--embedding-dir` folders, listed at startup. Jobs' LoRA names are checked against it at
+//! submit time, and the worker hands it to the pipeline whenever it loads the model.
 
 use crate::config::{Config, NamedModel};
 use crate::error::{clip, ApiError, ApiResult};
 use crate::types::{ModelInfo, Params, ParamsInput};
 use anyhow::Context;
+use ember::addons::{AddonKind, AddonLibrary};
 use ember::device::{parse_device, resolve_dtype};
 use ember::model::family::ModelSpec;
 use ember::pipeline::{Pipeline, RequestCheck, WorkLimits};
 use ember::sample::denoiser::PredictionType;
 use ember::sample::schedule::TimestepSpacing;
 use ember::sample::SamplerKind;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// One model a job may name.
 pub struct Served {
@@ -30,6 +36,10 @@ pub struct Served {
     timestep_spacing: Option<String>,
     /// The engine's admission checks of this model, with its device's work limits.
     pub checker: RequestCheck,
+    /// The LoRAs and embeddings its jobs may use.
+    pub addons: Arc<AddonLibrary>,
+    /// The folders `addons` was read from, for [`Served::redact`].
+    addon_dirs: Vec<(PathBuf, &'static str)>,
 }
 
 impl Served {
@@ -40,6 +50,7 @@ impl Served {
         (device, dtype): (String, String),
         spec: &ModelSpec,
         checker: RequestCheck,
+        addons: Addons,
     ) -> anyhow::Result<Self> {
         entry.check()?;
         let mut info = ModelInfo::new(&entry.name, spec);
@@ -77,6 +88,8 @@ impl Served {
             prediction_type,
             timestep_spacing,
             checker,
+            addons: Arc::new(addons.library),
+            addon_dirs: addons.dirs,
         })
     }
 
@@ -95,30 +108,143 @@ impl Served {
         if params.timestep_spacing.is_none() {
             params.timestep_spacing = self.timestep_spacing.clone();
         }
+        // LoRAs under the names the library knows them by (the engine also finds them ignoring case); unknown ones
+        // are left for the submit check to report.
+        for lora in &mut params.loras {
+            if let Some(name) = self.lora_name(&lora.name) {
+                lora.name = name.to_string();
+            }
+        }
         Ok(params)
     }
 
-    /// Builds its networks (seconds to minutes; blocking), with the work limits its checks use.
-    pub fn load(&self) -> anyhow::Result<Pipeline> {
-        load(&self.path, &self.device, &self.dtype, self.checker.limits())
+    /// The library's name of the LoRA `name` (exact first, then ignoring case, as the engine looks it up).
+    pub fn lora_name(&self, name: &str) -> Option<&str> {
+        let loras = self.addons.loras();
+        loras
+            .get_key_value(name)
+            .or_else(|| loras.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
+            .map(|(n, _)| n.as_str())
     }
 
-    /// `message` without this model's path (an error while loading it names its files): `<model NAME>` instead.
+    /// Builds its networks (seconds to minutes; blocking), with the work limits its checks use, and reads its
+    /// add-ons into it. Returns the pipeline and the warnings about the add-ons (embeddings made for another family,
+    /// names that are also words).
+    pub fn load(&self) -> anyhow::Result<(Pipeline, Vec<String>)> {
+        let mut pipeline = load(&self.path, &self.device, &self.dtype, self.checker.limits())?;
+        let warnings = pipeline
+            .set_addons((*self.addons).clone())
+            .context("cannot read its LoRAs and embeddings")?;
+        Ok((pipeline, warnings))
+    }
+
+    /// `message` without this model's path (an error while loading it names its files): `<model NAME>` instead; and
+    /// without its add-on folders: `<lora-dir>` and `<embedding-dir>`.
     pub fn redact(&self, message: &str) -> String {
         let placeholder = format!("<model {}>", self.info.name);
         let path = Path::new(&self.path);
-        let absolute = std::fs::canonicalize(path)
-            .ok()
-            .or_else(|| std::path::absolute(path).ok());
         let mut out = message.to_string();
-        for form in absolute.iter().chain(std::iter::once(&path.to_path_buf())) {
-            let text = form.to_string_lossy();
-            if text.len() > 1 {
-                out = out.replace(text.as_ref(), &placeholder);
-            }
+        for form in path_forms(path) {
+            out = out.replace(&form, &placeholder);
+        }
+        for (dir, placeholder) in &self.addon_dirs {
+            out = replace_dir(&out, dir, placeholder);
         }
         out
     }
+}
+
+/// How a message may spell `path`: resolved, made absolute, and as given (forms of one character are left out).
+fn path_forms(path: &Path) -> Vec<String> {
+    let resolved = std::fs::canonicalize(path).ok();
+    let absolute = std::path::absolute(path).ok();
+    let mut forms: Vec<String> = Vec::new();
+    for form in resolved
+        .iter()
+        .chain(absolute.iter())
+        .chain(std::iter::once(&path.to_path_buf()))
+    {
+        let text = form.to_string_lossy().into_owned();
+        if text.len() > 1 && !forms.contains(&text) {
+            forms.push(text);
+        }
+    }
+    forms
+}
+
+/// `message` with the files under `dir` named as `placeholder/FILE`: a form of the folder followed by a separator,
+/// where a path starts (at the start, after a space, a quote or a bracket), so that a short relative folder name
+/// (`--lora-dir loras`) does not replace words of the message.
+fn replace_dir(message: &str, dir: &Path, placeholder: &str) -> String {
+    let mut out = message.to_string();
+    for form in path_forms(dir) {
+        let trimmed = form.trim_end_matches(['/', std::path::MAIN_SEPARATOR]);
+        if trimmed.is_empty() {
+            continue;
+        }
+        let pattern = format!("{trimmed}{}", std::path::MAIN_SEPARATOR);
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&pattern) {
+            let (head, tail) = rest.split_at(at);
+            let previous = head.chars().next_back().or_else(|| result.chars().next_back());
+            result.push_str(head);
+            if previous.is_none_or(|c| c.is_whitespace() || "`'\"([<".contains(c)) {
+                result.push_str(placeholder);
+                result.push(std::path::MAIN_SEPARATOR);
+            } else {
+                result.push_str(&pattern);
+            }
+            rest = &tail[pattern.len()..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+/// A model's add-on library and the folders it was listed from.
+struct Addons {
+    library: AddonLibrary,
+    dirs: Vec<(PathBuf, &'static str)>,
+}
+
+/// The library of `entry`: its own folders first (their files win when names clash), then the server's. Folders
+/// are listed, not read (the pipeline reads the embeddings when it loads, and a LoRA when a job uses it). Warnings
+/// (two files of one name) go to `warnings`, each once.
+fn addon_library(config: &Config, entry: &NamedModel, warnings: &mut BTreeSet<String>) -> anyhow::Result<Addons> {
+    // An empty folder name is reported as the key's, not as a missing folder.
+    entry.check()?;
+    let mut library = AddonLibrary::default();
+    let mut dirs = Vec::new();
+    let folders = [
+        (
+            AddonKind::Lora,
+            "lora_dir",
+            "<lora-dir>",
+            &entry.lora_dir,
+            &config.lora_dirs,
+        ),
+        (
+            AddonKind::Embedding,
+            "embedding_dir",
+            "<embedding-dir>",
+            &entry.embedding_dir,
+            &config.embedding_dirs,
+        ),
+    ];
+    for (kind, key, placeholder, own, global) in folders {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let named = own.iter().map(|d| (d, key.to_string()));
+        for (dir, source) in named.chain(global.iter().map(|d| (d, flag.clone()))) {
+            let found = library
+                .add_dir(kind, dir)
+                .with_context(|| format!("{source} {}", dir.display()))?;
+            warnings.extend(found);
+            dirs.push((dir.clone(), placeholder));
+        }
+    }
+    Ok(Addons { library, dirs })
 }
 
 fn load(path: &str, device: &str, dtype: &str, limits: Option<WorkLimits>) -> anyhow::Result<Pipeline> {
@@ -199,6 +325,13 @@ impl Models {
         names.join(", ")
     }
 
+    /// `message` without any model's path or add-on folder (see [`Served::redact`]).
+    pub fn redact(&self, message: &str) -> String {
+        self.list
+            .iter()
+            .fold(message.to_string(), |out, served| served.redact(&out))
+    }
+
     /// The worker dropped the model in memory (to load another).
     pub fn set_unloaded(&self) {
         self.lock().in_memory = false;
@@ -241,6 +374,9 @@ fn limits(config: &Config, device: &str) -> anyhow::Result<WorkLimits> {
 /// A listed model that cannot be described (a missing file, a bad per-model setting) is logged and left out; the
 /// model loaded at start must load. Returns its pipeline, the models, and a line per model left out.
 pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> {
+    // The server's add-on folders must exist whatever the models: checked before anything is loaded.
+    let mut addon_warnings = BTreeSet::new();
+    addon_library(config, &NamedModel::default(), &mut addon_warnings)?;
     let start = config
         .models
         .iter()
@@ -255,12 +391,21 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
     };
     let (device, dtype) = settings(config, &start_entry);
     let start_limits = limits(config, &device)?;
-    let pipeline = load(&start_entry.path, &device, &dtype, Some(start_limits)).with_context(|| {
+    let start_addons = addon_library(config, &start_entry, &mut addon_warnings)
+        .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", config.model))?;
+    let mut pipeline = load(&start_entry.path, &device, &dtype, Some(start_limits)).with_context(|| {
         format!(
             "cannot load the model '{}'; pass a local model with --model PATH",
             config.model
         )
     })?;
+    // Before its checker is taken: the checks then know its LoRAs and its embeddings' words.
+    for warning in pipeline
+        .set_addons(start_addons.library.clone())
+        .with_context(|| format!("cannot read the LoRAs and embeddings of the model '{}'", config.model))?
+    {
+        tracing::warn!("{warning}");
+    }
     if start.is_none() {
         // Not a listed model: served under its short name (file stem, folder or repo id).
         start_entry.name = pipeline.model_name().to_string();
@@ -274,8 +419,14 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
             );
         }
     }
-    let first = Served::new(&start_entry, (device, dtype), pipeline.spec(), pipeline.checker())
-        .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", start_entry.name))?;
+    let first = Served::new(
+        &start_entry,
+        (device, dtype),
+        pipeline.spec(),
+        pipeline.checker(),
+        start_addons,
+    )
+    .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", start_entry.name))?;
 
     // The start model keeps its place in the file's order; one that is not in the file comes first.
     let mut first = Some(first);
@@ -296,8 +447,9 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
             let described = (|| -> anyhow::Result<Served> {
                 let (device, dtype) = settings(config, entry);
                 let limits = limits(config, &device)?;
+                let addons = addon_library(config, entry, &mut addon_warnings)?;
                 let (spec, checker) = Pipeline::describe(&entry.path)?;
-                Served::new(entry, (device, dtype), &spec, checker.with_limits(Some(limits)))
+                Served::new(entry, (device, dtype), &spec, checker.with_limits(Some(limits)), addons)
             })();
             match described {
                 Ok(served) => list.push(served),
@@ -306,6 +458,9 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
         }
     }
     list.extend(first);
+    for warning in addon_warnings {
+        tracing::warn!("{warning}");
+    }
     let start_index = list.iter().position(|s| s.name() == start_entry.name).unwrap_or(0);
     let models = Models {
         list,
@@ -315,4 +470,32 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
         }),
     };
     Ok((pipeline, models, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_dir;
+    use std::path::Path;
+
+    #[test]
+    fn addon_folders_are_replaced_where_a_path_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loras = dir.path().join("loras");
+        let message = format!("cannot use {}/a.safetensors: bad; GET /api/loras/x", loras.display());
+        assert_eq!(
+            replace_dir(&message, &loras, "<lora-dir>"),
+            "cannot use <lora-dir>/a.safetensors: bad; GET /api/loras/x"
+        );
+        // A relative folder as given: only where a path starts.
+        let relative = Path::new("loras");
+        assert_eq!(
+            replace_dir("`loras/a.pt` and /api/loras/b and loras/c", relative, "<lora-dir>"),
+            "`<lora-dir>/a.pt` and /api/loras/b and <lora-dir>/c"
+        );
+        assert_eq!(
+            replace_dir("loras/x", Path::new("loras/"), "<d>"),
+            "<d>/x",
+            "a trailing separator"
+        );
+    }
 }

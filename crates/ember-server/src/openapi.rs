@@ -2,10 +2,10 @@
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
-    FamilyInfo, Image, ImageEvent, ImagePage, Job, JobList, JobStatus, Mode, ModelDefaults, ModelInfo, ModelList,
-    Params, ParamsInput, Progress, SamplerList, Variation,
+    AddonEntry, EmbeddingList, FamilyInfo, Image, ImageEvent, ImagePage, Job, JobList, JobStatus, LoraInput, LoraList,
+    LoraWeight, Mode, ModelDefaults, ModelInfo, ModelList, Params, ParamsInput, Progress, SamplerList, Variation,
 };
-use crate::{access, api};
+use crate::{access, addons, api};
 use axum::Json;
 use utoipa::OpenApi;
 
@@ -13,8 +13,8 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Ember",
-        description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img and img2img as a job queue, with live progress over \
-                       Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
+        description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img and img2img as a job queue, with LoRAs and \
+                       textual-inversion embeddings, live progress over Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
     ),
     paths(
         api::create_job,
@@ -28,6 +28,8 @@ use utoipa::OpenApi;
         api::delete_image,
         api::samplers,
         api::models,
+        addons::loras,
+        addons::embeddings,
         api::health,
         access::session,
         openapi_json,
@@ -36,6 +38,8 @@ use utoipa::OpenApi;
         ParamsInput,
         Params,
         Variation,
+        LoraInput,
+        LoraWeight,
         Job,
         JobStatus,
         Mode,
@@ -49,6 +53,9 @@ use utoipa::OpenApi;
         ModelInfo,
         FamilyInfo,
         ModelDefaults,
+        AddonEntry,
+        LoraList,
+        EmbeddingList,
         ErrorBody,
         ErrorDetail,
         api::JobUpload,

@@ -25,6 +25,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/advanced.js"),
     ),
     (
+        "addons.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/addons.js"),
+    ),
+    (
         "gallery.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/gallery.js"),

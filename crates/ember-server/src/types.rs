@@ -7,8 +7,14 @@ use ember::request::{
 use ember::sample::denoiser::PredictionType;
 use ember::sample::schedule::TimestepSpacing;
 use ember::sample::SamplerKind;
+use ember::text::prompt::LoraUse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// Most entries of a job's `loras`.
+pub const MAX_LORAS: usize = 32;
+/// Largest LoRA weight either way (the engine's bound for prompt terms too).
+pub const MAX_LORA_WEIGHT: f64 = 100.0;
 
 /// Job parameters as a client sends them; everything but `prompt` has a default: the job's model's for `steps`,
 /// `cfg_scale`, `sampler`, `width` and `height` (`GET /api/models`: InvokeAI's for SD 1.x), InvokeAI's for the rest.
@@ -78,6 +84,29 @@ pub struct ParamsInput {
     /// model's own (trailing for Turbo models, leading for SDXL, InvokeAI's for SD 1.x/2.x). Null, absent or "":
     /// the model's own.
     pub timestep_spacing: Option<String>,
+    /// LoRAs applied to the image besides those the prompt names (`<lora:NAME:WEIGHT>`, `withLora(NAME, WEIGHT)`):
+    /// names from `GET /api/loras` (of the job's model), each with a weight (default 1; at most 100 either way).
+    /// Default none.
+    pub loras: Option<Vec<LoraInput>>,
+}
+
+/// A LoRA of a job as a client sends it.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraInput {
+    /// A `name` from `GET /api/loras`.
+    pub name: String,
+    /// How strongly it applies, on the text encoders and the UNet alike; default 1. Finite, in [-100, 100]; 0 leaves
+    /// the model as it is.
+    pub weight: Option<f64>,
+}
+
+/// A LoRA a job applies, with its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LoraWeight {
+    /// Its name in `GET /api/loras`.
+    pub name: String,
+    pub weight: f64,
 }
 
 /// One variation of the initial noise: slerp toward the noise of `seed` by `weight`.
@@ -126,6 +155,8 @@ pub struct Params {
     pub prediction_type: Option<String>,
     /// `linspace`, `leading`, `trailing` or `karras-kdiffusion`; null: the model's own.
     pub timestep_spacing: Option<String>,
+    /// The `loras` list (the prompt's LoRA terms stay in the prompt); empty in jobs stored before it existed.
+    pub loras: Vec<LoraWeight>,
 }
 
 /// InvokeAI's defaults, which are also an SD 1.x model's: 50 steps, CFG 7.5, `k_lms`, 512 × 512.
@@ -162,6 +193,7 @@ impl ParamsInput {
                 format!("{amount} is outside [0, 1]; 0.1 gives a close variation, 1 an unrelated image"),
             ));
         }
+        let loras = resolve_loras(self.loras.take().unwrap_or_default())?;
         let seed = self.seed.unwrap_or_else(&mut random_seed);
         let mut variations = self.with_variations.take().unwrap_or_default();
         if amount > 0.0 {
@@ -170,7 +202,9 @@ impl ParamsInput {
                 weight: amount,
             });
         }
-        Ok(self.resolve_with(defaults, seed, variations))
+        let mut params = self.resolve_with(defaults, seed, variations);
+        params.loras = loras;
+        Ok(params)
     }
 
     fn resolve_with(self, defaults: &ModelDefaults, seed: u32, with_variations: Vec<Variation>) -> Params {
@@ -200,8 +234,49 @@ impl ParamsInput {
             downweight_mask: self.downweight_mask.unwrap_or(false),
             prediction_type: self.prediction_type,
             timestep_spacing: self.timestep_spacing,
+            loras: Vec::new(),
         }
     }
+}
+
+/// A job's `loras` with their weights filled in (1 by default); fails, naming `loras`, on an empty name, a weight
+/// that is not a finite number in [-100, 100], or more than [`MAX_LORAS`] entries. Whether the names exist is the
+/// job's model's to say (its library).
+fn resolve_loras(input: Vec<LoraInput>) -> ember::Result<Vec<LoraWeight>> {
+    if input.len() > MAX_LORAS {
+        return Err(ember::Error::invalid(
+            "loras",
+            format!("{} LoRAs is more than the {MAX_LORAS} one job may apply", input.len()),
+        ));
+    }
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, lora)| {
+            let name = lora.name.trim();
+            if name.is_empty() {
+                return Err(ember::Error::invalid(
+                    "loras",
+                    format!("entry {i} has an empty name; give a name from GET /api/loras"),
+                ));
+            }
+            let weight = lora.weight.unwrap_or(1.0);
+            if !weight.is_finite() || weight.abs() > MAX_LORA_WEIGHT {
+                return Err(ember::Error::invalid(
+                    "loras",
+                    format!(
+                        "the weight {weight} of '{}' is outside [-{MAX_LORA_WEIGHT}, {MAX_LORA_WEIGHT}]; 1 applies \
+                         the LoRA as trained, 0.5 half as strongly",
+                        crate::error::clip(name)
+                    ),
+                ));
+            }
+            Ok(LoraWeight {
+                name: name.to_string(),
+                weight,
+            })
+        })
+        .collect()
 }
 
 /// An optional engine name as the engine spells it (`eps` → `epsilon`); "" means none. The parse error names the
@@ -246,6 +321,7 @@ impl Params {
             vae_tiling: self.vae_tiling,
             prediction_type: self.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: self.timestep_spacing.as_deref().map(str::parse).transpose()?,
+            loras: self.loras.iter().map(|l| LoraUse::new(&l.name, l.weight)).collect(),
         })
     }
 }
@@ -428,6 +504,38 @@ impl ModelInfo {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
+}
+
+/// A LoRA or embedding file of a model's library, as a picker lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AddonEntry {
+    /// What jobs and prompts call it (the file name without its extension): `<lora:NAME:1>` or a `loras` entry for
+    /// a LoRA, the name itself in a prompt for an embedding.
+    pub name: String,
+    /// The family it was made for, `sd1`, `sd2` or `sdxl`, when its file tells; null when it does not.
+    pub family: Option<String>,
+    /// Words it was trained on (its metadata's trigger phrase, else its most frequent training tags).
+    pub trigger_words: Vec<String>,
+    /// Embeddings: how many token positions it takes in the prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<usize>,
+    /// Why the file cannot be read (then `family` is null and `trigger_words` empty); absent when it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/loras`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoraList {
+    /// By name.
+    pub loras: Vec<AddonEntry>,
+}
+
+/// `GET /api/embeddings`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// By name.
+    pub embeddings: Vec<AddonEntry>,
 }
 
 /// `progress` event data: one denoising step finished.
@@ -615,5 +723,51 @@ mod tests {
         assert_eq!((request.skip_normalize, request.truncate_prompts), (false, false));
         assert!(!request.downweight_mask);
         assert!(!request.vae_tiling);
+        assert!(params.loras.is_empty() && request.loras.is_empty(), "no LoRAs");
+    }
+
+    #[test]
+    fn loras_take_weight_1_by_default_and_reach_the_request() {
+        let input: ParamsInput = serde_json::from_str(
+            r#"{"prompt": "a", "loras": [{"name": "style", "weight": 0.8}, {"name": " ink "}, {"name": "neg", "weight": -1.5}]}"#,
+        )
+        .expect("valid JSON");
+        let params = input.resolve(&invokeai_defaults(), || 0).expect("valid");
+        let weights: Vec<(&str, f64)> = params.loras.iter().map(|l| (l.name.as_str(), l.weight)).collect();
+        assert_eq!(weights, [("style", 0.8), ("ink", 1.0), ("neg", -1.5)]);
+        let request = params.to_request(None).expect("request");
+        assert_eq!(
+            request.loras,
+            [
+                LoraUse::new("style", 0.8),
+                LoraUse::new("ink", 1.0),
+                LoraUse::new("neg", -1.5)
+            ]
+        );
+        // Stored and read back as the job's params.
+        let stored = serde_json::to_string(&params).expect("JSON");
+        assert_eq!(serde_json::from_str::<Params>(&stored).expect("reads back"), params);
+
+        let lora = |name: &str, weight: Option<f64>| LoraInput {
+            name: name.into(),
+            weight,
+        };
+        for bad in [
+            vec![lora("a", Some(f64::NAN))],
+            vec![lora("a", Some(f64::INFINITY))],
+            vec![lora("a", Some(100.5))],
+            vec![lora("", None)],
+            (0..=MAX_LORAS).map(|_| lora("a", None)).collect(),
+        ] {
+            let input = ParamsInput {
+                loras: Some(bad.clone()),
+                ..Default::default()
+            };
+            let err = input.resolve(&invokeai_defaults(), || 0).expect_err("refused");
+            assert!(
+                matches!(&err, ember::Error::InvalidRequest { field, .. } if *field == "loras"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

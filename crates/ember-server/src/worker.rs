@@ -2,9 +2,10 @@
 //! time, oldest first. It never runs on the async executor — a step can take seconds on a CPU.
 //!
 //! Per job: claim it (queued → running), load the job's model if another one is in memory (dropping that one first:
-//! one model in memory at a time), build the engine request, generate with a [`CancelToken`] while
-//! publishing a `progress` event (with a latent preview) per step, write the PNG with its metadata, record it in
-//! the gallery and mark the job done — or failed / canceled. Every status change is published as a `job` event.
+//! one model in memory at a time; its LoRAs and embeddings are handed to it as it loads), build the engine request,
+//! generate with a [`CancelToken`] while publishing a `progress` event (with a latent preview) per step, write the PNG
+//! with its metadata, record it in the gallery and mark the job done — or failed / canceled. Every status change is
+//! published as a `job` event.
 
 use crate::db::{self, NewImage, INTERRUPTED};
 use crate::error::clip_message;
@@ -178,8 +179,10 @@ impl Worker {
             Outcome::Failed(format!("internal error in the engine ({what}); please report it"))
         });
         let outcome = match outcome {
-            // Clients see job errors: no absolute server paths in them.
-            Outcome::Failed(message) => Outcome::Failed(clip_message(&self.storage.redact(&message))),
+            // Clients see job errors: no absolute server paths in them (a LoRA's file is named in its errors).
+            Outcome::Failed(message) => {
+                Outcome::Failed(clip_message(&self.storage.redact(&self.models.redact(&message))))
+            }
             other => other,
         };
         if let Outcome::Failed(message) = &outcome {
@@ -249,7 +252,7 @@ impl Worker {
         self.models.set_unloaded();
         tracing::info!("job {}: loading the model {}", job.id, served.name());
         let started = Instant::now();
-        let pipeline = served
+        let (pipeline, warnings) = served
             .load()
             .map_err(|e| served.redact(&format!("cannot load the model '{}': {e:#}", served.name())))?;
         tracing::info!(
@@ -257,6 +260,9 @@ impl Worker {
             served.name(),
             started.elapsed().as_secs_f64()
         );
+        for warning in warnings {
+            tracing::warn!("model {}: {warning}", served.name());
+        }
         self.pipeline = Some((index, pipeline));
         self.models.set_loaded(index);
         Ok(())

@@ -13,6 +13,10 @@ pub enum Error {
     #[error("cannot load model from {path}: {message}")]
     Model { path: PathBuf, message: String },
 
+    /// A LoRA or textual-inversion embedding could not be used.
+    #[error("cannot use {path}: {message}")]
+    Addon { path: PathBuf, message: String },
+
     /// An input image could not be used.
     #[error("cannot use image {path}: {message}")]
     Image { path: PathBuf, message: String },
@@ -48,6 +52,12 @@ impl Error {
     }
     pub fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Model {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub fn addon(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Addon {
             path: path.into(),
             message: message.into(),
         }

@@ -17,6 +17,7 @@
 //! Front-ends (CLI, REPL, web server) build a [`request::GenerateRequest`], hand it to a loaded
 //! [`pipeline::Pipeline`] and consume [`pipeline::Event`]s; none of them touches tensors.
 
+pub mod addons;
 pub mod bench;
 pub mod cancel;
 pub(crate) mod cpu;

@@ -81,6 +81,9 @@ pub struct GenerateRequest {
     pub prediction_type: Option<PredictionType>,
     /// `--timestep-spacing`: how the steps are spread over the schedule (None: the model's default).
     pub timestep_spacing: Option<TimestepSpacing>,
+    /// LoRAs applied besides those the prompt names (`--lora NAME:WEIGHT`), by their names in the pipeline's
+    /// [`crate::addons::AddonLibrary`].
+    pub loras: Vec<crate::text::prompt::LoraUse>,
 }
 
 impl Default for GenerateRequest {
@@ -111,6 +114,7 @@ impl Default for GenerateRequest {
             vae_tiling: false,
             prediction_type: None,
             timestep_spacing: None,
+            loras: Vec::new(),
         }
     }
 }

@@ -22,6 +22,8 @@
 //! height = 512                                       # -H
 //! timestep_spacing = "trailing"                      # --timestep-spacing: linspace, leading, trailing, karras-kdiffusion
 //! prediction_type = "epsilon"                        # --prediction-type: epsilon, v_prediction
+//! lora_dir = "/models/loras/sdxl"                    # --lora-dir: this model's LoRAs, besides the launch flags' folders
+//! embedding_dir = "/models/embeddings/sdxl"          # --embedding-dir: its textual-inversion embeddings
 //! ```
 //!
 //! `!switch` starts every model from the REPL's launch flags: an entry's `dtype`, `device` and defaults apply to
@@ -49,6 +51,10 @@ pub struct ModelEntry {
     pub height: Option<usize>,
     pub prediction_type: Option<String>,
     pub timestep_spacing: Option<String>,
+    /// A folder of LoRAs (and one of embeddings) for this model only, added to the `--lora-dir` /
+    /// `--embedding-dir` folders of the REPL or `ember serve`.
+    pub lora_dir: Option<PathBuf>,
+    pub embedding_dir: Option<PathBuf>,
 }
 
 impl ModelEntry {
@@ -63,6 +69,8 @@ impl ModelEntry {
             height: self.height,
             prediction_type: self.prediction_type.clone(),
             timestep_spacing: self.timestep_spacing.clone(),
+            lora_dir: self.lora_dir.iter().cloned().collect(),
+            embedding_dir: self.embedding_dir.iter().cloned().collect(),
             ..Switches::default()
         }
     }
@@ -91,6 +99,12 @@ impl ModelEntry {
         if let Some(v) = &self.timestep_spacing {
             parts.push(format!("--timestep-spacing {v}"));
         }
+        if let Some(v) = &self.lora_dir {
+            parts.push(format!("--lora-dir {}", v.display()));
+        }
+        if let Some(v) = &self.embedding_dir {
+            parts.push(format!("--embedding-dir {}", v.display()));
+        }
         parts.join(" ")
     }
 
@@ -109,6 +123,8 @@ impl ModelEntry {
             height: self.height,
             prediction_type: self.prediction_type.clone(),
             timestep_spacing: self.timestep_spacing.clone(),
+            lora_dir: self.lora_dir.clone(),
+            embedding_dir: self.embedding_dir.clone(),
         }
     }
 
@@ -232,10 +248,38 @@ mod tests {
             ("steps = 0", "steps"),
             ("cfg_scale = -1", "cfg_scale"),
             ("width = 100", "width"),
+            ("lora_dir = \"\"", "lora_dir"),
+            ("embedding_dir = \"\"", "embedding_dir"),
         ] {
             let err = parse_models(&format!("[models.m]\npath = \"p\"\n{bad}\n")).expect_err(bad);
             let text = format!("{err:#}");
             assert!(text.contains("[models.m]") && text.contains(needle), "{bad}: {text}");
         }
+    }
+
+    #[test]
+    fn per_model_addon_folders() {
+        let models = parse_models(
+            r#"
+            [models.xl]
+            path = "/m/sdxl"
+            lora_dir = "/loras/xl"
+            embedding_dir = "/embeddings/xl"
+            "#,
+        )
+        .expect("valid");
+        let entry = &models["xl"];
+        let sw = entry.switches();
+        assert_eq!(sw.lora_dir, [PathBuf::from("/loras/xl")]);
+        assert_eq!(sw.embedding_dir, [PathBuf::from("/embeddings/xl")]);
+        assert_eq!(
+            entry.defaults_text(),
+            "--lora-dir /loras/xl --embedding-dir /embeddings/xl"
+        );
+        let named = entry.named("xl");
+        assert_eq!(
+            (named.lora_dir.as_deref(), named.embedding_dir.as_deref()),
+            (Some(Path::new("/loras/xl")), Some(Path::new("/embeddings/xl")))
+        );
     }
 }

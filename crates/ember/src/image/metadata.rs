@@ -8,7 +8,8 @@
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
 //!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
 //!   `--seamless`, `--vae-tiling`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`,
-//!   `--downweight mask`, `--prediction-type X`, `--timestep-spacing Y`, `--negative "…"`. The prediction type and
+//!   `--downweight mask`, `--prediction-type X`, `--timestep-spacing Y`, `--lora NAME:W` (each LoRA of the request's
+//!   list; the prompt's `<lora:…>` terms stay in the prompt), `--negative "…"`. The prediction type and
 //!   timestep spacing are written when the request set them (an override, or a models-file default); left to the
 //!   model they are not, since the same model decides them the same way again. The line is a valid REPL command,
 //!   which is what `!fetch` relies on: it regenerates the same image.
@@ -18,10 +19,12 @@
 //!   model made of the request ([`RunInfo`], the values used, not only the overrides): `model_family` (`sd1`, `sd2`,
 //!   `sdxl`), `prediction_type` (`epsilon`, `v_prediction`), `timestep_spacing` (`karras-kdiffusion`, `linspace`,
 //!   `leading`, `trailing`) and `guidance` (how the cfg scale acted: classifier-free, none at cfg ≤ 1, or LCM's
-//!   embedding).
+//!   embedding), and `loras` (name, weight, hash) / `embeddings` (name, hash) when any were used.
 //! - `parameters`: AUTOMATIC1111's text block, read by most image browsers. A1111 has no key for the prediction type
 //!   or a diffusers timestep spacing (its `Schedule type` names σ schedules such as Karras, which the sampler name
-//!   already carries, and its `SGM Uniform` is not diffusers' `trailing`), so neither is written there.
+//!   already carries, and its `SGM Uniform` is not diffusers' `trailing`), so neither is written there. LoRAs of the
+//!   request's list are written into the prompt as `<lora:NAME:W>` (where A1111 reads them), and the hashes as A1111
+//!   writes them: `Lora hashes: "name: hash, …"`, `TI hashes: "name: hash"`.
 
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
 use crate::sample::SamplerKind;
@@ -55,6 +58,21 @@ pub struct RunInfo {
     pub timestep_spacing: crate::sample::schedule::TimestepSpacing,
     /// How the cfg scale was applied: [`crate::guidance::Guidance::describe`].
     pub guidance: String,
+    /// The LoRAs applied (from the request's list and the prompt's terms), with their UNet weights.
+    pub loras: Vec<AddonUse>,
+    /// The embeddings the prompts used.
+    pub embeddings: Vec<AddonUse>,
+}
+
+/// A LoRA or embedding an image was made with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AddonUse {
+    pub name: String,
+    /// A LoRA's weight (on the UNet); none for an embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// A1111's short hash (12 hex digits).
+    pub hash: String,
 }
 
 impl ImageRecord {
@@ -157,6 +175,12 @@ pub fn dream_command(record: &ImageRecord) -> String {
     if let Some(spacing) = r.timestep_spacing {
         parts.push(format!("--timestep-spacing {spacing}"));
     }
+    for lora in &r.loras {
+        parts.push(format!(
+            "--lora {}",
+            quote_if_needed(&format!("{}:{}", lora.name, py_float(lora.unet_weight)))
+        ));
+    }
     // An explicitly empty negative is recorded too: SDXL encodes it where it zeroes a missing one.
     if !r.negative_prompt.is_empty() || r.negative_given {
         parts.push(format!("--negative {}", quote(&r.negative_prompt)));
@@ -231,6 +255,11 @@ struct SdImage<'a> {
     timestep_spacing: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     guidance: Option<&'a str>,
+    /// Ember: the LoRAs applied (name, weight, A1111 hash) and the embeddings used (name, hash); absent when none.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    loras: &'a [AddonUse],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    embeddings: &'a [AddonUse],
 }
 
 /// InvokeAI's `sd-metadata` JSON (see the module documentation).
@@ -277,6 +306,8 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             prediction_type: record.run.prediction_type.name(),
             timestep_spacing: record.run.timestep_spacing.name(),
             guidance: Some(record.run.guidance.as_str()).filter(|g| !g.is_empty()),
+            loras: &record.run.loras,
+            embeddings: &record.run.embeddings,
         },
     };
     // Plain data with string keys: serialization cannot fail; fall back to an empty object regardless.
@@ -287,6 +318,13 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
 pub fn a1111_parameters(record: &ImageRecord) -> String {
     let r = &record.request;
     let mut out = r.prompt.clone();
+    // LoRAs given outside the prompt (--lora, the API's `loras`) go into it, where A1111 reads them.
+    for lora in &r.loras {
+        let name = std::path::Path::new(&lora.name)
+            .file_stem()
+            .map_or(lora.name.clone(), |s| s.to_string_lossy().into_owned());
+        out.push_str(&format!(" <lora:{name}:{}>", py_float(lora.unet_weight)));
+    }
     if !r.negative_prompt.is_empty() {
         out.push_str("\nNegative prompt: ");
         out.push_str(&r.negative_prompt);
@@ -317,6 +355,16 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
     }
     if r.seamless {
         fields.push("Tiling: True".to_string());
+    }
+    // As A1111 writes them: `Lora hashes: "name: hash, name: hash"`.
+    for (key, list) in [
+        ("Lora hashes", &record.run.loras),
+        ("TI hashes", &record.run.embeddings),
+    ] {
+        if !list.is_empty() {
+            let joined: Vec<String> = list.iter().map(|a| format!("{}: {}", a.name, a.hash)).collect();
+            fields.push(format!("{key}: \"{}\"", joined.join(", ")));
+        }
     }
     out.push('\n');
     out.push_str(&fields.join(", "));

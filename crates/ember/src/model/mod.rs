@@ -10,6 +10,7 @@ pub mod family;
 mod hub;
 mod infer_config;
 mod ldm_keys;
+pub mod patch;
 mod sha256;
 mod single_file;
 mod weights;
@@ -22,7 +23,10 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use detect::Spec;
 pub use family::{Family, ModelSpec};
+pub(crate) use ldm_keys::unet as ldm_keys_unet;
+pub use patch::{PatchTerm, PatchableWeights};
 use std::path::{Path, PathBuf};
+pub(crate) use weights::ckpt_dtype as ckpt_tensor_dtype;
 use weights::{Source, WeightMap};
 
 /// How a model was stored.
@@ -63,6 +67,17 @@ pub struct ModelWeights {
     pub hash: Option<String>,
     /// The file or folder the weights are read from.
     pub source: PathBuf,
+    /// The UNet's and text encoders' weights (the ones [`Self::unet`] and [`Self::text_encoders`] read), for LoRAs
+    /// to patch.
+    pub patchable: Patchable,
+}
+
+/// The components a LoRA can change.
+#[derive(Clone)]
+pub struct Patchable {
+    pub unet: PatchableWeights,
+    /// One per text encoder, in [`ModelSpec::text_encoders`]' order.
+    pub text_encoders: Vec<PatchableWeights>,
 }
 
 /// What each format's loader produces: the weights, the configurations their shapes (or config files) give, and
@@ -117,11 +132,19 @@ pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<ModelWeig
         parts.clip_configs,
         &parts.hints,
     )?;
-    let vb = |w: WeightMap| VarBuilder::from_backend(Box::new(w), dtype, device.clone());
+    let patchable = Patchable {
+        unet: PatchableWeights::new(parts.unet),
+        text_encoders: parts.text_encoders.into_iter().map(PatchableWeights::new).collect(),
+    };
     Ok(ModelWeights {
-        text_encoders: parts.text_encoders.into_iter().map(vb).collect(),
-        unet: vb(parts.unet),
-        vae: vb(parts.vae),
+        text_encoders: patchable
+            .text_encoders
+            .iter()
+            .map(|w| w.var_builder(dtype, device))
+            .collect(),
+        unet: patchable.unet.var_builder(dtype, device),
+        vae: VarBuilder::from_backend(Box::new(parts.vae), dtype, device.clone()),
+        patchable,
         spec,
         tokenizer_dirs: parts.tokenizer_dirs,
         format,

@@ -136,6 +136,10 @@ pub struct ClipTextModel {
     text_projection: Option<Linear>,
     max_positions: usize,
     eos_token_id: u32,
+    /// Rows for the ids past the vocabulary (textual-inversion embeddings' vectors, `[n, hidden]`): id
+    /// `vocab_size + i` is row `i`.
+    extra_tokens: Option<Tensor>,
+    vocab_size: usize,
 }
 
 /// The hidden states SD families read from a text encoder.
@@ -208,7 +212,51 @@ impl ClipTextModel {
             text_projection,
             max_positions: cfg.max_position_embeddings,
             eos_token_id: crate::text::tokenizer::EOS_ID,
+            extra_tokens: None,
+            vocab_size: cfg.vocab_size,
         })
+    }
+
+    /// This encoder with `rows` as the embeddings of the ids after its vocabulary (`[n, hidden]`; None: no such ids).
+    pub fn with_extra_tokens(&self, rows: Option<Tensor>) -> Self {
+        Self {
+            extra_tokens: rows,
+            ..self.clone()
+        }
+    }
+
+    /// The token embeddings of `ids` (`[B, N]`, u32): the vocabulary's rows, and [`Self::with_extra_tokens`]' for ids
+    /// past it.
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let vocab = self.vocab_size as u32;
+        let rows = ids.flatten_all()?.to_vec1::<u32>()?;
+        if rows.iter().all(|&id| id < vocab) {
+            return self.token_embedding.forward(ids);
+        }
+        let Some(extra) = &self.extra_tokens else {
+            candle_core::bail!(
+                "CLIP: token id {} is past the vocabulary and no embedding was loaded for it",
+                rows.iter().max().copied().unwrap_or(0)
+            );
+        };
+        let n_extra = extra.dim(0)? as u32;
+        if let Some(bad) = rows.iter().find(|&&id| id >= vocab + n_extra) {
+            candle_core::bail!("CLIP: token id {bad} is past the vocabulary and the loaded embeddings");
+        }
+        let (b, n) = ids.dims2()?;
+        let device = ids.device();
+        let in_vocab: Vec<u32> = rows.iter().map(|&id| id.min(vocab - 1)).collect();
+        let in_extra: Vec<u32> = rows.iter().map(|&id| id.saturating_sub(vocab)).collect();
+        let is_extra: Vec<u8> = rows.iter().map(|&id| u8::from(id >= vocab)).collect();
+        let base = self
+            .token_embedding
+            .forward(&Tensor::from_vec(in_vocab, (b, n), device)?)?;
+        let added = extra
+            .to_dtype(base.dtype())?
+            .index_select(&Tensor::from_vec(in_extra, b * n, device)?, 0)?
+            .reshape(base.shape())?;
+        let mask = Tensor::from_vec(is_extra, (b, n, 1), device)?.broadcast_as(base.shape())?;
+        mask.where_cond(&added, &base)
     }
 
     /// Whether this encoder has a `text_projection` (SDXL's second encoder), so [`Self::pooled`] works.
@@ -290,7 +338,7 @@ impl ClipTextModel {
             None => None,
         };
         let positions = Tensor::arange(0u32, n as u32, input_ids.device())?;
-        let tokens = self.token_embedding.forward(&input_ids.to_dtype(DType::U32)?)?;
+        let tokens = self.embed_tokens(&input_ids.to_dtype(DType::U32)?)?;
         let position = self.position_embedding.forward(&positions)?;
         let mut x = tokens.to_dtype(position.dtype())?.broadcast_add(&position)?;
         let mut captured = None;

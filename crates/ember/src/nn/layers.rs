@@ -92,10 +92,10 @@ impl Conv {
         };
         let weights = if vb.packs_bf16() {
             let bias = vb.get(cout, "bias")?.to_vec1::<f32>()?;
-            let packed = super::pack_bf16_weight(&vb, &[cout, cin, k, k], |weight| {
+            let packed = vb.packed(&[cout, cin, k, k], |weight| {
                 PackedConv::new(weight, &bias, cout, cin, k)
             })?;
-            ConvWeights::PackedBf16(Arc::new(packed))
+            ConvWeights::PackedBf16(packed)
         } else {
             ConvWeights::Candle(conv2d(cin, cout, k, cfg, vb.vb())?)
         };

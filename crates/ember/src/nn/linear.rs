@@ -37,10 +37,10 @@ impl Linear {
             let bias = with_bias
                 .then(|| vb.get(out_features, "bias")?.to_vec1::<f32>())
                 .transpose()?;
-            let packed = super::pack_bf16_weight(&vb, &[out_features, in_features], |weight| {
+            let packed = vb.packed(&[out_features, in_features], |weight| {
                 PackedLinear::new(weight, bias.as_deref(), out_features, in_features)
             })?;
-            Weights::PackedBf16(Arc::new(packed))
+            Weights::PackedBf16(packed)
         } else if with_bias {
             Weights::Candle(candle_nn::linear(in_features, out_features, vb.vb())?)
         } else {

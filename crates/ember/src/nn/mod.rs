@@ -17,6 +17,9 @@ pub use vae::AutoencoderKL;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Precision of the numerically sensitive reductions (softmax, group norm): f32 for f32/f16/bf16 compute,
 /// f64 when the whole model runs in f64 (the reference-parity mode).
@@ -60,7 +63,47 @@ impl Precision {
         Vars {
             vb: vb.clone().set_dtype(self.activations),
             packed_bf16: self.packed_bf16,
+            packs: None,
         }
+    }
+
+    /// [`Self::vars`], keeping the packed weights in `packs`: a network built again from the same weights (with a
+    /// LoRA set changed) reuses them, except those [`PackCache::forget`] was told changed.
+    pub fn vars_with_packs<'a>(self, vb: &VarBuilder<'a>, packs: &Arc<PackCache>) -> Vars<'a> {
+        Vars {
+            packs: Some(packs.clone()),
+            ..self.vars(vb)
+        }
+    }
+}
+
+/// Weights packed into bf16 tiles, by the name of their weight tensor, for networks rebuilt from the same weights.
+#[derive(Default)]
+pub struct PackCache {
+    packed: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl PackCache {
+    /// Drops the packs of these weights (they are about to change).
+    pub fn forget<'n>(&self, names: impl IntoIterator<Item = &'n str>) {
+        let mut packed = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        for name in names {
+            packed.remove(name);
+        }
+    }
+
+    /// The pack kept for the weight `name`, if any.
+    pub fn kept(&self, name: &str) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.packed.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// How many packs are kept.
+    pub fn len(&self) -> usize {
+        self.packed.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -72,11 +115,17 @@ pub struct Vars<'a> {
     vb: VarBuilder<'a>,
     /// Convolution and linear weights are packed as bf16 tiles for the AMX kernels (see [`Precision`]).
     packed_bf16: bool,
+    /// Where packs are kept between builds, if anywhere.
+    packs: Option<Arc<PackCache>>,
 }
 
 impl<'a> From<VarBuilder<'a>> for Vars<'a> {
     fn from(vb: VarBuilder<'a>) -> Self {
-        Self { vb, packed_bf16: false }
+        Self {
+            vb,
+            packed_bf16: false,
+            packs: None,
+        }
     }
 }
 
@@ -86,6 +135,7 @@ impl<'a> Vars<'a> {
         Self {
             vb: self.vb.pp(name),
             packed_bf16: self.packed_bf16,
+            packs: self.packs.clone(),
         }
     }
 
@@ -97,6 +147,38 @@ impl<'a> Vars<'a> {
     /// Whether layers built from these (on a CPU, in f32) pack their matrix weights as bf16 tiles.
     pub(crate) fn packs_bf16(&self) -> bool {
         self.packed_bf16 && self.vb.device().is_cpu() && self.vb.dtype() == DType::F32
+    }
+
+    /// This module's `weight` (of `shape`) packed by `pack` ([`pack_bf16_weight`]), or the pack kept from an earlier
+    /// build of the same weights.
+    pub(crate) fn packed<P: Send + Sync + 'static>(
+        &self,
+        shape: &[usize],
+        pack: impl FnOnce(&[half::bf16]) -> candle_core::Result<P>,
+    ) -> candle_core::Result<Arc<P>> {
+        let Some(cache) = &self.packs else {
+            return Ok(Arc::new(pack_bf16_weight(&self.vb, shape, pack)?));
+        };
+        let name = match self.vb.prefix() {
+            p if p.is_empty() => "weight".to_string(),
+            p => format!("{p}.weight"),
+        };
+        let kept = cache
+            .packed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned();
+        if let Some(found) = kept.and_then(|k| k.downcast::<P>().ok()) {
+            return Ok(found);
+        }
+        let packed = Arc::new(pack_bf16_weight(&self.vb, shape, pack)?);
+        cache
+            .packed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, packed.clone());
+        Ok(packed)
     }
 }
 

@@ -4,9 +4,10 @@
 //! when a job is submitted, so a bad job is refused at once, naming the field, instead of failing in the queue.
 
 use super::hires::first_pass_size;
+use crate::addons::AddonLibrary;
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::text::conditioning::{parse_prompts, Downweight, ParsedPrompts, PromptOptions};
-use crate::text::tokenizer::ClipTokenizer;
+use crate::text::tokenizer::{AddedTokens, ClipTokenizer};
 use crate::{Error, Result};
 use candle_core::Device;
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub struct RequestCheck {
     tokenizer: Arc<ClipTokenizer>,
     native_size: usize,
     limits: Option<WorkLimits>,
+    /// The LoRAs requests may name.
+    library: Arc<AddonLibrary>,
+    /// Embeddings of the library the model cannot use (lowercase name, why).
+    unusable_embeddings: Arc<Vec<(String, String)>>,
 }
 
 impl RequestCheck {
@@ -72,7 +77,16 @@ impl RequestCheck {
             tokenizer,
             native_size,
             limits: None,
+            library: Arc::new(AddonLibrary::default()),
+            unusable_embeddings: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same checks knowing the LoRAs and embeddings of `library` (and which embeddings the model cannot use).
+    pub(super) fn with_addons(mut self, library: Arc<AddonLibrary>, unusable: Arc<Vec<(String, String)>>) -> Self {
+        self.library = library;
+        self.unusable_embeddings = unusable;
+        self
     }
 
     /// The same checks with `limits` (None: no limit on the work).
@@ -99,17 +113,47 @@ impl RequestCheck {
         init_size: Option<(u32, u32)>,
     ) -> Result<(Work, ParsedPrompts)> {
         request.validate()?;
+        let prompts = self.prompts(request)?;
+        let work = self.work(request, init_size);
+        if let Some(limits) = self.limits {
+            check_limits(&work, &limits, init_size.is_some())?;
+        }
+        Ok((work, prompts))
+    }
+
+    /// The request's prompts parsed, its LoRAs known to the library, no embedding the model cannot use named.
+    pub(super) fn prompts(&self, request: &GenerateRequest) -> Result<ParsedPrompts> {
         let prompts = parse_prompts(
             &self.tokenizer,
             &request.prompt,
             &request.negative_prompt,
             &prompt_options(request),
         )?;
-        let work = self.work(request, init_size);
-        if let Some(limits) = self.limits {
-            check_limits(&work, &limits, init_size.is_some())?;
+        for (field, uses) in [("loras", request.loras.as_slice()), ("prompt", prompts.loras())] {
+            if let Some(unknown) = uses.iter().find(|u| self.library.lora(&u.name).is_none()) {
+                return Err(self.library.unknown_lora(&unknown.name, field));
+            }
         }
-        Ok((work, prompts))
+        if !self.unusable_embeddings.is_empty() {
+            let words = AddedTokens::new(self.unusable_embeddings.iter().map(|(name, _)| (name.clone(), vec![0])));
+            for (field, text) in [
+                ("prompt", &request.prompt),
+                ("negative_prompt", &request.negative_prompt),
+            ] {
+                if let Some(word) = words.first_match(text) {
+                    let why = self
+                        .unusable_embeddings
+                        .iter()
+                        .find(|(name, _)| *name == word)
+                        .map_or("", |(_, why)| why.as_str());
+                    return Err(Error::invalid(
+                        field,
+                        format!("the embedding `{word}` cannot be used: {why}"),
+                    ));
+                }
+            }
+        }
+        Ok(prompts)
     }
 
     fn work(&self, request: &GenerateRequest, init_size: Option<(u32, u32)>) -> Work {

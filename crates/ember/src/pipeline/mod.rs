@@ -4,10 +4,12 @@
 //! The stages run in the order of the crate docs: text → latents → sample → decode. Writing the PNG is
 //! left to the caller ([`crate::image::png_meta::write_png`]) so front-ends choose where images go.
 
+use crate::addons::{AddonLibrary, TargetIndex};
 use crate::cancel::cancel_scope;
 pub use crate::cancel::CancelToken;
 use crate::guidance::{Guidance, GuidedUNet};
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
+use crate::image::metadata::AddonUse;
 use crate::image::metadata::RunInfo;
 use crate::image::png_meta::ImageRecord;
 use crate::model::family::{Family, ModelSpec};
@@ -15,23 +17,28 @@ use crate::model::{load_model, ModelWeights};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
-use crate::nn::{Padding, Precision};
+use crate::nn::{PackCache, Padding, Precision};
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::sample::denoiser::PredictionType;
 use crate::sample::rng::TorchRng;
 use crate::sample::samplers::{self, StepProgress};
 use crate::sample::schedule::{NoiseSchedule, TimestepSpacing};
 use crate::sample::variation::{initial_noise, seed_noise};
-use crate::text::conditioning::{describe_tokenization, encode_for_model, parse_prompts, Conditioning, ParsedPrompts};
+use crate::text::conditioning::{describe_tokenization, encode_for_model, Conditioning, ParsedPrompts};
 use crate::text::encoder::TextConditioner;
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
+mod addons;
 mod check;
 mod hires;
+
+use addons::{wanted_loras, AddonState, NetworkFactory, Networks};
+pub use addons::{AppliedLora, EmbeddingInfo};
 
 use check::prompt_options;
 pub use check::{RequestCheck, Work, WorkLimits, MEGAPIXEL};
@@ -92,10 +99,15 @@ pub struct Pipeline {
     dtype: DType,
     /// The prompt tokenizer (the first text encoder's).
     tokenizer: Arc<ClipTokenizer>,
+    /// The first tokenizer without the embeddings' words.
+    base_tokenizer: ClipTokenizer,
     /// What `generate` checks before any tensor work (shared with front-ends through [`Pipeline::checker`]).
     check: RequestCheck,
-    text: TextConditioner,
-    unet: UNet2DConditionModel,
+    /// The networks the last request ran on (with its LoRAs), and how to build others.
+    /// None while networks are being rebuilt (or after a rebuild failed).
+    networks: Mutex<Option<Arc<Networks>>>,
+    factory: NetworkFactory,
+    addons: AddonState,
     vae: AutoencoderKL,
     spec: ModelSpec,
     model_name: String,
@@ -136,32 +148,53 @@ impl Pipeline {
             )
         };
         let precision = Precision::new(device, dtype);
+        // Packs kept for rebuilding the networks with LoRAs (only the touched layers are packed again).
+        let unet_packs = Arc::new(PackCache::default());
+        let text_packs: Vec<Arc<PackCache>> = spec.text_encoders.iter().map(|_| Arc::default()).collect();
         let text_encoders = weights
             .text_encoders
             .iter()
             .zip(&spec.text_encoders)
-            .map(|(vb, encoder)| {
-                ClipTextModel::new(precision.vars(vb), &encoder.config).map_err(|e| model_err("text encoder", e))
+            .zip(&text_packs)
+            .map(|((vb, encoder), packs)| {
+                ClipTextModel::new(precision.vars_with_packs(vb, packs), &encoder.config)
+                    .map_err(|e| model_err("text encoder", e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let unet =
-            UNet2DConditionModel::new(precision.vars(&weights.unet), &spec.unet).map_err(|e| model_err("UNet", e))?;
+        let unet = UNet2DConditionModel::new(precision.vars_with_packs(&weights.unet, &unet_packs), &spec.unet)
+            .map_err(|e| model_err("UNet", e))?;
         let vae = AutoencoderKL::new(precision.vars(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?;
         let tokenizer_refs: Vec<&ClipTokenizer> = tokenizers.iter().collect();
         let text = TextConditioner::new(text_encoders, &spec.text_encoders, &tokenizer_refs);
-        let tokenizer = Arc::new(
-            tokenizers
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?,
-        );
+        let base_tokenizer = tokenizers
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?;
+        let tokenizer = Arc::new(base_tokenizer.clone());
+        let addons = AddonState::empty(spec.text_encoders.len());
+        let factory = NetworkFactory {
+            index: TargetIndex::new(&weights.patchable, spec.family, spec.unet.layers_per_block),
+            patchable: weights.patchable.clone(),
+            unet_vb: weights.unet.clone(),
+            text_vbs: weights.text_encoders.clone(),
+            precision,
+            tokenizers,
+            unet_packs,
+            text_packs,
+        };
         Ok(Self {
             device: device.clone(),
             dtype: precision.activations,
             check: RequestCheck::new(tokenizer.clone(), spec.native_size()),
             tokenizer,
-            text,
-            unet,
+            base_tokenizer,
+            networks: Mutex::new(Some(Arc::new(Networks {
+                text,
+                unet,
+                loras: Vec::new(),
+            }))),
+            factory,
+            addons,
             vae,
             model_name: weights.name.clone(),
             model_hash: weights.hash.clone(),
@@ -206,6 +239,103 @@ impl Pipeline {
     /// Limits the work one request may take (None: unlimited, the default; see [`WorkLimits::for_device`]).
     pub fn set_work_limits(&mut self, limits: Option<WorkLimits>) {
         self.check = self.check.clone().with_limits(limits);
+    }
+
+    /// The LoRAs and embeddings requests may use. Every embedding of `library` is read now (they are small): their
+    /// names become words of the tokenizer. Returns warnings for the user (embeddings made for another model
+    /// family, names that are also words).
+    pub fn set_addons(&mut self, library: AddonLibrary) -> Result<Vec<String>> {
+        let (state, added, warnings) = AddonState::load(library, &self.spec, &self.base_tokenizer, &self.device)?;
+        self.addons = state;
+        self.tokenizer = Arc::new(self.base_tokenizer.with_added(added));
+        self.check = RequestCheck::new(self.tokenizer.clone(), self.spec.native_size())
+            .with_limits(self.check.limits())
+            .with_addons(self.addons.library.clone(), self.addons.unusable.clone());
+        let plain = self.factory.plain(&self.addons, &self.spec)?;
+        *self.networks.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(plain));
+        Ok(warnings)
+    }
+
+    /// The LoRAs and embeddings requests may use.
+    pub fn addons(&self) -> &AddonLibrary {
+        &self.addons.library
+    }
+
+    /// The embeddings read from the library (those that fit this model).
+    pub fn embeddings(&self) -> &[EmbeddingInfo] {
+        &self.addons.embeddings
+    }
+
+    /// The networks for a request's LoRAs (its `loras` and its prompt's terms): the ones in use when they have the
+    /// same LoRAs at the same weights, else rebuilt with them (warnings go to `on_event`).
+    fn networks_for(
+        &self,
+        request: &GenerateRequest,
+        prompts: &ParsedPrompts,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Arc<Networks>> {
+        let uses: Vec<_> = request.loras.iter().chain(prompts.loras()).cloned().collect();
+        let wanted = wanted_loras(&self.addons.library, &uses)?;
+        let mut current = self.networks.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |n: &Networks| {
+            n.loras.len() == wanted.len()
+                && n.loras
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(a, (_, path, t, u))| a.path == *path && a.text_weight == *t && a.unet_weight == *u)
+        };
+        if let Some(networks) = current.as_ref().filter(|n| same(n)) {
+            return Ok(networks.clone());
+        }
+        // The old networks go first: the tensors they share with the weights' cache stay, the patched ones are
+        // freed before the new ones are built.
+        *current = None;
+        let (networks, warnings) = self.factory.build(&self.addons, &wanted, &self.spec)?;
+        for warning in warnings {
+            on_event(Event::Warning(warning));
+        }
+        let networks = Arc::new(networks);
+        *current = Some(networks.clone());
+        Ok(networks)
+    }
+
+    /// Readies the networks for `request`'s LoRAs (patching them in, or taking them out) without generating:
+    /// `generate` does it itself; a front-end may call this first to time it or to fail early on a bad LoRA.
+    /// Returns the warnings (modules that matched nothing).
+    pub fn prepare(&self, request: &GenerateRequest) -> Result<Vec<String>> {
+        let prompts = self.check.prompts(request)?;
+        let mut warnings = Vec::new();
+        self.networks_for(request, &prompts, &mut |event| {
+            if let Event::Warning(w) = event {
+                warnings.push(w);
+            }
+        })?;
+        Ok(warnings)
+    }
+
+    /// The embeddings a request's prompts use, with their hashes.
+    fn embeddings_used(&self, request: &GenerateRequest) -> Vec<AddonUse> {
+        let vocab = self.tokenizer.vocab_size() as u32;
+        let mut ids: Vec<u32> = [&request.prompt, &request.negative_prompt]
+            .iter()
+            .flat_map(|text| self.tokenizer.encode(text))
+            .filter(|&id| id >= vocab)
+            .collect();
+        ids.sort_unstable();
+        let mut first = vocab;
+        let mut used = Vec::new();
+        for e in &self.addons.embeddings {
+            let range = first..first + e.vectors as u32;
+            if ids.iter().any(|id| range.contains(id)) {
+                used.push(AddonUse {
+                    name: e.name.clone(),
+                    weight: None,
+                    hash: e.hash.clone(),
+                });
+            }
+            first = range.end;
+        }
+        used
     }
 
     /// Runs one request. Events arrive in order: warnings, `Started`, one `Step` per denoising step. Setting `cancel`
@@ -262,9 +392,11 @@ impl Pipeline {
         };
 
         self.warn_about_size(width, height, on_event);
+        // The networks with the request's LoRAs patched in.
+        let networks = self.networks_for(request, &prompts, on_event)?;
         // text: prompt language → weighted text-encoder hidden states, prompt and negative of equal length (and SDXL's
         // pooled embeddings).
-        let mut text = self.encode_parsed(prompts, request)?;
+        let mut text = self.encode_parsed(prompts, request, &networks.text)?;
         for warning in std::mem::take(&mut text.warnings) {
             on_event(Event::Warning(warning));
         }
@@ -278,7 +410,7 @@ impl Pipeline {
         };
         let guidance = self.guidance(request);
         let guided = GuidedUNet::new(
-            &self.unet,
+            &networks.unet,
             &text,
             time_ids.as_ref(),
             guidance,
@@ -374,6 +506,16 @@ impl Pipeline {
                 prediction_type: self.prediction_type(request),
                 timestep_spacing: self.timestep_spacing(request),
                 guidance: guidance.describe().to_string(),
+                loras: networks
+                    .loras
+                    .iter()
+                    .map(|l| AddonUse {
+                        name: l.name.clone(),
+                        weight: Some(l.unet_weight),
+                        hash: l.hash.clone(),
+                    })
+                    .collect(),
+                embeddings: self.embeddings_used(request),
             },
         };
         Ok(Generated { image, record, latents })
@@ -468,15 +610,20 @@ impl Pipeline {
     /// The text conditioning of a request's prompts on this model (what the UNet cross-attends to, and SDXL's pooled
     /// embeddings), as `generate` computes it.
     pub fn encode_text(&self, request: &GenerateRequest) -> Result<Conditioning> {
-        let options = prompt_options(request);
-        let prompts = parse_prompts(&self.tokenizer, &request.prompt, &request.negative_prompt, &options)?;
-        self.encode_parsed(prompts, request)
+        let prompts = self.check.prompts(request)?;
+        let networks = self.networks_for(request, &prompts, &mut |_| {})?;
+        self.encode_parsed(prompts, request, &networks.text)
     }
 
-    fn encode_parsed(&self, prompts: ParsedPrompts, request: &GenerateRequest) -> Result<Conditioning> {
+    fn encode_parsed(
+        &self,
+        prompts: ParsedPrompts,
+        request: &GenerateRequest,
+        text: &TextConditioner,
+    ) -> Result<Conditioning> {
         encode_for_model(
             &self.tokenizer,
-            &self.text,
+            text,
             &self.device,
             prompts,
             &prompt_options(request),
@@ -504,12 +651,33 @@ impl Pipeline {
     /// The prompt's tokens as CLIP sees them, with their weights and chunks, for `-t` (InvokeAI's
     /// `--log_tokenization`).
     pub fn describe_tokenization(&self, request: &GenerateRequest) -> Result<String> {
-        describe_tokenization(
+        let mut out = describe_tokenization(
             &self.tokenizer,
             &request.prompt,
             &request.negative_prompt,
             &prompt_options(request),
-        )
+        )?;
+        // The add-ons: LoRAs with their weights and files, embeddings with how many tokens they take.
+        let prompts = self.check.prompts(request)?;
+        let uses: Vec<_> = request.loras.iter().chain(prompts.loras()).cloned().collect();
+        for (name, path, text_weight, unet_weight) in wanted_loras(&self.addons.library, &uses)? {
+            let weights = match text_weight == unet_weight {
+                true => format!("weight {unet_weight}"),
+                false => format!("text encoder weight {text_weight}, UNet weight {unet_weight}"),
+            };
+            out.push_str(&format!("\nLoRA {name}: {weights} ({})", path.display()));
+        }
+        for used in self.embeddings_used(request) {
+            let vectors = self
+                .addons
+                .embeddings
+                .iter()
+                .find(|e| e.name == used.name)
+                .map_or(0, |e| e.vectors);
+            let plural = if vectors == 1 { "" } else { "s" };
+            out.push_str(&format!("\nembedding {}: {vectors} token{plural}", used.name));
+        }
+        Ok(out)
     }
 
     /// Samplers keep latents in f32 whatever the networks compute in (f64 in the reference-parity mode).

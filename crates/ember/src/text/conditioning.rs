@@ -19,7 +19,7 @@
 //! - Blends: each prompt's conditioning (padded to equal length) mixed by the blend weights.
 
 use crate::text::encoder::{ChunkEncoder, TextConditioner};
-use crate::text::prompt::{self, Fragment, Prompt};
+use crate::text::prompt::{self, take_loras, Fragment, LoraUse, Prompt};
 use crate::text::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -73,6 +73,15 @@ pub struct ParsedPrompts {
     prompt: Prompt,
     negative: Prompt,
     warnings: Vec<String>,
+    /// The prompt's LoRA terms, taken out of its text.
+    loras: Vec<LoraUse>,
+}
+
+impl ParsedPrompts {
+    /// The LoRAs the prompt names (`<lora:NAME:WEIGHT>`, `withLora(NAME, WEIGHT)`).
+    pub fn loras(&self) -> &[LoraUse] {
+        &self.loras
+    }
 }
 
 /// Parses `prompt` (InvokeAI syntax; `[words]` are added to the negative) and `negative` (compel syntax) and checks
@@ -83,7 +92,9 @@ pub fn parse_prompts(
     negative: &str,
     options: &PromptOptions,
 ) -> Result<ParsedPrompts> {
-    let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
+    let (prompt, loras) = take_loras(prompt, "prompt")?;
+    no_loras_in_negative(negative)?;
+    let parsed = prompt::parse_invokeai(&prompt, options.skip_normalize)?;
     let negative_text = join_nonempty(negative, &parsed.negative);
     let negative_prompt =
         prompt::parse(&negative_text.replace('\n', " ")).map_err(|e| rename_field(e, "negative_prompt"))?;
@@ -108,7 +119,22 @@ pub fn parse_prompts(
         prompt: parsed.prompt,
         negative: negative_prompt,
         warnings: parsed.warnings,
+        loras,
     })
+}
+
+/// A LoRA changes the model for the whole image: a term in the negative prompt is an error, not text.
+fn no_loras_in_negative(negative: &str) -> Result<()> {
+    match take_loras(negative, "negative_prompt")?.1.first() {
+        Some(term) => Err(Error::invalid(
+            "negative_prompt",
+            format!(
+                "LoRA `{}` is in the negative prompt; a LoRA applies to the whole image, put it in the prompt",
+                term.name
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The negative prompt goes through the same parser as the prompt; its errors name its own field.
@@ -144,6 +170,7 @@ pub fn encode_parsed(
         prompt: parsed_prompt,
         negative: negative_prompt,
         mut warnings,
+        ..
     } = parsed;
     let enc = Encoder::new(tokenizer, encoder, device, options);
     for (what, p) in [("prompt", &parsed_prompt), ("negative prompt", &negative_prompt)] {
@@ -502,7 +529,8 @@ pub fn describe_tokenization(
     negative: &str,
     options: &PromptOptions,
 ) -> Result<String> {
-    let parsed = prompt::parse_invokeai(prompt, options.skip_normalize)?;
+    let (prompt, _) = take_loras(prompt, "prompt")?;
+    let parsed = prompt::parse_invokeai(&prompt, options.skip_normalize)?;
     let negative_prompt = prompt::parse(&join_nonempty(negative, &parsed.negative).replace('\n', " "))?;
     // Tokenizing needs no model; only `chunk` is used.
     let mut out = String::new();

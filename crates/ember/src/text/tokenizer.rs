@@ -14,7 +14,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// OpenAI's merges file, gzipped (1.3 MB), with its licence in `assets/LICENSE-openai-CLIP`.
 static BUNDLED_BPE_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
@@ -45,22 +45,107 @@ pub struct Tokenized {
     pub dropped: String,
 }
 
-/// CLIP's BPE tokenizer. Cheap to share: `encode` takes `&self` (the word cache is behind a mutex).
+/// CLIP's BPE tokenizer. Cheap to share: `encode` takes `&self` (the word cache is behind a mutex); cheap to clone
+/// (the vocabulary is shared), e.g. to give it [`AddedTokens`].
+#[derive(Clone)]
 pub struct ClipTokenizer {
     word_re: Regex,
     /// Id of each byte's symbol, alone and as the last symbol of a word (`</w>`).
     byte_ids: [u32; 256],
     byte_end_ids: [u32; 256],
     /// (left id, right id) → (rank, id of the merged symbol).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: Arc<HashMap<(u32, u32), (u32, u32)>>,
     /// Id → vocabulary string, for decoding.
-    tokens: Vec<String>,
+    tokens: Arc<Vec<String>>,
     /// Vocabulary char → byte (inverse of [`bytes_to_unicode`]), for decoding.
-    char_to_byte: HashMap<char, u8>,
+    char_to_byte: Arc<HashMap<char, u8>>,
     bos: u32,
     eos: u32,
     pad: u32,
-    cache: Mutex<HashMap<String, Vec<u32>>>,
+    cache: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+    /// Words with ids of their own (textual-inversion embeddings), matched before BPE.
+    added: Arc<AddedTokens>,
+}
+
+/// Words that stand for ids outside CLIP's vocabulary (a textual-inversion embedding's vectors), as a tokenizer's
+/// added tokens do in transformers: a word is matched anywhere in the text, case-insensitively, where it is not
+/// part of a longer word, and becomes its ids.
+#[derive(Debug, Clone, Default)]
+pub struct AddedTokens {
+    /// (lowercase word, ids), longest word first.
+    words: Vec<(String, Vec<u32>)>,
+}
+
+impl AddedTokens {
+    pub fn new(words: impl IntoIterator<Item = (String, Vec<u32>)>) -> Self {
+        let mut words: Vec<(String, Vec<u32>)> = words
+            .into_iter()
+            .filter(|(w, ids)| !w.trim().is_empty() && !ids.is_empty())
+            .map(|(w, ids)| (w.to_lowercase(), ids))
+            .collect();
+        words.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Self { words }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The word whose first id is `id`.
+    fn word_of(&self, id: u32) -> Option<&str> {
+        self.words
+            .iter()
+            .find(|(_, ids)| ids.first() == Some(&id))
+            .map(|(w, _)| w.as_str())
+    }
+
+    /// The first added word in `text`, if any.
+    pub fn first_match(&self, text: &str) -> Option<String> {
+        self.split(text).into_iter().find_map(|p| match p {
+            Piece::Added(word, _) => Some(word.to_string()),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// `text` (lowercased) cut into plain text and added words.
+    fn split<'t>(&'t self, text: &str) -> Vec<Piece<'t>> {
+        let lower = text.to_lowercase();
+        if self.words.is_empty() {
+            return vec![Piece::Text(lower)];
+        }
+        let is_word_char = |c: char| c.is_alphanumeric() || c == '_';
+        let mut pieces = Vec::new();
+        let (mut plain_start, mut i) = (0, 0);
+        while i < lower.len() {
+            let before = lower[..i].chars().next_back();
+            let found = self.words.iter().find(|(word, _)| {
+                let Some(after) = lower[i..].strip_prefix(word.as_str()) else {
+                    return false;
+                };
+                let starts_word = word.chars().next().is_some_and(is_word_char);
+                let ends_word = word.chars().next_back().is_some_and(is_word_char);
+                let joins_before = starts_word && before.is_some_and(is_word_char);
+                let joins_after = ends_word && after.chars().next().is_some_and(is_word_char);
+                !(joins_before || joins_after)
+            });
+            match found {
+                Some((word, ids)) => {
+                    pieces.push(Piece::Text(lower[plain_start..i].to_string()));
+                    pieces.push(Piece::Added(word, ids));
+                    i += word.len();
+                    plain_start = i;
+                }
+                None => i += lower[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        pieces.push(Piece::Text(lower[plain_start..].to_string()));
+        pieces
+    }
+}
+
+enum Piece<'a> {
+    Text(String),
+    Added(&'a str, &'a [u32]),
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -172,14 +257,28 @@ impl ClipTokenizer {
             word_re,
             byte_ids,
             byte_end_ids,
-            merges: merge_table,
-            tokens,
-            char_to_byte,
+            merges: Arc::new(merge_table),
+            tokens: Arc::new(tokens),
+            char_to_byte: Arc::new(char_to_byte),
             bos: lookup(START_OF_TEXT)?,
             eos: lookup(END_OF_TEXT)?,
             pad: lookup(pad_token)?,
-            cache: Mutex::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+            added: Arc::new(AddedTokens::default()),
         })
+    }
+
+    /// This tokenizer with `added` words (replacing any it had).
+    pub fn with_added(&self, added: AddedTokens) -> Self {
+        Self {
+            added: Arc::new(added),
+            ..self.clone()
+        }
+    }
+
+    /// The size of CLIP's vocabulary: added words' ids come after it.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
     }
 
     pub fn bos_id(&self) -> u32 {
@@ -199,7 +298,14 @@ impl ClipTokenizer {
         for (segment, special) in split_specials(text) {
             match special {
                 Some(id) => ids.push(if id == 0 { self.bos } else { self.eos }),
-                None => self.encode_segment(segment, &mut ids),
+                None => {
+                    for piece in self.added.split(segment) {
+                        match piece {
+                            Piece::Text(text) => self.encode_segment(&text, &mut ids),
+                            Piece::Added(_, added) => ids.extend_from_slice(added),
+                        }
+                    }
+                }
             }
         }
         ids.push(self.eos);
@@ -234,6 +340,10 @@ impl ClipTokenizer {
                 continue;
             }
             let Some(token) = self.tokens.get(id as usize) else {
+                if let Some(word) = self.added.word_of(id) {
+                    bytes.extend_from_slice(word.as_bytes());
+                    bytes.push(b' ');
+                }
                 continue;
             };
             let (body, end_of_word) = match token.strip_suffix("</w>") {

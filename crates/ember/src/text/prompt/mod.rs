@@ -10,12 +10,16 @@
 //!   whole-prompt blend `("a photo", "a painting").blend(1, 1)` (`no_normalize` as last argument).
 //!
 //! Leniency follows compel: unbalanced parentheses or stray operators at the top level are plain text.
-//! A malformed `.blend(…)` and compel features Ember does not implement (`.swap`, `.and`, LoRA terms)
-//! are errors, since reading them as text would silently give a very different image.
+//! A malformed `.blend(…)` and compel features Ember does not implement (`.swap`, `.and`)
+//! are errors, since reading them as text would silently give a very different image. LoRA terms are taken out
+//! before parsing ([`take_loras`]).
 
+mod loras;
 mod parse;
 #[cfg(test)]
 mod tests;
+
+pub use loras::{take_loras, LoraUse};
 
 use crate::{Error, Result};
 use regex::Regex;
@@ -219,8 +223,6 @@ fn reject_unsupported(text: &str) -> Result<()> {
         (".swap(", "cross-attention control (.swap)"),
         (".and(", "conjunctions (.and)"),
         (".add(", "conjunctions (.add)"),
-        ("withLora(", "LoRA terms (withLora)"),
-        ("useLora(", "LoRA terms (useLora)"),
     ] {
         if text.contains(op) {
             return Err(Error::invalid(
