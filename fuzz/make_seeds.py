@@ -225,3 +225,40 @@ write("job_multipart", "png-first", form([("init_image", "x.png", None, PNG_1X1)
 write("job_multipart", "bmp", form([("params", None, None, params), ("init_image", "x.bmp", "image/bmp",
       b"BM" + struct.pack("<IHHI", 58, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, 4, 0, 0, 0, 0) + b"\x00\x00\xff\x00")]))
 write("job_multipart", "unknown-part", form([("other", None, None, b"x")]))
+
+# --- LoRA and embedding files (tests/fixtures/lora, made by tools/oracle/make_lora_reference.py), cut short, and
+# hand-made headers whose shapes do not fit together ---
+for path in sorted((FIXTURES / "lora").iterdir()):
+    if path.suffix in (".safetensors", ".pt") and path.stat().st_size <= 100_000:
+        data = path.read_bytes()
+        write("addon_file", path.name, data)
+        write("addon_file", f"{path.stem}-half{path.suffix}", data[: len(data) // 2])
+f32 = lambda n: b"\x00\x00\x80\x3f" * n  # 1.0, n times
+
+
+def one_module(params):
+    """A kohya module `lora_unet_mid_block_attentions_0_proj_in` with `params`: {name: shape}, all ones."""
+    tensors, data = {}, b""
+    for name, shape in params.items():
+        count = 1
+        for d in shape:
+            count *= d
+        tensors[f"lora_unet_mid_block_attentions_0_proj_in.{name}"] = {
+            "dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * count]}
+        data += f32(count)
+    return safetensors(tensors, data)
+
+
+write("addon_file", "lora-rank-mismatch", one_module({"lora_down.weight": [4, 8], "lora_up.weight": [8, 3], "alpha": []}))
+write("addon_file", "lora-1d", one_module({"lora_down.weight": [4], "lora_up.weight": [8]}))
+write("addon_file", "loha-tucker", one_module({"hada_w1_a": [2, 8], "hada_w1_b": [2, 8], "hada_w2_a": [2, 8],
+                                               "hada_w2_b": [2, 8], "hada_t1": [2, 2, 3, 3], "hada_t2": [2, 2, 3, 3]}))
+write("addon_file", "lokr-half-factor", one_module({"lokr_w1_a": [2, 2], "lokr_w2": [4, 4]}))
+write("addon_file", "lora-mid", one_module({"lora_down.weight": [2, 8, 1, 1], "lora_mid.weight": [2, 2, 3, 3],
+                                            "lora_up.weight": [8, 2, 1, 1], "alpha": []}))
+write("addon_file", "dora", one_module({"lora_down.weight": [2, 8], "lora_up.weight": [8, 2], "dora_scale": [8]}))
+write("addon_file", "emb-wide", safetensors({"emb_params": {"dtype": "F32", "shape": [2, 16], "data_offsets": [0, 128]}},
+                                            f32(32)))
+write("addon_file", "emb-sdxl", safetensors({"clip_l": {"dtype": "F32", "shape": [1, 16], "data_offsets": [0, 64]},
+                                             "clip_g": {"dtype": "F32", "shape": [1, 16], "data_offsets": [64, 128]}},
+                                            f32(32)))

@@ -8,7 +8,7 @@
 #   fuzz/run.sh merge TARGET             minimise fuzz/corpus/TARGET (libFuzzer's set-cover merge) before committing
 #   fuzz/run.sh repro TARGET FILE...     run inputs once (e.g. a crasher from fuzz/artifacts/)
 #
-# Targets: prompt dream_line png_text pickle model_file job_json job_multipart (fuzz/targets.rs says what each
+# Targets: prompt dream_line png_text pickle model_file addon_file job_json job_multipart (fuzz/targets.rs says what each
 # one calls). Per input: a 5 s time limit, 512 MiB for any one allocation, 2 GiB of RSS. Set JOBS=N to run N
 # fuzzing processes in parallel (libFuzzer -fork). Extra ARGS go to libFuzzer (e.g. -max_len=65536).
 set -euo pipefail

@@ -13,6 +13,7 @@ pub fn prompt(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let _ = ember::text::prompt::take_loras(text, "prompt");
     let _ = ember::text::prompt::parse(text);
     let _ = ember::text::prompt::parse_invokeai(text, false);
     let _ = ember::text::prompt::parse_invokeai(text, true);
@@ -91,6 +92,33 @@ pub fn model_file(data: &[u8]) {
     );
     let loaded = file.to_str().map(|spec| ember::model::load_model(spec, &device, dtype));
     drop(loaded);
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A LoRA or embedding file as the pipeline reads it: the input written to a temporary file (`.pt` when it starts
+/// like a zip, else `.safetensors`), read as a LoRA (formats, modules, each module's ΔW when it is small), as an
+/// embedding for a one-encoder (16 wide) and a two-encoder (16 + 16) model, and for a picker (`AddonInfo`).
+pub fn addon_file(data: &[u8]) {
+    use ember::addons::{AddonInfo, AddonKind, Embedding, LoraFile};
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let extension = if data.starts_with(b"PK") { "pt" } else { "safetensors" };
+    let file: PathBuf = std::env::temp_dir().join(format!("ember-fuzz-addon-{}-{n}.{extension}", std::process::id()));
+    if std::fs::write(&file, data).is_err() {
+        return;
+    }
+    if let Ok(lora) = LoraFile::read(&file) {
+        for module in &lora.modules {
+            // Factors are at most a few thousand values here; a huge claimed ΔW is not computed.
+            if module.delta_len().is_some_and(|n| n <= 1 << 20) {
+                let _ = module.delta();
+            }
+        }
+    }
+    let _ = Embedding::read(&file, &[16]);
+    let _ = Embedding::read(&file, &[16, 16]);
+    let _ = AddonInfo::read(AddonKind::Lora, &file);
+    let _ = AddonInfo::read(AddonKind::Embedding, &file);
     let _ = std::fs::remove_file(&file);
 }
 

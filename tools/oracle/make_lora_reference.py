@@ -41,37 +41,59 @@ Writes, under tests/fixtures/lora/ (random weights; every delta is scaled to 20%
                                `input_blocks_3_0_op` downsampler and `output_blocks_2_2_conv` upsampler) and
                                `lora_te1_text_model_...` (CLIP-L) / `lora_te2_text_model_...` (bigG, HF names).
                                Rank 4, alpha 2 everywhere. SGM_NAMES below lists every name with its diffusers module.
+  sd2_kohya.safetensors        kohya LoRA for tiny-sd2 (SD 2.x). Its text tower is stored as an HF CLIPTextModel
+                               (text_model.encoder.layers.<i>.self_attn.{q,k,v,out}_proj, mlp.fc1/fc2), so kohya's
+                               names are SD 1.x's: `lora_unet_<module, . -> _>`, `lora_te_text_model_<module>`. Rank 4,
+                               alpha 2 everywhere. SD2_KOHYA_UNET / SD2_KOHYA_TE: linear proj_in/proj_out (SD 2.x's
+                               use_linear_projection: 2-d [4,32] / [32,4]), attn1/attn2 q/k/v/out_0, ff_net_0_proj,
+                               ff_net_2 of one block, two mid-block attention layers, one up-block ff, a 3x3 LoCon
+                               resnet conv2; CLIP layer 0 q/k/v/out_proj + fc1/fc2, layer 1 v_proj/out_proj/fc1.
   sd1_emb_a1111.pt             A1111 textual inversion (torch.save): {'string_to_token': {'*': 265}, 'string_to_param':
                                {'*': [2,16]}, 'name', 'step', 'sd_checkpoint', 'sd_checkpoint_name'}.
   sd1_emb_st.safetensors       {'emb_params': [1,16]}.
   sd1_learned_embeds.safetensors  diffusers {'<cat-toy>': [16]} (known by its file stem and by its token).
   sdxl_emb.safetensors         {'clip_l': [2,16], 'clip_g': [2,16]} for tiny-sdxl.
+  sd2_emb.safetensors          {'emb_params': [2,16]} for tiny-sd2 (its text width is 16).
   evil_lora.pt                 a torch zip whose pickle REDUCEs `os.system('echo pwned')` (GLOBAL "os system") inside
                                a LoRA-looking dict. Written by hand-steered pickling; never loaded here.
 Embedding vectors: random directions with the mean row norm of the model's token-embedding table.
+Every file has its own seeded generator (1001..1008), so files added later leave the earlier ones byte-identical.
 
 tests/fixtures/lora_cases.json: family_cases.json's fields plus `loras` ([[file under tests/fixtures/lora, weight]])
-and `embeddings` ([file under tests/fixtures/lora]).
+and `embeddings` ([file under tests/fixtures/lora]). 17 cases; the last three were appended later (the first 14 and
+their numbers unchanged):
+  sd1_lcm_lora   LCM-LoRA usage on an ordinary model: tiny-sd + sd1_kohya_locon at 1.0, sampler lcm, 4 steps, cfg 1.0
+                 (no classifier-free guidance: one conditional pass, as diffusers does at guidance_scale <= 1; no
+                 timestep_cond, tiny-sd has no time_cond_proj_dim), 64x64. The loop is make_family_reference.run_lcm
+                 with LCMScheduler.from_config(tiny-sd's PNDMScheduler config): original_inference_steps 50 (LCM's
+                 default; the config has none), timestep_scaling 10, set_alpha_to_one false, epsilon; LCMScheduler
+                 ignores the config's timestep_spacing "leading" and steps_offset 1 -- timesteps [999, 759, 499, 259].
+  sd2_kohya_v    tiny-sd2 (v-prediction) + sd2_kohya at 0.9, k_euler 6 steps, cfg 7.5, negative "", 96x64.
+  sd2_emb        tiny-sd2, "a photo of sd2_emb" (-> `sd2_emb sd2_emb_1`), k_euler 6 steps, cfg 7.5, negative "", 96x64.
+  tiny-sd2 runs at 96x64 as family_cases' txt2img v cases do: at 64x64 diffusers' float32 pipeline differs from the
+  float64 loop by 0.6%-1.7% of max |latents| (with and without the LoRA, with "" or a real negative prompt), at 96x64
+  by ~2e-6 (probably: at 64x64 the 1x1 deepest level leaves 2 values per GroupNorm group of the 64-channel blocks).
 
 tests/fixtures/lora_reference.safetensors (float32), per case N, named as make_family_reference.py names them:
 N.cond, N.uncond, N.noise, N.start, N.sigmas, N.latents (+ N.init_latent for img2img; N.pooled, N.uncond_pooled,
-N.add_time_ids for SDXL).
+N.add_time_ids for SDXL). The lcm case has N.timesteps instead of N.sigmas and no N.uncond (no CFG runs).
 
 tests/fixtures/lora_deltas.safetensors (float32): for every LoRA file stem F at weight 1.0, for every parameter whose
 value changes, `F/<component>/<param>` = weight after - weight before, component unet / text_encoder /
-text_encoder_2, param the name in the model folder's safetensors (text encoders: `text_model.encoder.layers...`).
-kohya (.safetensors; the .pt holds the same tensors), PEFT and SDXL kohya: diffusers' load_lora_weights +
+text_encoder_2, param the name in the model folder's safetensors (text encoders: `text_model.encoder.layers...`);
+F = sd1_kohya_locon, sd1_loha, sd1_lokr, sd1_peft, sdxl_kohya, sd2_kohya (on tiny-sd2).
+kohya (.safetensors; the .pt holds the same tensors), PEFT, SD 2.x kohya and SDXL kohya: diffusers' load_lora_weights +
 fuse_lora(lora_scale=1.0) + unload_lora_weights on the float64 models, diffed. LoHa / LoKr: this script's own float64
 merge (the formulas above) -- diffusers 0.42 cannot load them for SD 1.x (load_lora_weights raises "The following keys
 have not been correctly renamed" for both files: it has no LoHa loader, and its LoKr converters take Z-Image / Flux2
 keys only).
 
-How each case's reference is produced: the float64 models of make_family_reference.Family (tiny-sd / tiny-sdxl), fresh
-for each case, then
-- LoRAs (kohya .safetensors/.pt, PEFT, SDXL kohya): wrapped in a diffusers pipeline object, pipe.load_lora_weights(file,
-  adapter_name=stem), pipe.set_adapters([names], adapter_weights=[weights]), pipe.fuse_lora(adapter_names=names,
-  lora_scale=1.0), pipe.unload_lora_weights() -- the fused weights stay. Stacking = both adapters fused at their
-  weights.
+How each case's reference is produced: the float64 models of make_family_reference.Family (tiny-sd / tiny-sdxl /
+tiny-sd2), fresh for each case, then
+- LoRAs (kohya .safetensors/.pt, PEFT, SD 2.x and SDXL kohya): wrapped in a diffusers pipeline object,
+  pipe.load_lora_weights(file, adapter_name=stem), pipe.set_adapters([names], adapter_weights=[weights]),
+  pipe.fuse_lora(adapter_names=names, lora_scale=1.0), pipe.unload_lora_weights() -- the fused weights stay. Stacking =
+  both adapters fused at their weights.
 - LoHa / LoKr: W += weight * delta, delta computed here in float64 from the file's float32 tensors.
 - Embeddings: pipe.load_textual_inversion(file, token=<file stem>) (the diffusers-format file with token=None, so its
   own key `<cat-toy>` is the token); SDXL: clip_l into text_encoder/tokenizer, clip_g into text_encoder_2/tokenizer_2,
@@ -79,8 +101,10 @@ for each case, then
   pipe.maybe_convert_prompt(prompt, tokenizer) before tokenizing (every tokenizer, as diffusers' encode_prompt does),
   so `name` expands to `name name_1 ...`; the tokenizer then matches added tokens as HF tokenizers do (after
   lower-casing, leftmost-longest, anywhere in the text).
-- Then make_family_reference.generate, unchanged: the same float64 k-diffusion loop as family_cases (SD 1.x: InvokeAI
-  spacing, Karras since steps < karras_max; SDXL: leading spacing, sqrt(sigma_max^2+1) start).
+- Then make_family_reference.generate, unchanged: the same float64 k-diffusion loop as family_cases (SD 1.x and 2.x:
+  InvokeAI spacing, Karras since steps < karras_max, tiny-sd2 through CompVisVDenoiser; SDXL: leading spacing,
+  sqrt(sigma_max^2+1) start), or its LCM loop (run_lcm) for the lcm case. tiny-sd's UNet runs at batch 1 there, so
+  make_family_reference.allow_single_value_group_norm is applied (a torch sanity check only; no number changes).
 
 Checks (exit status 1 if one fails):
 - Every LoRA file diffusers loads: its fused delta equals this script's own float64 formula for every module of the
@@ -90,8 +114,11 @@ Checks (exit status 1 if one fails):
 - Every LoRA / embedding changes the latents by > 1% of their max (the effect is visible).
 - diffusers' own float32 pipelines (LoRAs through load_lora_weights + set_adapters, unfused; embeddings through
   load_textual_inversion; latents passed in, output_type "latent") agree with the float64 references to 1e-4 of max
-  |latents| (make_family_reference's tolerance) for every k_euler txt2img case: SD 1.x with EulerDiscreteScheduler
-  (linspace spacing + Karras = k-diffusion's Karras sigmas), SDXL with its own Euler (leading); LDM's alphas.
+  |latents| (make_family_reference's tolerance) for every k_euler and lcm txt2img case: SD 1.x / 2.x with
+  EulerDiscreteScheduler (linspace spacing + Karras = k-diffusion's Karras sigmas; tiny-sd2's config gives
+  v_prediction), SDXL with its own Euler (leading), sd1_lcm_lora with StableDiffusionPipeline +
+  LCMScheduler.from_config(pipe.scheduler.config), guidance_scale 1.0 (the generator continues after the initial
+  noise, as in the loop); LDM's alphas (LCM: final_alpha_cumprod reset from them).
 
 What diffusers 0.42.1 (with transformers 5.24, peft 0.21) does with kohya files, found while writing this (see
 tools/oracle/README.md): it loads LoCon 3x3 convs, 1x1 proj_in/proj_out, time_emb_proj, conv_shortcut and the
@@ -116,7 +143,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_family_reference as fr  # noqa: E402  Family, generate (the float64 loop)
 import make_pipeline_reference as pr  # noqa: E402  FIXTURES
 
-from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,  # noqa: E402
+from diffusers import (EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, StableDiffusionPipeline,  # noqa: E402
                        StableDiffusionXLPipeline)
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
@@ -186,13 +213,34 @@ SDXL_TE1 = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.k_p
 SDXL_TE2 = ["encoder.layers.1.self_attn.q_proj", "encoder.layers.1.self_attn.k_proj",
             "encoder.layers.1.self_attn.v_proj", "encoder.layers.1.self_attn.out_proj", "encoder.layers.2.mlp.fc2"]
 
+# tiny-sd2 (SD 2.x: linear proj_in/proj_out, v-prediction; its text tower is stored as an HF CLIPTextModel, so kohya
+# names it as for SD 1.x: lora_te_text_model_encoder_layers_...)
+T_SD2 = "down_blocks.1.attentions.1.transformer_blocks.0"
+SD2_KOHYA_UNET = (
+    ["down_blocks.1.attentions.1.proj_in", "down_blocks.1.attentions.1.proj_out"]
+    + [f"{T_SD2}.{m}" for m in ATTN + ["ff.net.0.proj", "ff.net.2"]]
+    + [f"{MID}.attn2.to_k", f"{MID}.attn1.to_v", "up_blocks.2.attentions.0.transformer_blocks.0.ff.net.0.proj",
+       "down_blocks.1.resnets.1.conv2"]
+)
+SD2_KOHYA_TE = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.k_proj",
+                "encoder.layers.0.self_attn.v_proj", "encoder.layers.0.self_attn.out_proj", "encoder.layers.0.mlp.fc1",
+                "encoder.layers.0.mlp.fc2", "encoder.layers.1.self_attn.v_proj", "encoder.layers.1.self_attn.out_proj",
+                "encoder.layers.1.mlp.fc1"]
+
 LORA_FILES = ["sd1_kohya_locon.safetensors", "sd1_loha.safetensors", "sd1_lokr.safetensors", "sd1_peft.safetensors",
-              "sdxl_kohya.safetensors"]
+              "sdxl_kohya.safetensors", "sd2_kohya.safetensors"]
 OWN_MERGE = {"sd1_loha", "sd1_lokr"}  # applied by this script (diffusers cannot load them)
+LCM_KEYS = ("original_inference_steps", "timestep_spacing", "steps_offset", "timestep_scaling", "set_alpha_to_one",
+            "prediction_type")
 
 
 def stem(name):
     return os.path.splitext(name)[0]
+
+
+def model_of(lora_stem):
+    """The tiny model a LoRA file of this script is made for."""
+    return "tiny-sdxl" if lora_stem.startswith("sdxl") else "tiny-sd2" if lora_stem.startswith("sd2") else "tiny-sd"
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -224,6 +272,15 @@ def make_cases():
     xl = dict(model="tiny-sdxl", cfg=5.0, karras_max=0)
     case("sdxl_kohya_w1", [("sdxl_kohya.safetensors", 1.0)], negative="blurry", **xl)
     case("sdxl_emb", prompt="a photo of sdxl_emb", negative=None, embeddings=["sdxl_emb.safetensors"], **xl)
+    # Appended later (the cases above and their numbers are unchanged): an LCM-LoRA-style use of an ordinary model
+    # (LCM sampling, no CFG at cfg 1.0, no timestep_cond: tiny-sd has no time_cond_proj_dim) and tiny-sd2 (SD 2.x,
+    # v-prediction). tiny-sd2 runs at 96x64, as family_cases' txt2img v cases: at 64x64 diffusers' float32 pipeline
+    # differs from the float64 loop by 0.6%-1.7% of max |latents| (with or without the LoRA, with "" or a real negative
+    # prompt), at 96x64 by 2e-6 (probably the 1x1 deepest level: 2 values per GroupNorm group of 64 channels).
+    case("sd1_lcm_lora", [(kohya, 1.0)], sampler="lcm", steps=4, cfg=1.0)
+    sd2 = dict(model="tiny-sd2", width=96, height=64)
+    case("sd2_kohya_v", [("sd2_kohya.safetensors", 0.9)], **sd2)
+    case("sd2_emb", prompt="a photo of sd2_emb", embeddings=["sd2_emb.safetensors"], **sd2)
     return cases
 
 
@@ -344,6 +401,15 @@ def make_sd1_kohya(fam):
     mapping = {("lora_unet_" + m.replace(".", "_")): ("unet", m) for m in SD1_KOHYA_UNET}
     mapping.update({("lora_te_text_model_" + m.replace(".", "_")): ("text_encoder", m) for m in SD1_KOHYA_TE})
     return sd, mapping
+
+
+def make_sd2_kohya(fam):
+    u, t = modules(fam.unet), modules(fam.text_encoder)
+    mapping = {("lora_unet_" + m.replace(".", "_")): ("unet", m) for m in SD2_KOHYA_UNET}
+    mapping.update({("lora_te_text_model_" + m.replace(".", "_")): ("text_encoder", m) for m in SD2_KOHYA_TE})
+    mods = {"unet": u, "text_encoder": t}
+    entries = [(k, mods[c][m]) for k, (c, m) in mapping.items()]
+    return build_kohya(entries, seed=1007), mapping
 
 
 def make_sdxl_kohya(fam):
@@ -487,12 +553,14 @@ def peft_expect(path):
     return out, meta
 
 
-def make_embeddings(sd1, sdxl):
-    def vectors(g, n, table):
-        norm = table.norm(dim=1).mean().item()
-        v = randn(g, n, table.shape[1]).double()
-        return (v / v.norm(dim=1, keepdim=True) * norm).float()
+def vectors(g, n, table):
+    """n random directions with the mean row norm of a token-embedding table, float32."""
+    norm = table.norm(dim=1).mean().item()
+    v = randn(g, n, table.shape[1]).double()
+    return (v / v.norm(dim=1, keepdim=True) * norm).float()
 
+
+def make_embeddings(sd1, sdxl):
     g = torch.Generator().manual_seed(1006)
     tok = sd1.text_encoder.get_input_embeddings().weight.detach()
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors(g, 2, tok)},
@@ -504,6 +572,12 @@ def make_embeddings(sd1, sdxl):
     save_file({"clip_l": vectors(g, 2, sdxl.text_encoder.get_input_embeddings().weight.detach()),
                "clip_g": vectors(g, 2, sdxl.text_encoder_2.get_input_embeddings().weight.detach())},
               os.path.join(LORA_DIR, "sdxl_emb.safetensors"))
+
+
+def make_sd2_embedding(sd2):
+    g = torch.Generator().manual_seed(1008)  # its own generator: the files above keep their bytes
+    save_file({"emb_params": vectors(g, 2, sd2.text_encoder.get_input_embeddings().weight.detach())},
+              os.path.join(LORA_DIR, "sd2_emb.safetensors"))
 
 
 class _Evil:
@@ -656,13 +730,19 @@ def cross_check(cases, latents):
     torch.set_default_dtype(torch.float32)
     try:
         for c in cases:
-            if c["sampler"] != "k_euler" or c["init_image"] is not None or any(
+            if c["sampler"] not in ("k_euler", "lcm") or c["init_image"] is not None or any(
                     stem(f) in OWN_MERGE for f, _ in c["loras"]):
                 continue
             folder = os.path.join(FIXTURES, c["model"])
             if c["model"] == "tiny-sdxl":
                 pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32,
                                                                  add_watermarker=False)
+            elif c["sampler"] == "lcm":
+                # LCM-LoRA use: the model's own scheduler config, LCMScheduler.from_config (as the LCM-LoRA model
+                # cards do); guidance_scale <= 1 and no time_cond_proj_dim: no CFG, no timestep_cond
+                pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32,
+                                                               safety_checker=None, requires_safety_checker=False)
+                pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
             else:
                 pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32,
                                                                safety_checker=None, requires_safety_checker=False)
@@ -671,6 +751,10 @@ def cross_check(cases, latents):
                 pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace",
                                                                     use_karras_sigmas=True)
             pipe.scheduler.alphas_cumprod = fr.Family.ldm_alphas_cumprod()
+            if isinstance(pipe.scheduler, LCMScheduler):
+                sched = pipe.scheduler
+                sched.final_alpha_cumprod = (torch.tensor(1.0) if sched.config.set_alpha_to_one
+                                             else sched.alphas_cumprod[0])
             pipe.set_progress_bar_config(disable=True)
             names = [adapter_name(f) for f, _ in c["loras"]]
             for f, _ in c["loras"]:
@@ -687,8 +771,8 @@ def cross_check(cases, latents):
             err = ((lat.double() - want).abs().max() / want.abs().max()).item()
             good = err <= 1e-4
             ok &= good
-            print(f"check {c['name']} vs diffusers {pipe.__class__.__name__} (float32): max abs diff / max |latents| "
-                  f"{err:.3g} {'OK' if good else 'FAIL'}")
+            print(f"check {c['name']} vs diffusers {pipe.__class__.__name__} + {pipe.scheduler.__class__.__name__} "
+                  f"(float32): max abs diff / max |latents| {err:.3g} {'OK' if good else 'FAIL'}")
     finally:
         torch.set_default_dtype(torch.float64)
     return ok
@@ -704,11 +788,12 @@ def main():
     transformers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    fr.allow_single_value_group_norm()  # LCM runs tiny-sd's UNet at batch 1 (no CFG): see make_family_reference.py
     os.makedirs(LORA_DIR, exist_ok=True)
     ok = True
 
     # ---- fixture files
-    sd1, sdxl = load_family("tiny-sd"), load_family("tiny-sdxl")
+    sd1, sdxl, sd2 = load_family("tiny-sd"), load_family("tiny-sdxl"), load_family("tiny-sd2")
     kohya, kohya_map = make_sd1_kohya(sd1)
     save_file(kohya, os.path.join(LORA_DIR, "sd1_kohya_locon.safetensors"))
     torch.save(dict(kohya), os.path.join(LORA_DIR, "sd1_kohya_locon.pt"))
@@ -721,12 +806,16 @@ def main():
     save_file(xl, os.path.join(LORA_DIR, "sdxl_kohya.safetensors"))
     make_embeddings(sd1, sdxl)
     make_evil()
+    sd2k, sd2k_map = make_sd2_kohya(sd2)
+    save_file(sd2k, os.path.join(LORA_DIR, "sd2_kohya.safetensors"))
+    make_sd2_embedding(sd2)
 
     # ---- expected deltas (own float64 formulas), {(component, module): delta}
     sd1_mods = {c: modules(m) for c, m in components(sd1).items()}
     expect = {
         "sd1_kohya_locon": {kohya_map[n]: d for n, d in kohya_expect(kohya).items()},
         "sdxl_kohya": {xl_map[n]: d for n, d in kohya_expect(xl).items()},
+        "sd2_kohya": {sd2k_map[n]: d for n, d in kohya_expect(sd2k).items()},
         "sd1_loha": {}, "sd1_lokr": {},
     }
     for name, (comp, m) in loha_map.items():
@@ -743,8 +832,8 @@ def main():
     deltas = {}
     for f in LORA_FILES:
         s = stem(f)
-        model = "tiny-sdxl" if s.startswith("sdxl") else "tiny-sd"
-        fam = sdxl if model == "tiny-sdxl" else sd1
+        model = model_of(s)
+        fam = {"tiny-sd": sd1, "tiny-sdxl": sdxl, "tiny-sd2": sd2}[model]
         if s in OWN_MERGE:
             got = {(c, f"{m}.weight"): d for (c, m), d in expect[s].items()}
         else:
@@ -762,6 +851,10 @@ def main():
 
     # ---- references
     cases = make_cases()
+    lcm = LCMScheduler.from_config(sd1.scheduler_config)
+    lcm.set_timesteps(4)
+    print(f"LCMScheduler.from_config(tiny-sd's {sd1.scheduler_config['_class_name']} config): "
+          f"{ {k: lcm.config[k] for k in LCM_KEYS} }; 4-step timesteps {lcm.timesteps.tolist()}")
     tensors, latents = {}, {}
     base = {}
     for c in cases:
@@ -779,7 +872,7 @@ def main():
         for k, v in out.items():
             tensors[f"{c['name']}.{k}"] = v.detach().float().contiguous()
         # the same request without LoRAs / embeddings, to show the effect is visible
-        key = (c["model"], c["prompt"], c["negative"], c["sampler"], c["init_image"])
+        key = (c["model"], c["prompt"], c["negative"], c["sampler"], c["steps"], c["cfg"], c["init_image"])
         if key not in base:
             plain = dict(c, loras=[], embeddings=[])
             base[key] = fr.generate({c["model"]: load_family(c["model"])}, plain)["latents"]

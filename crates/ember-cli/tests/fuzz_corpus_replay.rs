@@ -114,6 +114,11 @@ fn model_file_corpus() {
 }
 
 #[test]
+fn addon_file_corpus() {
+    replay("addon_file", targets::addon_file);
+}
+
+#[test]
 fn job_json_corpus() {
     replay("job_json", targets::job_json);
 }

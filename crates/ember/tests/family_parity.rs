@@ -7,7 +7,10 @@
 //! diffusers' own pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline, LatentConsistencyModelPipeline).
 //! Both file forms of a model (diffusers folder and single file) must give the same latents.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::rel_err;
 use ember::pipeline::{CancelToken, Pipeline};
 use ember::request::{GenerateRequest, InitImage};
 use serde::Deserialize;
@@ -92,24 +95,6 @@ fn load(model: &str) -> Pipeline {
 
 fn load_as(model: &str, dtype: DType) -> Pipeline {
     Pipeline::load(fixture(model).to_str().expect("utf-8"), &Device::Cpu, dtype).expect("tiny model loads")
-}
-
-/// max |got − want| / max |want| (max |got − want| where the reference is all zeros: SDXL's zeroed negative).
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims(), "shapes differ");
-    let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-    let max = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let scale = max(&f64(want));
-    max(&(f64(got) - f64(want)).unwrap()) / if scale > 0.0 { scale } else { 1.0 }
 }
 
 fn generate(pipeline: &Pipeline, request: &GenerateRequest) -> Tensor {

@@ -102,8 +102,55 @@ pub struct LoraFile {
     pub metadata: HashMap<String, String>,
 }
 
+impl Module {
+    /// How many values this module's `ΔW` has, from its factors' shapes (without computing it); None when the shapes
+    /// claim more than `usize` holds.
+    pub fn delta_len(&self) -> Option<usize> {
+        let dims = |t: &Tensor, from: usize| -> Option<usize> {
+            t.dims().get(from..)?.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+        };
+        match &self.kind {
+            Kind::LowRank { down, up, mid } => {
+                let spatial = mid.as_ref().map_or(Some(1), |m| dims(m, 2))?;
+                up.dims().first()?.checked_mul(dims(down, 1)?)?.checked_mul(spatial)
+            }
+            Kind::Hadamard { w1, t1, .. } => match t1 {
+                Some(t) => {
+                    w1.0.dims()
+                        .get(1)?
+                        .checked_mul(*w1.1.dims().get(1)?)?
+                        .checked_mul(dims(t, 2)?)
+                }
+                None => w1.0.dims().first()?.checked_mul(dims(&w1.1, 1)?),
+            },
+            Kind::Kronecker { w1, w2, t2 } => {
+                let size = |w: &Factor| match w {
+                    Factor::Full(t) => Some(t.elem_count()),
+                    Factor::LowRank { a, b } => a.dims().first()?.checked_mul(dims(b, 1)?),
+                };
+                let w2_size = match (t2, w2) {
+                    (Some(t), Factor::LowRank { a, b }) => a
+                        .dims()
+                        .get(1)?
+                        .checked_mul(*b.dims().get(1)?)?
+                        .checked_mul(dims(t, 2)?)?,
+                    _ => size(w2)?,
+                };
+                size(w1)?.checked_mul(w2_size)
+            }
+            Kind::Full(d) => Some(d.elem_count()),
+        }
+    }
+
+    /// This module's `ΔW` (times its scale) in f32, as a `[rows, cols]`-ordered tensor of [`Self::delta_len`] values.
+    pub fn delta(&self) -> Result<Tensor> {
+        delta(self, DType::F32)
+    }
+}
+
 impl LoraFile {
-    pub(crate) fn read(path: &Path) -> Result<Self> {
+    /// Reads a LoRA file (`.safetensors`, or `.pt`/`.ckpt`/`.bin` through the restricted pickle reader).
+    pub fn read(path: &Path) -> Result<Self> {
         let file = super::files::read_tensor_file(path, "LoRA")?;
         Self::from_tensors(path, file)
     }

@@ -99,7 +99,7 @@ impl TargetIndex {
             };
             let shape = &self.components[&module.component].shapes[weight];
             let numel: usize = shape.iter().product();
-            let delta_numel = delta_numel(module)?;
+            let delta_numel = module.delta_len().unwrap_or(usize::MAX);
             if delta_numel != numel {
                 let family_hint = match other_family {
                     Some(f) => format!("this looks like a LoRA for {f}, and the model is {}", self.family),
@@ -134,36 +134,6 @@ impl TargetIndex {
         }
         Ok(placed)
     }
-}
-
-/// How many values a module's `ΔW` has, from its factors' shapes (without computing it).
-fn delta_numel(module: &Module) -> Result<usize> {
-    use super::lora::{Factor, Kind};
-    let cols = |t: &candle_core::Tensor| t.dims()[1..].iter().product::<usize>();
-    Ok(match &module.kind {
-        Kind::LowRank { down, up, mid } => {
-            let spatial = mid.as_ref().map_or(1, |m| m.dims()[2..].iter().product());
-            up.dim(0)? * cols(down) * spatial
-        }
-        Kind::Hadamard { w1, t1, .. } => match t1 {
-            Some(t) => w1.0.dim(1)? * w1.1.dim(1)? * t.dims()[2..].iter().product::<usize>(),
-            None => w1.0.dim(0)? * cols(&w1.1),
-        },
-        Kind::Kronecker { w1, w2, t2 } => {
-            let size = |w: &Factor| -> Result<usize> {
-                Ok(match w {
-                    Factor::Full(t) => t.elem_count(),
-                    Factor::LowRank { a, b } => a.dim(0)? * cols(b),
-                })
-            };
-            let w2_size = match (t2, w2) {
-                (Some(t), Factor::LowRank { a, b }) => a.dim(1)? * b.dim(1)? * t.dims()[2..].iter().product::<usize>(),
-                _ => size(w2)?,
-            };
-            size(w1)? * w2_size
-        }
-        Kind::Full(d) => d.elem_count(),
-    })
 }
 
 /// kohya's SDXL names are LDM's module paths flattened (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`,
@@ -252,7 +222,12 @@ mod tests {
             "sd1_lokr.safetensors",
             "sd1_peft.safetensors",
         ];
-        for (model, files) in [("tiny-sd", &sd1[..]), ("tiny-sdxl", &["sdxl_kohya.safetensors"][..])] {
+        let models = [
+            ("tiny-sd", &sd1[..]),
+            ("tiny-sd2", &["sd2_kohya.safetensors"][..]),
+            ("tiny-sdxl", &["sdxl_kohya.safetensors"][..]),
+        ];
+        for (model, files) in models {
             let weights =
                 crate::model::load_model(fixtures.join(model).to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
             let index = TargetIndex::new(
@@ -312,7 +287,7 @@ mod tests {
                 checked.insert(stem);
             }
         }
-        assert_eq!(checked.len(), 5);
+        assert_eq!(checked.len(), 6);
     }
 
     #[test]

@@ -219,16 +219,7 @@ fn parallel_copy<T: candle_core::WithDType>(base: &Tensor) -> candle_core::Resul
 
 impl SimpleBackend for PatchableWeights {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.load(name, dtype, dev)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name} in {}", self.inner.base.path.display()),
-                expected: s,
-                got: t.shape().clone(),
-            }
-            .bt());
-        }
-        Ok(t)
+        super::weights::expect_shape(self.load(name, dtype, dev)?, s, name, &self.inner.base.path)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -156,18 +156,22 @@ fn release_mapped_pages(bytes: &[u8]) {
     }
 }
 
+/// `t` if it has the shape a network asks for, else candle's shape error naming the tensor and its file.
+pub(crate) fn expect_shape(t: Tensor, expected: Shape, name: &str, path: &Path) -> candle_core::Result<Tensor> {
+    if t.shape() != &expected {
+        return Err(candle_core::Error::UnexpectedShape {
+            msg: format!("shape mismatch for {name} in {}", path.display()),
+            expected,
+            got: t.shape().clone(),
+        }
+        .bt());
+    }
+    Ok(t)
+}
+
 impl SimpleBackend for WeightMap {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.load(name, dtype, dev)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name} in {}", self.path.display()),
-                expected: s,
-                got: t.shape().clone(),
-            }
-            .bt());
-        }
-        Ok(t)
+        expect_shape(self.load(name, dtype, dev)?, s, name, &self.path)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
