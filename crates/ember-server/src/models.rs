@@ -448,7 +448,9 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
                 let (device, dtype) = settings(config, entry);
                 let limits = limits(config, &device)?;
                 let addons = addon_library(config, entry, &mut addon_warnings)?;
-                let (spec, checker) = Pipeline::describe(&entry.path)?;
+                // The checker knows the model's embeddings (their words, and those made for another family).
+                let (spec, checker, warnings) = Pipeline::describe_with_addons(&entry.path, addons.library.clone())?;
+                addon_warnings.extend(warnings.into_iter().map(|w| format!("model '{}': {w}", entry.name)));
                 Served::new(entry, (device, dtype), &spec, checker.with_limits(Some(limits)), addons)
             })();
             match described {

@@ -438,6 +438,17 @@ async fn each_model_has_its_own_folders_besides_the_servers() {
         Some("prompt"),
         "another model's LoRA",
     );
+    // b-styled is only described, yet its checker knows its embeddings: the SDXL one is refused at submit.
+    let sdxl_embedding = json!({"prompt": "fire zxl", "steps": 1, "width": 64, "height": 64, "model": "b-styled"});
+    let message = assert_error(
+        t.post_json("/api/jobs", &sdxl_embedding).await,
+        StatusCode::BAD_REQUEST,
+        Some("prompt"),
+        "another family's embedding on a model not loaded",
+    );
+    assert!(message.contains("zxl") && message.contains("16"), "{message}");
+    let root_path = root.path().display().to_string();
+    assert!(!message.contains(&root_path), "a server path in {message}");
     // On b-styled (not loaded: checked against its library), it runs once the worker has loaded that model.
     let mut on_styled = params;
     on_styled["model"] = json!("b-styled");

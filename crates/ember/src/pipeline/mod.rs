@@ -137,6 +137,21 @@ impl Pipeline {
         Ok((weights.spec, check))
     }
 
+    /// [`Self::describe`] knowing the LoRAs and embeddings of `library`: the checker also knows the embeddings' words
+    /// (their token counts, and which ones do not fit the model) and the LoRA names. Reads the embeddings, builds no
+    /// network. Returns the warnings [`Self::set_addons`] would.
+    pub fn describe_with_addons(model: &str, library: AddonLibrary) -> Result<(ModelSpec, RequestCheck, Vec<String>)> {
+        let weights = load_model(model, &Device::Cpu, DType::F32)?;
+        let tokenizer = tokenizers(&weights)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?;
+        let (state, added, warnings) = AddonState::load(library, &weights.spec, &tokenizer, &Device::Cpu)?;
+        let check = RequestCheck::new(Arc::new(tokenizer.with_added(added)), weights.spec.native_size())
+            .with_addons(state.library.clone(), state.unusable.clone());
+        Ok((weights.spec, check, warnings))
+    }
+
     /// Builds the networks from already-located weights.
     pub fn from_weights(weights: ModelWeights, device: &Device, dtype: DType) -> Result<Self> {
         let spec = weights.spec.clone();
