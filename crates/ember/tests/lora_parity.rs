@@ -181,8 +181,18 @@ fn kohya_case() -> Case {
 
 #[test]
 fn weight_zero_is_the_model_and_switching_back_restores_it() {
+    weight_zero_and_switching_in(DType::F32);
+}
+
+/// The same in bf16 (on a CPU without AMX the tensors themselves are bf16, and are kept in the weights' cache).
+#[test]
+fn weight_zero_is_the_model_and_switching_back_restores_it_in_bf16() {
+    weight_zero_and_switching_in(DType::BF16);
+}
+
+fn weight_zero_and_switching_in(dtype: DType) {
     let case = kohya_case();
-    let mut pipeline = load("tiny-sd", DType::F32);
+    let mut pipeline = load("tiny-sd", dtype);
     let mut plain = request_for(&case);
     plain.loras.clear();
     let before = generate(&pipeline, &plain);

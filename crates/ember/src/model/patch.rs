@@ -9,6 +9,7 @@ use super::weights::WeightMap;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// One component's weights with their patches; cheap to share (the `VarBuilder` and the pipeline hold the same one).
@@ -24,6 +25,9 @@ struct Inner {
     cache: Mutex<HashMap<(String, DType), Tensor>>,
     /// What to add to a tensor when it is served (already multiplied by the LoRA's weight and scale).
     patches: RwLock<HashMap<String, Vec<PatchTerm>>>,
+    /// The networks pack their matrix weights into bf16 tiles (`nn::Precision::packed_bf16`): the bf16 tensors served
+    /// on the CPU are packed and dropped, so keeping them here would be a second copy (the packs are kept instead).
+    packing: AtomicBool,
 }
 
 /// One addition to a weight, seen as a `[rows, cols]` matrix (`rows` = its first dimension), in f32 or f64 (the
@@ -52,6 +56,7 @@ impl PatchableWeights {
                 base,
                 cache: Mutex::new(HashMap::new()),
                 patches: RwLock::new(HashMap::new()),
+                packing: AtomicBool::new(false),
             }),
         }
     }
@@ -75,6 +80,11 @@ impl PatchableWeights {
         patches.keys().cloned().collect()
     }
 
+    /// Tells whether the networks built from these weights pack them into bf16 tiles (see `Inner::packing`).
+    pub fn set_packing(&self, packing: bool) {
+        self.inner.packing.store(packing, Ordering::Relaxed);
+    }
+
     /// Replaces the patch set; tensors served from now on include it.
     pub fn set_patches(&self, patches: HashMap<String, Vec<PatchTerm>>) {
         *self.inner.patches.write().unwrap_or_else(|e| e.into_inner()) = patches;
@@ -88,7 +98,8 @@ impl PatchableWeights {
     /// The unpatched tensor `name` in `dtype` (from the cache when it was served before).
     fn base(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         // The bf16 copies CPU layers pack into tiles are dropped once packed: caching them would keep a second copy.
-        let cacheable = !(dev.is_cpu() && dtype == DType::BF16);
+        let packed = self.inner.packing.load(Ordering::Relaxed) && dev.is_cpu() && dtype == DType::BF16;
+        let cacheable = !packed;
         let key = (name.to_string(), dtype);
         if cacheable {
             if let Some(t) = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {

@@ -163,6 +163,9 @@ impl Pipeline {
             )
         };
         let precision = Precision::new(device, dtype);
+        for weights in std::iter::once(&weights.patchable.unet).chain(&weights.patchable.text_encoders) {
+            weights.set_packing(precision.packed_bf16);
+        }
         // Packs kept for rebuilding the networks with LoRAs (only the touched layers are packed again).
         let unet_packs = Arc::new(PackCache::default());
         let text_packs: Vec<Arc<PackCache>> = spec.text_encoders.iter().map(|_| Arc::default()).collect();
