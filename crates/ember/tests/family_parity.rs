@@ -7,17 +7,13 @@
 //! diffusers' own pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline, LatentConsistencyModelPipeline).
 //! Both file forms of a model (diffusers folder and single file) must give the same latents.
 
+#[allow(dead_code)]
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::rel_err;
-use ember::pipeline::{CancelToken, Pipeline};
-use ember::request::{GenerateRequest, InitImage};
-use serde::Deserialize;
+use common::{generate, load as load_as, rel_err, request_for, Case};
+use ember::pipeline::Pipeline;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
 /// Largest `max |Δ| / max |reference|` of the final latents in f64: ≈ 10× the largest measured, 4.9e-8
 /// (turbo_txt2img_4step_trailing; every case 3.2e-8–4.9e-8: the references are the f64 results stored as f32).
@@ -31,77 +27,16 @@ const LATENTS_F32: f64 = 1e-4;
 /// Ember's f32 run measured 1.2e-4).
 const CHAOTIC_F32: (&str, f64) = ("sd2_v_img2img_ddim", 1.5e-3);
 
-#[derive(Debug, Deserialize)]
-struct Case {
-    name: String,
-    prompt: String,
-    /// None: no negative prompt given.
-    negative: Option<String>,
-    seed: u32,
-    steps: usize,
-    cfg: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    strength: Option<f64>,
-    init_image: Option<String>,
-    karras_max: usize,
-    model: String,
-    prediction_type: Option<String>,
-    timestep_spacing: Option<String>,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture("family_cases.json")).expect("family_cases.json");
-    serde_json::from_str(&text).expect("cases parse")
+    common::cases("family_cases.json")
 }
 
 fn references() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("family_reference.safetensors"), &Device::Cpu).expect("references")
-}
-
-fn request_for(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative.clone().unwrap_or_default(),
-        negative_given: case.negative.is_some(),
-        steps: case.steps,
-        cfg_scale: case.cfg,
-        sampler: case.sampler.parse().expect("sampler name"),
-        seed: case.seed,
-        width: case.width,
-        height: case.height,
-        init_image: case.init_image.as_ref().map(|n| InitImage::Path(fixture(n))),
-        strength: case.strength.unwrap_or(0.75),
-        karras_max: case.karras_max,
-        prediction_type: case
-            .prediction_type
-            .as_deref()
-            .map(|p| p.parse().expect("prediction type")),
-        timestep_spacing: case.timestep_spacing.as_deref().map(|s| s.parse().expect("spacing")),
-        // diffusers cuts prompts at 77 tokens.
-        truncate_prompts: true,
-        ..Default::default()
-    }
+    common::references("family_reference.safetensors")
 }
 
 fn load(model: &str) -> Pipeline {
     load_as(model, DType::F64)
-}
-
-fn load_as(model: &str, dtype: DType) -> Pipeline {
-    Pipeline::load(fixture(model).to_str().expect("utf-8"), &Device::Cpu, dtype).expect("tiny model loads")
-}
-
-fn generate(pipeline: &Pipeline, request: &GenerateRequest) -> Tensor {
-    pipeline
-        .generate(request, &CancelToken::new(), &mut |_| {})
-        .expect("generates")
-        .latents
 }
 
 #[test]

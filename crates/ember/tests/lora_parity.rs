@@ -8,19 +8,16 @@
 //! form. Also: weight 0 is the model bit for bit, switching LoRA sets comes back to the same numbers, prompt terms
 //! equal the request's list, and bad files or names are clear errors.
 
+#[allow(dead_code)]
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use common::rel_err;
+use candle_core::{DType, Tensor};
+use common::{fixture, generate, load, rel_err, request_for, Case};
 use ember::addons::{AddonKind, AddonLibrary};
 use ember::pipeline::{CancelToken, Pipeline};
-use ember::request::{GenerateRequest, InitImage};
-use ember::text::prompt::LoraUse;
-use serde::Deserialize;
+use ember::request::GenerateRequest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
 /// The final latents in f64, `max |Δ| / max |reference|`: as family_parity's bound (the references are f64 results
 /// stored as f32, ~5e-8).
@@ -29,44 +26,16 @@ const TEXT_F64: f64 = 5e-7;
 /// The final latents in f32 through the production kernels (family_parity's bound).
 const LATENTS_F32: f64 = 1e-4;
 
-#[derive(Debug, Deserialize)]
-struct Case {
-    name: String,
-    prompt: String,
-    negative: Option<String>,
-    seed: u32,
-    steps: usize,
-    cfg: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    strength: Option<f64>,
-    init_image: Option<String>,
-    karras_max: usize,
-    model: String,
-    loras: Vec<(String, f64)>,
-    embeddings: Vec<String>,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
 fn addon(name: &str) -> PathBuf {
     fixture("lora").join(name)
 }
 
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture("lora_cases.json")).expect("lora_cases.json");
-    serde_json::from_str(&text).expect("cases parse")
+    common::cases("lora_cases.json")
 }
 
 fn references() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("lora_reference.safetensors"), &Device::Cpu).expect("references")
-}
-
-fn stem(file: &str) -> String {
-    Path::new(file).file_stem().unwrap().to_string_lossy().into_owned()
+    common::references("lora_reference.safetensors")
 }
 
 /// The case's files as a library (LoRAs and embeddings by their stems).
@@ -81,41 +50,6 @@ fn library(case: &Case) -> AddonLibrary {
             .expect("embedding file");
     }
     library
-}
-
-fn request_for(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative.clone().unwrap_or_default(),
-        negative_given: case.negative.is_some(),
-        steps: case.steps,
-        cfg_scale: case.cfg,
-        sampler: case.sampler.parse().expect("sampler name"),
-        seed: case.seed,
-        width: case.width,
-        height: case.height,
-        init_image: case.init_image.as_ref().map(|n| InitImage::Path(fixture(n))),
-        strength: case.strength.unwrap_or(0.75),
-        karras_max: case.karras_max,
-        truncate_prompts: true,
-        loras: case
-            .loras
-            .iter()
-            .map(|(file, w)| LoraUse::new(stem(file), *w))
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn load(model: &str, dtype: DType) -> Pipeline {
-    Pipeline::load(fixture(model).to_str().expect("utf-8"), &Device::Cpu, dtype).expect("tiny model loads")
-}
-
-fn generate(pipeline: &Pipeline, request: &GenerateRequest) -> Tensor {
-    pipeline
-        .generate(request, &CancelToken::new(), &mut |_| {})
-        .expect("generates")
-        .latents
 }
 
 fn check_every_case(dtype: DType) {

@@ -1,6 +1,102 @@
-//! What several parity tests share: how far a result is from its reference.
+//! What the family and LoRA parity tests share: their case format (tools/oracle/make_family_reference.py's, which
+//! make_lora_reference.py extends with `loras` and `embeddings`), the request a case stands for, and how far a
+//! result is from its reference.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use ember::pipeline::{CancelToken, Pipeline};
+use ember::request::{GenerateRequest, InitImage};
+use ember::text::prompt::LoraUse;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub prompt: String,
+    /// None: no negative prompt given.
+    pub negative: Option<String>,
+    pub seed: u32,
+    pub steps: usize,
+    pub cfg: f64,
+    pub sampler: String,
+    pub width: usize,
+    pub height: usize,
+    pub strength: Option<f64>,
+    pub init_image: Option<String>,
+    pub karras_max: usize,
+    pub model: String,
+    pub prediction_type: Option<String>,
+    pub timestep_spacing: Option<String>,
+    /// LoRA files under `tests/fixtures/lora/` with their weights (applied by their stems).
+    #[serde(default)]
+    pub loras: Vec<(String, f64)>,
+    /// Embedding files under `tests/fixtures/lora/`.
+    #[serde(default)]
+    pub embeddings: Vec<String>,
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+/// The cases of `tests/fixtures/{file}`.
+pub fn cases(file: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_json::from_str(&text).expect("cases parse")
+}
+
+/// The reference tensors of `tests/fixtures/{file}`.
+pub fn references(file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(file), &Device::Cpu).expect("references")
+}
+
+pub fn stem(file: &str) -> String {
+    Path::new(file).file_stem().unwrap().to_string_lossy().into_owned()
+}
+
+pub fn request_for(case: &Case) -> GenerateRequest {
+    GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative.clone().unwrap_or_default(),
+        negative_given: case.negative.is_some(),
+        steps: case.steps,
+        cfg_scale: case.cfg,
+        sampler: case.sampler.parse().expect("sampler name"),
+        seed: case.seed,
+        width: case.width,
+        height: case.height,
+        init_image: case.init_image.as_ref().map(|n| InitImage::Path(fixture(n))),
+        strength: case.strength.unwrap_or(0.75),
+        karras_max: case.karras_max,
+        prediction_type: case
+            .prediction_type
+            .as_deref()
+            .map(|p| p.parse().expect("prediction type")),
+        timestep_spacing: case.timestep_spacing.as_deref().map(|s| s.parse().expect("spacing")),
+        // diffusers cuts prompts at 77 tokens.
+        truncate_prompts: true,
+        loras: case
+            .loras
+            .iter()
+            .map(|(file, w)| LoraUse::new(stem(file), *w))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub fn load(model: &str, dtype: DType) -> Pipeline {
+    Pipeline::load(fixture(model).to_str().expect("utf-8"), &Device::Cpu, dtype).expect("tiny model loads")
+}
+
+pub fn generate(pipeline: &Pipeline, request: &GenerateRequest) -> Tensor {
+    pipeline
+        .generate(request, &CancelToken::new(), &mut |_| {})
+        .expect("generates")
+        .latents
+}
 
 /// max |t|, in f64.
 pub fn max_abs(t: &Tensor) -> f64 {
