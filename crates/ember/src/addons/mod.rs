@@ -31,9 +31,6 @@ const MAX_DEPTH: usize = 4;
 pub struct AddonLibrary {
     loras: BTreeMap<String, PathBuf>,
     embeddings: BTreeMap<String, PathBuf>,
-    /// Folders searched, for messages.
-    lora_dirs: Vec<PathBuf>,
-    embedding_dirs: Vec<PathBuf>,
 }
 
 /// What kind of add-on a file or folder holds.
@@ -80,10 +77,6 @@ impl AddonLibrary {
                     map.insert(name, file);
                 }
             }
-        }
-        match kind {
-            AddonKind::Lora => self.lora_dirs.push(dir.to_path_buf()),
-            AddonKind::Embedding => self.embedding_dirs.push(dir.to_path_buf()),
         }
         Ok(warnings)
     }

@@ -139,8 +139,7 @@ impl AddonState {
         }
         state.extra_rows = rows
             .into_iter()
-            .zip(&spec.text_encoders)
-            .map(|(r, _)| match r.is_empty() {
+            .map(|r| match r.is_empty() {
                 true => Ok(None),
                 false => Ok(Some(Tensor::cat(&r, 0)?.to_device(device)?)),
             })
@@ -269,15 +268,30 @@ impl NetworkFactory {
         for (i, (w, packs)) in self.patchable.text_encoders.iter().zip(&self.text_packs).enumerate() {
             set(w, packs, Component::TextEncoder(i));
         }
-        let networks = self.networks(state, spec, applied)?;
+        let networks = self.networks(state, spec, applied, &lora_err)?;
         Ok((networks, warnings))
     }
 
-    /// The networks from the weights as now patched, with the embeddings' rows.
-    fn networks(&self, state: &AddonState, spec: &ModelSpec, loras: Vec<AppliedLora>) -> Result<Networks> {
-        let model_err = |what: &str, e: candle_core::Error| {
-            Error::invalid("lora", format!("the {what} could not be built with these LoRAs: {e}"))
-        };
+    /// The networks first built from a model's weights; `model_err` says what a network whose weights do not fit
+    /// is (a model error naming the file).
+    pub fn first(
+        &self,
+        state: &AddonState,
+        spec: &ModelSpec,
+        model_err: &dyn Fn(&str, candle_core::Error) -> Error,
+    ) -> Result<Networks> {
+        self.networks(state, spec, Vec::new(), model_err)
+    }
+
+    /// The networks from the weights as now patched, with the embeddings' rows; a network that cannot be built is
+    /// `model_err(which, error)`.
+    fn networks(
+        &self,
+        state: &AddonState,
+        spec: &ModelSpec,
+        loras: Vec<AppliedLora>,
+        model_err: &dyn Fn(&str, candle_core::Error) -> Error,
+    ) -> Result<Networks> {
         let text_encoders = self
             .text_vbs
             .iter()
@@ -311,8 +325,13 @@ impl NetworkFactory {
             packs.forget(weights.patched().iter().map(String::as_str));
             weights.set_patches(HashMap::new());
         }
-        self.networks(state, spec, Vec::new())
+        self.networks(state, spec, Vec::new(), &lora_err)
     }
+}
+
+/// A network that cannot be built once LoRAs are patched in (the model's own weights built before).
+fn lora_err(what: &str, e: candle_core::Error) -> Error {
+    Error::invalid("lora", format!("the {what} could not be built with these LoRAs: {e}"))
 }
 
 #[cfg(test)]

@@ -66,8 +66,10 @@ pub struct RequestCheck {
     limits: Option<WorkLimits>,
     /// The LoRAs requests may name.
     library: Arc<AddonLibrary>,
-    /// Embeddings of the library the model cannot use (lowercase name, why).
+    /// Embeddings of the library the model cannot use (lowercase name, why), and their names as words to find in a
+    /// prompt.
     unusable_embeddings: Arc<Vec<(String, String)>>,
+    unusable_words: Arc<AddedTokens>,
 }
 
 impl RequestCheck {
@@ -79,12 +81,16 @@ impl RequestCheck {
             limits: None,
             library: Arc::new(AddonLibrary::default()),
             unusable_embeddings: Arc::new(Vec::new()),
+            unusable_words: Arc::new(AddedTokens::default()),
         }
     }
 
     /// The same checks knowing the LoRAs and embeddings of `library` (and which embeddings the model cannot use).
     pub(super) fn with_addons(mut self, library: Arc<AddonLibrary>, unusable: Arc<Vec<(String, String)>>) -> Self {
         self.library = library;
+        self.unusable_words = Arc::new(AddedTokens::new(
+            unusable.iter().map(|(name, _)| (name.clone(), vec![0])),
+        ));
         self.unusable_embeddings = unusable;
         self
     }
@@ -134,13 +140,12 @@ impl RequestCheck {
                 return Err(self.library.unknown_lora(&unknown.name, field));
             }
         }
-        if !self.unusable_embeddings.is_empty() {
-            let words = AddedTokens::new(self.unusable_embeddings.iter().map(|(name, _)| (name.clone(), vec![0])));
+        if !self.unusable_words.is_empty() {
             for (field, text) in [
                 ("prompt", &request.prompt),
                 ("negative_prompt", &request.negative_prompt),
             ] {
-                if let Some(word) = words.first_match(text) {
+                if let Some(word) = self.unusable_words.first_match(text) {
                     let why = self
                         .unusable_embeddings
                         .iter()

@@ -14,8 +14,6 @@ use crate::image::metadata::RunInfo;
 use crate::image::png_meta::ImageRecord;
 use crate::model::family::{Family, ModelSpec};
 use crate::model::{load_model, ModelWeights};
-use crate::nn::clip::ClipTextModel;
-use crate::nn::unet::UNet2DConditionModel;
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
 use crate::nn::{PackCache, Padding, Precision};
 use crate::request::{img2img_steps, GenerateRequest};
@@ -126,15 +124,8 @@ impl Pipeline {
     /// What a model is and how its requests are checked, without building its networks: the files are read for
     /// their configurations and tensor names only (a server describes the models it may load this way).
     pub fn describe(model: &str) -> Result<(ModelSpec, RequestCheck)> {
-        let weights = load_model(model, &Device::Cpu, DType::F32)?;
-        let tokenizer = Arc::new(
-            tokenizers(&weights)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?,
-        );
-        let check = RequestCheck::new(tokenizer, weights.spec.native_size());
-        Ok((weights.spec, check))
+        let (spec, check, _) = Self::describe_with_addons(model, AddonLibrary::default())?;
+        Ok((spec, check))
     }
 
     /// [`Self::describe`] knowing the LoRAs and embeddings of `library`: the checker also knows the embeddings' words
@@ -166,30 +157,11 @@ impl Pipeline {
         for weights in std::iter::once(&weights.patchable.unet).chain(&weights.patchable.text_encoders) {
             weights.set_packing(precision.packed_bf16);
         }
-        // Packs kept for rebuilding the networks with LoRAs (only the touched layers are packed again).
-        let unet_packs = Arc::new(PackCache::default());
-        let text_packs: Vec<Arc<PackCache>> = spec.text_encoders.iter().map(|_| Arc::default()).collect();
-        let text_encoders = weights
-            .text_encoders
-            .iter()
-            .zip(&spec.text_encoders)
-            .zip(&text_packs)
-            .map(|((vb, encoder), packs)| {
-                ClipTextModel::new(precision.vars_with_packs(vb, packs), &encoder.config)
-                    .map_err(|e| model_err("text encoder", e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let unet = UNet2DConditionModel::new(precision.vars_with_packs(&weights.unet, &unet_packs), &spec.unet)
-            .map_err(|e| model_err("UNet", e))?;
-        let vae = AutoencoderKL::new(precision.vars(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?;
-        let tokenizer_refs: Vec<&ClipTokenizer> = tokenizers.iter().collect();
-        let text = TextConditioner::new(text_encoders, &spec.text_encoders, &tokenizer_refs);
         let base_tokenizer = tokenizers
             .first()
             .cloned()
             .ok_or_else(|| Error::model(&weights.source, "the model has no text encoder"))?;
         let tokenizer = Arc::new(base_tokenizer.clone());
-        let addons = AddonState::empty(spec.text_encoders.len());
         let factory = NetworkFactory {
             index: TargetIndex::new(&weights.patchable, spec.family, spec.unet.layers_per_block),
             patchable: weights.patchable.clone(),
@@ -197,20 +169,20 @@ impl Pipeline {
             text_vbs: weights.text_encoders.clone(),
             precision,
             tokenizers,
-            unet_packs,
-            text_packs,
+            // Packs kept for rebuilding the networks with LoRAs (only the touched layers are packed again).
+            unet_packs: Arc::new(PackCache::default()),
+            text_packs: spec.text_encoders.iter().map(|_| Arc::default()).collect(),
         };
+        let addons = AddonState::empty(spec.text_encoders.len());
+        let networks = factory.first(&addons, &spec, &model_err)?;
+        let vae = AutoencoderKL::new(precision.vars(&weights.vae), &spec.vae).map_err(|e| model_err("VAE", e))?;
         Ok(Self {
             device: device.clone(),
             dtype: precision.activations,
             check: RequestCheck::new(tokenizer.clone(), spec.native_size()),
             tokenizer,
             base_tokenizer,
-            networks: Mutex::new(Some(Arc::new(Networks {
-                text,
-                unet,
-                loras: Vec::new(),
-            }))),
+            networks: Mutex::new(Some(Arc::new(networks))),
             factory,
             addons,
             vae,
