@@ -1,5 +1,6 @@
 // A stand-in for `ember serve` that follows docs/api.md closely enough to work on the page without the engine:
-// jobs "run" one step every 150 ms and every image is the init-64x96 fixture. Development only; the e2e test
+// jobs "run" one step every 150 ms and every image is the init-64x96 fixture; an uploaded `init_mask` is kept and
+// served back as the image's mask. Development only; the e2e test
 // runs against the real server unless EMBER_E2E_MOCK=1.
 //
 //   node tests/e2e/mock-server.mjs [PORT]      then open http://127.0.0.1:PORT/
@@ -48,18 +49,22 @@ function emit(event, data) {
   for (const c of clients) c.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
 }
 
-/** The `params` part and whether an `init_image` part came, from a multipart body (enough for a browser's). */
+/**
+ * The `params` part, whether an `init_image` part came and the `init_mask` part's bytes, from a multipart body
+ * (enough for a browser's).
+ */
 function parseMultipart(body, contentType) {
   const boundary = /boundary=(?:"([^"]+)"|([^;]+))/.exec(contentType);
   if (!boundary) return null;
   const text = body.toString("latin1");
-  const out = { params: null, hasImage: false };
+  const out = { params: null, hasImage: false, mask: null };
   for (const part of text.split(`--${boundary[1] || boundary[2]}`)) {
     const name = /name="([^"]+)"/.exec(part);
     if (!name) continue;
     const content = part.slice(part.indexOf("\r\n\r\n") + 4).replace(/\r\n$/, "");
     if (name[1] === "params") out.params = Buffer.from(content, "latin1").toString("utf8");
     if (name[1] === "init_image") out.hasImage = content.length > 0;
+    if (name[1] === "init_mask") out.mask = Buffer.from(content, "latin1");
   }
   return out;
 }
@@ -67,12 +72,14 @@ function parseMultipart(body, contentType) {
 function createJob(req, res, body) {
   let raw = body.toString("utf8");
   let hasImage = false;
+  let mask = null;
   const ct = req.headers["content-type"] || "";
   if (ct.startsWith("multipart/form-data")) {
     const mp = parseMultipart(body, ct);
     if (!mp || mp.params === null) return fail(res, 400, null, "the multipart body needs a `params` part");
     raw = mp.params;
     hasImage = mp.hasImage;
+    mask = mp.mask;
   }
   let p;
   try {
@@ -94,12 +101,23 @@ function createJob(req, res, body) {
     return fail(res, 400, "init_image_id", `there is no image ${params.init_image_id} in the gallery`);
   }
   const img2img = hasImage || params.init_image_id != null;
+  if (mask && !img2img) return fail(res, 400, "init_mask", "a mask needs an init image to paint on");
+  if (params.init_mask_id != null) {
+    const source = images.find((i) => i.id === params.init_mask_id);
+    if (!source || !source.mask) return fail(res, 400, "init_mask_id", `image ${params.init_mask_id} has no mask`);
+    mask = source.mask;
+  }
+  const outcrop = { top: 0, bottom: 0, left: 0, right: 0, ...(p.outcrop || {}) };
+  if (Object.values(outcrop).some((v) => v % 8 !== 0)) return fail(res, 400, "outcrop", "not a multiple of 8");
+  Object.assign(params, { outcrop, invert_mask: Boolean(p.invert_mask), mask_blur: p.mask_blur || 0,
+    paste_back: p.paste_back !== false, init_mask_id: p.init_mask_id ?? null });
   for (const f of ["width", "height"]) {
     if (!img2img && params[f] % 8 !== 0) return fail(res, 400, f, `${params[f]} is not a multiple of 8`);
   }
   const job = { id: jobs.length + 1, status: "queued", params, mode: img2img ? "img2img" : "txt2img",
     steps_total: img2img ? Math.floor(params.strength * params.steps) : params.steps, steps_done: 0,
-    created_at: now(), started_at: null, finished_at: null, error: null, image_id: null };
+    created_at: now(), started_at: null, finished_at: null, error: null, image_id: null, mask_url: null };
+  Object.defineProperty(job, "mask", { value: mask, enumerable: false });
   jobs.push(job);
   send(res, 201, job);
   emit("job", job);
@@ -127,8 +145,10 @@ async function work() {
         height: 96, created_at: now(), params: job.params,
         dream: `"${job.params.prompt}" -s ${job.params.steps} -S ${job.params.seed}`
           + (job.mode === "img2img" ? ` -I upload.png -A ${job.params.sampler} -f ${job.params.strength}` : "") };
+      image.mask_url = job.mask ? `/api/images/${id}/mask` : null;
+      Object.defineProperty(image, "mask", { value: job.mask, enumerable: false });
       images.push(image);
-      Object.assign(job, { status: "done", finished_at: now(), image_id: id });
+      Object.assign(job, { status: "done", finished_at: now(), image_id: id, mask_url: image.mask_url });
       emit("job", job);
       emit("image", { job_id: job.id, image });
     }
@@ -178,12 +198,13 @@ function route(req, res, body) {
     const list = [...images].reverse().slice((page - 1) * per, page * per);
     return send(res, 200, { images: list, total: images.length, page, per_page: per });
   }
-  if ((m = /^\/api\/images\/(\d+)(\/file)?$/.exec(p))) {
+  if ((m = /^\/api\/images\/(\d+)(\/file|\/mask)?$/.exec(p))) {
     const i = images.findIndex((im) => im.id === Number(m[1]));
     if (i < 0) return fail(res, 404, null, `no image ${m[1]}`);
+    if (m[2] === "/mask" && !images[i].mask) return fail(res, 404, null, `image ${m[1]} has no mask`);
     if (m[2]) {
       res.writeHead(200, { "Content-Type": "image/png" });
-      return res.end(IMAGE);
+      return res.end(m[2] === "/mask" ? images[i].mask : IMAGE);
     }
     if (req.method === "DELETE") {
       images.splice(i, 1);

@@ -1,7 +1,8 @@
 // End-to-end test of the web page against the real `ember serve` (tiny test model, CPU): upload an init image,
 // generate img2img at strength 0.7 × 10 steps, watch the 7 steps arrive, find the image and its parameters in the
 // gallery, then the gallery buttons, cancel, error display, the LoRA and embedding pickers, the Advanced options with
-// "Variations", and the phone layout. Prints "N passed, M failed" last.
+// "Variations", inpainting (mask strokes painted with the mouse and by touch, outcrop, the stored mask, "use all"
+// bringing the mask back), and the phone layout. Prints "N passed, M failed" last.
 //
 //   node tests/e2e/run.mjs          (EMBER_BIN=path/to/ember, CHROMIUM=path/to/chromium, EMBER_E2E_MOCK=1)
 import fs from "node:fs";
@@ -98,7 +99,88 @@ function addonFolders() {
   return { root, args: ["--lora-dir", loras, "--embedding-dir", embeddings] };
 }
 
+/** The page position of init-image pixel (x, y) on the mask canvas (the outcrop's left and top added). */
+async function canvasPoint(page, x, y) {
+  return page.evaluate(([px, py]) => {
+    const canvas = document.getElementById("mask-canvas");
+    const r = canvas.getBoundingClientRect();
+    const left = Number(document.getElementById("outcrop_left").value) || 0;
+    const top = Number(document.getElementById("outcrop_top").value) || 0;
+    return [r.left + ((px + left + 0.5) * r.width) / canvas.width, r.top + ((py + top + 0.5) * r.height) / canvas.height];
+  }, [x, y]);
+}
+
+/** A mouse stroke through init-image pixels `points`. */
+async function mouseStroke(page, points) {
+  const [x0, y0] = await canvasPoint(page, ...points[0]);
+  await page.mouse.move(x0, y0);
+  await page.mouse.down();
+  for (const p of points.slice(1)) {
+    const [x, y] = await canvasPoint(page, ...p);
+    await page.mouse.move(x, y, { steps: 8 });
+  }
+  await page.mouse.up();
+}
+
+/** A one-finger touch stroke from `from` to `to` (init-image pixels), through the DevTools protocol. */
+async function touchStroke(page, from, to) {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const [x0, y0] = await canvasPoint(page, ...from);
+    const [x1, y1] = await canvasPoint(page, ...to);
+    await cdp.send("Input.dispatchTouchEvent", { type: "touchStart", touchPoints: [{ x: x0, y: y0 }] });
+    for (let i = 1; i <= 10; i++) {
+      const t = i / 10;
+      await cdp.send("Input.dispatchTouchEvent",
+        { type: "touchMove", touchPoints: [{ x: x0 + (x1 - x0) * t, y: y0 + (y1 - y0) * t }] });
+    }
+    await cdp.send("Input.dispatchTouchEvent", { type: "touchEnd", touchPoints: [] });
+  } finally {
+    await cdp.detach();
+  }
+}
+
+/** The mask pixels at `points` of a stored mask (its red channel, decoded by the page), its size and white count. */
+async function readMask(page, url, points) {
+  return page.evaluate(async ([src, pts]) => {
+    const img = new Image();
+    img.src = src;
+    await img.decode();
+    const c = document.createElement("canvas");
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let white = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] >= 128) white++;
+    return { size: [c.width, c.height], white, values: pts.map(([x, y]) => d[(y * c.width + x) * 4]) };
+  }, [url, points]);
+}
+
+const painted = (page) => page.evaluate(() => paintedPixels());
+
+/** From now on the page keeps the parts of the forms it posts (playwright does not see a form's file parts). */
+async function recordForms(page) {
+  await page.evaluate(() => {
+    const fetch = window.fetch;
+    window.__forms = [];
+    window.fetch = (url, options) => {
+      if (options && options.body instanceof FormData) {
+        window.__forms.push([...options.body.entries()].map(([k, v]) => [k, typeof v === "string" ? "text" : v.type]));
+      }
+      return fetch(url, options);
+    };
+  });
+}
+
+/** The parts of the last form the page posted, as [name, type]. */
+const sentForm = (page) => page.evaluate(() => window.__forms[window.__forms.length - 1] || []);
+
 let server = null;
+// The mock server does not resolve variation_amount into with_variations nor really paint: only the real one is
+// checked for those.
+const realServer = process.env.EMBER_E2E_MOCK !== "1";
 
 async function main() {
   const folders = addonFolders();
@@ -128,7 +210,7 @@ async function main() {
 
     await check("strength 0.7 with 10 steps and an uploaded init image shows 7 steps will run", async () => {
       await page.setInputFiles("#init-file", INIT_IMAGE);
-      await page.waitForSelector("#init-preview:visible", SHORT);
+      await page.waitForSelector("#painter[data-ready=true]", SHORT);
       await page.fill("#prompt", "fire");
       await page.fill("#steps", "10");
       await page.fill("#strength", "0.7");
@@ -270,8 +352,6 @@ async function main() {
       await waitJobStatus(page, job.id, "done");
     });
 
-    // The mock server does not resolve variation_amount into with_variations; only the real one is checked.
-    const realServer = process.env.EMBER_E2E_MOCK !== "1";
     if (realServer) {
       const name = "Advanced options reach the server, and \"Variations\" blends a fresh seed into an image";
       await check(name, async () => {
@@ -316,6 +396,146 @@ async function main() {
         assert(await page.isChecked("#vae_tiling"), "use all fills VAE tiling");
       });
     }
+
+    // Inpainting: the init-image pixels the strokes go through, and pixels far from every kept stroke.
+    const strokeA = [[16, 24], [48, 24]]; // mouse
+    const strokeB = [[12, 56], [12, 84]]; // touch
+    const onStrokes = [[16, 24], [24, 24], [32, 24], [40, 24], [48, 24], [12, 56], [12, 70], [12, 84]];
+    const farAway = [[60, 4], [2, 94], [48, 80], [40, 68], [32, 46], [60, 50]];
+    let inpainted = null;
+    let maskWhite = 0;
+    const paintName = "the init image shows on a canvas: mouse and touch strokes, erase, undo, invert, clear, outcrop";
+    await check(paintName, async () => {
+      if (await page.isVisible("#init-clear")) await page.click("#init-clear");
+      assert(await page.isHidden("#painter"), "no painter without an init image");
+      // Options of earlier checks that do not suit a 64×96 init image.
+      await page.evaluate(() => {
+        for (const [id, v] of [["perlin", "0"], ["variation_amount", "0"], ["with_variations", ""]]) {
+          document.getElementById(id).value = v;
+        }
+        for (const id of ["seamless", "vae_tiling"]) document.getElementById(id).checked = false;
+      });
+      await page.setInputFiles("#init-file", INIT_IMAGE);
+      await page.waitForSelector("#painter[data-ready=true]", SHORT);
+      assertEq(await page.$eval("#mask-canvas", (c) => [c.width, c.height]), [64, 96], "canvas = the image");
+      assertEq(await painted(page), 0, "nothing painted yet");
+      // Outpainting: "+64" on the left, then 16; the canvas shows the extended area.
+      await page.getByRole("button", { name: "Extend the left side by 64 pixels" }).click();
+      assertEq(await page.inputValue("#outcrop_left"), "64", "+64");
+      await page.fill("#outcrop_left", "16");
+      await page.waitForFunction(() => document.getElementById("mask-canvas").width === 80, null, SHORT);
+      assertEq(await page.$eval("#mask-canvas", (c) => c.height), 96, "canvas height");
+      assert((await page.textContent("#mask-status")).includes("left 16"), "the status names the outcrop");
+
+      await page.fill("#brush-size", "6");
+      await page.locator("#mask-canvas").scrollIntoViewIfNeeded();
+      await page.evaluate(() => {
+        window.__pointerTypes = new Set();
+        document.getElementById("mask-canvas").addEventListener("pointerdown",
+          (e) => window.__pointerTypes.add(e.pointerType));
+      });
+      await mouseStroke(page, strokeA);
+      const afterA = await painted(page);
+      assert(afterA > 100, `a mouse stroke paints: ${afterA} pixels`);
+      assert((await page.textContent("#mask-status")).includes("% of the image is painted"), "status");
+      await touchStroke(page, ...strokeB);
+      const afterB = await painted(page);
+      assert(afterB > afterA + 50, `a touch stroke paints too: ${afterA} → ${afterB}`);
+      assertEq([...(await page.evaluate(() => [...window.__pointerTypes]))].sort(), ["mouse", "touch"], "pointers");
+
+      // Undo a stroke.
+      await mouseStroke(page, [[40, 80], [56, 80]]);
+      assert((await painted(page)) > afterB, "third stroke");
+      await page.click("#mask-undo");
+      assertEq(await painted(page), afterB, "undo removes the last stroke");
+      // Erase over a new stroke, then undo both.
+      await mouseStroke(page, [[30, 68], [50, 68]]);
+      const afterD = await painted(page);
+      await page.click("#mask-erase");
+      assertEq(await page.getAttribute("#mask-erase", "aria-pressed"), "true", "erase mode is pressed");
+      await page.fill("#brush-size", "10");
+      await mouseStroke(page, [[30, 68], [50, 68]]);
+      const erased = await painted(page);
+      assert(erased <= afterB + 4 && erased < afterD, `erase: ${afterB} → ${afterD} → ${erased}`);
+      await page.click("#mask-undo");
+      assertEq(await painted(page), afterD, "undo the erasing");
+      await page.click("#mask-undo");
+      assertEq(await painted(page), afterB, "undo the stroke");
+      await page.click("#mask-paint");
+      await page.fill("#brush-size", "6");
+      // Invert twice, clear and undo.
+      await page.click("#mask-invert");
+      assertEq(await painted(page), 64 * 96 - afterB, "invert");
+      await page.click("#mask-invert");
+      assertEq(await painted(page), afterB, "invert back");
+      await page.click("#mask-clear");
+      assertEq(await painted(page), 0, "clear");
+      await page.click("#mask-undo");
+      assertEq(await painted(page), afterB, "undo the clear");
+      maskWhite = afterB;
+    });
+
+    const sentName = "the painted mask is sent with the job and stored; the result and its mask are in the gallery";
+    await check(sentName, async () => {
+      await page.fill("#steps", "2");
+      await page.fill("#strength", "1");
+      await page.fill("#mask_blur", "2");
+      await recordForms(page);
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      assertEq(await sentForm(page), [["params", "text"], ["init_image", "image/png"], ["init_mask", "image/png"]],
+        "the form's parts (name, type)");
+      assertEq([job.mode, job.params.outcrop, job.params.mask_blur, job.params.paste_back],
+        ["img2img", { top: 0, bottom: 0, left: 16, right: 0 }, 2, true], "job params");
+      await waitJobStatus(page, job.id, "done");
+      const done = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
+      const image = await (await page.request.get(`${server.url}/api/images/${done.image_id}`)).json();
+      assertEq(image.mask_url, `/api/images/${done.image_id}/mask`, "mask_url");
+      assertEq(done.mask_url, image.mask_url, "the job names the mask too");
+      if (realServer) assertEq([image.width, image.height], [80, 96], "outcrop left 16 makes the image wider");
+      const stored = await readMask(page, image.mask_url, [...onStrokes, ...farAway]);
+      assertEq(stored.size, [64, 96], "the mask is at the init image's size");
+      assertEq(stored.values.slice(0, onStrokes.length), onStrokes.map(() => 255), "white along the strokes");
+      assertEq(stored.values.slice(onStrokes.length), farAway.map(() => 0), "black far from them");
+      assertEq(stored.white, maskWhite, "the stored mask is the painted one");
+      inpainted = image;
+
+      const made = page.locator(`#gallery .card[data-job-id="${job.id}"]`);
+      await made.waitFor(SHORT);
+      await made.locator(".mask-fig").waitFor({ state: "visible", ...SHORT });
+      await made.locator(".mask-fig img").scrollIntoViewIfNeeded(); // the thumbnails load lazily
+      await page.waitForFunction((id) => {
+        const img = document.querySelector(`#gallery .card[data-job-id="${id}"] .mask-fig img`);
+        return img && img.complete && img.naturalWidth === 64;
+      }, job.id, SHORT);
+      assertEq(await made.locator(".mask-fig img").getAttribute("alt"),
+        `Mask of image #${image.id}: white was repainted`, "mask thumbnail's text");
+      await made.locator("summary").click();
+      assertEq(await made.locator("dd[data-key=outcrop]").textContent(), "left 16", "outcrop in the parameters");
+    });
+
+    await check("\"use all\" brings the mask and the outcrop back for resubmission", async () => {
+      assert(inpainted, "needs the inpainted image");
+      await page.click("#mask-clear");
+      await page.fill("#outcrop_left", "0");
+      await page.fill("#mask_blur", "0");
+      const made = page.locator(`#gallery .card[data-image-id="${inpainted.id}"]`);
+      await made.getByRole("button", { name: /^Use all/ }).click();
+      assertEq(await page.inputValue("#outcrop_left"), "16", "outcrop restored");
+      assertEq(await page.inputValue("#mask_blur"), "2", "mask blur restored");
+      assert((await page.textContent("#form-note")).includes("its mask is put back"), "the note says how");
+      // The init image was an upload: choosing it again puts the stored mask on it.
+      await page.setInputFiles("#init-file", INIT_IMAGE);
+      await page.waitForSelector("#painter[data-ready=true]", SHORT);
+      await page.waitForFunction((n) => paintedPixels() === n, maskWhite, SHORT);
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      assert((await sentForm(page)).some(([name]) => name === "init_mask"), "the restored mask is sent");
+      assertEq(job.params.outcrop.left, 16, "and the outcrop");
+      await waitJobStatus(page, job.id, "done");
+      const done = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
+      assert(done.mask_url, `the resubmitted job has a mask: ${JSON.stringify(done)}`);
+      const again = await readMask(page, done.mask_url, onStrokes);
+      assertEq([again.white, again.values], [maskWhite, onStrokes.map(() => 255)], "the same mask");
+    });
 
     await check("a phone-sized screen needs no horizontal scrolling", async () => {
       await page.setViewportSize({ width: 390, height: 844 });

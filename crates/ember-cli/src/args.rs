@@ -13,11 +13,11 @@ use std::path::PathBuf;
 pub const DEFAULT_MODEL: &str = ember::model::DEFAULT_REPO_ID;
 
 const ABOUT: &str =
-    "Ember: Stable Diffusion image generation (txt2img and img2img; SD 1.x, 2.x, SDXL, Turbo, LCM) on your CPU or GPU.";
+    "Ember: Stable Diffusion image generation (txt2img, img2img, inpainting; SD 1.x/2.x, SDXL, Turbo, LCM) on CPU/GPU.";
 
 const LONG_ABOUT: &str =
-    "Ember: Stable Diffusion image generation (txt2img and img2img; SD 1.x, 2.x, SDXL, Turbo, LCM) on your CPU or
-GPU. The model's family is read from its files; unset -s, -C, -A, -W and -H take the model's defaults.
+    "Ember: Stable Diffusion image generation (txt2img, img2img and inpainting; SD 1.x, 2.x, SDXL, Turbo, LCM) on
+your CPU or GPU. The model's family is read from its files; unset -s, -C, -A, -W and -H take the model's defaults.
 
 Without a subcommand (or with `ember repl`) Ember opens InvokeAI's `invoke>` prompt: the model stays
 loaded and each line is a prompt with switches, e.g. `a red fox -s 30 -S 42 -W 512 -H 512 -C 7.5`.
@@ -29,8 +29,18 @@ already run, and only those last steps are denoised: -s 10 -f 0.7 runs 7 steps. 
 the picture, high strength follows the prompt; 1 ignores the image, 0 returns it unchanged.
 Without --fit the init image keeps its own size (rounded down to a multiple of 8).
 
-Example (InvokeAI's img2img study):
-  ember generate \"fire\" -I fire-drawing.png -f 0.7 -s 10 -S 1592514025 -A k_lms --model sd15.safetensors";
+Inpainting: add a mask with -M (white = repaint, black = keep; resized to the image), or give an -I
+image whose transparent pixels are the area to repaint; -f works as in img2img. --outcrop top 64
+left 128 (-c) extends the canvas by those pixels (multiples of 8) and paints the new area. Outside
+the mask the original pixels are put back (--mask-blur N feathers that edge inside the mask;
+--no-paste-back keeps the decoded image). An inpainting checkpoint (9-channel UNet) is used as
+such; any other model re-imposes the kept region at every step. The mask is saved next to the
+image as {prefix}.{seed}.mask.png and named in its metadata, so !fetch replays the run.
+
+Examples (InvokeAI's img2img study; inpainting; outpainting):
+  ember generate \"fire\" -I fire-drawing.png -f 0.7 -s 10 -S 1592514025 -A k_lms --model sd15.safetensors
+  ember generate \"a red hat\" -I photo.png -M hat-mask.png -f 0.8 --model sd15-inpainting.safetensors
+  ember generate \"a beach at dusk\" -I photo.png --outcrop left 128 top 64 -f 1 --mask-blur 8";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,7 +65,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate images from a prompt (txt2img) or from a prompt and an init image (img2img).
+    /// Generate images from a prompt (txt2img) or from a prompt and an init image (img2img, inpainting with a mask).
     Generate(GenerateArgs),
     /// Open the interactive `invoke>` prompt (the default without a subcommand).
     Repl(ReplArgs),
@@ -122,6 +132,25 @@ pub struct Switches {
     /// img2img: scale the init image into the -W × -H box, keeping its aspect ratio.
     #[arg(short = 'T', long)]
     pub fit: bool,
+    /// Inpainting mask for the -I image: white = repaint, black = keep (any size: it is resized to the image).
+    /// Without it, the init image's transparent pixels are the area to repaint.
+    #[arg(short = 'M', long = "init-mask", alias = "init_mask", value_name = "PATH")]
+    pub init_mask: Option<String>,
+    /// Inpainting: repaint what the mask (or the transparency) keeps, and keep what it repaints.
+    #[arg(long = "invert-mask", alias = "invert_mask")]
+    pub invert_mask: bool,
+    /// Inpainting: feather the edge where the original pixels are put back over N pixels, inside the mask (pixels
+    /// outside it stay exactly the original) [default: 0, at most 256].
+    #[arg(long = "mask-blur", alias = "mask_blur", value_name = "N")]
+    pub mask_blur: Option<u32>,
+    /// Outpainting: extend the -I image's canvas by these pixels (multiples of 8) and paint the new area, as
+    /// InvokeAI's `--outcrop top 64 left 128` (sides: top, bottom, left, right).
+    #[arg(short = 'c', long, num_args = 2..=8, value_names = ["SIDE", "PX"])]
+    pub outcrop: Option<Vec<String>>,
+    /// Inpainting: return the decoded image as it is (diffusers' output) instead of putting the original pixels
+    /// back outside the mask.
+    #[arg(long = "no-paste-back", alias = "no_paste_back")]
+    pub no_paste_back: bool,
     /// Number of images; each after the first gets a fresh random seed (with -v: a fresh variation seed) [default: 1].
     #[arg(short = 'n', long)]
     pub iterations: Option<usize>,
@@ -229,6 +258,11 @@ impl Switches {
             init_image: self.init_image.clone().or_else(|| base.init_image.clone()),
             strength: self.strength.or(base.strength),
             fit: self.fit || base.fit,
+            init_mask: self.init_mask.clone().or_else(|| base.init_mask.clone()),
+            invert_mask: self.invert_mask || base.invert_mask,
+            mask_blur: self.mask_blur.or(base.mask_blur),
+            outcrop: self.outcrop.clone().or_else(|| base.outcrop.clone()),
+            no_paste_back: self.no_paste_back || base.no_paste_back,
             iterations: self.iterations.or(base.iterations),
             grid: self.grid || base.grid,
             variation_amount: self.variation_amount.or(base.variation_amount),

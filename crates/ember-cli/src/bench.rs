@@ -37,6 +37,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for (name, secs) in [
         ("UNet step 512×512 (CFG batch 2)", report.unet_step_512_s),
         ("UNet step 384×384 (CFG batch 2)", report.unet_step_384_s),
+        ("UNet step 512×512, inpainting UNet", report.inpaint_unet_step_512_s),
         ("VAE decode 512×512", report.vae_decode_512_s),
         ("VAE encode 512×512", report.vae_encode_512_s),
         ("CLIP text encoder (batch 2)", report.clip_s),

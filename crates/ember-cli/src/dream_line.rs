@@ -9,6 +9,7 @@
 use crate::args::Switches;
 use clap::Parser;
 use ember::image::metadata::{quote, quote_if_needed};
+use ember::request::Outcrop;
 use ember::sample::denoiser::PredictionType;
 use ember::sample::schedule::TimestepSpacing;
 use ember::Error;
@@ -266,6 +267,22 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
         if image["fit"] == true {
             line.push("--fit".to_string());
         }
+        // Inpainting: InvokeAI 2.x web's `mask_image_path` (Ember writes it too), then Ember's options.
+        if let Some(mask) = image["mask_image_path"].as_str().filter(|m| !m.is_empty()) {
+            line.push(format!("-M {}", quote_if_needed(mask)));
+        }
+        if image["invert_mask"] == true {
+            line.push("--invert-mask".to_string());
+        }
+        if let Some(blur) = image["mask_blur"].as_u64().filter(|&b| b > 0) {
+            line.push(format!("--mask-blur {blur}"));
+        }
+        if let Some(outcrop) = sd_outcrop(&image["outcrop"]).filter(|o| !o.is_empty()) {
+            line.push(format!("--outcrop {outcrop}"));
+        }
+        if image["paste_back"] == false {
+            line.push("--no-paste-back".to_string());
+        }
     }
     if let Some(variations) = image["variations"].as_array().filter(|v| !v.is_empty()) {
         let list: Option<Vec<String>> = variations
@@ -308,6 +325,28 @@ fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
         line.push(format!("--negative {}", quote(negative)));
     }
     Some(line.join(" "))
+}
+
+/// sd-metadata's `outcrop`: Ember's `{"top": 64, "left": 128, …}`, or InvokeAI's words `"top 64 left 128"`.
+fn sd_outcrop(v: &serde_json::Value) -> Option<Outcrop> {
+    match v {
+        serde_json::Value::Object(sides) => {
+            let side = |k: &str| {
+                sides
+                    .get(k)
+                    .and_then(|px| px.as_u64())
+                    .and_then(|px| u32::try_from(px).ok())
+            };
+            Some(Outcrop {
+                top: side("top").unwrap_or(0),
+                bottom: side("bottom").unwrap_or(0),
+                left: side("left").unwrap_or(0),
+                right: side("right").unwrap_or(0),
+            })
+        }
+        serde_json::Value::String(words) => Outcrop::parse(&words.split_whitespace().collect::<Vec<_>>()).ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use ember::image::png_meta::{next_output_path, write_png};
 use ember::image::strip::{strip_path, StepStrip};
 use ember::model::family::{GenerationDefaults, ModelSpec};
 use ember::pipeline::{CancelToken, Event, Pipeline};
-use ember::request::{random_seed, GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE};
+use ember::request::{
+    random_seed, GenerateRequest, InitImage, Outcrop, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE,
+};
 use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
 use ember::text::prompt::LoraUse;
 use ember::Error;
@@ -197,6 +199,16 @@ impl Runner {
                 return Err(Error::image(path, "no such file").into());
             }
         }
+        let init_mask = sw.init_mask.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from);
+        if let Some(path) = &init_mask {
+            if !path.is_file() {
+                return Err(Error::image(path, "no such file (the -M inpainting mask)").into());
+            }
+        }
+        let outcrop = match &sw.outcrop {
+            Some(words) => Outcrop::parse(words)?,
+            None => Outcrop::default(),
+        };
         let variation_amount = sw.variation_amount.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&variation_amount) {
             return Err(Error::invalid(
@@ -239,6 +251,11 @@ impl Runner {
             prediction_type: sw.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: sw.timestep_spacing.as_deref().map(str::parse).transpose()?,
             loras: Vec::new(),
+            init_mask: init_mask.map(InitImage::Path),
+            invert_mask: sw.invert_mask,
+            mask_blur: sw.mask_blur.unwrap_or(0),
+            outcrop,
+            paste_back: !sw.no_paste_back,
         };
         request.validate()?;
         Ok(Plan {
@@ -452,8 +469,16 @@ fn generate_one(
         }
     });
     bar.finish_and_clear();
-    let generated = generated?;
+    let mut generated = generated?;
     let path = next_output_path(outdir, request.seed)?;
+    // Inpainting: the mask as the run used it (from -M or the init image's transparency), saved first so that the
+    // image's recorded `-M` names a file that exists, and its Dream line replays the run.
+    if let Some(mask) = &generated.mask {
+        let mask_file = mask_path(&path);
+        let rgb = image::DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
+        write_png_with_text(&mask_file, &rgb, &[])?;
+        generated.record.init_mask_name = Some(mask_file.display().to_string());
+    }
     write_png(&path, &generated.image, &generated.record)?;
     if let Some(e) = preview_error {
         eprintln!("warning: step previews incomplete: {e}");
@@ -474,6 +499,11 @@ fn generate_one(
         write_png_with_text(&file, picture, &[])?;
     }
     Ok((path, generated.image, dream_command(&generated.record)))
+}
+
+/// `{prefix}.{seed}.mask.png` beside the image `{prefix}.{seed}.png`: the inpainting mask it was made with.
+pub fn mask_path(image_path: &Path) -> PathBuf {
+    image_path.with_file_name(format!("{}.mask.png", file_stem(image_path)))
 }
 
 fn file_stem(path: &Path) -> String {

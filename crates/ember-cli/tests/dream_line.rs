@@ -47,7 +47,8 @@ fn prompt_and_switches_split_like_invokeai() {
 
 #[test]
 fn every_switch_in_short_form() {
-    let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -T -n3 -g -v 0.2 \
+    let line = "fire -s10 -S1592514025 -W384 -H 320 -C7.5 -Ak_lms -I init.png -f0.75 -M mask.png -c top 64 left 128 \
+                --invert-mask --mask-blur 4 --no-paste-back -T -n3 -g -v 0.2 \
                 -V 1:0.1,2:0.2 -t -x -o out --seamless --vae-tiling --hires_fix --threshold 5 --perlin 0.1 --karras_max 20 \
                 --negative \"ugly hands\" --truncate-prompts --downweight mask --exact-steps --step-strip \
                 --save-intermediates 2 --decode-intermediates --prediction-type v_prediction --timestep-spacing trailing \
@@ -62,6 +63,11 @@ fn every_switch_in_short_form() {
         init_image: Some("init.png".into()),
         strength: Some(0.75),
         fit: true,
+        init_mask: Some("mask.png".into()),
+        invert_mask: true,
+        mask_blur: Some(4),
+        outcrop: Some(words(&["top", "64", "left", "128"])),
+        no_paste_back: true,
         iterations: Some(3),
         grid: true,
         variation_amount: Some(0.2),
@@ -123,6 +129,15 @@ fn every_switch_in_long_forms_with_underscores_and_dashes() {
         let s = parse(&format!("x {alias} b.png")).expect(alias).switches;
         assert_eq!(s.init_image.as_deref(), Some("b.png"), "{alias}");
     }
+    // Inpainting, InvokeAI's `_` spellings.
+    let s = parse("x -I a.png --init_mask m.png --invert_mask --mask_blur 8 --outcrop bottom 16 --no_paste_back")
+        .expect("inpainting")
+        .switches;
+    assert_eq!(
+        (s.init_mask.as_deref(), s.invert_mask, s.mask_blur, s.no_paste_back),
+        (Some("m.png"), true, Some(8), true)
+    );
+    assert_eq!(s.outcrop, Some(words(&["bottom", "16"])));
     // The REPL's back references: previous seed, previous output.
     let s = parse("x -S -1 -I -2").expect("negative values").switches;
     assert_eq!((s.seed, s.init_image.as_deref()), (Some(-1), Some("-2")));
@@ -158,6 +173,7 @@ fn record(request: GenerateRequest, size: (usize, usize)) -> ImageRecord {
         model_name: "tiny".into(),
         model_hash: None,
         init_image_name: None,
+        init_mask_name: None,
         run: Default::default(),
     }
 }
@@ -419,4 +435,121 @@ fn an_explicitly_empty_negative_prompt_is_recorded() {
     };
     let line = dream_command(&record(none, (64, 64)));
     assert!(!line.contains("--negative"), "{line}");
+}
+
+/// Inpainting's options (issue 17): the Dream line writes them after the img2img part, in order and only when set,
+/// and reads them back; sd-metadata's keys (InvokeAI web's `mask_image_path`, Ember's others) rebuild the same line
+/// when the Dream chunk is missing; A1111's block gets `Mask blur` and `Mask mode`.
+#[test]
+fn inpainting_options_are_recorded_and_read_back() {
+    use ember::image::metadata::a1111_parameters;
+    use ember::request::Outcrop;
+    let request = GenerateRequest {
+        prompt: "a red hat".into(),
+        steps: 10,
+        seed: 7,
+        init_image: Some(InitImage::Path("photo.png".into())),
+        init_mask: Some(InitImage::Path("hat mask.png".into())),
+        strength: 0.8,
+        invert_mask: true,
+        mask_blur: 4,
+        outcrop: Outcrop {
+            top: 64,
+            left: 128,
+            ..Default::default()
+        },
+        paste_back: false,
+        exact_steps: true,
+        ..Default::default()
+    };
+    let mut rec = record(request.clone(), (192, 128));
+    rec.init_image_name = Some("photo.png".into());
+    // The front-end's saved copy wins over the request's -M.
+    rec.init_mask_name = Some("out/000001.7.mask.png".into());
+    let line = dream_command(&rec);
+    assert!(
+        line.contains(
+            " -I photo.png -A k_lms -f 0.8 -M out/000001.7.mask.png --invert-mask --mask-blur 4 \
+             --outcrop top 64 left 128 --no-paste-back --exact-steps"
+        ),
+        "{line}"
+    );
+    let s = parse(&line).expect(&line).switches;
+    assert_eq!(
+        (s.init_mask.as_deref(), s.invert_mask, s.mask_blur, s.no_paste_back),
+        (Some("out/000001.7.mask.png"), true, Some(4), true)
+    );
+    assert_eq!(s.outcrop, Some(words(&["top", "64", "left", "128"])));
+    assert_eq!(Outcrop::parse(s.outcrop.as_deref().unwrap()).unwrap(), request.outcrop);
+
+    // Without a saved copy, the request's -M (quoted when needed).
+    rec.init_mask_name = None;
+    assert!(dream_command(&rec).contains(r#" -M "hat mask.png" "#));
+    rec.init_mask_name = Some("out/000001.7.mask.png".into());
+
+    let json = sd_metadata_json(&rec);
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let image = &doc["image"];
+    assert_eq!(image["type"], "img2img", "{json}");
+    assert_eq!(image["mask_image_path"], "out/000001.7.mask.png", "{json}");
+    assert_eq!(
+        (image["invert_mask"].as_bool(), image["mask_blur"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert_eq!(
+        image["outcrop"],
+        serde_json::json!({"top": 64, "bottom": 0, "left": 128, "right": 0}),
+        "{json}"
+    );
+    assert_eq!(image["paste_back"], false, "{json}");
+    let params = a1111_parameters(&rec);
+    assert!(
+        params.contains(", Mask blur: 4, Mask mode: Inpaint not masked"),
+        "{params}"
+    );
+
+    // !fetch of a PNG with only sd-metadata gives the same inpainting switches.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta-only.png");
+    let pixels = image::RgbImage::new(8, 8);
+    ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", json)]).unwrap();
+    let fetched = fetch_command(&path).expect("sd-metadata");
+    let f = parse(&fetched).expect(&fetched).switches;
+    assert_eq!(
+        (
+            f.init_image.as_deref(),
+            f.init_mask.as_deref(),
+            f.invert_mask,
+            f.mask_blur,
+            f.no_paste_back
+        ),
+        (Some("photo.png"), Some("out/000001.7.mask.png"), true, Some(4), true),
+        "{fetched}"
+    );
+    assert_eq!(f.outcrop, s.outcrop, "{fetched}");
+    // InvokeAI's words for the outcrop are read too.
+    let words_json = r#"{"image": {"prompt": "x", "type": "img2img", "init_image_path": "a.png", "strength": 0.5,
+        "outcrop": "left 64 bottom 8"}}"#;
+    let path = dir.path().join("words.png");
+    ember::image::png_meta::write_png_with_text(&path, &pixels, &[("sd-metadata", words_json.to_string())]).unwrap();
+    let fetched = fetch_command(&path).expect("sd-metadata");
+    assert!(fetched.contains("--outcrop bottom 8 left 64"), "{fetched}");
+
+    // Plain img2img and txt2img write none of it.
+    let plain = GenerateRequest {
+        prompt: "fire".into(),
+        init_image: Some(InitImage::Path("fire.png".into())),
+        ..Default::default()
+    };
+    for rec in [record(plain, (64, 64)), record(GenerateRequest::default(), (64, 64))] {
+        let line = dream_command(&rec);
+        for switch in ["-M", "--invert-mask", "--mask-blur", "--outcrop", "--no-paste-back"] {
+            assert!(!line.contains(switch), "{line}");
+        }
+        let json = sd_metadata_json(&rec);
+        for key in ["mask_image_path", "invert_mask", "mask_blur", "outcrop", "paste_back"] {
+            assert!(!json.contains(key), "{json}");
+        }
+        assert!(!a1111_parameters(&rec).contains("Mask"));
+    }
 }

@@ -83,6 +83,9 @@ function variationParams(image) {
   const params = { ...(image.params || {}) };
   params.variation_amount = CARD_VARIATION_AMOUNT;
   if (params.init_image_id == null) delete params.init_image_id;
+  // An inpainted image's mask is stored with it: the variation repaints the same area.
+  if (image.mask_url && params.init_image_id != null) params.init_mask_id = image.id;
+  if (params.init_mask_id == null) delete params.init_mask_id;
   return params;
 }
 

@@ -1,7 +1,7 @@
 // Ember's web page: builds generation requests from the form, follows jobs through the server-sent events of
 // /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md. The form's
-// Advanced section lives in advanced.js, the LoRA and embedding pickers in addons.js, the gallery cards in gallery.js;
-// the scripts share their top-level names.
+// Advanced section lives in advanced.js, the LoRA and embedding pickers in addons.js, the mask painter in inpaint.js,
+// the gallery cards in gallery.js; the scripts share their top-level names.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,7 +13,8 @@ const FINISHED = new Set(["done", "failed", "canceled"]);
 // Statuses only move forward; used to ignore a stale report that arrives after a newer one.
 const STATUS_RANK = { queued: 0, running: 1, done: 2, failed: 2, canceled: 2 };
 // API error `field` → the control to point at.
-const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file", loras: "lora-pick" };
+const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file", loras: "lora-pick",
+  init_mask: "mask-canvas", init_mask_id: "mask-canvas", invert_mask: "mask-invert", outcrop: "outcrop_top" };
 
 const state = {
   init: null, // {kind: "file", file, url} | {kind: "gallery", id, url}
@@ -149,8 +150,9 @@ function showFormError(field, message) {
   const err = $("form-error");
   err.textContent = field ? `${field.replace(/_/g, " ")}: ${message}` : message;
   err.hidden = false;
-  // A field inside a list (`with_variations[0].seed`) points at the list's control.
-  const control = field && $(FIELD_CONTROL[field] || field.replace(/[[.].*$/, ""));
+  // A field inside a list or object (`with_variations[0].seed`, `outcrop.top`) points at the list's control.
+  const base = field && field.replace(/[[.].*$/, "");
+  const control = field && $(FIELD_CONTROL[field] || FIELD_CONTROL[base] || base);
   if (control) {
     const section = control.closest("details");
     if (section) section.open = true;
@@ -200,7 +202,7 @@ function readParams() {
   params.karras_max = karras;
   if (state.init && state.init.kind === "gallery") params.init_image_id = state.init.id;
   if (state.models.length > 1 && $("model").value) params.model = $("model").value;
-  return readAdvancedParams(params);
+  return readAdvancedParams(readInpaintParams(params));
 }
 
 async function generate() {
@@ -213,23 +215,28 @@ async function generate() {
     showFormError(e.field, e.message);
     return;
   }
-  await submitJob(params, state.init && state.init.kind === "file" ? state.init.file : null);
+  // The painted mask (a promise of a PNG, or of null when nothing is painted); only with an init image to paint on.
+  const mask = state.init ? maskBlob() : null;
+  await submitJob(params, state.init && state.init.kind === "file" ? state.init.file : null, mask);
 }
 
-// POSTs a job (multipart when there is an uploaded init image) and follows it; errors go to the form.
-async function submitJob(params, file) {
-  let options;
-  if (file) {
-    const body = new FormData();
-    body.append("params", JSON.stringify(params));
-    body.append("init_image", file, file.name);
-    options = { method: "POST", body };
-  } else {
-    options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
-  }
+// POSTs a job (multipart when there is an uploaded init image or a painted mask) and follows it; errors go to the
+// form. `mask` is a Blob, a promise of one (or of null), or null.
+async function submitJob(params, file, mask = null) {
   state.submitting = true;
   $("generate").disabled = true;
   try {
+    const maskFile = await mask;
+    let options;
+    if (file || maskFile) {
+      const body = new FormData();
+      body.append("params", JSON.stringify(params));
+      if (file) body.append("init_image", file, file.name);
+      if (maskFile) body.append("init_mask", maskFile, "mask.png");
+      options = { method: "POST", body };
+    } else {
+      options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
+    }
     const job = await api("/api/jobs", options);
     state.lastSeed = job.params.seed;
     $("seed_reuse").disabled = false;
@@ -263,7 +270,6 @@ function setInit(init) {
   const img = $("init-preview");
   $("drop").dataset.hasImage = String(Boolean(init));
   $("init-clear").hidden = !init;
-  img.hidden = !init;
   if (init) {
     img.src = init.url;
     img.alt = init.kind === "file" ? `Init image: ${init.file.name}` : `Init image: gallery image #${init.id}`;
@@ -273,6 +279,8 @@ function setInit(init) {
     img.removeAttribute("src");
     $("init-label").textContent = "Drop an image here, or";
   }
+  // The mask painter shows the image (the preview stays hidden).
+  painterSetImage(init ? init.url : null);
   updateStepsRun();
 }
 
@@ -636,6 +644,7 @@ function bindForm() {
 async function start() {
   bindForm();
   bindInit();
+  bindPainter();
   bindAddons();
   updateStepsRun();
   renderQueue();

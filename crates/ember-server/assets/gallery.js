@@ -1,5 +1,5 @@
-// Ember's web page, the gallery: pages of image cards with their parameters and the actions on them (use the
-// settings, the seed or the image as init image, make a variation, download, delete). Loaded after app.js, whose
+// Ember's web page, the gallery: pages of image cards with their parameters, the mask of inpainted images, and the
+// actions on them (use the settings, the seed or the image as init image, make a variation, download, delete). Loaded after app.js, whose
 // state and helpers it uses.
 "use strict";
 
@@ -7,7 +7,13 @@
 const PARAM_ORDER = ["model", "prompt", "negative_prompt", "loras", "sampler", "steps", "cfg_scale", "seed", "width",
   "height", "strength", "fit", "karras_max", "hires_fix", "exact_steps", "with_variations", "seamless", "vae_tiling",
   "threshold", "perlin", "skip_normalize", "truncate_prompts", "downweight_mask", "prediction_type", "timestep_spacing",
-  "init_image_id"];
+  "init_image_id", "init_mask_id", "invert_mask", "mask_blur", "outcrop", "paste_back"];
+
+// `{top, bottom, left, right}` → "top 64 left 128" (InvokeAI's words), "none" when nothing is added.
+function formatOutcrop(o) {
+  const words = ["top", "bottom", "left", "right"].filter((s) => o[s] > 0).map((s) => `${s} ${o[s]}`);
+  return words.length > 0 ? words.join(" ") : "none";
+}
 
 function formatValue(v) {
   if (typeof v === "string") return v === "" ? "(empty)" : v;
@@ -18,6 +24,7 @@ function formatValue(v) {
   if (Array.isArray(v) && v.every((x) => x && "name" in x && "weight" in x)) {
     return v.map((x) => `${x.name}:${x.weight}`).join(", ");
   }
+  if (v && typeof v === "object" && ["top", "bottom", "left", "right"].every((s) => s in v)) return formatOutcrop(v);
   return JSON.stringify(v);
 }
 
@@ -54,14 +61,19 @@ function useAll(image) {
   set("karras_max", p.karras_max);
   $("fit").checked = Boolean(p.fit);
   fillAdvanced(p);
+  fillInpaint(p);
   setSeedRandom(false);
   set("seed", image.seed);
   let msg = `Settings of image #${image.id} loaded.${msgModel}`;
   if (terms.length > 0) msg += " Its LoRAs are in the prompt.";
+  // Its mask goes on the next init image that loads: the gallery image below, or the upload chosen again. The
+  // stored mask is as painted, before `invert_mask`: the painter shows what is repainted.
+  painterRestore(image.mask_url || null, p.invert_mask);
   if (typeof p.init_image_id === "number") {
     setGalleryInit(p.init_image_id);
   } else if (fromUpload(image)) {
-    msg += " Its init image was an upload: choose that file again to reproduce it.";
+    msg += " Its init image was an upload: choose that file again to reproduce it"
+      + (image.mask_url ? " (its mask is put back on it)." : ".");
   } else {
     setInit(null);
   }
@@ -108,7 +120,7 @@ function renderCard(image) {
   const link = li.querySelector(".thumb");
   link.href = image.url;
   link.setAttribute("aria-label", `Open image #${image.id} full size`);
-  const img = li.querySelector("img");
+  const img = li.querySelector(".thumb img");
   img.src = image.url;
   img.alt = `Image #${image.id}: ${p.prompt || "(no prompt)"}`;
   img.width = image.width;
@@ -124,6 +136,17 @@ function renderCard(image) {
     dd.dataset.key = k;
     dd.textContent = formatValue(v);
     dl.append(dt, dd);
+  }
+  if (image.mask_url) {
+    const fig = li.querySelector(".mask-fig");
+    fig.hidden = false;
+    const maskLink = fig.querySelector("a");
+    maskLink.href = image.mask_url;
+    maskLink.setAttribute("aria-label", `Open the mask of image #${image.id}`);
+    const maskImg = fig.querySelector("img");
+    maskImg.src = image.mask_url;
+    maskImg.alt = `Mask of image #${image.id}: white was repainted`;
+    li.dataset.hasMask = "true";
   }
   li.querySelector(".dream").textContent = image.dream || "";
   const download = li.querySelector("[data-act=download]");

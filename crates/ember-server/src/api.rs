@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ember::addons::AddonLibrary;
 use ember::pipeline::{RequestCheck, Work};
-use ember::request::{random_seed, InitImage};
+use ember::request::{random_seed, InitImage, MAX_SIDE};
 use ember::sample::perlin::check_image_size;
 use ember::sample::SamplerKind;
 use ember::text::prompt::take_loras;
@@ -33,6 +33,22 @@ pub struct JobUpload {
     /// PNG, JPEG, WebP or BMP; at most 20 MB and 8192×8192 pixels.
     #[schema(value_type = Option<String>, format = Binary)]
     init_image: Option<Vec<u8>>,
+    /// Inpainting mask, checked as `init_image` is: white (luma ≥ 128) = repaint, black = keep; any size (it is
+    /// resized to the init image, with a warning when its shape differs). Needs an init image (`init_image`, or
+    /// `init_image_id` in `params`); not with `init_mask_id`. Without one, an init image's transparent pixels are
+    /// the mask, if it has any.
+    #[schema(value_type = Option<String>, format = Binary)]
+    init_mask: Option<Vec<u8>>,
+}
+
+/// An uploaded file: (name, bytes).
+pub(crate) type Upload = (String, Vec<u8>);
+
+/// The parts of a `POST /api/jobs` form: the params JSON, and the uploads.
+pub(crate) struct JobForm {
+    pub params: Vec<u8>,
+    pub init_image: Option<Upload>,
+    pub init_mask: Option<Upload>,
 }
 
 /// Largest `params` part of a multipart form: a prompt is a few hundred bytes.
@@ -55,13 +71,17 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
-    let (params_json, upload) = if content_type.starts_with("multipart/form-data") {
+    let form = if content_type.starts_with("multipart/form-data") {
         read_multipart(request, &state).await?
     } else if content_type.starts_with("application/json") {
         let bytes = Bytes::from_request(request, &state)
             .await
             .map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
-        (bytes.to_vec(), None)
+        JobForm {
+            params: bytes.to_vec(),
+            init_image: None,
+            init_mask: None,
+        }
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -70,10 +90,11 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         ));
     };
 
-    let mut input = parse_params(&params_json)?;
+    let mut input = parse_params(&form.params)?;
     let model = state.models.for_job(input.model.take().as_deref())?;
     let params = model.resolve(input, random_seed)?;
-    let new_job = check_job(&state, (model.checker.clone(), model.addons.clone()), params, upload)
+    let uploads = (form.init_image, form.init_mask);
+    let new_job = check_job(&state, (model.checker.clone(), model.addons.clone()), params, uploads)
         .await
         // The engine names an add-on by its file (an embedding the model cannot use): no server paths to clients.
         .map_err(|mut e| {
@@ -108,41 +129,46 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     Ok((StatusCode::CREATED, Json(job)))
 }
 
-/// Reads the `params` and `init_image` parts, in either order.
-pub(crate) async fn read_multipart<S: Send + Sync>(
-    request: Request,
-    state: &S,
-) -> ApiResult<(Vec<u8>, Option<(String, Vec<u8>)>)> {
+/// Reads the `params`, `init_image` and `init_mask` parts, in any order.
+pub(crate) async fn read_multipart<S: Send + Sync>(request: Request, state: &S) -> ApiResult<JobForm> {
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::new(e.status(), None, e.body_text()))?;
-    let (mut params, mut upload) = (None, None);
+    let (mut params, mut init_image, mut init_mask) = (None, None, None);
+    // The part being read: a body over the limit is that part's fault.
+    let mut name = String::from("init_image");
     loop {
-        let field = multipart.next_field().await.map_err(multipart_error)?;
+        let field = multipart.next_field().await.map_err(|e| multipart_error(e, &name))?;
         let Some(mut field) = field else { break };
-        let name = field.name().unwrap_or("").to_string();
-        let limit = match name.as_str() {
-            "params" if params.is_none() => MAX_PARAMS_BYTES,
-            "init_image" if upload.is_none() => MAX_UPLOAD_BYTES,
-            "params" | "init_image" => {
-                return Err(ApiError::bad_request(
-                    Some(name.as_str()),
-                    format!("the form has more than one '{name}' part"),
-                ))
-            }
+        name = field.name().unwrap_or("").to_string();
+        let taken = match name.as_str() {
+            "params" => params.is_some(),
+            "init_image" => init_image.is_some(),
+            "init_mask" => init_mask.is_some(),
             _ => {
                 return Err(ApiError::bad_request(
                     Some(name.as_str()),
                     format!(
-                        "unknown form part '{}'; send 'params' and optionally 'init_image'",
+                        "unknown form part '{}'; send 'params' and optionally 'init_image' and 'init_mask'",
                         clip(&name)
                     ),
                 ))
             }
         };
+        if taken {
+            return Err(ApiError::bad_request(
+                Some(name.as_str()),
+                format!("the form has more than one '{name}' part"),
+            ));
+        }
+        let limit = if name == "params" {
+            MAX_PARAMS_BYTES
+        } else {
+            MAX_UPLOAD_BYTES
+        };
         let file_name = field.file_name().map(upload_name);
         let mut bytes = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, &name))? {
             if bytes.len() + chunk.len() > limit {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -152,10 +178,10 @@ pub(crate) async fn read_multipart<S: Send + Sync>(
             }
             bytes.extend_from_slice(&chunk);
         }
-        if name == "params" {
-            params = Some(bytes);
-        } else {
-            upload = Some((file_name.unwrap_or_else(|| "upload".into()), bytes));
+        match name.as_str() {
+            "params" => params = Some(bytes),
+            "init_image" => init_image = Some((file_name.unwrap_or_else(|| "upload".into()), bytes)),
+            _ => init_mask = Some((file_name.unwrap_or_else(|| "mask".into()), bytes)),
         }
     }
     let params = params.ok_or_else(|| {
@@ -164,11 +190,16 @@ pub(crate) async fn read_multipart<S: Send + Sync>(
             "the form has no 'params' part with the job's JSON parameters",
         )
     })?;
-    Ok((params, upload))
+    Ok(JobForm {
+        params,
+        init_image,
+        init_mask,
+    })
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    let field = (e.status() == StatusCode::PAYLOAD_TOO_LARGE).then_some("init_image");
+/// A form that cannot be read, while reading the part `part` (a body over the limit is that part's fault).
+fn multipart_error(e: axum::extract::multipart::MultipartError, part: &str) -> ApiError {
+    let field = (e.status() == StatusCode::PAYLOAD_TOO_LARGE).then_some(part);
     ApiError::new(e.status(), field, format!("cannot read the form: {}", e.body_text()))
 }
 
@@ -199,35 +230,62 @@ pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
     })
 }
 
-/// Checks the parameters (and the upload) with the engine's own [`ember::pipeline::RequestCheck`] of the job's model
-/// (`checker`) — fields, prompts, the device's work limits — and its LoRAs against the model's `library`, so a bad
-/// job fails at submit time, naming the field, not in the queue. An upload's size is read from its header and checked
-/// before any pixel is decoded.
+/// Checks the parameters (and the uploads) with the engine's own [`ember::pipeline::RequestCheck`] of the job's
+/// model (`checker`) — fields, prompts, the device's work limits — and its LoRAs against the model's `library`, so a
+/// bad job fails at submit time, naming the field, not in the queue. An upload's size is read from its header and
+/// checked before any pixel is decoded. `uploads` are the init image and the inpainting mask, as (name, bytes).
 async fn check_job(
     state: &AppState,
     (checker, library): (RequestCheck, std::sync::Arc<AddonLibrary>),
     params: Params,
-    upload: Option<(String, Vec<u8>)>,
+    uploads: (Option<Upload>, Option<Upload>),
 ) -> ApiResult<NewJob> {
+    let (upload, mask) = uploads;
     let gallery_size = match (&upload, params.init_image_id) {
         (None, Some(id)) => Some(gallery_init_size(state, id).await?),
         _ => None,
     };
+    if let (None, Some(id)) = (&mask, params.init_mask_id) {
+        gallery_mask(state, id).await?;
+    }
     // Tokenizing a long prompt is CPU work: off the async executor.
-    let (params, upload, work) = tokio::task::spawn_blocking(move || {
+    let (params, upload, mask, work) = tokio::task::spawn_blocking(move || {
         let work = check_submission(
             &checker,
             &library,
             &params,
-            upload.as_ref().map(|(_, b)| b.as_slice()),
-            gallery_size,
+            Inputs {
+                init_image: upload.as_ref().map(|(_, b)| b.as_slice()),
+                init_mask: mask.as_ref().map(|(_, b)| b.as_slice()),
+                gallery_size,
+            },
         )?;
-        Ok::<_, ApiError>((params, upload, work))
+        Ok::<_, ApiError>((params, upload, mask, work))
     })
     .await
     .map_err(|e| ApiError::internal(format!("the request check failed: {e}")))??;
     let upload = match upload {
-        Some(upload) => Some(check_decodes(state, upload).await?),
+        Some((name, bytes)) => {
+            let (bytes, has_alpha) =
+                check_decodes(state, bytes, "init_image", |image| image.color().has_alpha()).await?;
+            if params.invert_mask && mask.is_none() && params.init_mask_id.is_none() && !has_alpha {
+                return Err(no_mask_to_invert());
+            }
+            Some((name, bytes))
+        }
+        None => None,
+    };
+    let mask = match mask {
+        Some((name, bytes)) => {
+            let (bytes, (repaints, keeps)) = check_decodes(state, bytes, "init_mask", |image| {
+                // The engine binarises at ½ (after resizing it to the image, which may differ by a pixel or two).
+                let luma = image.to_luma8();
+                (luma.iter().any(|&v| v >= 128), luma.iter().any(|&v| v < 128))
+            })
+            .await?;
+            check_mask_paints(&params, repaints, keeps)?;
+            Some((name, bytes))
+        }
         None => None,
     };
     Ok(NewJob {
@@ -239,19 +297,62 @@ async fn check_job(
         params,
         steps_total: work.steps,
         upload,
+        mask,
     })
 }
 
+fn no_mask_to_invert() -> ApiError {
+    ApiError::bad_request(
+        Some("invert_mask"),
+        "there is no mask to invert: upload an init_mask (or give init_mask_id), or an init image with transparent \
+         pixels",
+    )
+}
+
+/// An uploaded mask repaints something: it has white pixels (`repaints`), or black ones (`keeps`) when inverted,
+/// unless an outcrop adds an area to paint anyway. The engine would fail the job; this fails the submission.
+fn check_mask_paints(params: &Params, repaints: bool, keeps: bool) -> ApiResult<()> {
+    if !params.outcrop.is_empty() {
+        return Ok(());
+    }
+    if !params.invert_mask && !repaints {
+        return Err(ApiError::bad_request(
+            Some("init_mask"),
+            "the mask is all black: nothing would be repainted. Paint white where the image should change",
+        ));
+    }
+    if params.invert_mask && !keeps {
+        return Err(ApiError::bad_request(
+            Some("init_mask"),
+            "the mask is all white and invert_mask is set: nothing would be repainted. Drop invert_mask, or paint \
+             black where the image should change",
+        ));
+    }
+    Ok(())
+}
+
+/// What a submission brings besides its parameters, for [`check_submission`]: the uploaded files' bytes (only their
+/// headers are read) and the declared size of an `init_image_id`'s image.
+#[derive(Default)]
+pub(crate) struct Inputs<'a> {
+    pub init_image: Option<&'a [u8]>,
+    pub init_mask: Option<&'a [u8]>,
+    pub gallery_size: Option<(u32, u32)>,
+}
+
 /// The checks of a submission that need neither the database nor a decoded image: `library` holds the LoRAs the
-/// job's model knows, `upload` is the uploaded file's bytes (only its header is read), `gallery_size` the declared
-/// size of an `init_image_id`'s image.
+/// job's model knows.
 pub(crate) fn check_submission(
     checker: &RequestCheck,
     library: &AddonLibrary,
     params: &Params,
-    upload: Option<&[u8]>,
-    gallery_size: Option<(u32, u32)>,
+    inputs: Inputs<'_>,
 ) -> ApiResult<Work> {
+    let Inputs {
+        init_image: upload,
+        init_mask: mask,
+        gallery_size,
+    } = inputs;
     if params.prompt.trim().is_empty() {
         return Err(ApiError::bad_request(
             Some("prompt"),
@@ -273,6 +374,35 @@ pub(crate) fn check_submission(
             "give either an uploaded init_image or an init_image_id, not both",
         ));
     }
+    if params.init_mask_id.is_some() && mask.is_some() {
+        return Err(ApiError::bad_request(
+            Some("init_mask_id"),
+            "give either an uploaded init_mask or an init_mask_id, not both",
+        ));
+    }
+    let has_init = upload.is_some() || params.init_image_id.is_some();
+    let mask_field = if mask.is_some() {
+        Some("init_mask")
+    } else {
+        params.init_mask_id.and(Some("init_mask_id"))
+    };
+    if let (Some(field), false) = (mask_field, has_init) {
+        return Err(ApiError::bad_request(
+            Some(field),
+            "a mask needs an init image to paint on: upload an init_image or give an init_image_id",
+        ));
+    }
+    match mask {
+        Some([]) => return Err(ApiError::bad_request(Some("init_mask"), "the uploaded file is empty")),
+        Some(bytes) => {
+            upload::probe_as(bytes, "init_mask")?;
+        }
+        None => {}
+    }
+    if params.invert_mask && mask_field.is_none() && params.init_image_id.is_some() {
+        // Gallery images are opaque: no transparency to take the mask from.
+        return Err(no_mask_to_invert());
+    }
     let fit = params.fit.then_some((params.width as u32, params.height as u32));
     // The size the init image runs at, from its header: what the work limits and Perlin's sizes depend on.
     let init_size = match upload {
@@ -282,17 +412,40 @@ pub(crate) fn check_submission(
             .map(|declared| run_size(declared, fit, "init_image_id"))
             .transpose()?,
     };
-    // The engine only needs to know that there is an init image to check the rest.
+    // The engine only needs to know that there is an init image (and a mask) to check the rest.
     let placeholder = init_size.map(|_| InitImage::Path("init image".into()));
-    let mut request = params.to_request(placeholder)?;
+    let mask_placeholder = mask_field.map(|_| InitImage::Path("mask".into()));
+    let mut request = params.to_request(placeholder, mask_placeholder)?;
     // Lengths first: the LoRA terms are looked for in a prompt of bounded size.
     request.validate()?;
+    // Outpainting runs on the larger canvas.
+    let run = init_size.map(|size| params.outcrop.grow(size));
+    if let (Some((w, h)), Some(size)) = (run, init_size) {
+        if w as usize > MAX_SIDE || h as usize > MAX_SIDE {
+            return Err(ApiError::bad_request(
+                Some("outcrop"),
+                format!(
+                    "the init image runs at {}×{} pixels; extended by the outcrop it would be {w}×{h}, over the \
+                     {MAX_SIDE}-pixel limit of a side",
+                    size.0, size.1
+                ),
+            ));
+        }
+    }
     // The LoRAs are checked here, against the model's library: a model described at startup (not loaded) has a
     // checker without one. It checks the prompt without its LoRA terms, which is what the engine encodes.
     request.prompt = check_loras(library, params)?;
     request.loras.clear();
-    let work = checker.check(&request, init_size)?;
-    if let Some(size) = init_size.filter(|_| params.perlin > 0.0) {
+    let work = checker.check(&request, run).map_err(|e| {
+        let mut e = ApiError::from(e);
+        // Over the pixel limit only because of the outcrop: that is the field to change.
+        let fits_without = || checker.check(&request, init_size).is_ok();
+        if !params.outcrop.is_empty() && e.field.as_deref() != Some("steps") && fits_without() {
+            e.field = Some("outcrop".into());
+        }
+        e
+    })?;
+    if let Some(size) = run.filter(|_| params.perlin > 0.0) {
         check_image_size(size.0 as usize, size.1 as usize)?;
     }
     Ok(work)
@@ -335,10 +488,16 @@ fn run_size(declared: (u32, u32), fit: Option<(u32, u32)>, field: &str) -> ApiRe
     ember::image::init::run_size(declared, fit).map_err(|message| ApiError::bad_request(Some(field), message))
 }
 
-/// Decodes an upload that passed every other check, so a broken or truncated image fails now, naming `init_image`.
-/// Decodes wait for a share of [`MAX_DECODING_MEGAPIXELS`], so concurrent uploads cannot hold gigabytes at once.
-async fn check_decodes(state: &AppState, (name, bytes): (String, Vec<u8>)) -> ApiResult<(String, Vec<u8>)> {
-    let (w, h) = upload::probe(&bytes)?;
+/// Decodes an upload that passed every other check, so a broken or truncated image fails now, naming `field`;
+/// `inspect` looks at the pixels before they are dropped. Decodes wait for a share of [`MAX_DECODING_MEGAPIXELS`],
+/// so concurrent uploads cannot hold gigabytes at once.
+async fn check_decodes<T: Send + 'static>(
+    state: &AppState,
+    bytes: Vec<u8>,
+    field: &'static str,
+    inspect: impl FnOnce(&image::DynamicImage) -> T + Send + 'static,
+) -> ApiResult<(Vec<u8>, T)> {
+    let (w, h) = upload::probe_as(&bytes, field)?;
     let megapixels = (w as u64 * h as u64)
         .div_ceil(1 << 20)
         .clamp(1, MAX_DECODING_MEGAPIXELS as u64) as u32;
@@ -347,9 +506,12 @@ async fn check_decodes(state: &AppState, (name, bytes): (String, Vec<u8>)) -> Ap
         .acquire_many(megapixels)
         .await
         .map_err(|_| ApiError::unavailable("the server is stopping"))?;
-    tokio::task::spawn_blocking(move || upload::decode(&bytes).map(|_pixels| (name, bytes)))
-        .await
-        .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let seen = inspect(&upload::decode_as(&bytes, field)?);
+        Ok((bytes, seen))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the image check failed: {e}")))?
 }
 
 /// Megapixels of uploads decoded at once: 64 (an 8192² image), ≤ 512 MB of pixels even at 16 bits × RGBA.
@@ -363,6 +525,21 @@ async fn gallery_init_size(state: &AppState, id: i64) -> ApiResult<(u32, u32)> {
     let path = state.images_dir.join(file.ok_or_else(missing)?);
     let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
     upload::probe(&bytes).map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))
+}
+
+/// Checks that gallery image `id` exists and has a mask, for `init_mask_id`.
+async fn gallery_mask(state: &AppState, id: i64) -> ApiResult<()> {
+    match state.db.call(move |conn| Ok(db::image_mask_file(conn, id)?)).await? {
+        Some(Some(_)) => Ok(()),
+        Some(None) => Err(ApiError::bad_request(
+            Some("init_mask_id"),
+            format!("gallery image {id} was not inpainted: it has no mask (its mask_url is null)"),
+        )),
+        None => Err(ApiError::bad_request(
+            Some("init_mask_id"),
+            format!("there is no gallery image with id {id}"),
+        )),
+    }
 }
 
 /// Ids in paths are positive integers; anything else (`..%2Fetc`, `abc`) is an unknown id.
@@ -550,17 +727,35 @@ pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, 
     let id = parse_id(id, "image")?;
     let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    serve_png(&state, &file, &format!("the file of image {id}")).await
+}
+
+#[utoipa::path(get, path = "/api/images/{id}/mask", tag = "gallery", params(("id" = i64, Path)),
+    responses((status = 200, description = "The inpainting mask the image was painted with: a greyscale PNG, white = \
+        repainted, black = kept, at the init image's run size (before `invert_mask` and `outcrop`)",
+        content_type = "image/png", body = Vec<u8>),
+        (status = 404, description = "No such image, or it has no mask (its `mask_url` is null)", body = ErrorBody)))]
+pub async fn image_mask(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let id = parse_id(id, "image")?;
+    let file = state.db.call(move |conn| Ok(db::image_mask_file(conn, id)?)).await?;
+    let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    let file = file.ok_or_else(|| ApiError::not_found(format!("image {id} has no mask: it was not inpainted")))?;
+    serve_png(&state, &file, &format!("the mask of image {id}")).await
+}
+
+/// A PNG of the images folder, named in the database; `what` names it in errors.
+async fn serve_png(state: &AppState, file: &str, what: &str) -> ApiResult<Response> {
     // The name comes from our own database, but a file name with a separator would still leave the folder.
     if file.contains(['/', '\\']) || file.starts_with('.') {
         return Err(ApiError::internal(format!(
-            "image {id} has an unsafe file name in the database"
+            "{what} has an unsafe file name in the database"
         )));
     }
-    let bytes = tokio::fs::read(state.images_dir.join(&file)).await.map_err(|e| {
+    let bytes = tokio::fs::read(state.images_dir.join(file)).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            ApiError::not_found(format!("the file of image {id} is missing from the images folder"))
+            ApiError::not_found(format!("{what} is missing from the images folder"))
         } else {
-            ApiError::internal(format!("cannot read the file of image {id}: {e}"))
+            ApiError::internal(format!("cannot read {what}: {e}"))
         }
     })?;
     let disposition = HeaderValue::from_str(&format!("inline; filename=\"{file}\""))
@@ -581,19 +776,22 @@ pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, 
 }
 
 #[utoipa::path(delete, path = "/api/images/{id}", tag = "gallery", params(("id" = i64, Path)),
-    responses((status = 204, description = "Deleted, file included"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted, its file (and mask) included"), (status = 404, body = ErrorBody)))]
 pub async fn delete_image(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(id, "image")?;
     let file = state.db.call(move |conn| Ok(db::delete_image(conn, id)?)).await?;
-    let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
-    if !file.contains(['/', '\\']) {
+    let (file, mask) = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    for file in std::iter::once(file).chain(mask) {
+        if file.contains(['/', '\\']) {
+            continue;
+        }
         match tokio::fs::remove_file(state.images_dir.join(&file)).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("image {id} was removed from the gallery but its file stays: {e}"),
+            Err(e) => tracing::warn!("image {id} was removed from the gallery but its file {file} stays: {e}"),
         }
     }
     Ok(StatusCode::NO_CONTENT)

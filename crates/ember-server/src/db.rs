@@ -19,7 +19,8 @@ pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 pub const INTERRUPTED: &str = "interrupted: the server stopped while this job was running; submit it again";
 
 /// Schema versions, in order; `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE jobs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     status           TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'canceled')),
@@ -48,7 +49,15 @@ CREATE TABLE images (
     params     TEXT NOT NULL,
     dream      TEXT NOT NULL
 );
-"];
+",
+    "
+-- Inpainting: an uploaded mask, kept until the job finishes like init_upload (its name stays).
+ALTER TABLE jobs ADD COLUMN init_mask BLOB;
+ALTER TABLE jobs ADD COLUMN init_mask_name TEXT;
+-- The mask an image was painted with: a PNG next to it in the images folder.
+ALTER TABLE images ADD COLUMN mask_file TEXT;
+",
+];
 
 /// Opens (creating if needed) and migrates the database.
 pub fn open(path: &Path) -> anyhow::Result<Connection> {
@@ -85,7 +94,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 pub fn fail_interrupted(conn: &Connection) -> rusqlite::Result<usize> {
     conn.execute(
         &format!(
-            "UPDATE jobs SET status = 'failed', error = ?1, finished_at = {NOW}, init_upload = NULL
+            "UPDATE jobs SET status = 'failed', error = ?1, finished_at = {NOW}, init_upload = NULL, init_mask = NULL
              WHERE status = 'running'"
         ),
         params![INTERRUPTED],
@@ -119,8 +128,8 @@ impl Db {
     }
 }
 
-const JOB_COLUMNS: &str =
-    "id, status, params, mode, steps_total, steps_done, created_at, started_at, finished_at, error, image_id";
+const JOB_COLUMNS: &str = "id, status, params, mode, steps_total, steps_done, created_at, started_at, finished_at, \
+     error, image_id, (SELECT mask_file IS NOT NULL FROM images WHERE images.id = jobs.image_id)";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(1)?;
@@ -142,6 +151,10 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         finished_at: row.get(8)?,
         error: row.get(9)?,
         image_id: row.get(10)?,
+        mask_url: match (row.get::<_, Option<i64>>(10)?, row.get::<_, Option<bool>>(11)?) {
+            (Some(image_id), Some(true)) => Some(format!("/api/images/{image_id}/mask")),
+            _ => None,
+        },
     })
 }
 
@@ -149,28 +162,43 @@ fn bad_column(index: usize, message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, message.into())
 }
 
-/// A new queued job, with its uploaded init image if any.
+/// A new queued job, with its uploaded init image and mask if any.
 pub struct NewJob {
     pub params: Params,
     pub mode: Mode,
     pub steps_total: usize,
     pub upload: Option<(String, Vec<u8>)>,
+    pub mask: Option<(String, Vec<u8>)>,
 }
 
 pub fn insert_job(conn: &Connection, job: &NewJob) -> ApiResult<Job> {
     let params = serde_json::to_string(&job.params).map_err(|e| ApiError::internal(e.to_string()))?;
-    let (name, bytes) = match &job.upload {
-        Some((name, bytes)) => (Some(name.as_str()), Some(bytes.as_slice())),
-        None => (None, None),
-    };
+    let ((name, bytes), (mask_name, mask)) = (split(&job.upload), split(&job.mask));
     conn.execute(
         &format!(
-            "INSERT INTO jobs (status, params, mode, steps_total, created_at, init_upload_name, init_upload)
-             VALUES ('queued', ?1, ?2, ?3, {NOW}, ?4, ?5)"
+            "INSERT INTO jobs (status, params, mode, steps_total, created_at, init_upload_name, init_upload,
+                               init_mask_name, init_mask)
+             VALUES ('queued', ?1, ?2, ?3, {NOW}, ?4, ?5, ?6, ?7)"
         ),
-        params![params, job.mode.as_str(), job.steps_total as i64, name, bytes],
+        params![
+            params,
+            job.mode.as_str(),
+            job.steps_total as i64,
+            name,
+            bytes,
+            mask_name,
+            mask
+        ],
     )?;
     get_job(conn, conn.last_insert_rowid())?.ok_or_else(|| ApiError::internal("the new job vanished"))
+}
+
+/// An upload's name and bytes as two columns.
+fn split(upload: &Option<(String, Vec<u8>)>) -> (Option<&str>, Option<&[u8]>) {
+    upload
+        .as_ref()
+        .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
+        .unzip()
 }
 
 pub fn get_job(conn: &Connection, id: i64) -> rusqlite::Result<Option<Job>> {
@@ -214,7 +242,7 @@ pub fn claim(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
 pub fn cancel_queued(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     let n = conn.execute(
         &format!(
-            "UPDATE jobs SET status = 'canceled', finished_at = {NOW}, init_upload = NULL
+            "UPDATE jobs SET status = 'canceled', finished_at = {NOW}, init_upload = NULL, init_mask = NULL
              WHERE id = ?1 AND status = 'queued'"
         ),
         params![id],
@@ -243,7 +271,7 @@ pub fn set_steps_total(conn: &Connection, id: i64, steps: usize) -> rusqlite::Re
 pub fn finish(conn: &Connection, id: i64, status: JobStatus, error: Option<&str>) -> rusqlite::Result<()> {
     conn.execute(
         &format!(
-            "UPDATE jobs SET status = ?2, error = ?3, finished_at = {NOW}, init_upload = NULL
+            "UPDATE jobs SET status = ?2, error = ?3, finished_at = {NOW}, init_upload = NULL, init_mask = NULL
              WHERE id = ?1 AND status = 'running'"
         ),
         params![id, status.as_str(), error],
@@ -266,6 +294,21 @@ pub fn job_upload(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String
     })
 }
 
+/// The uploaded inpainting mask of a job: (name, bytes).
+pub fn job_mask(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String, Vec<u8>)>> {
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = conn
+        .query_row(
+            "SELECT init_mask_name, init_mask FROM jobs WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((name, Some(bytes))) => Some((name.unwrap_or_else(|| "mask".into()), bytes)),
+        _ => None,
+    })
+}
+
 /// A written image file, to be recorded in the gallery.
 pub struct NewImage<'a> {
     pub job_id: i64,
@@ -275,6 +318,8 @@ pub struct NewImage<'a> {
     pub height: u32,
     pub params: &'a Params,
     pub dream: &'a str,
+    /// The mask file written next to it (inpainting).
+    pub mask_file: Option<&'a str>,
 }
 
 /// Records the image and marks its job done, in one transaction.
@@ -283,8 +328,8 @@ pub fn insert_image_and_finish(conn: &mut Connection, image: &NewImage<'_>) -> r
     let tx = conn.transaction()?;
     tx.execute(
         &format!(
-            "INSERT INTO images (job_id, file, seed, width, height, created_at, params, dream)
-             VALUES (?1, ?2, ?3, ?4, ?5, {NOW}, ?6, ?7)"
+            "INSERT INTO images (job_id, file, seed, width, height, created_at, params, dream, mask_file)
+             VALUES (?1, ?2, ?3, ?4, ?5, {NOW}, ?6, ?7, ?8)"
         ),
         params![
             image.job_id,
@@ -293,13 +338,14 @@ pub fn insert_image_and_finish(conn: &mut Connection, image: &NewImage<'_>) -> r
             image.width,
             image.height,
             params,
-            image.dream
+            image.dream,
+            image.mask_file
         ],
     )?;
     let image_id = tx.last_insert_rowid();
     tx.execute(
         &format!(
-            "UPDATE jobs SET status = 'done', image_id = ?2, finished_at = {NOW}, init_upload = NULL
+            "UPDATE jobs SET status = 'done', image_id = ?2, finished_at = {NOW}, init_upload = NULL, init_mask = NULL
              WHERE id = ?1"
         ),
         params![image.job_id, image_id],
@@ -308,7 +354,7 @@ pub fn insert_image_and_finish(conn: &mut Connection, image: &NewImage<'_>) -> r
     Ok(image_id)
 }
 
-const IMAGE_COLUMNS: &str = "id, job_id, seed, width, height, created_at, params, dream";
+const IMAGE_COLUMNS: &str = "id, job_id, seed, width, height, created_at, params, dream, mask_file IS NOT NULL";
 
 fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     let id: i64 = row.get(0)?;
@@ -323,6 +369,7 @@ fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
         created_at: row.get(5)?,
         params: serde_json::from_str(&params).map_err(|e| bad_column(6, e.to_string()))?,
         dream: row.get(7)?,
+        mask_url: row.get::<_, bool>(8)?.then(|| format!("/api/images/{id}/mask")),
     })
 }
 
@@ -341,6 +388,13 @@ pub fn image_file(conn: &Connection, id: i64) -> rusqlite::Result<Option<String>
         .optional()
 }
 
+/// The mask file (inside the images folder) of an image: None when there is no such image, Some(None) when it has
+/// no mask.
+pub fn image_mask_file(conn: &Connection, id: i64) -> rusqlite::Result<Option<Option<String>>> {
+    conn.query_row("SELECT mask_file FROM images WHERE id = ?1", params![id], |r| r.get(0))
+        .optional()
+}
+
 /// One page, newest first, and the total count.
 pub fn list_images(conn: &Connection, page: i64, per_page: i64) -> rusqlite::Result<(Vec<Image>, i64)> {
     let total = conn.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?;
@@ -354,11 +408,14 @@ pub fn list_images(conn: &Connection, page: i64, per_page: i64) -> rusqlite::Res
     Ok((images, total))
 }
 
-/// Removes the row and returns its file name; jobs that made it no longer point at it.
-pub fn delete_image(conn: &mut Connection, id: i64) -> rusqlite::Result<Option<String>> {
+/// Removes the row and returns its file names (the image's, and its mask's if any); jobs that made it no longer
+/// point at it.
+pub fn delete_image(conn: &mut Connection, id: i64) -> rusqlite::Result<Option<(String, Option<String>)>> {
     let tx = conn.transaction()?;
-    let file: Option<String> = tx
-        .query_row("SELECT file FROM images WHERE id = ?1", params![id], |r| r.get(0))
+    let file: Option<(String, Option<String>)> = tx
+        .query_row("SELECT file, mask_file FROM images WHERE id = ?1", params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     if file.is_some() {
         tx.execute("DELETE FROM images WHERE id = ?1", params![id])?;

@@ -2,7 +2,7 @@
 //! job submission — JSON parameters, multipart form, upload header and pixels — with the bundled tokenizer and a
 //! CPU's work limits, without a model, a database or a network. Not part of the API.
 
-use crate::api::{check_submission, parse_params, read_multipart};
+use crate::api::{check_submission, parse_params, read_multipart, Inputs};
 use crate::types::invokeai_defaults;
 use crate::upload;
 use axum::body::Body;
@@ -22,7 +22,7 @@ fn checker() -> &'static RequestCheck {
 
 /// A `POST /api/jobs` JSON body, checked as the server checks it. True when the job would be queued.
 pub fn job_json(body: &[u8]) -> bool {
-    check(body, None)
+    check(body, None, None)
 }
 
 /// A `POST /api/jobs` multipart body with its `Content-Type` header. True when the job would be queued.
@@ -40,19 +40,29 @@ pub fn job_multipart(content_type: &str, body: &[u8]) -> bool {
         return false;
     };
     match runtime.block_on(read_multipart(request, &())) {
-        Ok((params, upload)) => check(&params, upload.as_ref().map(|(_, bytes)| bytes.as_slice())),
+        Ok(form) => check(
+            &form.params,
+            form.init_image.as_ref().map(|(_, bytes)| bytes.as_slice()),
+            form.init_mask.as_ref().map(|(_, bytes)| bytes.as_slice()),
+        ),
         Err(_) => false,
     }
 }
 
-fn check(params: &[u8], upload: Option<&[u8]>) -> bool {
+fn check(params: &[u8], upload: Option<&[u8]>, mask: Option<&[u8]>) -> bool {
     let Ok(input) = parse_params(params) else { return false };
     let Ok(params) = input.resolve(&invokeai_defaults(), || 1) else {
         return false;
     };
     // No LoRAs: a job naming one is refused, as on a server without --lora-dir.
-    if check_submission(checker(), &AddonLibrary::default(), &params, upload, None).is_err() {
+    let inputs = Inputs {
+        init_image: upload,
+        init_mask: mask,
+        gallery_size: None,
+    };
+    if check_submission(checker(), &AddonLibrary::default(), &params, inputs).is_err() {
         return false;
     }
     upload.is_none_or(|bytes| upload::decode(bytes).is_ok())
+        && mask.is_none_or(|bytes| upload::decode_as(bytes, "init_mask").is_ok())
 }

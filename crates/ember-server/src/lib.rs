@@ -66,8 +66,8 @@ pub(crate) struct AppState {
     addon_infos: Arc<addons::AddonInfos>,
 }
 
-/// Room for the 20 MB upload plus the params part and multipart framing.
-const MAX_JOB_BODY: usize = upload::MAX_UPLOAD_BYTES + 1024 * 1024;
+/// Room for the two 20 MB uploads (init image and mask) plus the params part and multipart framing.
+const MAX_JOB_BODY: usize = 2 * upload::MAX_UPLOAD_BYTES + 1024 * 1024;
 
 fn router(state: AppState, access: Arc<Access>) -> Router {
     let api = Router::new()
@@ -83,6 +83,7 @@ fn router(state: AppState, access: Arc<Access>) -> Router {
         .route("/images", get(api::list_images))
         .route("/images/{id}", get(api::get_image).delete(api::delete_image))
         .route("/images/{id}/file", get(api::image_file))
+        .route("/images/{id}/mask", get(api::image_mask))
         .route("/samplers", get(api::samplers))
         .route("/models", get(api::models))
         .route("/loras", get(addons::loras))

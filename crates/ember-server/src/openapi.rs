@@ -3,7 +3,8 @@
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::types::{
     AddonEntry, EmbeddingList, FamilyInfo, Image, ImageEvent, ImagePage, Job, JobList, JobStatus, LoraInput, LoraList,
-    LoraWeight, Mode, ModelDefaults, ModelInfo, ModelList, Params, ParamsInput, Progress, SamplerList, Variation,
+    LoraWeight, Mode, ModelDefaults, ModelInfo, ModelList, Outcrop, Params, ParamsInput, Progress, SamplerList,
+    Variation,
 };
 use crate::{access, addons, api};
 use axum::Json;
@@ -13,8 +14,8 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Ember",
-        description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img and img2img as a job queue, with LoRAs and \
-                       textual-inversion embeddings, live progress over Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
+        description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img, img2img, inpainting and outpainting as a job queue, \
+                       with LoRAs and textual-inversion embeddings, live progress over Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
     ),
     paths(
         api::create_job,
@@ -25,6 +26,7 @@ use utoipa::OpenApi;
         api::list_images,
         api::get_image,
         api::image_file,
+        api::image_mask,
         api::delete_image,
         api::samplers,
         api::models,
@@ -38,6 +40,7 @@ use utoipa::OpenApi;
         ParamsInput,
         Params,
         Variation,
+        Outcrop,
         LoraInput,
         LoraWeight,
         Job,

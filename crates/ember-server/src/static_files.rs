@@ -25,6 +25,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/advanced.js"),
     ),
     (
+        "inpaint.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/inpaint.js"),
+    ),
+    (
         "addons.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/addons.js"),

@@ -1,6 +1,7 @@
 //! The JSON objects of docs/api.md: job parameters (as sent and as resolved), jobs, gallery images, events.
 
 use ember::model::family::ModelSpec;
+use ember::request::Outcrop as EngineOutcrop;
 use ember::request::{
     GenerateRequest, InitImage, DEFAULT_CFG_SCALE, DEFAULT_KARRAS_MAX, DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_STRENGTH,
 };
@@ -88,6 +89,55 @@ pub struct ParamsInput {
     /// names from `GET /api/loras` (of the job's model), each with a weight (default 1; at most 100 either way).
     /// Default none.
     pub loras: Option<Vec<LoraInput>>,
+    /// Inpainting: a gallery image whose stored mask (its `mask_url`) is this job's mask, as an uploaded
+    /// `init_mask` would be (not with one). Needs an init image. "Use all" of a page resubmits a mask this way.
+    pub init_mask_id: Option<i64>,
+    /// Inpainting: repaint what the mask keeps and keep what it repaints. Default false.
+    pub invert_mask: Option<bool>,
+    /// Inpainting: feathers the edge of the pasted-back area over this many pixels, inside the repainted area;
+    /// 0 (default) to 256.
+    #[schema(maximum = 256)]
+    pub mask_blur: Option<u32>,
+    /// Outpainting (InvokeAI's `--outcrop`): pixels added to each side of the init image's canvas, multiples of 8;
+    /// the new area is painted. Default none.
+    pub outcrop: Option<Outcrop>,
+    /// Inpainting: put the init image's own pixels back outside the mask (default true); false returns the decoded
+    /// image as it is (diffusers' output: everything went through the VAE).
+    pub paste_back: Option<bool>,
+}
+
+/// Pixels added to each side of an init image for outpainting: multiples of 8, each at most 4096, and the extended
+/// canvas at most 4096 pixels on a side. A side left out is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outcrop {
+    pub top: u32,
+    pub bottom: u32,
+    pub left: u32,
+    pub right: u32,
+}
+
+impl Outcrop {
+    pub fn is_empty(&self) -> bool {
+        *self == Outcrop::default()
+    }
+
+    pub fn to_engine(self) -> EngineOutcrop {
+        EngineOutcrop {
+            top: self.top,
+            bottom: self.bottom,
+            left: self.left,
+            right: self.right,
+        }
+    }
+
+    /// The canvas an image of `(w, h)` pixels grows to.
+    pub fn grow(&self, (w, h): (u32, u32)) -> (u32, u32) {
+        (
+            w.saturating_add(self.left).saturating_add(self.right),
+            h.saturating_add(self.top).saturating_add(self.bottom),
+        )
+    }
 }
 
 /// A LoRA of a job as a client sends it.
@@ -157,6 +207,13 @@ pub struct Params {
     pub timestep_spacing: Option<String>,
     /// The `loras` list (the prompt's LoRA terms stay in the prompt); empty in jobs stored before it existed.
     pub loras: Vec<LoraWeight>,
+    /// The gallery image whose mask the job reused; null when the mask was uploaded (or there is none). Whether a
+    /// job had a mask shows in its image's `mask_url`.
+    pub init_mask_id: Option<i64>,
+    pub invert_mask: bool,
+    pub mask_blur: u32,
+    pub outcrop: Outcrop,
+    pub paste_back: bool,
 }
 
 /// InvokeAI's defaults, which are also an SD 1.x model's: 50 steps, CFG 7.5, `k_lms`, 512 × 512.
@@ -235,6 +292,11 @@ impl ParamsInput {
             prediction_type: self.prediction_type,
             timestep_spacing: self.timestep_spacing,
             loras: Vec::new(),
+            init_mask_id: self.init_mask_id,
+            invert_mask: self.invert_mask.unwrap_or(false),
+            mask_blur: self.mask_blur.unwrap_or(0),
+            outcrop: self.outcrop.unwrap_or_default(),
+            paste_back: self.paste_back.unwrap_or(true),
         }
     }
 }
@@ -292,8 +354,13 @@ fn canonical<T: std::str::FromStr<Err = ember::Error>>(
 }
 
 impl Params {
-    /// The engine request; `init_image` is None for txt2img.
-    pub fn to_request(&self, init_image: Option<InitImage>) -> ember::Result<GenerateRequest> {
+    /// The engine request; `init_image` is None for txt2img, `init_mask` the inpainting mask (an upload or the
+    /// `init_mask_id` image's), if any.
+    pub fn to_request(
+        &self,
+        init_image: Option<InitImage>,
+        init_mask: Option<InitImage>,
+    ) -> ember::Result<GenerateRequest> {
         Ok(GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -322,6 +389,11 @@ impl Params {
             prediction_type: self.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: self.timestep_spacing.as_deref().map(str::parse).transpose()?,
             loras: self.loras.iter().map(|l| LoraUse::new(&l.name, l.weight)).collect(),
+            init_mask,
+            invert_mask: self.invert_mask,
+            mask_blur: self.mask_blur,
+            outcrop: self.outcrop.to_engine(),
+            paste_back: self.paste_back,
         })
     }
 }
@@ -396,6 +468,9 @@ pub struct Job {
     pub finished_at: Option<String>,
     pub error: Option<String>,
     pub image_id: Option<i64>,
+    /// Inpainting: `/api/images/{image_id}/mask`, the mask stored with the job's image; null until the job is done,
+    /// and for jobs without a mask.
+    pub mask_url: Option<String>,
 }
 
 /// A finished image in the gallery.
@@ -412,6 +487,9 @@ pub struct Image {
     pub params: Params,
     /// InvokeAI's `Dream` command line that reproduces the image.
     pub dream: String,
+    /// Inpainting: `/api/images/{id}/mask`, the mask the image was painted with (white = repainted, at the init
+    /// image's run size, before `invert_mask` and `outcrop`); null when the job had none. `init_mask_id` reuses it.
+    pub mask_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -578,7 +656,7 @@ mod tests {
             params.with_variations,
             [Variation { seed: 7, weight: 0.3 }, Variation { seed: 12, weight: 0.1 }]
         );
-        let request = params.to_request(None).expect("request");
+        let request = params.to_request(None, None).expect("request");
         assert_eq!(request.with_variations, [(7, 0.3), (12, 0.1)]);
 
         // Amount 0 (or none) draws nothing.
@@ -665,7 +743,7 @@ mod tests {
         let params = input.resolve(&invokeai_defaults(), || 0).expect("valid");
         assert_eq!(params.prediction_type.as_deref(), Some("v_prediction"));
         assert_eq!(params.timestep_spacing.as_deref(), Some("karras-kdiffusion"));
-        let request = params.to_request(None).expect("request");
+        let request = params.to_request(None, None).expect("request");
         assert_eq!(request.prediction_type, Some(PredictionType::VPrediction));
         assert_eq!(request.timestep_spacing, Some(TimestepSpacing::KDiffusion));
 
@@ -712,7 +790,7 @@ mod tests {
                       "width":64,"height":64,"strength":0.75,"fit":false,"karras_max":30,"init_image_id":null}"#;
         let params: Params = serde_json::from_str(old).expect("an old row loads");
         assert_eq!((params.prompt.as_str(), params.seed, params.steps), ("fire", 42, 5));
-        let request = params.to_request(None).expect("request");
+        let request = params.to_request(None, None).expect("request");
         let default = GenerateRequest::default();
         assert_eq!(request.with_variations, default.with_variations);
         assert_eq!(
@@ -735,7 +813,7 @@ mod tests {
         let params = input.resolve(&invokeai_defaults(), || 0).expect("valid");
         let weights: Vec<(&str, f64)> = params.loras.iter().map(|l| (l.name.as_str(), l.weight)).collect();
         assert_eq!(weights, [("style", 0.8), ("ink", 1.0), ("neg", -1.5)]);
-        let request = params.to_request(None).expect("request");
+        let request = params.to_request(None, None).expect("request");
         assert_eq!(
             request.loras,
             [

@@ -1,4 +1,4 @@
-//! Uploaded init images: the type is sniffed from the bytes and the declared size read from the header before any
+//! Uploaded init images and inpainting masks: the type is sniffed from the bytes and the declared size read from the header before any
 //! pixel is decoded, so a tiny file that declares a gigapixel image (a decompression bomb) is refused cheaply.
 
 use crate::error::{ApiError, ApiResult};
@@ -12,18 +12,19 @@ pub const MAX_UPLOAD_BYTES: usize = 20 * 1000 * 1000;
 /// Decoding memory cap: an 8192×8192 RGBA image at 16 bits per channel is 512 MiB.
 const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
 
-const FIELD: Option<&str> = Some("init_image");
+const FIELD: &str = "init_image";
 
 /// The accepted formats, from the file's first bytes (the name and the declared content type can lie).
-fn sniff(bytes: &[u8]) -> ApiResult<ImageFormat> {
+fn sniff(bytes: &[u8], field: &str) -> ApiResult<ImageFormat> {
+    let field = Some(field);
     match image::guess_format(bytes) {
         Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Bmp)) => Ok(f),
         Ok(other) => Err(ApiError::bad_request(
-            FIELD,
+            field,
             format!("{other:?} images are not supported; upload a PNG, JPEG, WebP or BMP file"),
         )),
         Err(_) => Err(ApiError::bad_request(
-            FIELD,
+            field,
             "the file is not an image Ember can read; upload a PNG, JPEG, WebP or BMP file",
         )),
     }
@@ -32,7 +33,13 @@ fn sniff(bytes: &[u8]) -> ApiResult<ImageFormat> {
 /// The size an image declares, with its EXIF orientation applied (a quarter turn swaps the sides), read from the
 /// header alone: no pixel buffer is allocated, so a job's size limits are checked before anything is decoded.
 pub fn probe(bytes: &[u8]) -> ApiResult<(u32, u32)> {
-    let format = sniff(bytes)?;
+    probe_as(bytes, FIELD)
+}
+
+/// [`probe`], its errors naming `field` (`init_mask`).
+pub fn probe_as(bytes: &[u8], field: &str) -> ApiResult<(u32, u32)> {
+    let format = sniff(bytes, field)?;
+    let broken = |e| broken(e, field);
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
         .into_decoder()
         .map_err(broken)?;
@@ -41,38 +48,45 @@ pub fn probe(bytes: &[u8]) -> ApiResult<(u32, u32)> {
     use image::metadata::Orientation::*;
     let quarter_turn = matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH);
     if w > MAX_DECODE_SIDE || h > MAX_DECODE_SIDE {
-        return Err(too_large(w, h));
+        return Err(too_large(w, h, field));
     }
     Ok(if quarter_turn { (h, w) } else { (w, h) })
 }
 
-fn too_large(w: u32, h: u32) -> ApiError {
+fn too_large(w: u32, h: u32, field: &str) -> ApiError {
     ApiError::bad_request(
-        FIELD,
+        Some(field),
         format!(
             "the image declares {w}×{h} pixels, over the {MAX_DECODE_SIDE}×{MAX_DECODE_SIDE} limit; shrink it first"
         ),
     )
 }
 
-fn broken(e: ImageError) -> ApiError {
+fn broken(e: ImageError, field: &str) -> ApiError {
+    let field = Some(field);
     match e {
         ImageError::Limits(_) => ApiError::bad_request(
-            FIELD,
+            field,
             format!(
                 "the image is larger than {MAX_DECODE_SIDE}×{MAX_DECODE_SIDE} pixels or needs too much memory \
                  to decode; shrink it first"
             ),
         ),
-        e => ApiError::bad_request(FIELD, format!("the image is broken or truncated: {e}")),
+        e => ApiError::bad_request(field, format!("the image is broken or truncated: {e}")),
     }
 }
 
 /// Checks type and declared size ([`probe`]), then decodes (applying EXIF orientation). Run it off the async executor:
 /// decoding a large JPEG takes a while.
 pub fn decode(bytes: &[u8]) -> ApiResult<DynamicImage> {
-    let format = sniff(bytes)?;
-    probe(bytes)?;
+    decode_as(bytes, FIELD)
+}
+
+/// [`decode`], its errors naming `field` (`init_mask`).
+pub fn decode_as(bytes: &[u8], field: &str) -> ApiResult<DynamicImage> {
+    let format = sniff(bytes, field)?;
+    probe_as(bytes, field)?;
+    let broken = |e| broken(e, field);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DECODE_SIDE);

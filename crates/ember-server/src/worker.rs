@@ -280,7 +280,11 @@ impl Worker {
             Ok(init) => init,
             Err(message) => return Outcome::Failed(message),
         };
-        let request = match job.params.to_request(init) {
+        let mask = match self.init_mask(job) {
+            Ok(mask) => mask,
+            Err(message) => return Outcome::Failed(message),
+        };
+        let request = match job.params.to_request(init, mask) {
             Ok(request) => request,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
@@ -330,26 +334,40 @@ impl Worker {
             };
             pipeline.generate(&request, token, &mut on_event)
         };
-        let generated = match generated {
+        let mut generated = match generated {
             Ok(generated) if !token.is_cancelled() => generated,
             Ok(_) | Err(ember::Error::Cancelled) => return Outcome::Canceled,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
 
-        let path = match next_output_path(&self.images_dir, request.seed)
-            .and_then(|path| write_png(&path, &generated.image, &generated.record).map(|()| path))
-        {
+        let path = match next_output_path(&self.images_dir, request.seed) {
             Ok(path) => path,
             Err(e) => {
                 self.storage.failed("cannot write an image", &e);
-                // Redacted with every other failure in `run_job`.
                 return Outcome::Failed(format!("cannot save the image: {e}"));
             }
         };
-        let file = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        // An inpainted image's mask goes next to it (`000012.42.mask.png`, as the CLI names it), and its metadata
+        // names that file, so that the recorded options replay the run.
+        let mask_path = generated.mask.as_ref().map(|_| path.with_extension("mask.png"));
+        generated.record.init_mask_name = mask_path.as_ref().map(|p| file_name(p));
+        let written = match (&generated.mask, &mask_path) {
+            (Some(mask), Some(mask_path)) => mask
+                .save_with_format(mask_path, image::ImageFormat::Png)
+                .map_err(|e| format!("{}: {e}", mask_path.display())),
+            _ => Ok(()),
+        }
+        .and_then(|()| write_png(&path, &generated.image, &generated.record).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            for written in std::iter::once(&path).chain(&mask_path) {
+                let _ = std::fs::remove_file(written);
+            }
+            self.storage.failed("cannot write an image", &e);
+            // Redacted with every other failure in `run_job`.
+            return Outcome::Failed(format!("cannot save the image: {e}"));
+        }
+        let file = file_name(&path);
+        let mask_file = mask_path.as_ref().map(|p| file_name(p));
         let dream = dream_command(&generated.record);
         let new_image = NewImage {
             job_id: job.id,
@@ -359,6 +377,7 @@ impl Worker {
             height: generated.image.height(),
             params: &job.params,
             dream: &dream,
+            mask_file: mask_file.as_deref(),
         };
         let recorded = db::insert_image_and_finish(&mut self.conn, &new_image)
             .and_then(|image_id| db::get_image(&self.conn, image_id));
@@ -366,8 +385,10 @@ impl Worker {
             Ok(Some(image)) => Outcome::Done(Box::new(image)),
             Ok(None) => Outcome::Failed("the image was recorded but cannot be read back".into()),
             Err(e) => {
-                // No row points at the file: remove it rather than leave an orphan in the gallery folder.
-                let _ = std::fs::remove_file(&path);
+                // No row points at the files: remove them rather than leave orphans in the gallery folder.
+                for written in std::iter::once(&path).chain(&mask_path) {
+                    let _ = std::fs::remove_file(written);
+                }
                 self.storage.failed("cannot record an image", &e);
                 Outcome::Failed(format!("cannot record the image in the gallery: {e}"))
             }
@@ -391,6 +412,33 @@ impl Worker {
         let image = upload::decode(&bytes).map_err(|e| format!("cannot use the init image {name}: {}", e.message))?;
         Ok(Some(InitImage::Memory { name, image }))
     }
+
+    /// The job's inpainting mask: its upload, or the mask of the gallery image `init_mask_id`, or none.
+    fn init_mask(&self, job: &Job) -> Result<Option<InitImage>, String> {
+        let (name, bytes) = if let Some(upload) = db::job_mask(&self.conn, job.id).map_err(|e| e.to_string())? {
+            upload
+        } else if let Some(image_id) = job.params.init_mask_id {
+            let missing = || format!("gallery image {image_id} (init_mask_id) was deleted before the job ran");
+            let file = db::image_mask_file(&self.conn, image_id)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .ok_or_else(missing)?;
+            let bytes = std::fs::read(self.images_dir.join(&file)).map_err(|_| missing())?;
+            (file, bytes)
+        } else {
+            return Ok(None);
+        };
+        let image =
+            upload::decode_as(&bytes, "init_mask").map_err(|e| format!("cannot use the mask {name}: {}", e.message))?;
+        Ok(Some(InitImage::Memory { name, image }))
+    }
+}
+
+/// A path's file name, as the database records it.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Publishes job `id` as the database has it now.

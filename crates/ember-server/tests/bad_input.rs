@@ -386,6 +386,7 @@ async fn page_samplers_models_and_openapi() {
         ("app.js", "text/javascript"),
         ("advanced.js", "text/javascript"),
         ("gallery.js", "text/javascript"),
+        ("inpaint.js", "text/javascript"),
         ("style.css", "text/css"),
     ] {
         let asset = t

@@ -90,6 +90,9 @@ pub struct BenchReport {
     pub setup: BenchSetup,
     pub unet_step_512_s: f64,
     pub unet_step_384_s: f64,
+    /// The same step through an inpainting UNet (9 input channels: latent, mask, masked-image latent). An inpainting
+    /// run adds one VAE encode (the masked image) to img2img's work.
+    pub inpaint_unet_step_512_s: f64,
     pub vae_decode_512_s: f64,
     pub vae_encode_512_s: f64,
     pub clip_s: f64,
@@ -195,6 +198,27 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let unet_step_384_s = unet_step(384)?.0;
     on_progress("UNet step 512×512 (CFG batch 2)");
     let (unet_step_512_s, unet_ops) = unet_step(512)?;
+    drop(unet);
+
+    on_progress("UNet step 512×512, inpainting UNet (CFG batch 2)");
+    let inpaint_unet = UNet2DConditionModel::new(
+        vb(),
+        &UNetConfig {
+            in_channels: 9,
+            ..UNetConfig::default()
+        },
+    )?;
+    let inpaint_inputs = crate::nn::unet::UNetInputs {
+        extra_channels: Some(Tensor::randn(0f32, 1.0, (2, 5, 64, 64), dev)?.to_dtype(dtype)?),
+        ..inputs.clone()
+    };
+    let latent = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), dev)?.to_dtype(dtype)?;
+    let inpaint_unet_step_512_s = time_min(options.repeat, || {
+        Ok(inpaint_unet
+            .forward(&latent, 500.0, &inpaint_inputs)?
+            .to_device(&Device::Cpu)?)
+    })?;
+    drop(inpaint_unet);
 
     on_progress("VAE encode 512×512");
     let image = Tensor::randn(0f32, 0.5, (1, 3, 512, 512), dev)?.to_dtype(dtype)?;
@@ -220,6 +244,7 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
         setup: BenchSetup::new(options, precision),
         unet_step_512_s,
         unet_step_384_s,
+        inpaint_unet_step_512_s,
         vae_decode_512_s,
         vae_encode_512_s,
         clip_s,

@@ -52,11 +52,13 @@ pub struct GuidedUNet<'a> {
 
 impl<'a> GuidedUNet<'a> {
     /// `time_ids`: SDXL's micro-conditioning `[1, 6]`, used for both halves of the batch (with the pooled embeddings
-    /// of `text`); `padding`: how the UNet's convolutions fill their border (`--seamless`).
+    /// of `text`); `extra_channels`: an inpainting UNet's mask and masked-image latent `[1, 5, h, w]`, the same for
+    /// both halves; `padding`: how the UNet's convolutions fill their border (`--seamless`).
     pub fn new(
         unet: &'a UNet2DConditionModel,
         text: &Conditioning,
         time_ids: Option<&Tensor>,
+        extra_channels: Option<&Tensor>,
         guidance: Guidance,
         prediction: PredictionType,
         padding: Padding,
@@ -85,13 +87,17 @@ impl<'a> GuidedUNet<'a> {
             ),
             _ => None,
         };
+        let extra_channels = match extra_channels {
+            Some(extra) => Some(batch(extra, extra)?.to_dtype(context.dtype())?),
+            None => None,
+        };
         Ok(Self {
             unet,
             inputs: UNetInputs {
                 context,
                 text_time,
                 timestep_cond,
-                extra_channels: None,
+                extra_channels,
                 padding,
             },
             guidance,

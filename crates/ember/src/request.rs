@@ -1,4 +1,5 @@
-//! What a front-end asks the engine for: one image generation, txt2img or img2img.
+//! What a front-end asks the engine for: one image generation, txt2img, img2img or inpainting (an img2img request
+//! with a mask: `init_mask`, or the init image's transparent pixels, or the canvas `outcrop` adds).
 
 use crate::sample::denoiser::PredictionType;
 use crate::sample::schedule::TimestepSpacing;
@@ -84,6 +85,113 @@ pub struct GenerateRequest {
     /// LoRAs applied besides those the prompt names (`--lora NAME:WEIGHT`), by their names in the pipeline's
     /// [`crate::addons::AddonLibrary`].
     pub loras: Vec<crate::text::prompt::LoraUse>,
+    /// `-M`: the inpainting mask (white = repaint, black = keep; any size, resized to the init image). None: the
+    /// init image's transparent pixels are the area to repaint, if it has any.
+    pub init_mask: Option<InitImage>,
+    /// `--invert-mask`: repaint what the mask keeps, and keep what it repaints.
+    pub invert_mask: bool,
+    /// `--mask-blur`: feathers the paste-back's edge over this many pixels, inside the repainted area (0 = sharp).
+    pub mask_blur: u32,
+    /// `--outcrop`: extend the init image's canvas by these pixels and paint the new area.
+    pub outcrop: Outcrop,
+    /// Inpainting: put the original pixels back outside the mask (the default); `--no-paste-back` returns the
+    /// decoded image as it is (what diffusers gives: the whole image has been through the VAE).
+    pub paste_back: bool,
+}
+
+/// InvokeAI's `--outcrop`: pixels added on each side of the init image (multiples of 8); the new area is
+/// transparent, so it is painted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcrop {
+    pub top: u32,
+    pub bottom: u32,
+    pub left: u32,
+    pub right: u32,
+}
+
+impl Outcrop {
+    pub fn is_empty(&self) -> bool {
+        *self == Outcrop::default()
+    }
+
+    /// The sides with their pixels in InvokeAI's words (`top 64 left 128`), zero sides left out.
+    pub fn words(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("top", self.top),
+            ("bottom", self.bottom),
+            ("left", self.left),
+            ("right", self.right),
+        ]
+        .into_iter()
+        .filter(|(_, px)| *px > 0)
+        .collect()
+    }
+
+    /// Reads InvokeAI's `top 64 left 128` (direction, pixels; in any order, each direction once, `t`/`b`/`l`/`r`
+    /// accepted).
+    pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<Self> {
+        let bad = |message: String| Error::invalid("outcrop", message);
+        if words.is_empty() || !words.len().is_multiple_of(2) {
+            return Err(bad(format!(
+                "takes pairs of a side and pixels, like `top 64 left 128`; got {:?}",
+                words.iter().map(|w| w.as_ref()).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        let mut out = Outcrop::default();
+        let mut seen = Vec::new();
+        for pair in words.chunks(2) {
+            let (side, px) = (pair[0].as_ref(), pair[1].as_ref());
+            let pixels: u32 = px.parse().map_err(|_| {
+                bad(format!(
+                    "{px:?} after {side:?} is not a number of pixels (try {side} 64)"
+                ))
+            })?;
+            let slot = match side.to_ascii_lowercase().as_str() {
+                "top" | "t" => &mut out.top,
+                "bottom" | "b" => &mut out.bottom,
+                "left" | "l" => &mut out.left,
+                "right" | "r" => &mut out.right,
+                other => return Err(bad(format!("unknown side {other:?}; use top, bottom, left or right"))),
+            };
+            if seen.contains(&side.chars().next()) {
+                return Err(bad(format!("{side} is given twice")));
+            }
+            seen.push(side.chars().next());
+            *slot = pixels;
+        }
+        out.check()?;
+        Ok(out)
+    }
+
+    /// Each side a multiple of 8 and at most [`MAX_SIDE`].
+    pub fn check(&self) -> Result<()> {
+        for (side, px) in self.words() {
+            if px % 8 != 0 {
+                return Err(Error::invalid(
+                    "outcrop",
+                    format!(
+                        "{side} {px} is not a multiple of 8 pixels (the VAE's factor); try {side} {}",
+                        (px / 8).max(1) * 8
+                    ),
+                ));
+            }
+            if px as usize > MAX_SIDE {
+                return Err(Error::invalid(
+                    "outcrop",
+                    format!("{side} {px} is more than the {MAX_SIDE}-pixel limit of an image side"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Outcrop {
+    /// `top 64 left 128`, as [`Outcrop::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<String> = self.words().iter().map(|(s, px)| format!("{s} {px}")).collect();
+        f.write_str(&words.join(" "))
+    }
 }
 
 impl Default for GenerateRequest {
@@ -115,6 +223,11 @@ impl Default for GenerateRequest {
             prediction_type: None,
             timestep_spacing: None,
             loras: Vec::new(),
+            init_mask: None,
+            invert_mask: false,
+            mask_blur: 0,
+            outcrop: Outcrop::default(),
+            paste_back: true,
         }
     }
 }
@@ -129,6 +242,8 @@ pub const MAX_CFG_SCALE: f64 = 100.0;
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 /// Most variations applied to one seed's noise (`-V`); each is one more full-size noise tensor.
 pub const MAX_VARIATIONS: usize = 64;
+/// Widest `--mask-blur`, in pixels: a feather wider than this is no longer an edge.
+pub const MAX_MASK_BLUR: u32 = 256;
 
 impl GenerateRequest {
     /// Number of denoising steps actually taken: all of them for txt2img, `floor(strength × schedule)` for img2img.
@@ -243,6 +358,26 @@ impl GenerateRequest {
                 ));
             }
         }
+        if self.init_image.is_none() {
+            let needs_init = [
+                ("init_mask", self.init_mask.is_some()),
+                ("outcrop", !self.outcrop.is_empty()),
+                ("invert_mask", self.invert_mask),
+            ];
+            if let Some((field, _)) = needs_init.into_iter().find(|(_, set)| *set) {
+                return Err(Error::invalid(
+                    field,
+                    "inpainting needs an init image (-I) to paint on; give one, or drop this option",
+                ));
+            }
+        }
+        if self.mask_blur > MAX_MASK_BLUR {
+            return Err(Error::invalid(
+                "mask_blur",
+                format!("{} pixels is over the {MAX_MASK_BLUR} accepted (try 4)", self.mask_blur),
+            ));
+        }
+        self.outcrop.check()?;
         if self.exact_steps && self.init_image.is_some() {
             if self.strength <= 0.0 {
                 return Err(Error::invalid(

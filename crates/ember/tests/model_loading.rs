@@ -237,11 +237,7 @@ fn families_ember_does_not_run_are_named_in_the_refusal() {
             with(("conditioner.embedders.0.model.token_embedding.weight", vec![10, 8])),
             "SDXL refiner checkpoint",
         ),
-        (
-            "inpaint.safetensors",
-            sd_like(768, &[8, 8, 1, 1], 9),
-            "inpainting model",
-        ),
+        ("pix2pix.safetensors", sd_like(768, &[8, 8, 1, 1], 8), "InstructPix2Pix"),
     ];
     for (name, tensors, expected) in cases {
         let t: Vec<(&str, &[usize])> = tensors.iter().map(|(k, s)| (*k, s.as_slice())).collect();
@@ -258,6 +254,8 @@ fn incomplete_files_of_each_family_name_the_missing_tensor() {
     let d = dir.path();
     let cases: Vec<(&str, Fake)> = vec![
         ("sd1-base.safetensors", sd_like(768, &[8, 8, 1, 1], 4)),
+        // An inpainting UNet (9 input channels) is accepted and read on until the missing tensor.
+        ("sd1-inpaint.safetensors", sd_like(768, &[8, 8, 1, 1], 9)),
         ("sd2-linear.safetensors", sd_like(1024, &[8, 8], 4)),
         (
             "sd2-openclip.safetensors",

@@ -117,6 +117,7 @@ mod png_output {
             model_name: "stable-diffusion-1.4".into(),
             model_hash: Some("fe4efff1e174c627256e44ec2991ba279b3816e364b49f9be2abc0b3ff3f8556".into()),
             init_image_name: init.map(str::to_string),
+            init_mask_name: None,
             run: Default::default(),
         }
     }
@@ -270,7 +271,7 @@ mod png_output {
 
 mod init_images {
     use super::*;
-    use ember::image::init::{prepare_init_image, TRANSPARENCY_WARNING};
+    use ember::image::init::prepare_init_image;
     use ember::request::InitImage;
     use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
     use std::path::PathBuf;
@@ -330,26 +331,34 @@ mod init_images {
     }
 
     #[test]
-    fn transparency_is_flattened_onto_white() {
+    fn transparency_becomes_the_inpainting_mask() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let rgba = RgbaImage::from_fn(16, 16, |x, _| {
-            if x < 8 {
-                Rgba([0, 0, 0, 0])
-            } else {
-                Rgba([10, 20, 30, 255])
-            }
+        let rgba = RgbaImage::from_fn(16, 16, |x, _| match x {
+            0..=7 => Rgba([0, 0, 0, 0]),
+            8..=11 => Rgba([10, 20, 30, 200]),
+            _ => Rgba([10, 20, 30, 255]),
         });
         let path = save(dir.path(), "alpha.png", &DynamicImage::ImageRgba8(rgba));
         let prepared = prepare_init_image(&InitImage::Path(path), None).expect("prepared");
-        assert_eq!(prepared.warnings, vec![TRANSPARENCY_WARNING.to_string()]);
-        assert_eq!(prepared.rgb.get_pixel(2, 2).0, [255, 255, 255]);
-        assert_eq!(prepared.rgb.get_pixel(12, 2).0, [10, 20, 30]);
+        assert!(prepared.warnings.is_empty());
+        // The colour under transparency is kept (alpha dropped, as diffusers' convert("RGB")), not flattened.
+        assert_eq!(prepared.rgb.get_pixel(2, 2).0, [0, 0, 0]);
+        assert_eq!(prepared.rgb.get_pixel(9, 2).0, [10, 20, 30]);
+        let mask = prepared.transparency.expect("transparency kept as a mask");
+        assert_eq!(
+            (
+                mask.get_pixel(2, 2)[0],
+                mask.get_pixel(9, 2)[0],
+                mask.get_pixel(12, 2)[0]
+            ),
+            (255, 55, 0)
+        );
 
-        // An alpha channel that is fully opaque is not transparency: no warning.
+        // An alpha channel that is fully opaque is not transparency.
         let opaque = RgbaImage::from_pixel(16, 16, Rgba([1, 2, 3, 255]));
         let path = save(dir.path(), "opaque.png", &DynamicImage::ImageRgba8(opaque));
         let prepared = prepare_init_image(&InitImage::Path(path), None).expect("prepared");
-        assert!(prepared.warnings.is_empty());
+        assert!(prepared.warnings.is_empty() && prepared.transparency.is_none());
         assert_eq!(prepared.rgb.get_pixel(0, 0).0, [1, 2, 3]);
     }
 

@@ -12,6 +12,7 @@ use std::path::Path;
 const HELP: &str = "\
 A line is a prompt with switches, e.g.:  a red fox -s 30 -S 42 -W 512 -H 512 -C 7.5 -A k_lms
   img2img: -I drawing.png -f 0.7 (-I -1: the previous image)   -S -1: the previous seed
+  inpainting: -I photo.png -M mask.png (white = repaint), --invert-mask, --mask-blur N, --outcrop top 64 left 128
   -n N images, -g grid, -v AMOUNT variations, -V seed:weight,…, --step-strip, --save-intermediates N
   (`ember generate --help` lists every switch)
 Commands:

@@ -1,5 +1,5 @@
-//! img2img init images: decode (with size limits and EXIF orientation), flatten transparency, size the
-//! image as InvokeAI 2.x does, and convert between RGB images and the VAE's pixel tensors.
+//! img2img init images: decode (with size limits and EXIF orientation), size the image as InvokeAI 2.x does,
+//! keep its transparency as an inpainting mask, and convert between RGB images and the VAE's pixel tensors.
 //!
 //! Sizing: without a fit box the image keeps its size, rounded down to multiples of 8 (the VAE's factor)
 //! by a Lanczos resize to that size, as InvokeAI's `_squeeze_image`. With a box `(w, h)` it is scaled
@@ -10,7 +10,7 @@ use crate::request::{InitImage, MAX_SIDE};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, Luma, RgbImage};
 use std::io::BufReader;
 use std::path::PathBuf;
 
@@ -21,45 +21,49 @@ const MULTIPLE: u32 = 8;
 /// Smallest side accepted (one latent pixel).
 const MIN_SIDE: u32 = 8;
 
-pub const TRANSPARENCY_WARNING: &str =
-    "the init image has transparency; it was flattened onto white — inpainting comes in a later version";
-
 /// An init image ready for the VAE, and what the user should be told about it.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
-    /// Both sides are multiples of 8, in 8..=[`MAX_SIDE`].
+    /// Both sides are multiples of 8, in 8..=[`MAX_SIDE`]. Transparent pixels keep their colour (the alpha channel
+    /// is dropped, not flattened, as diffusers' `convert("RGB")`).
     pub rgb: RgbImage,
+    /// The image's transparency as a mask of the same size, `255 − alpha` (white = transparent = to repaint), when
+    /// some pixel is not fully opaque.
+    pub transparency: Option<GrayImage>,
     pub warnings: Vec<String>,
 }
 
 /// Loads and sizes an init image. `fit`: the box to scale it into (the request's width × height).
 pub fn prepare_init_image(source: &InitImage, fit: Option<(u32, u32)>) -> Result<PreparedImage> {
     let name = PathBuf::from(source.display_name());
-    let image = match source {
-        InitImage::Path(path) => decode_file(path)?,
-        InitImage::Memory { image, .. } => {
-            if image.width() > MAX_DECODE_SIDE || image.height() > MAX_DECODE_SIDE {
-                return Err(Error::image(&name, too_large_message(image.width(), image.height())));
-            }
-            image.clone()
-        }
-    };
+    let image = decode(source)?;
     let (w, h) = (image.width(), image.height());
     let (tw, th) = run_size((w, h), fit).map_err(|message| Error::image(&name, message))?;
 
-    let mut warnings = Vec::new();
-    let rgb = if has_transparency(&image) {
-        warnings.push(TRANSPARENCY_WARNING.to_string());
-        flatten_on_white(&image)
-    } else {
-        image.to_rgb8()
-    };
+    let transparency = has_transparency(&image).then(|| {
+        let alpha = image.to_luma_alpha8();
+        let inverted = GrayImage::from_fn(w, h, |x, y| Luma([255 - alpha.get_pixel(x, y)[1]]));
+        resize_gray(&inverted, tw, th)
+    });
+    let rgb = image.to_rgb8();
     let rgb = if (tw, th) == (w, h) {
         rgb
     } else {
         image::imageops::resize(&rgb, tw, th, FilterType::Lanczos3)
     };
-    Ok(PreparedImage { rgb, warnings })
+    Ok(PreparedImage {
+        rgb,
+        transparency,
+        warnings: Vec::new(),
+    })
+}
+
+/// A grey image resized with Lanczos (a mask follows its image, as diffusers' mask processor resizes it).
+pub(crate) fn resize_gray(gray: &GrayImage, w: u32, h: u32) -> GrayImage {
+    if gray.dimensions() == (w, h) {
+        return gray.clone();
+    }
+    image::imageops::resize(gray, w, h, FilterType::Lanczos3)
 }
 
 /// The size an init image of `(w, h)` pixels (after EXIF orientation) runs at: scaled into the `fit` box or kept,
@@ -95,6 +99,22 @@ pub fn run_size((w, h): (u32, u32), fit: Option<(u32, u32)>) -> std::result::Res
         ));
     }
     Ok((tw, th))
+}
+
+/// Decodes an image (a file, or one already in memory) within the size limits.
+pub(crate) fn decode(source: &InitImage) -> Result<DynamicImage> {
+    match source {
+        InitImage::Path(path) => decode_file(path),
+        InitImage::Memory { image, name } => {
+            if image.width() > MAX_DECODE_SIDE || image.height() > MAX_DECODE_SIDE {
+                return Err(Error::image(
+                    std::path::Path::new(name),
+                    too_large_message(image.width(), image.height()),
+                ));
+            }
+            Ok(image.clone())
+        }
+    }
 }
 
 /// Decodes a file with limits checked before any pixel is allocated, then applies its EXIF orientation.
@@ -143,17 +163,6 @@ fn floor_multiple(v: u32) -> u32 {
 /// True when some pixel is not fully opaque (an alpha channel alone, all 255, is not transparency).
 fn has_transparency(image: &DynamicImage) -> bool {
     image.color().has_alpha() && image.to_rgba8().pixels().any(|p| p[3] < 255)
-}
-
-/// `c·α + 255·(1 − α)`, rounded, per channel.
-fn flatten_on_white(image: &DynamicImage) -> RgbImage {
-    let rgba = image.to_rgba8();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let p = rgba.get_pixel(x, y);
-        let a = p[3] as u32;
-        let mix = |c: u8| ((c as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
-        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
-    })
 }
 
 /// `[1, 3, H, W]` f32 in [-1, 1] (`px / 255 · 2 − 1`), the VAE encoder's input.
@@ -214,12 +223,5 @@ mod tests {
         assert_eq!(tensor_to_rgb(&t).expect("to rgb").get_pixel(0, 0).0, [128, 0, 255]);
         let bad = Tensor::zeros((2, 4, 4), DType::F32, &Device::Cpu).expect("tensor");
         assert!(tensor_to_rgb(&bad).is_err());
-    }
-
-    #[test]
-    fn flatten_mixes_with_white() {
-        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 100, 200, 128])));
-        // c·128/255 + 255·127/255: 0 → 127, 100 → 177.2, 200 → 227.4.
-        assert_eq!(flatten_on_white(&img).get_pixel(0, 0).0, [127, 177, 227]);
     }
 }

@@ -6,6 +6,9 @@
 //!   `--karras_max`) and `--negative "…"` at the end (InvokeAI had no negative prompt switch). img2img always
 //!   gets `-f` (InvokeAI drops `-f 0`, which then replays at its 0.75 default) and `--fit` when fitted.
 //!   `-W`/`-H` are the fit box when fitted (it reproduces the same size), else the image's actual size.
+//!   Inpainting follows the img2img part, each only when set: `-M mask.png` (the mask file a front-end saved, so
+//!   the line replays the run; [`ImageRecord::init_mask_name`]), `--invert-mask`, `--mask-blur N`,
+//!   `--outcrop top 64 left 128` (InvokeAI's words; zero sides left out) and `--no-paste-back`.
 //!   Then, each only when set, in this order: `--hires_fix -f S` (txt2img), `--exact-steps`, `-V seed:weight,…`,
 //!   `--seamless`, `--vae-tiling`, `--threshold X`, `--perlin X`, `-x`, `--truncate-prompts`,
 //!   `--downweight mask`, `--prediction-type X`, `--timestep-spacing Y`, `--lora NAME:W` (each LoRA of the request's
@@ -15,7 +18,11 @@
 //!   which is what `!fetch` relies on: it regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
 //!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given
-//!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`. Ember adds what the
+//!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`. Inpainting keeps
+//!   InvokeAI 2.x's `type: "img2img"` (its web server wrote inpainting so too, with the mask as `mask_image_path`,
+//!   the key used here) and adds, each only when set: `mask_image_path`, `invert_mask: true`, `mask_blur: N`,
+//!   `outcrop: {"top": 64, "bottom": 0, "left": 128, "right": 0}` (an object with all four sides, in pixels) and
+//!   `paste_back: false` with `--no-paste-back`. Ember adds what the
 //!   model made of the request ([`RunInfo`], the values used, not only the overrides): `model_family` (`sd1`, `sd2`,
 //!   `sdxl`), `prediction_type` (`epsilon`, `v_prediction`), `timestep_spacing` (`karras-kdiffusion`, `linspace`,
 //!   `leading`, `trailing`) and `guidance` (how the cfg scale acted: classifier-free, none at cfg ≤ 1, or LCM's
@@ -24,7 +31,9 @@
 //!   or a diffusers timestep spacing (its `Schedule type` names σ schedules such as Karras, which the sampler name
 //!   already carries, and its `SGM Uniform` is not diffusers' `trailing`), so neither is written there. LoRAs of the
 //!   request's list are written into the prompt as `<lora:NAME:W>` (where A1111 reads them), and the hashes as A1111
-//!   writes them: `Lora hashes: "name: hash, …"`, `TI hashes: "name: hash"`.
+//!   writes them: `Lora hashes: "name: hash, …"`, `TI hashes: "name: hash"`. Inpainting adds A1111's
+//!   `Mask blur: N` (when above 0) and `Mask mode: Inpaint not masked` (with `--invert-mask`); A1111 has no key for
+//!   the mask file, the outcrop or paste-back (its `Inpaint area` and `Masked content` are other features).
 
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
 use crate::sample::SamplerKind;
@@ -44,6 +53,10 @@ pub struct ImageRecord {
     pub model_hash: Option<String>,
     /// How the init image was named (path or upload name), for img2img.
     pub init_image_name: Option<String>,
+    /// How the inpainting mask was named: the `-M` path or upload name, or the file a front-end saved the
+    /// pipeline's [`crate::pipeline::Generated::mask`] to (a mask taken from the init image's transparency has no
+    /// name until then).
+    pub init_mask_name: Option<String>,
     /// What the model made of the request: the settings the request left to the model, as they were applied.
     pub run: RunInfo,
 }
@@ -79,6 +92,12 @@ impl ImageRecord {
     fn init_name(&self) -> Option<String> {
         let from_request = || self.request.init_image.as_ref().map(|i| i.display_name());
         self.init_image_name.clone().or_else(from_request)
+    }
+
+    /// The inpainting mask's name: the file the front-end saved, else the request's `-M`.
+    fn mask_name(&self) -> Option<String> {
+        let from_request = || self.request.init_mask.as_ref().map(|m| m.display_name());
+        self.init_mask_name.clone().or_else(from_request)
     }
 
     fn is_img2img(&self) -> bool {
@@ -127,6 +146,21 @@ pub fn dream_command(record: &ImageRecord) -> String {
                 parts.push("--fit".to_string());
             }
             parts.push(format!("-f {}", py_float(r.strength)));
+            if let Some(mask) = record.mask_name() {
+                parts.push(format!("-M {}", quote_if_needed(&mask)));
+            }
+            if r.invert_mask {
+                parts.push("--invert-mask".to_string());
+            }
+            if r.mask_blur > 0 {
+                parts.push(format!("--mask-blur {}", r.mask_blur));
+            }
+            if !r.outcrop.is_empty() {
+                parts.push(format!("--outcrop {}", r.outcrop));
+            }
+            if !r.paste_back {
+                parts.push("--no-paste-back".to_string());
+            }
         }
         None => {
             parts.push(format!("-A {}", r.sampler));
@@ -211,6 +245,15 @@ struct SdVariation {
     weight: f64,
 }
 
+/// `--outcrop`, in pixels per side.
+#[derive(Serialize)]
+struct SdOutcrop {
+    top: u32,
+    bottom: u32,
+    left: u32,
+    right: u32,
+}
+
 #[derive(Serialize)]
 struct SdImage<'a> {
     prompt: Vec<SdPrompt<'a>>,
@@ -248,6 +291,17 @@ struct SdImage<'a> {
     strength: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fit: Option<bool>,
+    /// Inpainting (InvokeAI 2.x web's key): the mask file; then Ember's options, each absent when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask_image_path: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    invert_mask: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask_blur: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcrop: Option<SdOutcrop>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paste_back: Option<bool>,
     /// Ember: what the model made of the request ([`RunInfo`]); the family and guidance are absent when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     model_family: Option<&'a str>,
@@ -302,6 +356,16 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             init_image_path: if img2img { record.init_name() } else { None },
             strength: (img2img || r.hires_fix).then_some(r.strength),
             fit: img2img.then_some(r.fit),
+            mask_image_path: record.mask_name().filter(|_| img2img),
+            invert_mask: r.invert_mask && img2img,
+            mask_blur: Some(r.mask_blur).filter(|&b| b > 0 && img2img),
+            outcrop: (!r.outcrop.is_empty() && img2img).then_some(SdOutcrop {
+                top: r.outcrop.top,
+                bottom: r.outcrop.bottom,
+                left: r.outcrop.left,
+                right: r.outcrop.right,
+            }),
+            paste_back: (!r.paste_back && img2img).then_some(false),
             model_family: Some(record.run.family.as_str()).filter(|f| !f.is_empty()),
             prediction_type: record.run.prediction_type.name(),
             timestep_spacing: record.run.timestep_spacing.name(),
@@ -347,6 +411,12 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
     fields.push(format!("Model: {}", a1111_quote(&record.model_name)));
     if record.is_img2img() || r.hires_fix {
         fields.push(format!("Denoising strength: {}", py_float(r.strength)));
+    }
+    if record.is_img2img() && r.mask_blur > 0 {
+        fields.push(format!("Mask blur: {}", r.mask_blur));
+    }
+    if record.is_img2img() && r.invert_mask {
+        fields.push("Mask mode: Inpaint not masked".to_string());
     }
     // A1111 has one variation seed; the last `-V` entry is the one a single variation run adds.
     if let Some((seed, weight)) = r.with_variations.last() {
@@ -449,5 +519,59 @@ mod tests {
         assert_eq!(quote_if_needed("/tmp/fire-drawing.png"), "/tmp/fire-drawing.png");
         assert_eq!(quote_if_needed("take#2.png"), "\"take#2.png\"");
         assert_eq!(a1111_quote("sd, v1.5"), "\"sd, v1.5\"");
+    }
+
+    fn record(request: GenerateRequest) -> ImageRecord {
+        ImageRecord {
+            request,
+            width: 64,
+            height: 96,
+            steps_run: 0,
+            model_name: "tiny".into(),
+            model_hash: None,
+            init_image_name: None,
+            init_mask_name: None,
+            run: RunInfo::default(),
+        }
+    }
+
+    #[test]
+    fn inpainting_options_follow_the_img2img_part_only_with_an_init_image() {
+        use crate::request::{InitImage, Outcrop};
+        let inpaint = GenerateRequest {
+            prompt: "hat".into(),
+            init_image: Some(InitImage::Path("in.png".into())),
+            init_mask: Some(InitImage::Path("m.png".into())),
+            invert_mask: true,
+            mask_blur: 2,
+            outcrop: Outcrop {
+                bottom: 8,
+                right: 16,
+                ..Outcrop::default()
+            },
+            paste_back: false,
+            seamless: true,
+            ..GenerateRequest::default()
+        };
+        let line = dream_command(&record(inpaint.clone()));
+        assert!(
+            line.ends_with(
+                "-I in.png -A k_lms -f 0.75 -M m.png --invert-mask --mask-blur 2 --outcrop bottom 8 right 16 \
+                 --no-paste-back --seamless"
+            ),
+            "{line}"
+        );
+        // Without an init image (validation refuses such a request; the writer ignores the options).
+        let txt2img = GenerateRequest {
+            init_image: None,
+            ..inpaint
+        };
+        let rec = record(txt2img);
+        let line = dream_command(&rec);
+        assert!(
+            !line.contains("-M") && !line.contains("mask") && !line.contains("--outcrop"),
+            "{line}"
+        );
+        assert!(!sd_metadata_json(&rec).contains("mask") && !a1111_parameters(&rec).contains("Mask"));
     }
 }

@@ -1,7 +1,8 @@
-//! Images: init-image preparation, PNG output with generation metadata, step previews and strips, grids.
+//! Images: init-image preparation, inpainting masks, PNG output with generation metadata, step previews and strips, grids.
 
 pub mod grid;
 pub mod init;
+pub mod mask;
 pub mod metadata;
 pub mod png_meta;
 pub mod preview;

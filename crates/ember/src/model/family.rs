@@ -173,6 +173,11 @@ impl ModelSpec {
         }
     }
 
+    /// An inpainting UNet: besides the latent it takes the mask and the masked image's latent (9 input channels).
+    pub fn inpainting(&self) -> bool {
+        self.unet.in_channels == 9
+    }
+
     /// An LCM-distilled UNet: takes the guidance scale as an embedding instead of classifier-free guidance.
     pub fn guidance_embedded(&self) -> bool {
         self.unet.time_cond_proj_dim.is_some()
@@ -275,18 +280,21 @@ fn family_of(path: &Path, unet: &UNetConfig, text: &[ClipTextConfig]) -> Result<
     Ok(Family::Sd1)
 }
 
-/// Refuses UNets Ember cannot run, whatever their family.
+/// Refuses UNets Ember cannot run, whatever their family: it runs text-to-image UNets (4 input channels) and
+/// inpainting ones (9: the latent, the mask and the masked image's latent, as SD 1.5/2 and SDXL inpainting).
 pub(crate) fn check_unet(path: &Path, unet: &UNetConfig) -> Result<()> {
     match unet.in_channels {
-        4 => Ok(()),
-        9 => Err(Error::model(
+        4 | 9 => Ok(()),
+        8 => Err(Error::model(
             path,
-            "this is an inpainting model (its UNet takes 9 input channels); Ember does not run inpainting models yet, \
-             use the matching non-inpainting model",
+            "the UNet takes 8 input channels (an InstructPix2Pix-style model: latent + image latent); Ember runs \
+             text-to-image UNets (4 channels) and inpainting UNets (9)",
         )),
         n => Err(Error::model(
             path,
-            format!("the UNet takes {n} input channels; Ember runs text-to-image UNets (4 channels)"),
+            format!(
+                "the UNet takes {n} input channels; Ember runs text-to-image UNets (4 channels) and inpainting UNets (9)"
+            ),
         )),
     }
 }

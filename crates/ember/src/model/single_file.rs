@@ -128,7 +128,7 @@ pub(crate) fn load(path: &Path, source: Source) -> Result<Components> {
     };
 
     let mut unet_config = infer_config::unet(&unet)?;
-    // Before the text encoders' shapes are read: an inpainting UNet is refused as such, whatever else is missing.
+    // Before the text encoders' shapes are read: a UNet Ember cannot run is refused as such, whatever else is missing.
     super::family::check_unet(path, &unet_config)?;
     if let (Some(input), Some(encoder)) = (unet_config.projection_class_embeddings_input_dim, text_encoders.get(1)) {
         // `add_embedding` eats six sinusoidal size embeddings and the pooled text embedding.

@@ -9,6 +9,7 @@ use crate::cancel::cancel_scope;
 pub use crate::cancel::CancelToken;
 use crate::guidance::{Guidance, GuidedUNet};
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
+use crate::image::mask::{masked_image, paste_back, prepare_mask, InpaintMask};
 use crate::image::metadata::AddonUse;
 use crate::image::metadata::RunInfo;
 use crate::image::png_meta::ImageRecord;
@@ -34,9 +35,11 @@ use std::sync::Mutex;
 mod addons;
 mod check;
 mod hires;
+mod inpaint;
 
 use addons::{wanted_loras, AddonState, NetworkFactory, Networks};
 pub use addons::{AppliedLora, EmbeddingInfo};
+use inpaint::KnownRegion;
 
 use check::prompt_options;
 pub use check::{RequestCheck, Work, WorkLimits, MEGAPIXEL};
@@ -66,6 +69,8 @@ struct SamplingRun<'r> {
     schedule: &'r NoiseSchedule,
     guided: &'r GuidedUNet<'r>,
     rng: &'r mut TorchRng,
+    /// Inpainting with an ordinary UNet: the region put back after every step.
+    known: Option<&'r KnownRegion>,
     cancel: &'r CancelToken,
     on_event: &'r mut dyn FnMut(Event<'_>),
     steps_done: usize,
@@ -88,6 +93,11 @@ pub struct Generated {
     pub record: ImageRecord,
     /// Final latents, before the VAE decode (used by parity tests and previews).
     pub latents: Tensor,
+    /// Inpainting: the mask as given (`-M` or the init image's transparency), binarised, at the init image's size,
+    /// before `--invert-mask` and `--outcrop` — what a front-end saves next to the image (`{prefix}.{seed}.mask.png`)
+    /// and records as the request's `init_mask`, so that the recorded options replay the run. None when there was
+    /// no mask, or only `--outcrop` made one.
+    pub mask: Option<::image::GrayImage>,
 }
 
 /// A loaded Stable Diffusion model (SD 1.x, SD 2.x, SDXL and their Turbo/LCM variants), ready to run requests one
@@ -351,17 +361,19 @@ impl Pipeline {
         // The cheap field checks before the init image is decoded; `admit` repeats them with its size known.
         request.validate()?;
 
-        // Init image first: its size decides the latent size when there is one.
-        let init = match &request.init_image {
+        // Init image first: its size decides the latent size when there is one. Its mask (from -M, its transparency
+        // or --outcrop, which also grows the image) makes the run an inpainting one.
+        let (init, mask) = match &request.init_image {
             Some(source) => {
                 let fit_box = request.fit.then_some((request.width as u32, request.height as u32));
-                let prepared = prepare_init_image(source, fit_box)?;
+                let mut prepared = prepare_init_image(source, fit_box)?;
+                let mask = prepare_mask(request, &mut prepared)?;
                 for warning in &prepared.warnings {
                     on_event(Event::Warning(warning.clone()));
                 }
-                Some(prepared.rgb)
+                (Some(prepared.rgb), mask)
             }
-            None => None,
+            None => (None, None),
         };
         let (width, height) = match &init {
             Some(rgb) => (rgb.width() as usize, rgb.height() as usize),
@@ -377,6 +389,13 @@ impl Pipeline {
             )));
         }
         let hires_first_pass = match init {
+            None if request.hires_fix && self.spec.inpainting() => {
+                on_event(Event::Warning(
+                    "--hires_fix does not apply to an inpainting model; the image was made at its full size directly"
+                        .to_string(),
+                ));
+                None
+            }
             None if request.hires_fix => self.hires_first_pass(width, height, request, on_event),
             _ => None,
         };
@@ -399,10 +418,37 @@ impl Pipeline {
             _ => None,
         };
         let guidance = self.guidance(request);
+        let init_latent = match &init {
+            Some(rgb) => Some(self.encode_image(rgb, request)?),
+            None => None,
+        };
+        let latent_mask = match &mask {
+            Some(mask) => Some(inpaint::latent_mask(mask, &self.device, self.latent_dtype())?),
+            None => None,
+        };
+        if mask.as_ref().is_some_and(|m| !m.reaches_latents()) {
+            on_event(Event::Warning(
+                "the mask is too thin to reach the latents (one latent per 8×8 pixels, read at each block's top-left \
+                 pixel): only the paste-back shows it; paint it wider"
+                    .to_string(),
+            ));
+        }
+        // An inpainting UNet sees the mask and the masked image's latent at every step (without a mask: all of
+        // the image is repainted and nothing of it is shown, as diffusers' full mask and A1111's txt2img do).
+        let extra_channels = match self.spec.inpainting() {
+            true => Some(self.inpainting_channels(
+                init.as_ref().zip(mask.as_ref()),
+                latent_mask.as_ref(),
+                (width, height),
+                request,
+            )?),
+            false => None,
+        };
         let guided = GuidedUNet::new(
             &networks.unet,
             &text,
             time_ids.as_ref(),
+            extra_channels.as_ref(),
             guidance,
             self.prediction_type(request),
             Padding::seamless(request.seamless),
@@ -434,9 +480,12 @@ impl Pipeline {
             &Device::Cpu,
         )?;
         let noise = noise.to_dtype(self.latent_dtype())?.to_device(&self.device)?;
-        let init_latent = match &init {
-            Some(rgb) => Some(self.encode_image(rgb, request)?),
-            None => None,
+        // An ordinary UNet inpaints by putting the region to keep back after every step.
+        let known = match (&init_latent, &latent_mask) {
+            (Some(init), Some(mask)) if !self.spec.inpainting() => {
+                Some(KnownRegion::new(init.clone(), noise.clone(), mask.clone())?)
+            }
+            _ => None,
         };
 
         let mut run = SamplingRun {
@@ -444,6 +493,7 @@ impl Pipeline {
             schedule: &schedule,
             guided: &guided,
             rng: &mut rng,
+            known: known.as_ref(),
             cancel,
             on_event,
             steps_done: 0,
@@ -481,8 +531,13 @@ impl Pipeline {
             return Err(Error::Cancelled);
         }
 
-        // decode: latents → RGB.
-        let image = self.decode_latents(&latents, request)?;
+        // decode: latents → RGB; an inpainted image gets the original pixels back outside its mask.
+        let mut image = self.decode_latents(&latents, request)?;
+        if let (Some(original), Some(mask)) = (&init, &mask) {
+            if request.paste_back {
+                image = paste_back(&image, original, &mask.repaint, request.mask_blur);
+            }
+        }
         let record = ImageRecord {
             request: request.clone(),
             width,
@@ -491,6 +546,7 @@ impl Pipeline {
             model_name: self.model_name.clone(),
             model_hash: self.model_hash.clone(),
             init_image_name: request.init_image.as_ref().map(|i| i.display_name()),
+            init_mask_name: request.init_mask.as_ref().map(|m| m.display_name()),
             run: RunInfo {
                 family: self.spec.family.id().to_string(),
                 prediction_type: self.prediction_type(request),
@@ -508,7 +564,33 @@ impl Pipeline {
                 embeddings: self.embeddings_used(request),
             },
         };
-        Ok(Generated { image, record, latents })
+        Ok(Generated {
+            image,
+            record,
+            latents,
+            mask: mask.and_then(|m| m.given),
+        })
+    }
+
+    /// An inpainting UNet's extra channels for this run: the latent mask and the masked image's latent. Without a
+    /// mask (txt2img, img2img on an inpainting model) everything is repainted: a mask of ones over an all-grey image.
+    fn inpainting_channels(
+        &self,
+        init_and_mask: Option<(&::image::RgbImage, &InpaintMask)>,
+        latent_mask: Option<&Tensor>,
+        (width, height): (usize, usize),
+        request: &GenerateRequest,
+    ) -> Result<Tensor> {
+        let pixels = match init_and_mask {
+            Some((rgb, mask)) => masked_image(&rgb_to_tensor(rgb, &self.device)?, mask)?,
+            None => Tensor::zeros((1, 3, height, width), DType::F32, &self.device)?,
+        };
+        let masked_latent = self.encode_pixels(&pixels, request)?;
+        let latent_mask = match latent_mask {
+            Some(m) => m.clone(),
+            None => Tensor::ones((1, 1, height / 8, width / 8), self.latent_dtype(), &self.device)?,
+        };
+        inpaint::unet_extra_channels(&latent_mask, &masked_latent)
     }
 
     /// The first-pass size of a hires-fix run, or `None` (with a warning) when the target is no larger than
@@ -566,10 +648,14 @@ impl Pipeline {
         let start = samplers::start_latent(&plan, schedule, noise, init)?;
         let (offset, total) = (run.steps_done, run.total_steps);
         let cancel = run.cancel;
+        let known = run.known;
         let on_event = &mut *run.on_event;
         let mut on_step = |progress: StepProgress<'_>| {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
+            }
+            if let Some(known) = known {
+                *progress.x = known.blend(progress.x, &plan, progress.step, schedule)?;
             }
             on_event(Event::Step {
                 step: offset + progress.step,
@@ -678,7 +764,12 @@ impl Pipeline {
     /// Init image → VAE posterior mean × scaling factor (deterministic, as InvokeAI); in tiles with the request's
     /// `vae_tiling`, circularly padded with its `seamless`.
     fn encode_image(&self, rgb: &::image::RgbImage, request: &GenerateRequest) -> Result<Tensor> {
-        let pixels = rgb_to_tensor(rgb, &self.device)?.to_dtype(self.dtype)?;
+        self.encode_pixels(&rgb_to_tensor(rgb, &self.device)?, request)
+    }
+
+    /// [`Self::encode_image`] of VAE pixels `[1, 3, H, W]` in [-1, 1].
+    fn encode_pixels(&self, pixels: &Tensor, request: &GenerateRequest) -> Result<Tensor> {
+        let pixels = pixels.to_dtype(self.dtype)?;
         let tiling = request.vae_tiling.then(VaeTiling::default);
         let mean = self
             .vae

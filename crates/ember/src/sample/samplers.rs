@@ -35,13 +35,14 @@ impl SamplingPlan {
 }
 
 /// Reported after every step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct StepProgress<'a> {
     /// Steps done so far, 1..=total.
     pub step: usize,
     pub total: usize,
-    /// The latent after this step.
-    pub x: &'a Tensor,
+    /// The latent after this step. The callback may change it — inpainting with an ordinary UNet puts the known
+    /// region back here — and the next step starts from what it leaves.
+    pub x: &'a mut Tensor,
     /// The model's clean-latent estimate made during this step, when the sampler has one.
     pub denoised: Option<&'a Tensor>,
 }

@@ -1,6 +1,6 @@
-//! What the family and LoRA parity tests share: their case format (tools/oracle/make_family_reference.py's, which
-//! make_lora_reference.py extends with `loras` and `embeddings`), the request a case stands for, and how far a
-//! result is from its reference.
+//! What the family, LoRA and inpainting parity tests share: their case format (tools/oracle/make_family_reference.py's,
+//! which make_lora_reference.py extends with `loras` and `embeddings`, make_inpaint_reference.py with `mask` and
+//! `invert_mask`), the request a case stands for, and how far a result is from its reference.
 
 use candle_core::{DType, Device, Tensor};
 use ember::pipeline::{CancelToken, Pipeline};
@@ -36,6 +36,12 @@ pub struct Case {
     /// Embedding files under `tests/fixtures/lora/`.
     #[serde(default)]
     pub embeddings: Vec<String>,
+    /// Inpainting (make_inpaint_reference.py): the mask file under `tests/fixtures/` (None with an init image: its
+    /// transparent pixels are the mask, if any).
+    #[serde(default)]
+    pub mask: Option<String>,
+    #[serde(default)]
+    pub invert_mask: bool,
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -83,6 +89,8 @@ pub fn request_for(case: &Case) -> GenerateRequest {
             .iter()
             .map(|(file, w)| LoraUse::new(stem(file), *w))
             .collect(),
+        init_mask: case.mask.as_ref().map(|n| InitImage::Path(fixture(n))),
+        invert_mask: case.invert_mask,
         ..Default::default()
     }
 }

@@ -43,7 +43,7 @@ pub fn ddim(
         on_step(StepProgress {
             step: i + 1,
             total: timesteps.len(),
-            x: &x,
+            x: &mut x,
             denoised: Some(&pred_x0),
         })?;
     }
@@ -90,7 +90,7 @@ pub fn plms(
         on_step(StepProgress {
             step: i + 1,
             total: timesteps.len(),
-            x: &x,
+            x: &mut x,
             denoised: Some(&pred_x0),
         })?;
     }
@@ -137,7 +137,7 @@ pub fn lcm(
         on_step(StepProgress {
             step: i + 1,
             total: timesteps.len(),
-            x: &x,
+            x: &mut x,
             denoised: Some(&denoised),
         })?;
     }

@@ -38,7 +38,7 @@ fn add_noise(x: Tensor, sigma_next: f64, sigma_up: f64, noise: &mut dyn NoiseSou
     }
 }
 
-fn report(on_step: &mut OnStep<'_>, i: usize, sigmas: &[f64], x: &Tensor, denoised: &Tensor) -> Result<()> {
+fn report(on_step: &mut OnStep<'_>, i: usize, sigmas: &[f64], x: &mut Tensor, denoised: &Tensor) -> Result<()> {
     on_step(StepProgress {
         step: i + 1,
         total: sigmas.len().saturating_sub(1),
@@ -52,7 +52,7 @@ pub fn euler(model: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], on_step: &mut 
         let denoised = model.denoise(&x, sigmas[i])?;
         let d = to_d(&x, sigmas[i], &denoised)?;
         x = step(&x, &d, sigmas[i + 1] - sigmas[i])?;
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -70,7 +70,7 @@ pub fn euler_ancestral(
         let d = to_d(&x, sigmas[i], &denoised)?;
         x = step(&x, &d, down - sigmas[i])?;
         x = add_noise(x, sigmas[i + 1], up, noise)?;
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -89,7 +89,7 @@ pub fn heun(model: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], on_step: &mut O
             let d_2 = to_d(&x_2, sigmas[i + 1], &denoised_2)?;
             step(&x, &((d + d_2)?.affine(0.5, 0.0)?), dt)?
         };
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -114,7 +114,7 @@ pub fn dpm_2(model: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], on_step: &mut 
             let d_2 = to_d(&x_2, sigma_mid, &denoised_2)?;
             step(&x, &d_2, sigmas[i + 1] - sigmas[i])?
         };
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -141,7 +141,7 @@ pub fn dpm_2_ancestral(
             // k-diffusion adds noise only on this branch.
             x = add_noise(x, sigmas[i + 1], up, noise)?;
         }
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -184,7 +184,7 @@ pub fn lms(model: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], on_step: &mut On
         for (j, d) in ds.iter().rev().enumerate().take(order) {
             x = step(&x, d, lms_coeff(order, sigmas, i, j))?;
         }
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
@@ -207,7 +207,7 @@ pub fn dpmpp_2m(model: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], on_step: &m
             _ => denoised.clone(),
         };
         x = (x.affine(ratio, 0.0)? - target.affine((-h).exp_m1(), 0.0)?)?;
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
         old_denoised = Some(denoised);
     }
     Ok(x)
@@ -237,7 +237,7 @@ pub fn dpmpp_2s_ancestral(
             x = (x.affine(down / sigmas[i], 0.0)? - denoised_2.affine((-h).exp_m1(), 0.0)?)?;
         }
         x = add_noise(x, sigmas[i + 1], up, noise)?;
-        report(on_step, i, sigmas, &x, &denoised)?;
+        report(on_step, i, sigmas, &mut x, &denoised)?;
     }
     Ok(x)
 }
