@@ -67,7 +67,7 @@ pub fn prepare_mask(request: &GenerateRequest, prepared: &mut PreparedImage) -> 
                     "the mask {name} is {mw}×{mh} pixels, the image {w}×{h}: it was stretched to the image's shape"
                 ));
             }
-            Some(binarise(&resize_gray(&mask.to_luma8(), w, h)))
+            Some(binarise(&resize_gray(&pil_luma(&mask), w, h)))
         }
         None => prepared.transparency.take().map(|t| binarise(&t)),
     };
@@ -104,6 +104,19 @@ pub fn prepare_mask(request: &GenerateRequest, prepared: &mut PreparedImage) -> 
         );
     }
     Ok(Some(InpaintMask { given, repaint }))
+}
+
+/// A mask image in grey as PIL's `convert("L")` makes it (what diffusers' mask processor does): ITU-R 601 luma
+/// `(19595·R + 38470·G + 7471·B + 2¹⁵) >> 16`; an alpha channel is ignored.
+fn pil_luma(image: &image::DynamicImage) -> GrayImage {
+    if let image::DynamicImage::ImageLuma8(gray) = image {
+        return gray.clone();
+    }
+    let rgb = image.to_rgb8();
+    GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
+        Luma([((19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16) as u8])
+    })
 }
 
 /// diffusers' `binarize`: `v / 255 < 0.5` → keep (0), else repaint (255).
@@ -184,6 +197,24 @@ mod tests {
         }
         let mask = InpaintMask { given: None, repaint };
         assert_eq!(mask.latent(), (vec![0.0, 1.0], 2, 1));
+    }
+
+    #[test]
+    fn colour_masks_turn_grey_as_pil_converts_them() {
+        // PIL: Image.new("RGB", (1, 1), c).convert("L").getpixel((0, 0)) for each colour.
+        let colours = [
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+            [128, 128, 128],
+            [255, 255, 255],
+            [200, 100, 50],
+        ];
+        let want = [76u8, 150, 29, 128, 255, 124];
+        for (c, w) in colours.iter().zip(want) {
+            let image = image::DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, image::Rgb(*c)));
+            assert_eq!(pil_luma(&image).get_pixel(0, 0)[0], w, "{c:?}");
+        }
     }
 
     #[test]
