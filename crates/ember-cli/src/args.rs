@@ -395,4 +395,12 @@ pub struct ServeArgs {
     /// `--lora-dir` and `--embedding-dir` (defined in serve.rs).
     #[command(flatten)]
     pub addons: crate::serve::AddonDirArgs,
+    /// The HTTP APIs to serve, comma-separated: `ember` (Ember's own /api, which the web page needs), `a1111`
+    /// (AUTOMATIC1111's /sdapi/v1) and `openai` (OpenAI's Images API under /v1). A left-out API's routes answer 404.
+    #[arg(long = "api", value_name = "LIST", default_value = "ember,a1111,openai", value_parser = parse_apis)]
+    pub api: ember_server::Apis,
+}
+
+fn parse_apis(list: &str) -> Result<ember_server::Apis, String> {
+    list.parse()
 }

@@ -45,6 +45,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         work_budget: args.work_budget,
         lora_dirs: args.addons.lora_dir.clone(),
         embedding_dirs: args.addons.embedding_dir.clone(),
+        apis: args.api,
     })
 }
 
@@ -112,6 +113,20 @@ mod tests {
         assert_eq!(serve.model, None, "the first named model is loaded at start");
         assert_eq!((serve.device.as_str(), serve.dtype.as_str()), ("auto", "auto"));
         assert_eq!(serve.addons, super::AddonDirArgs::default(), "no add-on folders");
+        assert_eq!(serve.api, ember_server::Apis::default(), "every API by default");
+        let serve = parse(&["ember", "serve", "--api", "ember"]);
+        assert_eq!(
+            serve.api,
+            ember_server::Apis {
+                ember: true,
+                a1111: false,
+                openai: false
+            }
+        );
+        let serve = parse(&["ember", "serve", "--api", "a1111,openai"]);
+        assert!(!serve.api.ember && serve.api.a1111 && serve.api.openai);
+        assert!(Cli::try_parse_from(["ember", "serve", "--api", "comfy"]).is_err());
+        assert!(Cli::try_parse_from(["ember", "serve", "--api", ""]).is_err());
         let serve = parse(&[
             "ember",
             "serve",

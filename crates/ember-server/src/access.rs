@@ -71,15 +71,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Paths that need no token: the page itself (it asks for the token), the health check and the login.
+/// Paths that need no token: the page itself (it asks for the token), the health check and the login. Everything
+/// under `/api/`, the A1111 API (`/sdapi/`) and the OpenAI API (`/v1/`) needs it.
 fn open_path(path: &str) -> bool {
-    !path.starts_with("/api/") || path == "/api/health" || path == "/api/session" || path == "/api/openapi.json"
+    let protected = ["/api/", "/sdapi/", "/v1/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix) || path == prefix.trim_end_matches('/'));
+    !protected || path == "/api/health" || path == "/api/session" || path == "/api/openapi.json"
 }
 
-/// The middleware: Host, then cross-site, then token.
+/// The middleware: Host, then cross-site, then token. Refusals on the A1111 and OpenAI paths come in those APIs'
+/// error shapes.
 pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
-    match check(&access, request.method(), request.uri().path(), request.headers()) {
+    let path = request.uri().path().to_string();
+    match check(&access, request.method(), &path, request.headers()) {
         Ok(()) => next.run(request).await,
+        Err(e) if path.starts_with("/sdapi/") => crate::a1111::error_response(e),
+        Err(e) if path.starts_with("/v1/") => crate::openai::error_response(e, None),
         Err(e) => e.into_response(),
     }
 }
@@ -135,14 +143,22 @@ fn cross_site(what: &str) -> ApiError {
     )
 }
 
-/// The token from `Authorization: Bearer …` or the session cookie.
+/// The token from `Authorization: Bearer …`, the password of `Authorization: Basic …` (A1111's `--api-auth`, which
+/// webuiapi's `set_auth(user, password)` sends; the user name is not checked) or the session cookie.
 fn offered_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(bearer) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(bearer) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
         return Some(bearer.trim().to_string());
+    }
+    if let Some(basic) = authorization.and_then(|v| v.strip_prefix("Basic ")) {
+        use base64::prelude::{Engine, BASE64_STANDARD};
+        let decoded = BASE64_STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((_, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            return Some(password.to_string());
+        }
     }
     headers
         .get_all(header::COOKIE)
@@ -282,5 +298,22 @@ mod tests {
         for open in ["/", "/assets/app.js", "/api/health", "/api/session"] {
             assert_eq!(get(open, &[]), Ok(()), "{open}");
         }
+        for compat in ["/sdapi/v1/options", "/v1/models", "/v1", "/sdapi"] {
+            assert_eq!(get(compat, &[]), Err(StatusCode::UNAUTHORIZED), "{compat}");
+            assert_eq!(get(compat, &[("authorization", "Bearer s3cret")]), Ok(()), "{compat}");
+        }
+        // webuiapi's set_auth(user, password): HTTP Basic, the password is the token.
+        let basic = |pair: &str| {
+            use base64::prelude::{Engine, BASE64_STANDARD};
+            format!("Basic {}", BASE64_STANDARD.encode(pair))
+        };
+        assert_eq!(
+            get("/sdapi/v1/options", &[("authorization", &basic("ember:s3cret"))]),
+            Ok(())
+        );
+        assert_eq!(
+            get("/sdapi/v1/options", &[("authorization", &basic("ember:nope"))]),
+            Err(StatusCode::UNAUTHORIZED)
+        );
     }
 }

@@ -111,6 +111,11 @@ async fn list(
     let Query(query) =
         query.map_err(|e| ApiError::bad_request(None, format!("bad query string: {}", e.body_text())))?;
     let served: &Served = state.models.for_job(query.model.as_deref())?;
+    entries(state, served, kind).await
+}
+
+/// The entries of `kind` of `served`'s library, paths redacted from the reasons.
+pub(crate) async fn entries(state: &AppState, served: &Served, kind: AddonKind) -> ApiResult<Vec<AddonEntry>> {
     let (infos, library) = (state.addon_infos.clone(), served.addons.clone());
     let mut entries = tokio::task::spawn_blocking(move || infos.list(kind, &library))
         .await

@@ -93,8 +93,19 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
     let mut input = parse_params(&form.params)?;
     let model = state.models.for_job(input.model.take().as_deref())?;
     let params = model.resolve(input, random_seed)?;
-    let uploads = (form.init_image, form.init_mask);
-    let new_job = check_job(&state, (model.checker.clone(), model.addons.clone()), params, uploads)
+    let job = submit(&state, model, params, (form.init_image, form.init_mask)).await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Queues a job on `model` with resolved `params` and its uploads (init image, mask), after the checks of
+/// [`check_job`]: what `POST /api/jobs` and the compatibility APIs (`a1111.rs`, `openai.rs`) share.
+pub(crate) async fn submit(
+    state: &AppState,
+    model: &crate::models::Served,
+    params: Params,
+    uploads: (Option<Upload>, Option<Upload>),
+) -> ApiResult<Job> {
+    let new_job = check_job(state, (model.checker.clone(), model.addons.clone()), params, uploads)
         .await
         // The engine names an add-on by its file (an embedding the model cannot use): no server paths to clients.
         .map_err(|mut e| {
@@ -126,7 +137,7 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         Err(e) => return Err(e),
     };
     state.queue.notify();
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok(job)
 }
 
 /// Reads the `params`, `init_image` and `init_mask` parts, in any order.
@@ -625,8 +636,13 @@ pub async fn cancel_job(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Job>> {
     let id = parse_id(id, "job")?;
+    cancel(&state, id).await.map(Json)
+}
+
+/// Cancels job `id`: a queued job at once, a running one within a step; 409 when it already finished.
+pub(crate) async fn cancel(state: &AppState, id: i64) -> ApiResult<Job> {
     let (queue, events) = (state.queue.clone(), state.events.clone());
-    let job = state
+    state
         .db
         .call(move |conn| {
             // The worker may claim or finish the job meanwhile; each branch rechecks under the new status.
@@ -663,8 +679,7 @@ pub async fn cancel_job(
                 "job {id} changed state while being canceled; try again"
             )))
         })
-        .await?;
-    Ok(Json(job))
+        .await
 }
 
 #[utoipa::path(get, path = "/api/events", tag = "events",

@@ -37,6 +37,65 @@ pub struct Config {
     pub lora_dirs: Vec<PathBuf>,
     /// Folders of textual-inversion embeddings for every model (`--embedding-dir`), after each model's own.
     pub embedding_dirs: Vec<PathBuf>,
+    /// The HTTP APIs served (`--api`); a disabled one's routes answer 404.
+    pub apis: Apis,
+}
+
+/// Which HTTP APIs a server answers (`ember serve --api ember,a1111,openai`, all three by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Apis {
+    /// Ember's own `/api/…` (jobs, events, gallery), which the page needs. `GET /api/health` and
+    /// `GET /api/openapi.json` are served whatever the list.
+    pub ember: bool,
+    /// AUTOMATIC1111's `/sdapi/v1/…`.
+    pub a1111: bool,
+    /// OpenAI's Images API: `/v1/images/generations`, `/v1/images/edits`, `/v1/models`.
+    pub openai: bool,
+}
+
+impl Default for Apis {
+    fn default() -> Self {
+        Self {
+            ember: true,
+            a1111: true,
+            openai: true,
+        }
+    }
+}
+
+impl std::str::FromStr for Apis {
+    type Err = String;
+
+    /// A comma-separated list of `ember`, `a1111` (also `automatic1111`, `sdapi`) and `openai`.
+    fn from_str(list: &str) -> Result<Self, String> {
+        let mut apis = Apis {
+            ember: false,
+            a1111: false,
+            openai: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name.to_ascii_lowercase().as_str() {
+                "ember" => apis.ember = true,
+                "a1111" | "automatic1111" | "sdapi" => apis.a1111 = true,
+                "openai" => apis.openai = true,
+                other => {
+                    return Err(format!(
+                        "unknown API '{other}'; give a comma-separated list of ember, a1111 and openai"
+                    ))
+                }
+            }
+        }
+        if apis
+            == (Apis {
+                ember: false,
+                a1111: false,
+                openai: false,
+            })
+        {
+            return Err("name at least one API: ember, a1111 or openai".into());
+        }
+        Ok(apis)
+    }
 }
 
 impl Default for Config {
@@ -55,6 +114,7 @@ impl Default for Config {
             work_budget: None,
             lora_dirs: Vec::new(),
             embedding_dirs: Vec::new(),
+            apis: Apis::default(),
         }
     }
 }

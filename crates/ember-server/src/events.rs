@@ -7,6 +7,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::Stream;
 use serde::Serialize;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -26,6 +27,8 @@ pub struct Events {
     sender: broadcast::Sender<ServerEvent>,
     /// Set to true at shutdown: open streams end, so a graceful shutdown does not wait on them forever.
     closing: watch::Sender<bool>,
+    /// The last `progress` event, for A1111's `GET /sdapi/v1/progress` (its preview and ETA).
+    latest: Arc<Mutex<Option<Progress>>>,
 }
 
 impl Default for Events {
@@ -33,6 +36,7 @@ impl Default for Events {
         Self {
             sender: broadcast::channel(CAPACITY).0,
             closing: watch::channel(false).0,
+            latest: Arc::default(),
         }
     }
 }
@@ -51,10 +55,26 @@ impl Events {
         self.publish("job", job)
     }
     pub fn progress(&self, progress: &Progress) {
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(progress.clone());
         self.publish("progress", progress)
+    }
+
+    /// The last `progress` event published, if any (of whichever job).
+    pub fn latest_progress(&self) -> Option<Progress> {
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A receiver of every event published from now on (the blocking APIs wait on it for their jobs' ends).
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
+        self.sender.subscribe()
     }
     pub fn image(&self, image: &ImageEvent) {
         self.publish("image", image)
+    }
+
+    /// Whether (and when) the server stops: true once [`Events::close`] was called.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Ends every open event stream (server shutdown).

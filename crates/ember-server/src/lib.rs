@@ -12,10 +12,16 @@
 //! Jobs are rows in SQLite, so queued jobs survive a restart; the worker thread takes the oldest queued job, runs
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
+//!
+//! Besides Ember's own `/api`, the same router speaks AUTOMATIC1111's `/sdapi/v1` (`a1111.rs`) and OpenAI's Images
+//! API under `/v1` (`openai.rs`): their requests block until done, but each image is an ordinary job of the same
+//! queue (`blocking.rs`). `Config::apis` (`--api`) switches each API off.
 
+mod a1111;
 mod access;
 mod addons;
 mod api;
+mod blocking;
 mod config;
 mod db;
 mod error;
@@ -23,6 +29,7 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod models;
+mod openai;
 mod openapi;
 mod static_files;
 mod storage;
@@ -30,7 +37,7 @@ mod types;
 mod upload;
 mod worker;
 
-pub use config::{Config, NamedModel};
+pub use config::{Apis, Config, NamedModel};
 pub use openapi::ApiDoc;
 
 use access::Access;
@@ -64,39 +71,97 @@ pub(crate) struct AppState {
     decodes: Arc<Semaphore>,
     /// What the models' LoRA and embedding files say about themselves (`GET /api/loras`, `/api/embeddings`).
     addon_infos: Arc<addons::AddonInfos>,
+    /// The blocking requests of the A1111 and OpenAI APIs in flight, with their jobs.
+    requests: Arc<blocking::Requests>,
+    /// The A1111 API's settings (`POST /sdapi/v1/options`).
+    a1111: Arc<a1111::Settings>,
 }
 
 /// Room for the two 20 MB uploads (init image and mask) plus the params part and multipart framing.
 const MAX_JOB_BODY: usize = 2 * upload::MAX_UPLOAD_BYTES + 1024 * 1024;
 
-fn router(state: AppState, access: Arc<Access>) -> Router {
-    let api = Router::new()
-        .route(
-            "/jobs",
-            post(api::create_job)
-                .get(api::list_jobs)
-                .layer(DefaultBodyLimit::max(MAX_JOB_BODY)),
-        )
-        .route("/jobs/{id}", get(api::get_job))
-        .route("/jobs/{id}/cancel", post(api::cancel_job))
-        .route("/events", get(api::events))
-        .route("/images", get(api::list_images))
-        .route("/images/{id}", get(api::get_image).delete(api::delete_image))
-        .route("/images/{id}/file", get(api::image_file))
-        .route("/images/{id}/mask", get(api::image_mask))
-        .route("/samplers", get(api::samplers))
-        .route("/models", get(api::models))
-        .route("/loras", get(addons::loras))
-        .route("/embeddings", get(addons::embeddings))
+/// Room for a JSON body with two base64 uploads (init image and mask: 4/3 of their bytes) and the rest.
+const MAX_BASE64_BODY: usize = MAX_JOB_BODY / 3 * 4 + 1024 * 1024;
+
+fn router(state: AppState, access: Arc<Access>, apis: Apis) -> Router {
+    let mut api = Router::new();
+    if apis.ember {
+        api = api
+            .route(
+                "/jobs",
+                post(api::create_job)
+                    .get(api::list_jobs)
+                    .layer(DefaultBodyLimit::max(MAX_JOB_BODY)),
+            )
+            .route("/jobs/{id}", get(api::get_job))
+            .route("/jobs/{id}/cancel", post(api::cancel_job))
+            .route("/events", get(api::events))
+            .route("/images", get(api::list_images))
+            .route("/images/{id}", get(api::get_image).delete(api::delete_image))
+            .route("/images/{id}/mask", get(api::image_mask))
+            .route("/samplers", get(api::samplers))
+            .route("/models", get(api::models))
+            .route("/loras", get(addons::loras))
+            .route("/embeddings", get(addons::embeddings))
+            .route("/session", post(access::session).with_state(access.clone()));
+    }
+    if apis.ember || apis.openai {
+        // OpenAI's `url` answers point here.
+        api = api.route("/images/{id}/file", get(api::image_file));
+    }
+    let api = api
         .route("/health", get(api::health))
-        .route("/session", post(access::session).with_state(access.clone()))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(api::not_found);
-    Router::new()
-        .route("/", get(static_files::index))
-        .route("/assets/{file}", get(static_files::file))
-        .nest("/api", api)
-        .fallback(api::not_found)
+    let mut app = Router::new();
+    if apis.ember {
+        app = app
+            .route("/", get(static_files::index))
+            .route("/assets/{file}", get(static_files::file));
+    }
+    app = app.nest("/api", api);
+    if apis.a1111 {
+        let sdapi = Router::new()
+            .route("/txt2img", post(a1111::txt2img))
+            .route("/img2img", post(a1111::img2img))
+            .route("/progress", get(a1111::progress))
+            .route("/interrupt", post(a1111::interrupt))
+            .route("/skip", post(a1111::skip))
+            .route("/options", get(a1111::get_options).post(a1111::set_options))
+            .route("/sd-models", get(a1111::sd_models))
+            .route("/samplers", get(a1111::samplers))
+            .route("/schedulers", get(a1111::schedulers))
+            .route("/loras", get(a1111::loras))
+            .route("/embeddings", get(a1111::embeddings))
+            .route("/png-info", post(a1111::png_info))
+            .route("/scripts", get(a1111::scripts))
+            .route("/cmd-flags", get(a1111::cmd_flags))
+            .route("/sd-vae", get(a1111::empty_list))
+            .route("/upscalers", get(a1111::empty_list))
+            .route("/latent-upscale-modes", get(a1111::empty_list))
+            .route("/hypernetworks", get(a1111::empty_list))
+            .route("/face-restorers", get(a1111::empty_list))
+            .route("/prompt-styles", get(a1111::empty_list))
+            .route("/refresh-checkpoints", post(a1111::no_op))
+            .route("/refresh-loras", post(a1111::no_op))
+            .route("/refresh-vae", post(a1111::no_op))
+            .fallback(a1111::not_found)
+            .layer(DefaultBodyLimit::max(MAX_BASE64_BODY));
+        app = app.nest("/sdapi/v1", sdapi);
+    }
+    if apis.openai {
+        let v1 = Router::new()
+            .route("/images/generations", post(openai::generations))
+            .route(
+                "/images/edits",
+                post(openai::edits).layer(DefaultBodyLimit::max(MAX_JOB_BODY)),
+            )
+            .route("/models", get(openai::models))
+            .route("/models/{id}", get(openai::get_model))
+            .fallback(openai::not_found);
+        app = app.nest("/v1", v1);
+    }
+    app.fallback(api::not_found)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
@@ -189,6 +254,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         storage: storage.clone(),
         decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
         addon_infos: Arc::default(),
+        requests: Arc::default(),
+        a1111: Arc::default(),
     };
     let worker = Worker {
         conn: worker_conn,
@@ -204,7 +271,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (events, queue) = (state.events.clone(), state.queue.clone());
-    let app = router(state, access);
+    let app = router(state, access, config.apis);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -6,7 +6,7 @@ use crate::types::{
     LoraWeight, Mode, ModelDefaults, ModelInfo, ModelList, Outcrop, Params, ParamsInput, Progress, SamplerList,
     Variation,
 };
-use crate::{access, addons, api};
+use crate::{a1111, access, addons, api, openai};
 use axum::Json;
 use utoipa::OpenApi;
 
@@ -15,7 +15,8 @@ use utoipa::OpenApi;
     info(
         title = "Ember",
         description = "Stable Diffusion (1.x, 2.x, SDXL; Turbo and LCM variants) txt2img, img2img, inpainting and outpainting as a job queue, \
-                       with LoRAs and textual-inversion embeddings, live progress over Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`."
+                       with LoRAs and textual-inversion embeddings, live progress over Server-Sent Events and a gallery. Errors are `{\"error\": {\"field\", \"message\"}}`. \
+                       Also AUTOMATIC1111's `/sdapi/v1` and OpenAI's Images API (`/v1`), in their own shapes, over the same queue."
     ),
     paths(
         api::create_job,
@@ -35,6 +36,22 @@ use utoipa::OpenApi;
         api::health,
         access::session,
         openapi_json,
+        a1111::txt2img,
+        a1111::img2img,
+        a1111::progress,
+        a1111::interrupt,
+        a1111::skip,
+        a1111::get_options,
+        a1111::set_options,
+        a1111::sd_models,
+        a1111::samplers,
+        a1111::schedulers,
+        a1111::loras,
+        a1111::embeddings,
+        a1111::png_info,
+        openai::generations,
+        openai::edits,
+        openai::models,
     ),
     components(schemas(
         ParamsInput,
