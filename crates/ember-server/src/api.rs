@@ -98,7 +98,7 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
 }
 
 /// Queues a job on `model` with resolved `params` and its uploads (init image, mask), after the checks of
-/// [`check_job`]: what `POST /api/jobs` and the compatibility APIs (`a1111.rs`, `openai.rs`) share.
+/// [`check_job`]: what `POST /api/jobs` and the compatibility APIs (`a1111/`, `openai.rs`) share.
 pub(crate) async fn submit(
     state: &AppState,
     model: &crate::models::Served,

@@ -13,7 +13,7 @@
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
 //!
-//! Besides Ember's own `/api`, the same router speaks AUTOMATIC1111's `/sdapi/v1` (`a1111.rs`) and OpenAI's Images
+//! Besides Ember's own `/api`, the same router speaks AUTOMATIC1111's `/sdapi/v1` (`a1111/`) and OpenAI's Images
 //! API under `/v1` (`openai.rs`): their requests block until done, but each image is an ordinary job of the same
 //! queue (`blocking.rs`). `Config::apis` (`--api`) switches each API off.
 
