@@ -6,25 +6,12 @@
 mod common;
 
 use base64::prelude::{Engine, BASE64_STANDARD};
-use common::{fixture, start, start_configured, TestServer};
+use common::{fixture, png_bytes, png_text, start, start_configured, TestServer};
 use ember_server::{Apis, NamedModel};
 use image::{GrayImage, Luma, RgbImage};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
-    ember::image::png_meta::read_png_text_from(std::io::Cursor::new(bytes), std::path::Path::new("x.png"))
-        .expect("PNG text chunks")
-}
-
-fn png_bytes(image: &image::DynamicImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .expect("encode");
-    out
-}
 
 /// A successful txt2img/img2img answer: its images (PNG bytes) and its `info`, parsed.
 async fn generate(t: &TestServer, path: &str, body: Value) -> (Vec<Vec<u8>>, Value, Value) {

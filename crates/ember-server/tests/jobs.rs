@@ -4,17 +4,10 @@
 mod common;
 
 use base64::prelude::{Engine, BASE64_STANDARD};
-use common::{fixture, start};
+use common::{fixture, png_text, start};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("x.png");
-    std::fs::write(&path, bytes).expect("write");
-    ember::image::png_meta::read_png_text(&path).expect("PNG text chunks")
-}
 
 fn is_rfc3339_utc(s: &Value) -> bool {
     let s = s.as_str().unwrap_or("");

@@ -4,17 +4,10 @@
 
 mod common;
 
-use common::{assert_error, fixture, start_configured, TestServer};
+use common::{assert_error, fixture, png_text, start_configured, TestServer};
 use ember_server::NamedModel;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("x.png");
-    std::fs::write(&path, bytes).expect("write");
-    ember::image::png_meta::read_png_text(&path).expect("PNG text chunks")
-}
 
 fn named(name: &str, path: &str) -> NamedModel {
     NamedModel {

@@ -4,23 +4,10 @@
 mod common;
 
 use base64::prelude::{Engine, BASE64_STANDARD};
-use common::{fixture, start, start_configured, TestServer};
+use common::{fixture, png_bytes, png_text, start, start_configured, TestServer};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
-    ember::image::png_meta::read_png_text_from(std::io::Cursor::new(bytes), std::path::Path::new("x.png"))
-        .expect("PNG text chunks")
-}
-
-fn png_bytes(image: &image::DynamicImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .expect("encode");
-    out
-}
 
 /// An error in OpenAI's shape: its `param` and `message`.
 fn openai_error(status: StatusCode, want: StatusCode, body: &Value) -> (Option<String>, String) {

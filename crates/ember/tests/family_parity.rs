@@ -50,26 +50,12 @@ fn every_family_case_matches_diffusers_in_f32() {
 }
 
 fn check_every_case(dtype: DType) {
-    let refs = references();
-    let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
-    let mut failures = Vec::new();
-    for case in cases() {
-        let pipeline = pipelines
-            .entry(case.model.clone())
-            .or_insert_with(|| load_as(&case.model, dtype));
-        let request = request_for(&case);
-        let latents = generate(pipeline, &request);
-        let err = rel_err(&latents, &refs[&format!("{}.latents", case.name)]);
-        let bound = match dtype {
-            DType::F64 => LATENTS_F64,
-            _ if case.name == CHAOTIC_F32.0 => CHAOTIC_F32.1,
-            _ => LATENTS_F32,
-        };
-        println!("{:32} {dtype:?} latents {err:.2e} (bound {bound:.0e})", case.name);
-        if err.is_nan() || err > bound {
-            failures.push(format!("{}: latents {err:.2e} > {bound:.0e}", case.name));
-        }
-    }
+    let bound = |case: &Case| match dtype {
+        DType::F64 => LATENTS_F64,
+        _ if case.name == CHAOTIC_F32.0 => CHAOTIC_F32.1,
+        _ => LATENTS_F32,
+    };
+    let failures = common::latents_failures(cases(), &references(), dtype, bound);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{generate, load, rel_err, request_for, Case};
-use ember::pipeline::{CancelToken, Pipeline};
+use ember::pipeline::CancelToken;
 use ember::request::GenerateRequest;
 use std::collections::HashMap;
 
@@ -42,21 +42,8 @@ fn every_inpainting_case_matches_diffusers_in_f32() {
 }
 
 fn check_every_case(dtype: DType) {
-    let refs = references();
-    let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
-    let mut failures = Vec::new();
-    for case in cases() {
-        let pipeline = pipelines
-            .entry(case.model.clone())
-            .or_insert_with(|| load(&case.model, dtype));
-        let latents = generate(pipeline, &request_for(&case));
-        let err = rel_err(&latents, &refs[&format!("{}.latents", case.name)]);
-        let bound = if dtype == DType::F64 { LATENTS_F64 } else { LATENTS_F32 };
-        println!("{:32} {dtype:?} latents {err:.2e} (bound {bound:.0e})", case.name);
-        if err.is_nan() || err > bound {
-            failures.push(format!("{}: latents {err:.2e} > {bound:.0e}", case.name));
-        }
-    }
+    let bound = if dtype == DType::F64 { LATENTS_F64 } else { LATENTS_F32 };
+    let failures = common::latents_failures(cases(), &references(), dtype, |_| bound);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

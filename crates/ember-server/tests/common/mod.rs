@@ -259,3 +259,18 @@ pub fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// The text chunks of a PNG in memory (`Dream`, `sd-metadata`, `parameters`).
+pub fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
+    ember::image::png_meta::read_png_text_from(std::io::Cursor::new(bytes), std::path::Path::new("x.png"))
+        .expect("PNG text chunks")
+}
+
+/// An image encoded as PNG.
+pub fn png_bytes(image: &image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode");
+    out
+}

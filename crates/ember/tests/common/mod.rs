@@ -106,6 +106,31 @@ pub fn generate(pipeline: &Pipeline, request: &GenerateRequest) -> Tensor {
         .latents
 }
 
+/// Generates every case on its model (each loaded once, in `dtype`) and compares its final latents with the reference
+/// `{name}.latents` of `refs`: returns a line per case farther than `bound(case)` (max |Δ| / max |reference|).
+pub fn latents_failures(
+    cases: Vec<Case>,
+    refs: &HashMap<String, Tensor>,
+    dtype: DType,
+    bound: impl Fn(&Case) -> f64,
+) -> Vec<String> {
+    let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
+    let mut failures = Vec::new();
+    for case in cases {
+        let pipeline = pipelines
+            .entry(case.model.clone())
+            .or_insert_with(|| load(&case.model, dtype));
+        let latents = generate(pipeline, &request_for(&case));
+        let err = rel_err(&latents, &refs[&format!("{}.latents", case.name)]);
+        let bound = bound(&case);
+        println!("{:32} {dtype:?} latents {err:.2e} (bound {bound:.0e})", case.name);
+        if err.is_nan() || err > bound {
+            failures.push(format!("{}: latents {err:.2e} > {bound:.0e}", case.name));
+        }
+    }
+    failures
+}
+
 /// max |t|, in f64.
 pub fn max_abs(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64)
