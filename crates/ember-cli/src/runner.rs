@@ -196,13 +196,13 @@ impl Runner {
         };
         if let Some(path) = &init_image {
             if !path.is_file() {
-                return Err(Error::image(path, "no such file").into());
+                return Err(Error::image(path, not_a_file(path)).into());
             }
         }
         let init_mask = sw.init_mask.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from);
         if let Some(path) = &init_mask {
             if !path.is_file() {
-                return Err(Error::image(path, "no such file (the -M inpainting mask)").into());
+                return Err(Error::image(path, format!("{} (the -M inpainting mask)", not_a_file(path))).into());
             }
         }
         let outcrop = match &sw.outcrop {
@@ -516,4 +516,13 @@ fn file_stem(path: &Path) -> String {
 fn is_back_reference(s: &str) -> bool {
     s.strip_prefix('-')
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Why an image path that is not a file cannot be used.
+fn not_a_file(path: &std::path::Path) -> &'static str {
+    if path.is_dir() {
+        "it is a folder; give an image file"
+    } else {
+        "no such file"
+    }
 }

@@ -303,9 +303,11 @@ fn bad_inpainting_input_is_a_clear_error_and_writes_nothing() {
     let not_image = not_image.display().to_string();
     let black = save_gray(home.path(), "black.png", &GrayImage::new(64, 96));
     let missing = home.path().join("missing-mask.png").display().to_string();
+    let folder = home.path().display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["-I", &init, "-M", &not_image], "notes.png"),
         (vec!["-I", &init, "-M", &missing], "missing-mask.png"),
+        (vec!["-I", &init, "-M", &folder], "it is a folder"),
         (vec!["-I", &init, "-M", &black], "all black"),
         (vec!["-I", &init, "--outcrop", "top", "12"], "multiple of 8"),
         (vec!["-I", &init, "--outcrop", "left", "4096"], "4096"),
