@@ -252,6 +252,24 @@ fn odd_masks_warn_and_bad_ones_are_refused() {
     );
     assert!(warnings.iter().any(|w| w.contains("whole image")), "{warnings:?}");
 
+    // Faint transparency (alpha ≥ 128 everywhere) marks nothing: img2img of the same pixels, with a warning.
+    let rgb = init_rgb();
+    let faint = RgbaImage::from_fn(64, 96, |x, y| {
+        let p = rgb.get_pixel(x, y);
+        Rgba([p[0], p[1], p[2], if x < 32 { 200 } else { 255 }])
+    });
+    let (faint_run, warnings) = run(
+        &pipeline,
+        &request(memory("faint.png", DynamicImage::ImageRgba8(faint)), None),
+    );
+    assert!(warnings.iter().any(|w| w.contains("faint")), "{warnings:?}");
+    let (plain, _) = run(
+        &pipeline,
+        &request(memory("rgb.png", DynamicImage::ImageRgb8(rgb)), None),
+    );
+    assert_eq!(rel_err(&faint_run.latents, &plain.latents), 0.0);
+    assert!(faint_run.mask.is_none());
+
     let all_black = request(init(), Some(GrayImage::new(64, 96)));
     assert!(error(&pipeline, &all_black).contains("all black"));
     let dir = tempfile::tempdir().expect("tempdir");

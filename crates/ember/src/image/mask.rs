@@ -43,7 +43,7 @@ impl InpaintMask {
 }
 
 /// Makes the mask of `request` for its prepared init image (`prepared` grows by the outcrop), or None for plain
-/// img2img (no `-M`, no transparency, no outcrop). Warnings go to `warnings`.
+/// img2img (no `-M`, no transparency, no outcrop). Warnings are added to `prepared.warnings`.
 pub fn prepare_mask(request: &GenerateRequest, prepared: &mut PreparedImage) -> Result<Option<InpaintMask>> {
     let (w, h) = prepared.rgb.dimensions();
     let given = match &request.init_mask {
@@ -69,7 +69,19 @@ pub fn prepare_mask(request: &GenerateRequest, prepared: &mut PreparedImage) -> 
             }
             Some(binarise(&resize_gray(&pil_luma(&mask), w, h)))
         }
-        None => prepared.transparency.take().map(|t| binarise(&t)),
+        None => match prepared.transparency.take().map(|t| binarise(&t)) {
+            // Faint transparency (alpha ≥ ½ everywhere, e.g. an editor's soft edge) marks nothing to repaint: the
+            // image is used as it is rather than refused as an all-black mask.
+            Some(mask) if !request.invert_mask && !mask.pixels().any(|p| p[0] == REPAINT) => {
+                prepared.warnings.push(
+                    "the init image's transparency is faint (alpha ≥ 128 everywhere): nothing is marked for \
+                     repainting, so it runs as img2img"
+                        .to_string(),
+                );
+                None
+            }
+            mask => mask,
+        },
     };
     if given.is_none() && request.invert_mask {
         return Err(Error::invalid(
