@@ -75,6 +75,9 @@ pub enum Command {
     Study(crate::study::StudyArgs),
     /// Start the web UI and HTTP API (a job queue with live previews and a gallery); see docs/api.md.
     Serve(ServeArgs),
+    /// Run the jobs of a PostgreSQL queue (`ember serve --queue postgres://…`) on this machine, with no HTTP server;
+    /// images go to --images (a folder or s3://bucket/prefix). Start as many as there are machines or GPUs.
+    Worker(crate::serve::WorkerArgs),
 }
 
 /// Where the model comes from and how it runs.
@@ -399,6 +402,21 @@ pub struct ServeArgs {
     /// (AUTOMATIC1111's /sdapi/v1) and `openai` (OpenAI's Images API under /v1). A left-out API's routes answer 404.
     #[arg(long = "api", value_name = "LIST", default_value = "ember,a1111,openai", value_parser = parse_apis)]
     pub api: ember_server::Apis,
+    /// `--queue`, `--images`, `--lease-secs` (defined in serve.rs).
+    #[command(flatten)]
+    pub queue: crate::serve::QueueArgs,
+    /// Workers inside this server, each with the model in memory: 0 makes a front-end only, whose jobs run in
+    /// `ember worker` processes; more than one needs --queue postgres://….
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+    /// Apply the PostgreSQL schema of --queue and exit (a server also migrates at start, under a lock).
+    #[arg(long)]
+    pub migrate: bool,
+    /// PostgreSQL queue: a job submitted here whose worker stopped answering this many times (killed, power or
+    /// network lost) fails, with the reason; before that it goes back to the queue for another worker.
+    #[arg(long, value_name = "N", default_value_t = ember_server::DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_attempts: i64,
 }
 
 fn parse_apis(list: &str) -> Result<ember_server::Apis, String> {

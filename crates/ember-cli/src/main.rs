@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
         Some(args::Command::Repl(r)) => repl::run(&r),
         Some(args::Command::Bench(b)) => bench::run(&b),
         Some(args::Command::Serve(s)) => serve::run(&s),
+        Some(args::Command::Worker(w)) => serve::run_worker(&w),
         Some(args::Command::Study(s)) => study::run(&s),
         None => repl::run(&cli.repl),
     };

@@ -1,5 +1,6 @@
 //! `ember serve`: the web UI and HTTP API (crate `ember-server`), with the same model flags as `ember generate`,
 //! `--models FILE`: the REPL's models file, whose named models jobs may ask for, and the LoRA and embedding folders.
+//! `ember worker`: the jobs of a PostgreSQL queue run on another machine, with the same model flags.
 
 use crate::args::{ServeArgs, DEFAULT_MODEL};
 use crate::repl::config::load_models;
@@ -20,22 +21,98 @@ pub struct AddonDirArgs {
     pub embedding_dir: Vec<PathBuf>,
 }
 
+/// Where jobs and images live, and a worker's lease (part of [`ServeArgs`] and [`WorkerArgs`]).
+#[derive(Debug, Args, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// Where the jobs, their states and the gallery's records live: a SQLite file [default: DATA_DIR/ember.sqlite],
+    /// or postgres://USER:PASSWORD@HOST:PORT/DB for one queue shared by workers on several machines.
+    #[arg(long, value_name = "URL_OR_FILE", env = "EMBER_QUEUE", hide_env_values = true)]
+    pub queue: Option<String>,
+    /// Where the images go: a folder [default: DATA_DIR/images], or s3://BUCKET/PREFIX on an S3-compatible store
+    /// (AWS S3, MinIO, Ceph, R2; endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain-HTTP endpoint).
+    #[arg(long, value_name = "FOLDER_OR_S3", env = "EMBER_IMAGES", value_parser = parse_images)]
+    pub images: Option<ember_server::ImagesLocation>,
+    /// PostgreSQL queue: seconds a worker holds a job without a sign of life (steps and a heartbeat renew it)
+    /// before another worker takes the job over.
+    #[arg(long, value_name = "SECONDS", default_value_t = ember_server::DEFAULT_LEASE.as_secs_f64(),
+          value_parser = parse_lease)]
+    pub lease_secs: f64,
+}
+
+fn parse_images(text: &str) -> Result<ember_server::ImagesLocation, String> {
+    text.parse()
+}
+
+fn parse_lease(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.5..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{text}' is not a number of seconds from 0.5 to 86400")),
+    }
+}
+
+/// `ember worker`.
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// This worker's name in the queue (`GET /api/workers`, a job's `worker`) [default: HOST-PID]. A name in use
+    /// by a live worker is refused; a restarted worker may take its old name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Which jobs it takes: `any` (those for the model in memory first, then those of other models it has, which it
+    /// loads) or `loaded` (only those for the model in memory).
+    #[arg(long, value_name = "POLICY", default_value = "any", value_parser = ["any", "loaded"])]
+    pub claim: String,
+    /// Named models this worker may run (the format of `ember serve --models`); give it the server's file, or a
+    /// part of it.
+    #[arg(long, value_name = "FILE")]
+    pub models: Option<PathBuf>,
+    /// Model loaded at start: a path, a Hugging Face repo id, or a name from --models (as `ember serve --model`).
+    /// Jobs name models as the server does, so give the same path or name as the server.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute precision: auto, f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    #[command(flatten)]
+    pub addons: AddonDirArgs,
+    /// Largest image one job may make here, in megapixels [default: 2 on a CPU, 16 on a GPU].
+    #[arg(long, value_name = "MEGAPIXELS")]
+    pub max_pixels: Option<f64>,
+    /// Most work one job may take here, in megapixel-steps [default: 200 on a CPU, 2000 on a GPU].
+    #[arg(long, value_name = "MEGAPIXEL_STEPS")]
+    pub work_budget: Option<f64>,
+}
+
+/// `--model`, else the first named model, else the default repo.
+fn start_model(model: &Option<String>, models: &[ember_server::NamedModel]) -> String {
+    match (model, models.first()) {
+        (Some(model), _) => model.clone(),
+        (None, Some(first)) => first.name.clone(),
+        (None, None) => DEFAULT_MODEL.to_string(),
+    }
+}
+
+fn queue_config(config: &mut ember_server::Config, queue: &QueueArgs) {
+    config.queue = queue.queue.clone().filter(|q| !q.is_empty());
+    config.images = queue.images.clone();
+    config.lease = std::time::Duration::from_secs_f64(queue.lease_secs);
+}
+
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let models = match &args.models {
         Some(file) => named_models(file)?,
         None => Vec::new(),
     };
-    // `--model`, else the first named model, else the default repo.
-    let model = match (&args.model, models.first()) {
-        (Some(model), _) => model.clone(),
-        (None, Some(first)) => first.name.clone(),
-        (None, None) => DEFAULT_MODEL.to_string(),
-    };
-    ember_server::serve_blocking(ember_server::Config {
+    let mut config = ember_server::Config {
         host: args.host.clone(),
         port: args.port,
         data_dir: args.data_dir.clone(),
-        model,
+        model: start_model(&args.model, &models),
         models,
         device: args.device.clone(),
         dtype: args.dtype.clone(),
@@ -46,7 +123,41 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         lora_dirs: args.addons.lora_dir.clone(),
         embedding_dirs: args.addons.embedding_dir.clone(),
         apis: args.api,
-    })
+        workers: args.workers,
+        max_attempts: args.max_attempts,
+        ..ember_server::Config::default()
+    };
+    queue_config(&mut config, &args.queue);
+    if args.migrate {
+        println!("{}", ember_server::migrate_blocking(&config)?);
+        return Ok(());
+    }
+    ember_server::serve_blocking(config)
+}
+
+pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    let models = match &args.models {
+        Some(file) => named_models(file)?,
+        None => Vec::new(),
+    };
+    let mut config = ember_server::Config {
+        model: start_model(&args.model, &models),
+        models,
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        max_megapixels: args.max_pixels,
+        work_budget: args.work_budget,
+        lora_dirs: args.addons.lora_dir.clone(),
+        embedding_dirs: args.addons.embedding_dir.clone(),
+        worker_name: args.name.clone().filter(|n| !n.is_empty()),
+        only_loaded: args.claim == "loaded",
+        ..ember_server::Config::default()
+    };
+    queue_config(&mut config, &args.queue);
+    if config.queue.is_none() {
+        anyhow::bail!("ember worker needs --queue postgres://USER:PASSWORD@HOST:PORT/DB (or EMBER_QUEUE)");
+    }
+    ember_server::work_blocking(config)
 }
 
 /// The models of `file` (the REPL's format, read by the REPL's parser), sorted by name. Unlike the REPL's optional

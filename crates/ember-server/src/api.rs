@@ -1,7 +1,7 @@
 //! The HTTP API of docs/api.md: jobs, events, gallery, samplers and models. Handlers validate everything that comes
 //! from the client and answer with [`ApiError`]s naming the field at fault; they never panic on input.
 
-use crate::db::{self, NewJob};
+use crate::db::NewJob;
 use crate::error::{clip, ApiError, ApiResult, ErrorBody};
 use crate::types::{Image, ImagePage, Job, JobList, JobStatus, Mode, ModelList, Params, ParamsInput, SamplerList};
 use crate::upload::{self, MAX_UPLOAD_BYTES};
@@ -114,17 +114,7 @@ pub(crate) async fn submit(
         })?;
     // A job accepted into a removed database, or onto a full disk, would be lost.
     state.storage.check().map_err(ApiError::unavailable)?;
-    let (queue, events) = (state.queue.clone(), state.events.clone());
-    let inserted = state
-        .db
-        .call(move |conn| {
-            queue.transition(|| {
-                let job = db::insert_job(conn, &new_job)?;
-                events.job(&job);
-                Ok(job)
-            })
-        })
-        .await;
+    let inserted = state.db.insert_job(new_job, model.name(), &state.events).await;
     let job = match inserted {
         Ok(job) => {
             state.storage.recovered();
@@ -136,7 +126,6 @@ pub(crate) async fn submit(
         }
         Err(e) => return Err(e),
     };
-    state.queue.notify();
     Ok(job)
 }
 
@@ -532,15 +521,18 @@ pub const MAX_DECODING_MEGAPIXELS: usize = 64;
 async fn gallery_init_size(state: &AppState, id: i64) -> ApiResult<(u32, u32)> {
     let missing =
         move || ApiError::bad_request(Some("init_image_id"), format!("there is no gallery image with id {id}"));
-    let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
-    let path = state.images_dir.join(file.ok_or_else(missing)?);
-    let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    let file = state.db.image_file(id).await?;
+    let bytes = state
+        .images
+        .get(&file.ok_or_else(missing)?)
+        .await
+        .map_err(|_| missing())?;
     upload::probe(&bytes).map_err(|e| ApiError::bad_request(Some("init_image_id"), e.message))
 }
 
 /// Checks that gallery image `id` exists and has a mask, for `init_mask_id`.
 async fn gallery_mask(state: &AppState, id: i64) -> ApiResult<()> {
-    match state.db.call(move |conn| Ok(db::image_mask_file(conn, id)?)).await? {
+    match state.db.image_mask_file(id).await? {
         Some(Some(_)) => Ok(()),
         Some(None) => Err(ApiError::bad_request(
             Some("init_mask_id"),
@@ -609,10 +601,7 @@ pub async fn list_jobs(
         })?),
     };
     let limit = query_number(query.limit.as_deref(), "limit", 50, 500)?;
-    let jobs = state
-        .db
-        .call(move |conn| Ok(db::list_jobs(conn, status, limit)?))
-        .await?;
+    let jobs = state.db.list_jobs(status, limit).await?;
     Ok(Json(JobList { jobs }))
 }
 
@@ -620,7 +609,7 @@ pub async fn list_jobs(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 pub async fn get_job(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Job>> {
     let id = parse_id(id, "job")?;
-    let job = state.db.call(move |conn| Ok(db::get_job(conn, id)?)).await?;
+    let job = state.db.get_job(id).await?;
     job.map(Json)
         .ok_or_else(|| ApiError::not_found(format!("there is no job with id {id}")))
 }
@@ -641,45 +630,7 @@ pub async fn cancel_job(
 
 /// Cancels job `id`: a queued job at once, a running one within a step; 409 when it already finished.
 pub(crate) async fn cancel(state: &AppState, id: i64) -> ApiResult<Job> {
-    let (queue, events) = (state.queue.clone(), state.events.clone());
-    state
-        .db
-        .call(move |conn| {
-            // The worker may claim or finish the job meanwhile; each branch rechecks under the new status.
-            for _ in 0..3 {
-                let job = db::get_job(conn, id)?
-                    .ok_or_else(|| ApiError::not_found(format!("there is no job with id {id}")))?;
-                match job.status {
-                    JobStatus::Queued => {
-                        let canceled = queue.transition(|| -> ApiResult<Option<Job>> {
-                            if !db::cancel_queued(conn, id)? {
-                                return Ok(None);
-                            }
-                            let job = db::get_job(conn, id)?.unwrap_or(job);
-                            events.job(&job);
-                            Ok(Some(job))
-                        })?;
-                        match canceled {
-                            Some(job) => return Ok(job),
-                            // The worker claimed it first: cancel it as a running job.
-                            None => continue,
-                        }
-                    }
-                    JobStatus::Running if queue.cancel_running(id) => return Ok(job),
-                    status if status.is_finished() => {
-                        return Err(ApiError::conflict(format!(
-                            "job {id} is already {}; only queued or running jobs can be canceled",
-                            status.as_str()
-                        )))
-                    }
-                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
-                }
-            }
-            Err(ApiError::conflict(format!(
-                "job {id} changed state while being canceled; try again"
-            )))
-        })
-        .await
+    state.db.cancel(id, &state.events).await
 }
 
 #[utoipa::path(get, path = "/api/events", tag = "events",
@@ -710,10 +661,7 @@ pub async fn list_images(
     let Query(query) = query.map_err(query_error)?;
     let page = query_number(query.page.as_deref(), "page", 1, 1_000_000)?;
     let per_page = query_number(query.per_page.as_deref(), "per_page", 24, 200)?;
-    let (images, total) = state
-        .db
-        .call(move |conn| Ok(db::list_images(conn, page, per_page)?))
-        .await?;
+    let (images, total) = state.db.list_images(page, per_page).await?;
     Ok(Json(ImagePage {
         images,
         total,
@@ -729,7 +677,7 @@ pub async fn get_image(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Image>> {
     let id = parse_id(id, "image")?;
-    let image = state.db.call(move |conn| Ok(db::get_image(conn, id)?)).await?;
+    let image = state.db.get_image(id).await?;
     image
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))
@@ -740,7 +688,7 @@ pub async fn get_image(
         content_type = "image/png", body = Vec<u8>), (status = 404, body = ErrorBody)))]
 pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
     let id = parse_id(id, "image")?;
-    let file = state.db.call(move |conn| Ok(db::image_file(conn, id)?)).await?;
+    let file = state.db.image_file(id).await?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
     serve_png(&state, &file, &format!("the file of image {id}")).await
 }
@@ -752,7 +700,7 @@ pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, 
         (status = 404, description = "No such image, or it has no mask (its `mask_url` is null)", body = ErrorBody)))]
 pub async fn image_mask(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
     let id = parse_id(id, "image")?;
-    let file = state.db.call(move |conn| Ok(db::image_mask_file(conn, id)?)).await?;
+    let file = state.db.image_mask_file(id).await?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("image {id} has no mask: it was not inpainted")))?;
     serve_png(&state, &file, &format!("the mask of image {id}")).await
@@ -766,9 +714,9 @@ async fn serve_png(state: &AppState, file: &str, what: &str) -> ApiResult<Respon
             "{what} has an unsafe file name in the database"
         )));
     }
-    let bytes = tokio::fs::read(state.images_dir.join(file)).await.map_err(|e| {
+    let bytes = state.images.get(file).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            ApiError::not_found(format!("{what} is missing from the images folder"))
+            ApiError::not_found(format!("{what} is missing from the image store"))
         } else {
             ApiError::internal(format!("cannot read {what}: {e}"))
         }
@@ -797,15 +745,14 @@ pub async fn delete_image(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(id, "image")?;
-    let file = state.db.call(move |conn| Ok(db::delete_image(conn, id)?)).await?;
+    let file = state.db.delete_image(id).await?;
     let (file, mask) = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
     for file in std::iter::once(file).chain(mask) {
         if file.contains(['/', '\\']) {
             continue;
         }
-        match tokio::fs::remove_file(state.images_dir.join(&file)).await {
+        match state.images.delete(&file).await {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("image {id} was removed from the gallery but its file {file} stays: {e}"),
         }
     }
@@ -835,7 +782,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     let health = Health {
         status: if storage.is_ok() { "ok" } else { "unavailable" }.into(),
         storage: storage.err().unwrap_or_else(|| "ok".into()),
-        running_job: state.queue.running_id(),
+        running_job: state.db.running_id().await,
     };
     (status, Json(health))
 }
@@ -855,6 +802,22 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         models: state.models.infos(),
     })
+}
+
+/// `GET /api/workers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<crate::pg::WorkerInfo>,
+}
+
+#[utoipa::path(get, path = "/api/workers", tag = "other", responses((status = 200,
+    description = "The workers of a PostgreSQL queue (`ember worker`, and `ember serve --workers N`): the models each \
+                   may run, the one in memory, the job it runs, and whether it is alive (answered within three \
+                   leases). Empty for the SQLite queue, whose one worker runs inside the server", body = WorkerList)))]
+pub async fn workers(State(state): State<AppState>) -> ApiResult<Json<WorkerList>> {
+    Ok(Json(WorkerList {
+        workers: state.db.workers().await?,
+    }))
 }
 
 /// Unknown API paths get the JSON error shape too.

@@ -8,7 +8,6 @@
 //! wait with a 503.
 
 use crate::api::{self, Upload};
-use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::models::Served;
 use crate::types::{Image, Job, JobStatus, Params};
@@ -139,18 +138,7 @@ pub async fn run(state: &AppState, source: Source, jobs: Vec<Submission<'_>>) ->
     }
     let ids = batch.ids.clone();
     let jobs = loop {
-        let ids = ids.clone();
-        let jobs = state
-            .db
-            .call(move |conn| {
-                ids.iter()
-                    .map(|&id| {
-                        db::get_job(conn, id)?
-                            .ok_or_else(|| ApiError::internal(format!("job {id} vanished from the database")))
-                    })
-                    .collect::<ApiResult<Vec<Job>>>()
-            })
-            .await?;
+        let jobs = state.db.get_jobs(ids.clone()).await?;
         if jobs.iter().all(|j| j.status.is_finished()) {
             break jobs;
         }
@@ -192,19 +180,14 @@ async fn next_job_event(events: &mut tokio::sync::broadcast::Receiver<crate::eve
 
 /// Gallery image `id`: its row, its PNG and the PNG's `parameters` text.
 async fn read_done(state: &AppState, id: i64) -> ApiResult<Done> {
-    let image = state
-        .db
-        .call(move |conn| {
-            db::get_image(conn, id)?.ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "image {id} was deleted from the gallery before it could be sent"
-                ))
-            })
-        })
-        .await?;
+    let image = state.db.get_image(id).await?.ok_or_else(|| {
+        ApiError::conflict(format!(
+            "image {id} was deleted from the gallery before it could be sent"
+        ))
+    })?;
     let file = state
         .db
-        .call(move |conn| Ok(db::image_file(conn, id)?))
+        .image_file(id)
         .await?
         .ok_or_else(|| ApiError::conflict(format!("image {id} was deleted before it could be sent")))?;
     if file.contains(['/', '\\']) || file.starts_with('.') {
@@ -212,7 +195,9 @@ async fn read_done(state: &AppState, id: i64) -> ApiResult<Done> {
             "image {id} has an unsafe file name in the database"
         )));
     }
-    let png = tokio::fs::read(state.images_dir.join(&file))
+    let png = state
+        .images
+        .get(&file)
         .await
         .map_err(|e| ApiError::conflict(format!("cannot read the file of image {id}: {e}")))?;
     let parameters = png_parameters(&png).unwrap_or_default();

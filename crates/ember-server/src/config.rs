@@ -1,10 +1,12 @@
 //! How `ember serve` is set up: where it listens, where it keeps its data and which models it runs.
 
+use crate::image_store::ImagesLocation;
 use ember::pipeline::{WorkLimits, MEGAPIXEL};
 use ember::sample::denoiser::PredictionType;
 use ember::sample::schedule::TimestepSpacing;
 use ember::sample::SamplerKind;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Server settings. [`Config::default`] matches the CLI's defaults.
 #[derive(Debug, Clone)]
@@ -39,7 +41,36 @@ pub struct Config {
     pub embedding_dirs: Vec<PathBuf>,
     /// The HTTP APIs served (`--api`); a disabled one's routes answer 404.
     pub apis: Apis,
+    /// Where the jobs and the gallery's records live (`--queue`): None, `<data-dir>/ember.sqlite`; a path, that SQLite
+    /// file; `postgres://…`, PostgreSQL (for workers on several machines).
+    pub queue: Option<String>,
+    /// Where the PNGs go (`--images`): None, `<data-dir>/images`; a folder; or `s3://bucket/prefix`.
+    pub images: Option<ImagesLocation>,
+    /// Workers inside `ember serve` (`--workers`): 1 by default; 0 for a front-end only (its jobs run in `ember
+    /// worker` processes); more than one needs the PostgreSQL queue (each loads its own model).
+    pub workers: usize,
+    /// PostgreSQL queue: how long a worker holds a job without a sign of life before another may take it.
+    pub lease: Duration,
+    /// PostgreSQL queue: a job submitted here whose worker died this many times fails (with the reason).
+    pub max_attempts: i64,
+    /// `ember worker --name`: None, `HOST-PID`.
+    pub worker_name: Option<String>,
+    /// `ember worker --claim loaded`: take only jobs for the model in memory (never switch models).
+    pub only_loaded: bool,
 }
+
+/// Where `--queue` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueLocation {
+    Sqlite(PathBuf),
+    /// The connection URL (with its password: never log it; see `pg::describe_url`).
+    Postgres(String),
+}
+
+/// A worker lease unless `--lease-secs` says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Attempts a job gets unless `--max-attempts` says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
 
 /// Which HTTP APIs a server answers (`ember serve --api ember,a1111,openai`, all three by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +146,13 @@ impl Default for Config {
             lora_dirs: Vec::new(),
             embedding_dirs: Vec::new(),
             apis: Apis::default(),
+            queue: None,
+            images: None,
+            workers: 1,
+            lease: DEFAULT_LEASE,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            worker_name: None,
+            only_loaded: false,
         }
     }
 }
@@ -190,6 +228,24 @@ impl Config {
     }
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")
+    }
+
+    /// Where the queue is (`--queue`, else the SQLite file of the data folder).
+    pub fn queue_location(&self) -> QueueLocation {
+        match self.queue.as_deref() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                QueueLocation::Postgres(url.to_string())
+            }
+            Some(path) => QueueLocation::Sqlite(PathBuf::from(path)),
+            None => QueueLocation::Sqlite(self.db_path()),
+        }
+    }
+
+    /// Where the images go (`--images`, else the data folder's `images/`).
+    pub fn images_location(&self) -> ImagesLocation {
+        self.images
+            .clone()
+            .unwrap_or_else(|| ImagesLocation::Folder(self.images_dir()))
     }
 
     /// The device's default limits (`defaults`) with this configuration's overrides.

@@ -129,7 +129,8 @@ impl Db {
 }
 
 const JOB_COLUMNS: &str = "id, status, params, mode, steps_total, steps_done, created_at, started_at, finished_at, \
-     error, image_id, (SELECT mask_file IS NOT NULL FROM images WHERE images.id = jobs.image_id)";
+     error, image_id, (SELECT mask_file IS NOT NULL FROM images WHERE images.id = jobs.image_id), \
+     started_at IS NOT NULL";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(1)?;
@@ -155,6 +156,9 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
             (Some(image_id), Some(true)) => Some(format!("/api/images/{image_id}/mask")),
             _ => None,
         },
+        // One in-process worker: a job starts at most once (one found running at startup is failed, not retried).
+        attempts: i64::from(row.get::<_, bool>(12)?),
+        worker: None,
     })
 }
 

@@ -28,16 +28,20 @@ mod error;
 mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+mod image_store;
 mod models;
 mod openai;
 mod openapi;
+mod pg;
 mod static_files;
 mod storage;
+mod store;
 mod types;
 mod upload;
 mod worker;
 
-pub use config::{Apis, Config, NamedModel};
+pub use config::{Apis, Config, NamedModel, QueueLocation, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS};
+pub use image_store::ImagesLocation;
 pub use openapi::ApiDoc;
 
 use access::Access;
@@ -47,22 +51,25 @@ use axum::routing::{get, post};
 use axum::Router;
 use ember::pipeline::MEGAPIXEL;
 use events::Events;
+use image_store::ImageStore;
 use models::Models;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use storage::Storage;
+use store::JobStore;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
-use worker::{Queue, Worker};
+use worker::{Backend, Queue, Worker};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    db: db::Db,
+    /// The jobs and the gallery's records: SQLite or PostgreSQL.
+    db: JobStore,
     events: Events,
-    queue: Arc<Queue>,
-    images_dir: Arc<PathBuf>,
+    /// The gallery's PNGs: a folder or a bucket.
+    images: Arc<ImageStore>,
     /// The models jobs may name, each with its defaults and the engine's admission checks (with this server's work
     /// limits), and which one is loaded.
     models: Arc<Models>,
@@ -101,6 +108,7 @@ fn router(state: AppState, access: Arc<Access>, apis: Apis) -> Router {
             .route("/images/{id}/mask", get(api::image_mask))
             .route("/samplers", get(api::samplers))
             .route("/models", get(api::models))
+            .route("/workers", get(api::workers))
             .route("/loras", get(addons::loras))
             .route("/embeddings", get(addons::embeddings))
             .route("/session", post(access::session).with_state(access.clone()));
@@ -172,7 +180,7 @@ pub struct RunningServer {
     /// The name of the model loaded at start, as `GET /api/models` reports it.
     pub model_name: String,
     /// Its family's name (`SD 1.x`, `SD 2.x`, `SDXL`).
-    pub model_family: &'static str,
+    pub model_family: String,
     /// Every model jobs may name, the loaded one included.
     pub models: Vec<String>,
     /// A line per model of `Config::models` that is left out (it could not be described).
@@ -191,27 +199,213 @@ impl RunningServer {
     }
 }
 
-/// Loads the model, opens the database (recovering from a crash), binds the listener and starts the worker and the
-/// HTTP server in the background. `config.port` 0 picks a free port: see [`RunningServer::addr`].
-pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
-    let images_dir = config.images_dir();
-    std::fs::create_dir_all(&images_dir)
-        .with_context(|| format!("cannot create the data folder {}", images_dir.display()))?;
-    let api_conn = db::open(&config.db_path())?;
-    let interrupted = db::fail_interrupted(&api_conn).context("cannot recover the job queue")?;
-    if interrupted > 0 {
-        tracing::warn!("{interrupted} job(s) were running when the server last stopped; they are marked failed");
+/// The in-process workers of a server, and how to stop them.
+struct Workers {
+    queues: Vec<Arc<Queue>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    fn stop(&self) {
+        for queue in &self.queues {
+            queue.stop();
+        }
     }
-    let worker_conn = db::open(&config.db_path())?;
-    let storage = Arc::new(Storage::new(&config.data_dir, &config.db_path(), &images_dir));
+
+    /// Waits for the threads (blocking).
+    fn join(self) -> anyhow::Result<()> {
+        for thread in self.threads {
+            thread.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the queue (recovering from a crash, or migrating PostgreSQL's schema), the image store and the models (the
+/// start model loaded when a worker runs here), binds the listener and starts the workers and the HTTP server in
+/// the background. Refused configurations (an unreachable database, a missing bucket) fail before anything
+/// listens. `config.port` 0 picks a free port: see [`RunningServer::addr`].
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let postgres = match config.queue_location() {
+        QueueLocation::Postgres(url) => Some(url),
+        QueueLocation::Sqlite(_) => None,
+    };
+    if postgres.is_none() && config.workers > 1 {
+        anyhow::bail!(
+            "--workers {}: the SQLite queue has one worker; use --queue postgres://… for several",
+            config.workers
+        );
+    }
+    if config.max_attempts < 1 {
+        anyhow::bail!("--max-attempts must be at least 1");
+    }
+    let images = Arc::new(ImageStore::open(&config.images_location()).await?);
+    let (db, sqlite_worker, storage) = match (&postgres, config.queue_location()) {
+        (Some(url), _) => {
+            let pg = Arc::new(pg::Pg::open(url, true).await?);
+            let storage = Arc::new(Storage::shared(images.folder()));
+            (
+                JobStore::Postgres {
+                    pg,
+                    max_attempts: config.max_attempts,
+                },
+                None,
+                storage,
+            )
+        }
+        (None, QueueLocation::Sqlite(db_path)) => {
+            if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create the data folder {}", parent.display()))?;
+            }
+            let api_conn = db::open(&db_path)?;
+            let interrupted = db::fail_interrupted(&api_conn).context("cannot recover the job queue")?;
+            if interrupted > 0 {
+                tracing::warn!(
+                    "{interrupted} job(s) were running when the server last stopped; they are marked failed"
+                );
+            }
+            let worker_conn = db::open(&db_path)?;
+            let data_dir = db_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let watched_images = images.folder().map_or(data_dir.clone(), std::path::Path::to_path_buf);
+            let storage = Arc::new(Storage::new(&data_dir, &db_path, &watched_images));
+            let queue = Arc::new(Queue::default());
+            (
+                JobStore::Sqlite {
+                    db: db::Db::new(api_conn),
+                    queue: queue.clone(),
+                },
+                Some((worker_conn, queue)),
+                storage,
+            )
+        }
+        (None, QueueLocation::Postgres(_)) => unreachable!("matched above"),
+    };
+    if postgres.is_none() && config.workers == 0 {
+        tracing::warn!("--workers 0 with the SQLite queue: jobs are queued but nothing here runs them");
+    }
 
     let models_config = config.clone();
-    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config))
+    let load_start = config.workers > 0;
+    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config, load_start))
         .await
         .context("the model loading task failed")??;
     for line in &left_out {
         tracing::warn!("{line}");
     }
+    log_models(&models);
+    let start = models.get(models.current());
+    let model_name = start.name().to_string();
+    let model_family = start.info.family.name.clone();
+    let model_names = models.infos().into_iter().map(|m| m.name).collect();
+    let models = Arc::new(models);
+    let access = Arc::new(Access::new(config.token.clone(), &config.allowed_hosts));
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another server using the port? (try --port)"))?;
+    let local_addr = listener.local_addr()?;
+
+    let state = AppState {
+        db,
+        events: Events::default(),
+        images: images.clone(),
+        models: models.clone(),
+        storage: storage.clone(),
+        decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
+        addon_infos: Arc::default(),
+        requests: Arc::default(),
+        a1111: Arc::default(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let mut workers = Workers {
+        queues: Vec::new(),
+        threads: Vec::new(),
+    };
+    match (&postgres, sqlite_worker) {
+        (None, Some((conn, queue))) => {
+            if let Some(pipeline) = pipeline {
+                let worker = Worker {
+                    backend: Backend::Sqlite(conn),
+                    pipeline: Some((models.current(), pipeline)),
+                    models,
+                    queue: queue.clone(),
+                    events: state.events.clone(),
+                    images,
+                    storage,
+                    runtime,
+                };
+                workers
+                    .threads
+                    .push(worker.spawn("ember-worker").context("cannot start the worker thread")?);
+            }
+            workers.queues.push(queue);
+        }
+        (Some(url), _) => {
+            tokio::spawn(relay_events(url.clone(), state.events.clone()));
+            let mut first = pipeline.map(|p| (p, models));
+            for i in 0..config.workers {
+                let name = match &config.worker_name {
+                    Some(name) if config.workers == 1 => name.clone(),
+                    Some(name) => format!("{name}-{}", i + 1),
+                    None => format!("{}-{}-serve-{}", pg::hostname(), std::process::id(), i + 1),
+                };
+                let (pipeline, worker_models) = match first.take() {
+                    Some(pair) => pair,
+                    None => {
+                        let models_config = config.clone();
+                        let (pipeline, models, _) =
+                            tokio::task::spawn_blocking(move || models::open(&models_config, true))
+                                .await
+                                .context("the model loading task failed")??;
+                        (pipeline.context("the worker's model did not load")?, Arc::new(models))
+                    }
+                };
+                let (queue, thread) = start_pg_worker(
+                    &config,
+                    url,
+                    &name,
+                    (pipeline, worker_models),
+                    (state.events.clone(), images.clone(), storage.clone()),
+                )
+                .await?;
+                workers.queues.push(queue);
+                workers.threads.push(thread);
+            }
+        }
+        (None, None) => unreachable!("the SQLite queue always has its worker connection"),
+    }
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let events = state.events.clone();
+    let app = router(state, access, config.apis);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+                // Event streams never end on their own; graceful shutdown would wait for them forever.
+                events.close();
+            })
+            .await;
+        workers.stop();
+        tokio::task::spawn_blocking(move || workers.join())
+            .await
+            .context("cannot wait for the workers")??;
+        served.context("the HTTP server failed")
+    });
+    Ok(RunningServer {
+        addr: local_addr,
+        model_name,
+        model_family,
+        models: model_names,
+        left_out,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+fn log_models(models: &models::Models) {
     for info in models.infos() {
         let name = &info.name;
         tracing::info!(
@@ -226,9 +420,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     }
     let start = models.get(models.current());
-    let model_name = start.name().to_string();
-    let model_family = pipeline.spec().family.name();
-    let model_names = models.infos().into_iter().map(|m| m.name).collect();
     if let Some(limits) = start.checker.limits() {
         tracing::info!(
             "work limits: {:.2} megapixels per image, {:.1} megapixel-steps per job",
@@ -236,65 +427,195 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             limits.max_pixel_steps as f64 / MEGAPIXEL as f64
         );
     }
-    let models = Arc::new(models);
-    let access = Arc::new(Access::new(config.token.clone(), &config.allowed_hosts));
+}
 
-    let addr = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is another server using the port? (try --port)"))?;
-    let local_addr = listener.local_addr()?;
-
-    let state = AppState {
-        db: db::Db::new(api_conn),
-        events: Events::default(),
-        queue: Arc::new(Queue::default()),
-        images_dir: Arc::new(images_dir.clone()),
-        models: models.clone(),
-        storage: storage.clone(),
-        decodes: Arc::new(Semaphore::new(api::MAX_DECODING_MEGAPIXELS)),
-        addon_infos: Arc::default(),
-        requests: Arc::default(),
-        a1111: Arc::default(),
-    };
+/// Connects and registers a PostgreSQL worker with its loaded model, starts its heartbeat and its thread.
+async fn start_pg_worker(
+    config: &Config,
+    url: &str,
+    name: &str,
+    (pipeline, models): (ember::pipeline::Pipeline, Arc<models::Models>),
+    (events, images, storage): (Events, Arc<ImageStore>, Arc<Storage>),
+) -> anyhow::Result<(Arc<Queue>, JoinHandle<()>)> {
+    let worker_queue = pg::WorkerQueue::connect(url, name, config.lease).await?;
+    worker_queue
+        .register(&models.all_names(), models.loaded_name().as_deref())
+        .await?;
+    let queue = Arc::new(Queue::default());
+    tokio::spawn(worker::heartbeat(
+        url.to_string(),
+        name.to_string(),
+        config.lease,
+        queue.clone(),
+        models.clone(),
+    ));
     let worker = Worker {
-        conn: worker_conn,
+        backend: Backend::Postgres {
+            queue: worker_queue,
+            only_loaded: config.only_loaded,
+        },
         pipeline: Some((models.current(), pipeline)),
         models,
-        queue: state.queue.clone(),
-        events: state.events.clone(),
-        images_dir,
+        queue: queue.clone(),
+        events,
+        images,
         storage,
-    }
-    .spawn()
-    .context("cannot start the worker thread")?;
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let thread = worker.spawn(name).context("cannot start the worker thread")?;
+    Ok((queue, thread))
+}
 
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let (events, queue) = (state.events.clone(), state.queue.clone());
-    let app = router(state, access, config.apis);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.await;
-                // Event streams never end on their own; graceful shutdown would wait for them forever.
-                events.close();
-            })
-            .await;
-        queue.stop();
-        tokio::task::spawn_blocking(move || worker.join())
-            .await
-            .context("cannot wait for the worker")?
-            .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
-        served.context("the HTTP server failed")
-    });
-    Ok(RunningServer {
-        addr: local_addr,
-        model_name,
-        model_family,
-        models: model_names,
-        left_out,
-        shutdown: Some(shutdown_tx),
-        task,
+/// The front-end's side of PostgreSQL's events: LISTENs on `ember_events`, reads what each notification names and
+/// publishes it to this server's SSE clients, so that the page shows live steps of a job on any worker. Also fails
+/// the jobs whose workers died (when no worker is left to do it). Reconnects when the connection breaks.
+async fn relay_events(url: String, events: Events) {
+    let pg = loop {
+        match pg::Pg::open(&url, false).await {
+            Ok(pg) => break pg,
+            Err(e) => {
+                tracing::warn!("the event relay cannot reach PostgreSQL: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut closing = events.closing();
+    loop {
+        let (_client, mut notifications) = match pg::listen(&url, &[pg::EVENTS]).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!("the event relay cannot reach PostgreSQL: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut reap = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                notification = notifications.recv() => match notification {
+                    Some(n) => relay(&pg, &events, n.payload()).await,
+                    None => break,
+                },
+                _ = reap.tick() => {
+                    if let Err(e) = pg.reap().await {
+                        tracing::warn!("cannot check the workers' leases: {}", e.message);
+                    }
+                }
+                _ = closing.changed() => return,
+            }
+        }
+    }
+}
+
+/// Publishes what one `ember_events` notification names, as the database has it now.
+async fn relay(pg: &pg::Pg, events: &Events, payload: &str) {
+    let number = |s: &str| s.parse::<i64>().ok();
+    let published = match payload.split(':').collect::<Vec<_>>().as_slice() {
+        ["job", id] => match number(id) {
+            Some(id) => pg.get_job(id).await.map(|job| job.map(|job| events.job(&job))),
+            None => Ok(None),
+        },
+        ["progress", id] => match number(id) {
+            Some(id) => pg.progress(id).await.map(|p| p.map(|p| events.progress(&p))),
+            None => Ok(None),
+        },
+        ["image", job_id, image_id] => match (number(job_id), number(image_id)) {
+            (Some(job_id), Some(image_id)) => pg
+                .get_image(image_id)
+                .await
+                .map(|image| image.map(|image| events.image(&types::ImageEvent { job_id, image }))),
+            _ => Ok(None),
+        },
+        _ => Ok(None),
+    };
+    if let Err(e) = published {
+        tracing::warn!("cannot relay the event {payload}: {}", e.message);
+    }
+}
+
+/// `ember worker`: a process with no HTTP server that runs the jobs of a PostgreSQL queue, writing images to the
+/// image store, until Ctrl-C or SIGTERM (then its running job goes back to the queue).
+pub async fn work(config: Config) -> anyhow::Result<()> {
+    let url = match config.queue_location() {
+        QueueLocation::Postgres(url) => url,
+        QueueLocation::Sqlite(_) => anyhow::bail!(
+            "ember worker needs --queue postgres://…: the SQLite queue is run by `ember serve`'s own worker"
+        ),
+    };
+    let images = Arc::new(ImageStore::open(&config.images_location()).await?);
+    let name = config
+        .worker_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", pg::hostname(), std::process::id()));
+    // The database first (fast to refuse), then the model (slow to load).
+    pg::WorkerQueue::connect(&url, &name, config.lease).await?;
+    let models_config = config.clone();
+    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config, true))
+        .await
+        .context("the model loading task failed")??;
+    for line in &left_out {
+        tracing::warn!("{line}");
+    }
+    log_models(&models);
+    let pipeline = pipeline.context("the worker's model did not load")?;
+    let storage = Arc::new(Storage::shared(images.folder()));
+    let (queue, thread) = start_pg_worker(
+        &config,
+        &url,
+        &name,
+        (pipeline, Arc::new(models)),
+        (Events::default(), images, storage),
+    )
+    .await?;
+    eprintln!(
+        "worker {name} ready: queue {}, images {}",
+        pg::describe_url(&url),
+        config.images_location()
+    );
+    stop_signal().await?;
+    eprintln!("worker {name} stopping: its running job (if any) goes back to the queue");
+    queue.stop();
+    let joined = tokio::task::spawn_blocking(move || thread.join());
+    match tokio::time::timeout(SHUTDOWN_GRACE, joined).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(_) => anyhow::bail!("the worker thread panicked"),
+        Err(_) => {
+            eprintln!(
+                "the running job did not stop within {}s; exiting anyway",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// [`work`] on its own runtime (the `ember` binary).
+pub fn work_blocking(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let worked = runtime.block_on(work(config));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    worked
+}
+
+/// `ember serve --migrate`: applies the PostgreSQL schema and returns.
+pub fn migrate_blocking(config: &Config) -> anyhow::Result<String> {
+    let QueueLocation::Postgres(url) = config.queue_location() else {
+        anyhow::bail!("--migrate is for --queue postgres://… (the SQLite queue migrates itself at start)");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        pg::Pg::open(&url, true).await?;
+        Ok(format!(
+            "the job database at {} has Ember schema version {}",
+            pg::describe_url(&url),
+            pg::SCHEMA_VERSION
+        ))
     })
 }
 

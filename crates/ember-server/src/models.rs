@@ -320,6 +320,17 @@ impl Models {
     }
 
     /// The names, quoted, for messages: `'a', 'b'`.
+    /// Every model's name, in order (what a worker tells the queue it can run).
+    pub fn all_names(&self) -> Vec<String> {
+        self.list.iter().map(|s| s.name().to_string()).collect()
+    }
+
+    /// The name of the model in memory, if one is.
+    pub fn loaded_name(&self) -> Option<String> {
+        let loaded = *self.lock();
+        loaded.in_memory.then(|| self.get(loaded.current).name().to_string())
+    }
+
     pub fn names(&self) -> String {
         let names: Vec<String> = self.list.iter().map(|s| format!("'{}'", s.name())).collect();
         names.join(", ")
@@ -370,10 +381,11 @@ fn limits(config: &Config, device: &str) -> anyhow::Result<WorkLimits> {
     config.work_limits(WorkLimits::for_device(&parse_device(device)?))
 }
 
-/// Startup (blocking: reads model files): loads `config.model` and describes every other model of `config.models`.
-/// A listed model that cannot be described (a missing file, a bad per-model setting) is logged and left out; the
-/// model loaded at start must load. Returns its pipeline, the models, and a line per model left out.
-pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> {
+/// Startup (blocking: reads model files): loads `config.model` (only describes it unless `load_start`: a front-end
+/// whose workers run elsewhere) and describes every other model of `config.models`. A listed model that cannot be
+/// described (a missing file, a bad per-model setting) is logged and left out; the start model must load. Returns
+/// its pipeline (when loaded), the models, and a line per model left out.
+pub fn open(config: &Config, load_start: bool) -> anyhow::Result<(Option<Pipeline>, Models, Vec<String>)> {
     // The server's add-on folders must exist whatever the models: checked before anything is loaded.
     let mut addon_warnings = BTreeSet::new();
     addon_library(config, &NamedModel::default(), &mut addon_warnings)?;
@@ -393,22 +405,41 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
     let start_limits = limits(config, &device)?;
     let start_addons = addon_library(config, &start_entry, &mut addon_warnings)
         .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", config.model))?;
-    let mut pipeline = load(&start_entry.path, &device, &dtype, Some(start_limits)).with_context(|| {
-        format!(
-            "cannot load the model '{}'; pass a local model with --model PATH",
-            config.model
-        )
-    })?;
-    // Before its checker is taken: the checks then know its LoRAs and its embeddings' words.
-    for warning in pipeline
-        .set_addons(start_addons.library.clone())
-        .with_context(|| format!("cannot read the LoRAs and embeddings of the model '{}'", config.model))?
-    {
-        tracing::warn!("{warning}");
-    }
+    // The start model: loaded (a worker), or only described (a front-end whose workers run elsewhere).
+    let (pipeline, loaded_name, spec, checker) = if load_start {
+        let mut pipeline = load(&start_entry.path, &device, &dtype, Some(start_limits)).with_context(|| {
+            format!(
+                "cannot load the model '{}'; pass a local model with --model PATH",
+                config.model
+            )
+        })?;
+        // Before its checker is taken: the checks then know its LoRAs and its embeddings' words.
+        for warning in pipeline
+            .set_addons(start_addons.library.clone())
+            .with_context(|| format!("cannot read the LoRAs and embeddings of the model '{}'", config.model))?
+        {
+            tracing::warn!("{warning}");
+        }
+        let (name, spec, checker) = (
+            pipeline.model_name().to_string(),
+            pipeline.spec().clone(),
+            pipeline.checker(),
+        );
+        (Some(pipeline), name, spec, checker)
+    } else {
+        let (name, spec, checker, warnings) = Pipeline::describe_named(&start_entry.path, start_addons.library.clone())
+            .with_context(|| {
+                format!(
+                    "cannot read the model '{}'; pass a local model with --model PATH",
+                    config.model
+                )
+            })?;
+        addon_warnings.extend(warnings);
+        (None, name, spec, checker.with_limits(Some(start_limits)))
+    };
     if start.is_none() {
         // Not a listed model: served under its short name (file stem, folder or repo id).
-        start_entry.name = pipeline.model_name().to_string();
+        start_entry.name = loaded_name;
         if config.models.iter().any(|m| m.name == start_entry.name) {
             anyhow::bail!(
                 "--model {} is called '{}', like another model of the models file; pass --model {} to start with \
@@ -419,14 +450,8 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
             );
         }
     }
-    let first = Served::new(
-        &start_entry,
-        (device, dtype),
-        pipeline.spec(),
-        pipeline.checker(),
-        start_addons,
-    )
-    .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", start_entry.name))?;
+    let first = Served::new(&start_entry, (device, dtype), &spec, checker, start_addons)
+        .with_context(|| format!("the model '{}' (loaded at start) has a bad setting", start_entry.name))?;
 
     // The start model keeps its place in the file's order; one that is not in the file comes first.
     let mut first = Some(first);
@@ -468,7 +493,7 @@ pub fn open(config: &Config) -> anyhow::Result<(Pipeline, Models, Vec<String>)> 
         list,
         state: Mutex::new(Loaded {
             current: start_index,
-            in_memory: true,
+            in_memory: pipeline.is_some(),
         }),
     };
     Ok((pipeline, models, skipped))

@@ -31,6 +31,7 @@ use utoipa::OpenApi;
         api::delete_image,
         api::samplers,
         api::models,
+        api::workers,
         addons::loras,
         addons::embeddings,
         api::health,
@@ -80,6 +81,8 @@ use utoipa::OpenApi;
         ErrorDetail,
         api::JobUpload,
         api::Health,
+        api::WorkerList,
+        crate::pg::WorkerInfo,
         access::SessionRequest,
     ))
 )]

@@ -19,6 +19,8 @@ pub struct Storage {
     /// The database file's identity when it was opened: a file at the same path with another identity is not the
     /// one the server writes to (the folder was removed and made again).
     db_identity: Option<FileIdentity>,
+    /// False when neither the queue nor the images are local (PostgreSQL and a bucket): there is no folder to watch.
+    local: bool,
     fault: Mutex<Fault>,
 }
 
@@ -63,6 +65,22 @@ impl Storage {
             db_path: db_path.to_path_buf(),
             images_dir: images_dir.to_path_buf(),
             db_identity: identity(db_path),
+            local: true,
+            fault: Mutex::new(Fault::default()),
+        }
+    }
+
+    /// Storage the server does not hold in a folder of its own (a PostgreSQL queue, images in a folder or bucket it
+    /// shares with workers): faults are still reported, but nothing is watched for removal. `images_dir`, when
+    /// the images are in a folder, is what messages redact.
+    pub fn shared(images_dir: Option<&Path>) -> Self {
+        let dir = images_dir.map(Path::to_path_buf).unwrap_or_default();
+        Self {
+            data_dir: dir.clone(),
+            db_path: PathBuf::new(),
+            images_dir: dir,
+            db_identity: None,
+            local: false,
             fault: Mutex::new(Fault::default()),
         }
     }
@@ -81,6 +99,9 @@ impl Storage {
 
     /// Why the data folder is no longer the one the server opened, if it is not: then nothing written can be kept.
     pub fn removed(&self) -> Option<String> {
+        if !self.local {
+            return None;
+        }
         (identity(&self.db_path) != self.db_identity || !self.images_dir.is_dir()).then(|| {
             "the data folder or its database was removed while the server ran; restart `ember serve` \
              (jobs queued in the removed database are lost)"

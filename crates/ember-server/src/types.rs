@@ -471,6 +471,12 @@ pub struct Job {
     /// Inpainting: `/api/images/{image_id}/mask`, the mask stored with the job's image; null until the job is done,
     /// and for jobs without a mask.
     pub mask_url: Option<String>,
+    /// How many times a worker took the job: 0 while it waits, 1 once it started, more when a worker died (lost
+    /// its lease) and another took it again (`--queue postgres://…`).
+    pub attempts: i64,
+    /// The worker that runs (or ran) the job, by name (`ember worker --name`); null for the embedded worker of
+    /// the SQLite queue and for jobs not started.
+    pub worker: Option<String>,
 }
 
 /// A finished image in the gallery.

@@ -20,11 +20,12 @@ pub async fn progress(
     let skip_image = query
         .get("skip_current_image")
         .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
-    let running = state.queue.running_id();
+    let running = state.db.running_id().await;
     let queued = state
         .db
-        .call(|conn| Ok(crate::db::list_jobs(conn, Some(crate::types::JobStatus::Queued), 500)?.len()))
-        .await?;
+        .list_jobs(Some(crate::types::JobStatus::Queued), 500)
+        .await?
+        .len();
     let Some(id) = running else {
         return Ok(Json(json!({
             "progress": 0.0,
@@ -34,7 +35,7 @@ pub async fn progress(
             "textinfo": null,
         })));
     };
-    let job = state.db.call(move |conn| Ok(crate::db::get_job(conn, id)?)).await?;
+    let job = state.db.get_job(id).await?;
     let latest = state.events.latest_progress().filter(|p| p.job_id == id);
     let (step, total) = match (&latest, &job) {
         (Some(p), _) => (p.step, p.total),
@@ -75,7 +76,7 @@ fn state_dict(job: &str, job_count: usize, step: usize, steps: usize) -> Value {
         belongs to an A1111 txt2img/img2img request, that request's other images; the request answers with the \
         images done before", body = Object)))]
 pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>> {
-    if let Some(id) = state.queue.running_id() {
+    if let Some(id) = state.db.running_id().await {
         let mut ids = state.requests.siblings(Source::A1111, id);
         ids.retain(|&other| other != id);
         // The running one first, so the worker does not start the next of the request meanwhile… and the rest.
@@ -90,7 +91,7 @@ pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>> {
     responses((status = 200, description = "Cancels the job running now only (the request's other images go on)",
         body = Object)))]
 pub async fn skip(State(state): State<AppState>) -> Result<Json<Value>> {
-    if let Some(id) = state.queue.running_id() {
+    if let Some(id) = state.db.running_id().await {
         let _ = crate::api::cancel(&state, id).await;
     }
     Ok(Json(json!({})))

@@ -44,8 +44,20 @@ pub fn write_png_with_text(path: &Path, rgb: &RgbImage, chunks: &[(&str, String)
     written.map_err(write_err)
 }
 
+/// `rgb` with its generation metadata as PNG bytes, for storage that is not a file (an object store).
+pub fn encode_png(rgb: &RgbImage, record: &ImageRecord) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    encode_to(&mut bytes, rgb, &text_chunks(record))?;
+    Ok(bytes)
+}
+
 fn encode(file: File, rgb: &RgbImage, chunks: &[(&str, String)]) -> std::io::Result<()> {
-    let mut encoder = png::Encoder::new(BufWriter::new(&file), rgb.width(), rgb.height());
+    encode_to(BufWriter::new(&file), rgb, chunks)?;
+    file.sync_all()
+}
+
+fn encode_to(out: impl std::io::Write, rgb: &RgbImage, chunks: &[(&str, String)]) -> std::io::Result<()> {
+    let mut encoder = png::Encoder::new(out, rgb.width(), rgb.height());
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     for (keyword, text) in chunks {
@@ -59,8 +71,7 @@ fn encode(file: File, rgb: &RgbImage, chunks: &[(&str, String)]) -> std::io::Res
     }
     let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
     writer.write_image_data(rgb.as_raw()).map_err(std::io::Error::other)?;
-    writer.finish().map_err(std::io::Error::other)?;
-    file.sync_all()
+    writer.finish().map_err(std::io::Error::other)
 }
 
 /// Moves the finished temporary file to `path` without ever replacing an existing file.

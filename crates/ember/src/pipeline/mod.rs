@@ -142,6 +142,15 @@ impl Pipeline {
     /// (their token counts, and which ones do not fit the model) and the LoRA names. Reads the embeddings, builds no
     /// network. Returns the warnings [`Self::set_addons`] would.
     pub fn describe_with_addons(model: &str, library: AddonLibrary) -> Result<(ModelSpec, RequestCheck, Vec<String>)> {
+        let (_, spec, check, warnings) = Self::describe_named(model, library)?;
+        Ok((spec, check, warnings))
+    }
+
+    /// [`Self::describe_with_addons`], with the name the model goes by when loaded ([`Self::model_name`]).
+    pub fn describe_named(
+        model: &str,
+        library: AddonLibrary,
+    ) -> Result<(String, ModelSpec, RequestCheck, Vec<String>)> {
         let weights = load_model(model, &Device::Cpu, DType::F32)?;
         let tokenizer = tokenizers(&weights)?
             .into_iter()
@@ -150,7 +159,7 @@ impl Pipeline {
         let (state, added, warnings) = AddonState::load(library, &weights.spec, &tokenizer, &Device::Cpu)?;
         let check = RequestCheck::new(Arc::new(tokenizer.with_added(added)), weights.spec.native_size())
             .with_addons(state.library.clone(), state.unusable.clone());
-        Ok((weights.spec, check, warnings))
+        Ok((weights.name.clone(), weights.spec, check, warnings))
     }
 
     /// Builds the networks from already-located weights.
