@@ -13,6 +13,11 @@
 //! it with a cancel token and writes the PNG into `<data-dir>/images/`. A job found `running` at startup belonged to
 //! a process that died and is marked failed. Like the CLI, the server never touches tensors itself.
 //!
+//! Past one machine (`--queue postgres://…`, `--images s3://…`): `store.rs` puts the API on PostgreSQL (`pg.rs`)
+//! instead, `image_store.rs` the PNGs in a bucket, and the workers — in this process (`--workers N`) or in `ember
+//! worker` processes anywhere (`cluster.rs`) — claim jobs under leases; their events come back through PostgreSQL's
+//! NOTIFY to this server's SSE clients.
+//!
 //! Besides Ember's own `/api`, the same router speaks AUTOMATIC1111's `/sdapi/v1` (`a1111/`) and OpenAI's Images
 //! API under `/v1` (`openai.rs`): their requests block until done, but each image is an ordinary job of the same
 //! queue (`blocking.rs`). `Config::apis` (`--api`) switches each API off.
@@ -22,6 +27,7 @@ mod access;
 mod addons;
 mod api;
 mod blocking;
+mod cluster;
 mod config;
 mod db;
 mod error;
@@ -40,6 +46,7 @@ mod types;
 mod upload;
 mod worker;
 
+pub use cluster::{migrate_blocking, work, work_blocking};
 pub use config::{Apis, Config, NamedModel, QueueLocation, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS};
 pub use image_store::ImagesLocation;
 pub use openapi::ApiDoc;
@@ -199,6 +206,13 @@ impl RunningServer {
     }
 }
 
+/// What the in-process workers of a server take their jobs from: the SQLite worker's own connection and the queue it
+/// shares with the API, or the PostgreSQL address (each worker connects).
+enum WorkerSide {
+    Sqlite(rusqlite::Connection, Arc<Queue>),
+    Postgres(String),
+}
+
 /// The in-process workers of a server, and how to stop them.
 struct Workers {
     queues: Vec<Arc<Queue>>,
@@ -226,11 +240,8 @@ impl Workers {
 /// the background. Refused configurations (an unreachable database, a missing bucket) fail before anything
 /// listens. `config.port` 0 picks a free port: see [`RunningServer::addr`].
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
-    let postgres = match config.queue_location() {
-        QueueLocation::Postgres(url) => Some(url),
-        QueueLocation::Sqlite(_) => None,
-    };
-    if postgres.is_none() && config.workers > 1 {
+    let sqlite = matches!(config.queue_location(), QueueLocation::Sqlite(_));
+    if sqlite && config.workers > 1 {
         anyhow::bail!(
             "--workers {}: the SQLite queue has one worker; use --queue postgres://… for several",
             config.workers
@@ -240,20 +251,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         anyhow::bail!("--max-attempts must be at least 1");
     }
     let images = Arc::new(ImageStore::open(&config.images_location()).await?);
-    let (db, sqlite_worker, storage) = match (&postgres, config.queue_location()) {
-        (Some(url), _) => {
-            let pg = Arc::new(pg::Pg::open(url, true).await?);
+    let (db, worker_side, storage) = match config.queue_location() {
+        QueueLocation::Postgres(url) => {
+            let pg = Arc::new(pg::Pg::open(&url, true).await?);
             let storage = Arc::new(Storage::shared(images.folder()));
             (
                 JobStore::Postgres {
                     pg,
                     max_attempts: config.max_attempts,
                 },
-                None,
+                WorkerSide::Postgres(url),
                 storage,
             )
         }
-        (None, QueueLocation::Sqlite(db_path)) => {
+        QueueLocation::Sqlite(db_path) => {
             if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("cannot create the data folder {}", parent.display()))?;
@@ -275,13 +286,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                     db: db::Db::new(api_conn),
                     queue: queue.clone(),
                 },
-                Some((worker_conn, queue)),
+                WorkerSide::Sqlite(worker_conn, queue),
                 storage,
             )
         }
-        (None, QueueLocation::Postgres(_)) => unreachable!("matched above"),
     };
-    if postgres.is_none() && config.workers == 0 {
+    if sqlite && config.workers == 0 {
         tracing::warn!("--workers 0 with the SQLite queue: jobs are queued but nothing here runs them");
     }
 
@@ -323,8 +333,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         queues: Vec::new(),
         threads: Vec::new(),
     };
-    match (&postgres, sqlite_worker) {
-        (None, Some((conn, queue))) => {
+    match worker_side {
+        WorkerSide::Sqlite(conn, queue) => {
             if let Some(pipeline) = pipeline {
                 let worker = Worker {
                     backend: Backend::Sqlite(conn),
@@ -342,8 +352,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             }
             workers.queues.push(queue);
         }
-        (Some(url), _) => {
-            tokio::spawn(relay_events(url.clone(), state.events.clone()));
+        WorkerSide::Postgres(url) => {
+            tokio::spawn(cluster::relay_events(url.clone(), state.events.clone()));
             let mut first = pipeline.map(|p| (p, models));
             for i in 0..config.workers {
                 let name = match &config.worker_name {
@@ -362,9 +372,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                         (pipeline.context("the worker's model did not load")?, Arc::new(models))
                     }
                 };
-                let (queue, thread) = start_pg_worker(
+                let (queue, thread) = cluster::start_pg_worker(
                     &config,
-                    url,
+                    &url,
                     &name,
                     (pipeline, worker_models),
                     (state.events.clone(), images.clone(), storage.clone()),
@@ -374,7 +384,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 workers.threads.push(thread);
             }
         }
-        (None, None) => unreachable!("the SQLite queue always has its worker connection"),
     }
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -405,7 +414,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-fn log_models(models: &models::Models) {
+pub(crate) fn log_models(models: &models::Models) {
     for info in models.infos() {
         let name = &info.name;
         tracing::info!(
@@ -429,198 +438,8 @@ fn log_models(models: &models::Models) {
     }
 }
 
-/// Connects and registers a PostgreSQL worker with its loaded model, starts its heartbeat and its thread.
-async fn start_pg_worker(
-    config: &Config,
-    url: &str,
-    name: &str,
-    (pipeline, models): (ember::pipeline::Pipeline, Arc<models::Models>),
-    (events, images, storage): (Events, Arc<ImageStore>, Arc<Storage>),
-) -> anyhow::Result<(Arc<Queue>, JoinHandle<()>)> {
-    let worker_queue = pg::WorkerQueue::connect(url, name, config.lease).await?;
-    worker_queue
-        .register(&models.all_names(), models.loaded_name().as_deref())
-        .await?;
-    let queue = Arc::new(Queue::default());
-    tokio::spawn(worker::heartbeat(
-        url.to_string(),
-        name.to_string(),
-        config.lease,
-        queue.clone(),
-        models.clone(),
-    ));
-    let worker = Worker {
-        backend: Backend::Postgres {
-            queue: worker_queue,
-            only_loaded: config.only_loaded,
-        },
-        pipeline: Some((models.current(), pipeline)),
-        models,
-        queue: queue.clone(),
-        events,
-        images,
-        storage,
-        runtime: tokio::runtime::Handle::current(),
-    };
-    let thread = worker.spawn(name).context("cannot start the worker thread")?;
-    Ok((queue, thread))
-}
-
-/// The front-end's side of PostgreSQL's events: LISTENs on `ember_events`, reads what each notification names and
-/// publishes it to this server's SSE clients, so that the page shows live steps of a job on any worker. Also fails
-/// the jobs whose workers died (when no worker is left to do it). Reconnects when the connection breaks.
-async fn relay_events(url: String, events: Events) {
-    let pg = loop {
-        match pg::Pg::open(&url, false).await {
-            Ok(pg) => break pg,
-            Err(e) => {
-                tracing::warn!("the event relay cannot reach PostgreSQL: {e:#}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let mut closing = events.closing();
-    loop {
-        let (_client, mut notifications) = match pg::listen(&url, &[pg::EVENTS]).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!("the event relay cannot reach PostgreSQL: {e:#}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut reap = tokio::time::interval(std::time::Duration::from_secs(2));
-        loop {
-            tokio::select! {
-                notification = notifications.recv() => match notification {
-                    Some(n) => relay(&pg, &events, n.payload()).await,
-                    None => break,
-                },
-                _ = reap.tick() => {
-                    if let Err(e) = pg.reap().await {
-                        tracing::warn!("cannot check the workers' leases: {}", e.message);
-                    }
-                }
-                _ = closing.changed() => return,
-            }
-        }
-    }
-}
-
-/// Publishes what one `ember_events` notification names, as the database has it now.
-async fn relay(pg: &pg::Pg, events: &Events, payload: &str) {
-    let number = |s: &str| s.parse::<i64>().ok();
-    let published = match payload.split(':').collect::<Vec<_>>().as_slice() {
-        ["job", id] => match number(id) {
-            Some(id) => pg.get_job(id).await.map(|job| job.map(|job| events.job(&job))),
-            None => Ok(None),
-        },
-        ["progress", id] => match number(id) {
-            Some(id) => pg.progress(id).await.map(|p| p.map(|p| events.progress(&p))),
-            None => Ok(None),
-        },
-        ["image", job_id, image_id] => match (number(job_id), number(image_id)) {
-            (Some(job_id), Some(image_id)) => pg
-                .get_image(image_id)
-                .await
-                .map(|image| image.map(|image| events.image(&types::ImageEvent { job_id, image }))),
-            _ => Ok(None),
-        },
-        _ => Ok(None),
-    };
-    if let Err(e) = published {
-        tracing::warn!("cannot relay the event {payload}: {}", e.message);
-    }
-}
-
-/// `ember worker`: a process with no HTTP server that runs the jobs of a PostgreSQL queue, writing images to the
-/// image store, until Ctrl-C or SIGTERM (then its running job goes back to the queue).
-pub async fn work(config: Config) -> anyhow::Result<()> {
-    let url = match config.queue_location() {
-        QueueLocation::Postgres(url) => url,
-        QueueLocation::Sqlite(_) => anyhow::bail!(
-            "ember worker needs --queue postgres://…: the SQLite queue is run by `ember serve`'s own worker"
-        ),
-    };
-    let images = Arc::new(ImageStore::open(&config.images_location()).await?);
-    let name = config
-        .worker_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", pg::hostname(), std::process::id()));
-    // The database first (fast to refuse), then the model (slow to load).
-    pg::WorkerQueue::connect(&url, &name, config.lease).await?;
-    let models_config = config.clone();
-    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config, true))
-        .await
-        .context("the model loading task failed")??;
-    for line in &left_out {
-        tracing::warn!("{line}");
-    }
-    log_models(&models);
-    let pipeline = pipeline.context("the worker's model did not load")?;
-    let storage = Arc::new(Storage::shared(images.folder()));
-    let (queue, thread) = start_pg_worker(
-        &config,
-        &url,
-        &name,
-        (pipeline, Arc::new(models)),
-        (Events::default(), images, storage),
-    )
-    .await?;
-    eprintln!(
-        "worker {name} ready: queue {}, images {}",
-        pg::describe_url(&url),
-        config.images_location()
-    );
-    stop_signal().await?;
-    eprintln!("worker {name} stopping: its running job (if any) goes back to the queue");
-    queue.stop();
-    let joined = tokio::task::spawn_blocking(move || thread.join());
-    match tokio::time::timeout(SHUTDOWN_GRACE, joined).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(_) => anyhow::bail!("the worker thread panicked"),
-        Err(_) => {
-            eprintln!(
-                "the running job did not stop within {}s; exiting anyway",
-                SHUTDOWN_GRACE.as_secs()
-            );
-            Ok(())
-        }
-    }
-}
-
-/// [`work`] on its own runtime (the `ember` binary).
-pub fn work_blocking(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let worked = runtime.block_on(work(config));
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    worked
-}
-
-/// `ember serve --migrate`: applies the PostgreSQL schema and returns.
-pub fn migrate_blocking(config: &Config) -> anyhow::Result<String> {
-    let QueueLocation::Postgres(url) = config.queue_location() else {
-        anyhow::bail!("--migrate is for --queue postgres://… (the SQLite queue migrates itself at start)");
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        pg::Pg::open(&url, true).await?;
-        Ok(format!(
-            "the job database at {} has Ember schema version {}",
-            pg::describe_url(&url),
-            pg::SCHEMA_VERSION
-        ))
-    })
-}
-
 /// How long Ctrl-C waits for the running job to stop before the process exits anyway.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the server until Ctrl-C (or SIGTERM), printing its address on stdout. A job that does not stop within
 /// [`SHUTDOWN_GRACE`] (or a second Ctrl-C) does not keep the process alive: it is marked interrupted at the next start.
@@ -662,7 +481,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C, or SIGTERM where there are signals (what `kill` and service managers send).
-async fn stop_signal() -> anyhow::Result<()> {
+pub(crate) async fn stop_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -664,7 +664,20 @@ fn split(upload: &Option<(String, Vec<u8>)>) -> (Option<&str>, Option<&[u8]>) {
 pub struct Claimed {
     pub job: Job,
     pub attempt: i64,
+    /// The job's uploaded init image and mask (name, bytes), read with the claim; None where the queue reads them
+    /// when needed (SQLite).
+    pub uploads: Option<Uploads>,
 }
+
+/// A job's uploads.
+#[derive(Debug, Clone, Default)]
+pub struct Uploads {
+    pub init_image: Option<(String, Vec<u8>)>,
+    pub mask: Option<(String, Vec<u8>)>,
+}
+
+/// How often a worker looks for jobs whose workers died before it claims (the front-ends look too).
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// What a worker's step write learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -681,6 +694,7 @@ pub struct WorkerQueue {
     client: Client,
     pub name: String,
     pub lease: Duration,
+    last_reap: Option<std::time::Instant>,
 }
 
 impl WorkerQueue {
@@ -691,6 +705,7 @@ impl WorkerQueue {
             client,
             name: name.to_string(),
             lease,
+            last_reap: None,
         })
     }
 
@@ -754,37 +769,54 @@ impl WorkerQueue {
 
     /// Puts back (or fails, or cancels) the jobs whose workers died, then claims the next job for one of `models`: the oldest
     /// for `loaded` first, unless `only_loaded` says to take jobs for the loaded model only.
+    ///
+    /// One round trip: the claimed row comes back with its uploads.
     pub async fn claim(
-        &self,
+        &mut self,
         models: &[String],
         loaded: Option<&str>,
         only_loaded: bool,
     ) -> Result<Option<Claimed>, tokio_postgres::Error> {
-        self.client.execute(REAP, &[]).await?;
+        if self.last_reap.is_none_or(|at| at.elapsed() >= REAP_EVERY) {
+            self.client.execute(REAP, &[]).await?;
+            self.last_reap = Some(std::time::Instant::now());
+        }
         let row = self
             .client
             .query_opt(
-                "WITH next AS (
-                     SELECT id FROM jobs
-                     WHERE model = ANY($1) AND status = 'queued' AND (NOT $3 OR model = $2)
-                     ORDER BY coalesce(model = $2, false) DESC, id
-                     LIMIT 1
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker = $4, started_at = now(),
-                     lease_until = now() + make_interval(secs => $5), steps_done = 0, eta_s = NULL, preview = NULL
-                 FROM next WHERE jobs.id = next.id
-                 RETURNING jobs.id, jobs.attempts, pg_notify('ember_events', 'job:' || jobs.id)",
+                &format!(
+                    "WITH next AS (
+                         SELECT id FROM jobs
+                         WHERE model = ANY($1) AND status = 'queued' AND (NOT $3 OR model = $2)
+                         ORDER BY coalesce(model = $2, false) DESC, id
+                         LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE jobs AS j SET status = 'running', attempts = j.attempts + 1, worker = $4,
+                         started_at = now(), lease_until = now() + make_interval(secs => $5), steps_done = 0,
+                         eta_s = NULL, preview = NULL
+                     FROM next WHERE j.id = next.id
+                     RETURNING {JOB_COLUMNS}, j.init_upload_name, j.init_upload, j.init_mask_name, j.init_mask,
+                         pg_notify('ember_events', 'job:' || j.id)"
+                ),
                 &[&models, &loaded, &only_loaded, &self.name, &self.lease.as_secs_f64()],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let (id, attempt): (i64, i64) = (row.get(0), row.get(1));
-        let job = self
-            .client
-            .query_one(&format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"), &[&id])
-            .await?;
-        match job_from_row(&job) {
-            Ok(job) => Ok(Some(Claimed { job, attempt })),
+        let (id, attempt): (i64, i64) = (row.get(0), row.get(12));
+        let upload = |name: usize, default: &str| {
+            let bytes: Option<Vec<u8>> = row.get(name + 1);
+            bytes.map(|b| (row.get::<_, Option<String>>(name).unwrap_or_else(|| default.into()), b))
+        };
+        let uploads = Uploads {
+            init_image: upload(14, "upload"),
+            mask: upload(16, "mask"),
+        };
+        match job_from_row(&row) {
+            Ok(job) => Ok(Some(Claimed {
+                job,
+                attempt,
+                uploads: Some(uploads),
+            })),
             Err(message) => {
                 // A row this Ember cannot read: fail it rather than claim it forever.
                 self.finish(id, attempt, JobStatus::Failed, Some(&message)).await?;
@@ -871,29 +903,37 @@ impl WorkerQueue {
     /// Records the image and marks the job done in one transaction, if this worker still holds the job; None
     /// when it does not (the caller removes the files it wrote).
     pub async fn store_image(
-        &mut self,
+        &self,
         claimed: &Claimed,
         image: &NewImage<'_>,
         overhead_ms: f64,
     ) -> Result<Option<Image>, tokio_postgres::Error> {
         let params = serde_json::to_string(image.params).unwrap_or_else(|_| "{}".into());
-        let (id, name, attempt) = (claimed.job.id, self.name.clone(), claimed.attempt);
-        let tx = self.client.transaction().await?;
-        let held = tx
+        // One statement, so one round trip: the job's row is locked (held by this worker and attempt, or nothing
+        // happens), the image inserted, the job marked done and both announced.
+        let row = self
+            .client
             .query_opt(
-                "SELECT 1 FROM jobs WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running' FOR UPDATE",
-                &[&id, &name, &attempt],
-            )
-            .await?;
-        if held.is_none() {
-            return Ok(None);
-        }
-        let image_id: i64 = tx
-            .query_one(
-                "INSERT INTO images (job_id, file, seed, width, height, params, dream, mask_file)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &format!(
+                    "WITH held AS (
+                         SELECT id FROM jobs WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
+                         FOR UPDATE),
+                     image AS (
+                         INSERT INTO images (job_id, file, seed, width, height, params, dream, mask_file)
+                         SELECT id, $4, $5, $6, $7, $8, $9, $10 FROM held
+                         RETURNING {IMAGE_COLUMNS}),
+                     done AS (
+                         UPDATE jobs SET status = 'done', image_id = image.id, finished_at = now(), init_upload = NULL,
+                             init_mask = NULL, preview = NULL, lease_until = NULL, overhead_ms = $11
+                         FROM image WHERE jobs.id = image.job_id
+                         RETURNING pg_notify('ember_events', 'job:' || jobs.id),
+                             pg_notify('ember_events', 'image:' || jobs.id || ':' || image.id))
+                     SELECT * FROM image"
+                ),
                 &[
-                    &id,
+                    &claimed.job.id,
+                    &self.name,
+                    &claimed.attempt,
                     &image.file,
                     &i64::from(image.seed),
                     &i64::from(image.width),
@@ -901,44 +941,11 @@ impl WorkerQueue {
                     &params,
                     &image.dream,
                     &image.mask_file,
+                    &overhead_ms,
                 ],
             )
-            .await?
-            .get(0);
-        tx.execute(
-            "UPDATE jobs SET status = 'done', image_id = $2::bigint, finished_at = now(), init_upload = NULL, init_mask = NULL,
-                 preview = NULL, lease_until = NULL, overhead_ms = $3
-             WHERE id = $1
-                 RETURNING pg_notify('ember_events', 'job:' || id), pg_notify('ember_events', 'image:' || id || ':' || $2::bigint)",
-            &[&id, &image_id, &overhead_ms],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1"),
-                &[&image_id],
-            )
             .await?;
-        tx.commit().await?;
-        Ok(image_from_row(&row).ok())
-    }
-
-    async fn bytes(&self, sql: &str, id: i64) -> Result<Option<(String, Vec<u8>)>, tokio_postgres::Error> {
-        let row = self.client.query_opt(sql, &[&id]).await?;
-        Ok(row.and_then(|r| {
-            let (name, bytes): (Option<String>, Option<Vec<u8>>) = (r.get(0), r.get(1));
-            bytes.map(|b| (name.unwrap_or_else(|| "upload".into()), b))
-        }))
-    }
-
-    pub async fn job_upload(&self, id: i64) -> Result<Option<(String, Vec<u8>)>, tokio_postgres::Error> {
-        self.bytes("SELECT init_upload_name, init_upload FROM jobs WHERE id = $1", id)
-            .await
-    }
-
-    pub async fn job_mask(&self, id: i64) -> Result<Option<(String, Vec<u8>)>, tokio_postgres::Error> {
-        self.bytes("SELECT init_mask_name, init_mask FROM jobs WHERE id = $1", id)
-            .await
+        Ok(row.and_then(|row| image_from_row(&row).ok()))
     }
 
     pub async fn image_file(&self, id: i64) -> Result<Option<String>, tokio_postgres::Error> {

@@ -213,7 +213,14 @@ impl Worker {
                     claimed
                 });
                 match claimed {
-                    Ok(true) => Ok(Some((Claimed { job, attempt: 1 }, token))),
+                    Ok(true) => Ok(Some((
+                        Claimed {
+                            job,
+                            attempt: 1,
+                            uploads: None,
+                        },
+                        token,
+                    ))),
                     Ok(false) => {
                         self.queue.set_running(None);
                         Ok(None)
@@ -396,11 +403,11 @@ impl Worker {
         if token.is_cancelled() {
             return Outcome::Canceled;
         }
-        let init = match overhead.time(|| self.init_image(job)) {
+        let init = match overhead.time(|| self.init_image(claimed)) {
             Ok(init) => init,
             Err(message) => return Outcome::Failed(message),
         };
-        let mask = match overhead.time(|| self.init_mask(job)) {
+        let mask = match overhead.time(|| self.init_mask(claimed)) {
             Ok(mask) => mask,
             Err(message) => return Outcome::Failed(message),
         };
@@ -592,25 +599,15 @@ impl Worker {
         written
     }
 
-    /// An upload stored with the job (init image or mask).
-    fn job_bytes(&self, id: i64, mask: bool) -> Result<Option<(String, Vec<u8>)>, String> {
+    /// An upload stored with the job (init image or mask): read with the claim (PostgreSQL), or now (SQLite).
+    fn job_bytes(&self, claimed: &Claimed, mask: bool) -> Result<Option<(String, Vec<u8>)>, String> {
+        if let Some(uploads) = &claimed.uploads {
+            return Ok(if mask { &uploads.mask } else { &uploads.init_image }.clone());
+        }
         match &self.backend {
-            Backend::Sqlite(conn) => if mask {
-                db::job_mask(conn, id)
-            } else {
-                db::job_upload(conn, id)
-            }
-            .map_err(|e| e.to_string()),
-            Backend::Postgres { queue, .. } => self
-                .runtime
-                .block_on(async {
-                    if mask {
-                        queue.job_mask(id).await
-                    } else {
-                        queue.job_upload(id).await
-                    }
-                })
-                .map_err(|e| pg::error_text(&e)),
+            Backend::Sqlite(conn) if mask => db::job_mask(conn, claimed.job.id).map_err(|e| e.to_string()),
+            Backend::Sqlite(conn) => db::job_upload(conn, claimed.job.id).map_err(|e| e.to_string()),
+            Backend::Postgres { .. } => Err("internal error: a job was claimed without its uploads".into()),
         }
     }
 
@@ -635,8 +632,9 @@ impl Worker {
 
     /// The job's init image (`mask` false) or mask: its upload, or a gallery image's file (or mask) named by
     /// `init_image_id` (`init_mask_id`), or none.
-    fn job_image(&self, job: &Job, mask: bool) -> Result<Option<(String, Vec<u8>)>, String> {
-        if let Some(upload) = self.job_bytes(job.id, mask)? {
+    fn job_image(&self, claimed: &Claimed, mask: bool) -> Result<Option<(String, Vec<u8>)>, String> {
+        let job = &claimed.job;
+        if let Some(upload) = self.job_bytes(claimed, mask)? {
             return Ok(Some(upload));
         }
         let (image_id, field) = if mask {
@@ -654,8 +652,8 @@ impl Worker {
     }
 
     /// The job's init image: its upload, or a gallery image named by `init_image_id`, or none (txt2img).
-    fn init_image(&self, job: &Job) -> Result<Option<InitImage>, String> {
-        let Some((name, bytes)) = self.job_image(job, false)? else {
+    fn init_image(&self, claimed: &Claimed) -> Result<Option<InitImage>, String> {
+        let Some((name, bytes)) = self.job_image(claimed, false)? else {
             return Ok(None);
         };
         let image = upload::decode(&bytes).map_err(|e| format!("cannot use the init image {name}: {}", e.message))?;
@@ -663,8 +661,8 @@ impl Worker {
     }
 
     /// The job's inpainting mask: its upload, or the mask of the gallery image `init_mask_id`, or none.
-    fn init_mask(&self, job: &Job) -> Result<Option<InitImage>, String> {
-        let Some((name, bytes)) = self.job_image(job, true)? else {
+    fn init_mask(&self, claimed: &Claimed) -> Result<Option<InitImage>, String> {
+        let Some((name, bytes)) = self.job_image(claimed, true)? else {
             return Ok(None);
         };
         let image =
