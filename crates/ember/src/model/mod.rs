@@ -1,5 +1,6 @@
 //! Model loading: finds the format of a path (diffusers folder, single-file LDM `.safetensors`,
-//! `.ckpt`/`.pt`, Hugging Face repo id), maps its tensors to diffusers' names and infers the configuration.
+//! `.ckpt`/`.pt`, Hugging Face repo id), maps its tensors to diffusers' names and infers the configuration; and the
+//! tiny autoencoder's files (`taesd.rs`).
 //!
 //! The result is `VarBuilder`s that serve tensors lazily under diffusers/transformers names, converted to the
 //! requested dtype, plus the [`ModelSpec`] (family, configurations, schedule) decided once in `family.rs`.
@@ -13,6 +14,7 @@ mod ldm_keys;
 pub mod patch;
 mod sha256;
 mod single_file;
+mod taesd;
 mod weights;
 
 pub use hub::DEFAULT_REPO_ID;
@@ -26,6 +28,7 @@ pub use family::{Family, ModelSpec};
 pub(crate) use ldm_keys::unet as ldm_keys_unet;
 pub use patch::{PatchTerm, PatchableWeights};
 use std::path::{Path, PathBuf};
+pub use taesd::load_tiny_autoencoder;
 pub(crate) use weights::ckpt_dtype as ckpt_tensor_dtype;
 use weights::{Source, WeightMap};
 

@@ -85,19 +85,44 @@ enum ConvWeights {
 impl Conv {
     /// `k`×`k` kernel, zero padding `k / 2` on every side (unless `padding` says otherwise), `stride`.
     pub fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: Option<usize>, vb: Vars) -> Result<Self> {
+        Self::build(cin, cout, k, stride, padding, true, vb)
+    }
+
+    /// [`Conv::new`] for a layer stored without a bias (`nn.Conv2d(…, bias=False)`): it runs the same kernels, with
+    /// a zero bias.
+    pub fn new_without_bias(cin: usize, cout: usize, k: usize, stride: usize, vb: Vars) -> Result<Self> {
+        Self::build(cin, cout, k, stride, None, false, vb)
+    }
+
+    fn build(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: Option<usize>,
+        has_bias: bool,
+        vb: Vars,
+    ) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding: padding.unwrap_or(k / 2),
             stride,
             ..Default::default()
         };
         let weights = if vb.packs_bf16() {
-            let bias = vb.get(cout, "bias")?.to_vec1::<f32>()?;
+            let bias = match has_bias {
+                true => vb.get(cout, "bias")?.to_vec1::<f32>()?,
+                false => vec![0.0; cout],
+            };
             let packed = vb.packed(&[cout, cin, k, k], |weight| {
                 PackedConv::new(weight, &bias, cout, cin, k)
             })?;
             ConvWeights::PackedBf16(packed)
-        } else {
+        } else if has_bias {
             ConvWeights::Candle(conv2d(cin, cout, k, cfg, vb.vb())?)
+        } else {
+            let weight = vb.get((cout, cin, k, k), "weight")?;
+            let bias = Tensor::zeros(cout, weight.dtype(), weight.device())?;
+            ConvWeights::Candle(Conv2d::new(weight, Some(bias), cfg))
         };
         Ok(Self {
             weights,

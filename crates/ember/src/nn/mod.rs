@@ -1,5 +1,5 @@
 //! The networks, as plain structs over candle-nn with diffusers' parameter names:
-//! CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
+//! CLIP text encoder, UNet2DConditionModel, AutoencoderKL, and the tiny autoencoder (TAESD family).
 
 pub mod attention;
 pub mod blocks;
@@ -7,11 +7,13 @@ pub mod clip;
 pub mod config;
 pub mod layers;
 pub mod linear;
+pub mod taesd;
 pub mod unet;
 pub mod vae;
 
 pub use clip::ClipTextModel;
 pub use layers::Padding;
+pub use taesd::TinyAutoencoder;
 pub use unet::UNet2DConditionModel;
 pub use vae::AutoencoderKL;
 
