@@ -93,6 +93,14 @@ pub struct ModelArgs {
     /// for reference checks).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// A tiny autoencoder (TAESD: taesd_decoder.pth for SD 1.x/2.x, taesdxl_decoder.pth for SDXL; .pth or
+    /// .safetensors, also diffusers' AutoencoderTiny) that decodes the final images and the step previews: much
+    /// faster than the VAE, slightly softer. Repeat the flag to give its encoder file too (for --vae-approx-encode).
+    #[arg(long = "vae-approx", alias = "vae_approx", value_name = "FILE")]
+    pub vae_approx: Vec<PathBuf>,
+    /// Encode img2img's init image with the tiny autoencoder as well (needs its encoder file in --vae-approx).
+    #[arg(long = "vae-approx-encode", alias = "vae_approx_encode", requires = "vae_approx")]
+    pub vae_approx_encode: bool,
 }
 
 /// The switches of one image request (InvokeAI 2.x's `invoke>` switches). Unset fields fall back to the REPL's

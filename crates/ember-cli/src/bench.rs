@@ -39,6 +39,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("UNet step 384×384 (CFG batch 2)", report.unet_step_384_s),
         ("UNet step 512×512, inpainting UNet", report.inpaint_unet_step_512_s),
         ("VAE decode 512×512", report.vae_decode_512_s),
+        ("TAESD decode 512×512 (vae-approx)", report.taesd_decode_512_s),
         ("VAE encode 512×512", report.vae_encode_512_s),
         ("CLIP text encoder (batch 2)", report.clip_s),
     ] {

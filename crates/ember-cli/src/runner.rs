@@ -248,6 +248,8 @@ impl Runner {
             truncate_prompts: sw.truncate_prompts,
             downweight_mask: sw.downweight == Some(Downweight::Mask),
             vae_tiling: sw.vae_tiling,
+            vae_approx_decode: !self.model.vae_approx.is_empty(),
+            vae_approx_encode: self.model.vae_approx_encode,
             prediction_type: sw.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: sw.timestep_spacing.as_deref().map(str::parse).transpose()?,
             loras: Vec::new(),
@@ -375,8 +377,20 @@ fn apply_model_defaults(request: &mut GenerateRequest, sw: &Switches, defaults: 
 pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let device = parse_device(&model.device)?;
     let dtype = resolve_dtype(&model.dtype, &device)?;
-    let pipeline = Pipeline::load(&model.model, &device, dtype)
+    let mut pipeline = Pipeline::load(&model.model, &device, dtype)
         .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())?;
+    if !model.vae_approx.is_empty() {
+        let paths: Vec<&std::path::Path> = model.vae_approx.iter().map(PathBuf::as_path).collect();
+        let approx = ember::model::load_tiny_autoencoder(&paths, &device, dtype)?;
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect();
+        pipeline.set_vae_approx(Some((approx, names.join("+"))))?;
+    }
     let place = if device.is_cpu() {
         "cpu"
     } else if device.is_cuda() {

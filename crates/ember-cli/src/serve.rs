@@ -21,7 +21,8 @@ pub struct AddonDirArgs {
     pub embedding_dir: Vec<PathBuf>,
 }
 
-/// Where jobs and images live, and a worker's lease (part of [`ServeArgs`] and [`WorkerArgs`]).
+/// Where jobs and images live, a worker's lease, and the previews' tiny autoencoder (part of [`ServeArgs`] and
+/// [`WorkerArgs`]).
 #[derive(Debug, Args, Clone, Default, PartialEq)]
 pub struct QueueArgs {
     /// Where the jobs, their states and the gallery's records live: a SQLite file [default: DATA_DIR/ember.sqlite],
@@ -38,6 +39,10 @@ pub struct QueueArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = ember_server::DEFAULT_LEASE.as_secs_f64(),
           value_parser = parse_lease)]
     pub lease_secs: f64,
+    /// A tiny autoencoder (TAESD: taesd_decoder.pth for SD 1.x/2.x, taesdxl_decoder.pth for SDXL) that draws the
+    /// live step previews at full size (else one pixel per latent); images still come from the model's VAE.
+    #[arg(long = "vae-approx", value_name = "FILE")]
+    pub vae_approx: Vec<PathBuf>,
 }
 
 fn parse_images(text: &str) -> Result<ember_server::ImagesLocation, String> {
@@ -101,6 +106,7 @@ fn queue_config(config: &mut ember_server::Config, queue: &QueueArgs) {
     config.queue = queue.queue.clone().filter(|q| !q.is_empty());
     config.images = queue.images.clone();
     config.lease = std::time::Duration::from_secs_f64(queue.lease_secs);
+    config.vae_approx = queue.vae_approx.clone();
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {

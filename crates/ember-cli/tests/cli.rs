@@ -276,3 +276,80 @@ fn from_file_runs_each_line_and_reports_bad_ones() {
     let names: Vec<&str> = stdout.lines().map(|l| l.rsplit('/').next().unwrap()).collect();
     assert_eq!(names, ["000001.1.png", "000002.3.png"]);
 }
+
+#[test]
+fn vae_approx_decodes_with_the_tiny_autoencoder_and_says_so() {
+    let outdir = tempfile::tempdir().expect("tempdir");
+    let dir = outdir.path().to_str().expect("utf-8");
+    let decoder = fixture("taesd-tiny/taesd_decoder.pth");
+    let model = tiny_model();
+    let base = [
+        "generate",
+        "a lighthouse",
+        "-s",
+        "3",
+        "-S",
+        "11",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--model",
+        &model,
+        "-o",
+        dir,
+    ];
+    let plain = ember(&base);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let mut fast_args = base.to_vec();
+    fast_args.extend(["--vae-approx", decoder.to_str().expect("utf-8")]);
+    let fast = ember(&fast_args);
+    assert!(fast.status.success(), "{}", stderr(&fast));
+    let paths: Vec<PathBuf> = [&plain, &fast]
+        .iter()
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .collect();
+    let texts = png_text(&paths[1]);
+    let parameters = texts.iter().find(|(k, _)| k == "parameters").map(|(_, v)| v.as_str());
+    assert!(
+        parameters.is_some_and(|p| p.contains("VAE: taesd_decoder.pth")),
+        "{texts:?}"
+    );
+    let sd_metadata = texts.iter().find(|(k, _)| k == "sd-metadata").map(|(_, v)| v.as_str());
+    assert!(
+        sd_metadata.is_some_and(|m| m.contains("\"vae_approx\":\"taesd_decoder.pth\"")),
+        "{texts:?}"
+    );
+    let (a, b) = (
+        image::open(&paths[0]).expect("png"),
+        image::open(&paths[1]).expect("png"),
+    );
+    assert_eq!((b.width(), b.height()), (64, 64));
+    assert_ne!(
+        a.to_rgb8().into_raw(),
+        b.to_rgb8().into_raw(),
+        "the tiny decoder's image differs from the VAE's"
+    );
+
+    // Bad uses: the encode flag alone, a file made for other latents, a missing file.
+    let mut alone = base.to_vec();
+    alone.push("--vae-approx-encode");
+    let refused = ember(&alone);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--vae-approx"), "{}", stderr(&refused));
+    let taef2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/taesd/taef2_decoder.pth");
+    let mut foreign = base.to_vec();
+    foreign.extend(["--vae-approx", taef2.to_str().expect("utf-8")]);
+    let refused = ember(&foreign);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("32-channel"), "{}", stderr(&refused));
+    let mut missing = base.to_vec();
+    missing.extend(["--vae-approx", "/nonexistent/taesd_decoder.pth"]);
+    let refused = ember(&missing);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("/nonexistent/taesd_decoder.pth"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -57,6 +57,9 @@ pub struct Config {
     pub worker_name: Option<String>,
     /// `ember worker --claim loaded`: take only jobs for the model in memory (never switch models).
     pub only_loaded: bool,
+    /// `--vae-approx`: a tiny autoencoder (TAESD) for the live previews of every model it fits (a decoder file, and
+    /// optionally its encoder). Images are still decoded by each model's VAE.
+    pub vae_approx: Vec<PathBuf>,
 }
 
 /// Where `--queue` points.
@@ -153,6 +156,7 @@ impl Default for Config {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             worker_name: None,
             only_loaded: false,
+            vae_approx: Vec::new(),
         }
     }
 }
@@ -185,6 +189,8 @@ pub struct NamedModel {
     pub lora_dir: Option<PathBuf>,
     /// A folder of textual-inversion embeddings for this model, besides the server's `--embedding-dir` folders.
     pub embedding_dir: Option<PathBuf>,
+    /// This model's tiny autoencoder for previews (`vae_approx`): replaces the server's `--vae-approx` for it.
+    pub vae_approx: Vec<PathBuf>,
 }
 
 impl NamedModel {

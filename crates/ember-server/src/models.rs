@@ -40,6 +40,8 @@ pub struct Served {
     pub addons: Arc<AddonLibrary>,
     /// The folders `addons` was read from, for [`Served::redact`].
     addon_dirs: Vec<(PathBuf, &'static str)>,
+    /// The server's `--vae-approx` files, for the previews.
+    vae_approx: Vec<PathBuf>,
 }
 
 impl Served {
@@ -90,6 +92,7 @@ impl Served {
             checker,
             addons: Arc::new(addons.library),
             addon_dirs: addons.dirs,
+            vae_approx: entry.vae_approx.clone(),
         })
     }
 
@@ -132,6 +135,7 @@ impl Served {
     /// names that are also words).
     pub fn load(&self) -> anyhow::Result<(Pipeline, Vec<String>)> {
         let mut pipeline = load(&self.path, &self.device, &self.dtype, self.checker.limits())?;
+        set_vae_approx(&mut pipeline, &self.vae_approx)?;
         let warnings = pipeline
             .set_addons((*self.addons).clone())
             .context("cannot read its LoRAs and embeddings")?;
@@ -245,6 +249,24 @@ fn addon_library(config: &Config, entry: &NamedModel, warnings: &mut BTreeSet<St
         }
     }
     Ok(Addons { library, dirs })
+}
+
+/// Gives `pipeline` the tiny autoencoder of `files` (`--vae-approx`) for its previews.
+fn set_vae_approx(pipeline: &mut Pipeline, files: &[PathBuf]) -> anyhow::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let approx = ember::model::load_tiny_autoencoder(&paths, pipeline.device(), pipeline.dtype())?;
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+        })
+        .collect();
+    pipeline.set_vae_approx(Some((approx, names.join("+"))))?;
+    Ok(())
 }
 
 fn load(path: &str, device: &str, dtype: &str, limits: Option<WorkLimits>) -> anyhow::Result<Pipeline> {
@@ -413,6 +435,12 @@ pub fn open(config: &Config, load_start: bool) -> anyhow::Result<(Option<Pipelin
                 config.model
             )
         })?;
+        let approx = if start_entry.vae_approx.is_empty() {
+            &config.vae_approx
+        } else {
+            &start_entry.vae_approx
+        };
+        set_vae_approx(&mut pipeline, approx).context("--vae-approx")?;
         // Before its checker is taken: the checks then know its LoRAs and its embeddings' words.
         for warning in pipeline
             .set_addons(start_addons.library.clone())
@@ -485,6 +513,10 @@ pub fn open(config: &Config, load_start: bool) -> anyhow::Result<(Option<Pipelin
         }
     }
     list.extend(first);
+    // A model without its own tiny autoencoder takes the server's.
+    for served in list.iter_mut().filter(|s| s.vae_approx.is_empty()) {
+        served.vae_approx = config.vae_approx.clone();
+    }
     for warning in addon_warnings {
         tracing::warn!("{warning}");
     }

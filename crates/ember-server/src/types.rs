@@ -386,6 +386,9 @@ impl Params {
             truncate_prompts: self.truncate_prompts,
             downweight_mask: self.downweight_mask,
             vae_tiling: self.vae_tiling,
+            // A server's --vae-approx serves the live previews; its images come from the VAE.
+            vae_approx_decode: false,
+            vae_approx_encode: false,
             prediction_type: self.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: self.timestep_spacing.as_deref().map(str::parse).transpose()?,
             loras: self.loras.iter().map(|l| LoraUse::new(&l.name, l.weight)).collect(),

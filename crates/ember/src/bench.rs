@@ -95,6 +95,8 @@ pub struct BenchReport {
     pub inpaint_unet_step_512_s: f64,
     pub vae_decode_512_s: f64,
     pub vae_encode_512_s: f64,
+    /// The tiny autoencoder (TAESD, `--vae-approx`) decoding the same 64×64×4 latent to a 512² image.
+    pub taesd_decode_512_s: f64,
     pub clip_s: f64,
     pub peak_rss_bytes: u64,
     /// Measured arithmetic peak of this CPU on all threads (None: no AVX-512F / AVX512-BF16, or not on the CPU).
@@ -231,6 +233,18 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
     let latent = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?.to_dtype(dtype)?;
     let (vae_decode_512_s, vae_ops) =
         time_min_counted(options.repeat, || Ok(vae.decode(&latent)?.to_device(&Device::Cpu)?))?;
+    on_progress("tiny autoencoder (TAESD) decode 512×512");
+    let taesd = crate::nn::taesd::TinyDecoder::new(
+        vb(),
+        crate::nn::taesd::TinyConfig {
+            latent_channels: 4,
+            pool: false,
+        },
+    )?;
+    let taesd_decode_512_s = time_min(options.repeat, || {
+        Ok(taesd.forward(&latent)?.to_device(&Device::Cpu)?)
+    })?;
+    drop(taesd);
     let on_cpu = dev.is_cpu();
     if on_cpu {
         on_progress("arithmetic peak of this CPU");
@@ -249,6 +263,7 @@ pub fn run(options: &BenchOptions, on_progress: &mut dyn FnMut(&str)) -> Result<
         inpaint_unet_step_512_s,
         vae_decode_512_s,
         vae_encode_512_s,
+        taesd_decode_512_s,
         clip_s,
         peak_rss_bytes: peak_rss_bytes(),
         peak_f32_gflops: peaks.f32_fma,

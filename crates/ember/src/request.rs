@@ -78,6 +78,11 @@ pub struct GenerateRequest {
     /// `--vae-tiling`: encode the init image and decode the result in overlapping 512-pixel tiles (diffusers'
     /// `enable_tiling()`), so large images fit in memory; pixels differ slightly from the untiled VAE's.
     pub vae_tiling: bool,
+    /// `--vae-approx`: the final image is decoded by the pipeline's tiny autoencoder (TAESD) instead of the VAE —
+    /// much cheaper, slightly softer ([`crate::pipeline::Pipeline::set_vae_approx`]).
+    pub vae_approx_decode: bool,
+    /// `--vae-approx-encode`: img2img's (and inpainting's) init image is encoded by the tiny autoencoder too.
+    pub vae_approx_encode: bool,
     /// `--prediction-type`: what the model predicts, when the file cannot say (None: the model's own).
     pub prediction_type: Option<PredictionType>,
     /// `--timestep-spacing`: how the steps are spread over the schedule (None: the model's default).
@@ -220,6 +225,8 @@ impl Default for GenerateRequest {
             truncate_prompts: false,
             downweight_mask: false,
             vae_tiling: false,
+            vae_approx_decode: false,
+            vae_approx_encode: false,
             prediction_type: None,
             timestep_spacing: None,
             loras: Vec::new(),

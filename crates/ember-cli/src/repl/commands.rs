@@ -174,6 +174,13 @@ impl Repl {
             model: entry.path.clone(),
             device: entry.device.clone().unwrap_or_else(|| self.launch.device.clone()),
             dtype: entry.dtype.clone().unwrap_or_else(|| self.launch.dtype.clone()),
+            // The entry's tiny autoencoder, else the launch flag's.
+            vae_approx: if entry.vae_approx.is_empty() {
+                self.launch.vae_approx.clone()
+            } else {
+                entry.vae_approx.clone()
+            },
+            vae_approx_encode: self.launch.vae_approx_encode,
         };
         eprintln!("loading model {name} ({}) …", entry.path);
         self.runner.switch_model(model, entry.switches())?;

@@ -24,6 +24,7 @@
 //! prediction_type = "epsilon"                        # --prediction-type: epsilon, v_prediction
 //! lora_dir = "/models/loras/sdxl"                    # --lora-dir: this model's LoRAs, besides the launch flags' folders
 //! embedding_dir = "/models/embeddings/sdxl"          # --embedding-dir: its textual-inversion embeddings
+//! vae_approx = "/models/taesdxl_decoder.pth"         # --vae-approx: its tiny autoencoder (or a list: encoder, decoder)
 //! ```
 //!
 //! `!switch` starts every model from the REPL's launch flags: an entry's `dtype`, `device` and defaults apply to
@@ -55,6 +56,24 @@ pub struct ModelEntry {
     /// `--embedding-dir` folders of the REPL or `ember serve`.
     pub lora_dir: Option<PathBuf>,
     pub embedding_dir: Option<PathBuf>,
+    /// This model's tiny autoencoder (`--vae-approx`): a file, or a list (its encoder and decoder); it replaces the
+    /// launch flag's while this model is loaded (a TAESD is made for one family's latents).
+    #[serde(default, deserialize_with = "one_or_more_paths")]
+    pub vae_approx: Vec<PathBuf>,
+}
+
+/// A TOML string or array of strings as paths.
+fn one_or_more_paths<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(PathBuf),
+        More(Vec<PathBuf>),
+    }
+    Ok(match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(path) => vec![path],
+        OneOrMore::More(paths) => paths,
+    })
 }
 
 impl ModelEntry {
@@ -125,6 +144,7 @@ impl ModelEntry {
             timestep_spacing: self.timestep_spacing.clone(),
             lora_dir: self.lora_dir.clone(),
             embedding_dir: self.embedding_dir.clone(),
+            vae_approx: self.vae_approx.clone(),
         }
     }
 
@@ -281,5 +301,24 @@ mod tests {
             (named.lora_dir.as_deref(), named.embedding_dir.as_deref()),
             (Some(Path::new("/loras/xl")), Some(Path::new("/embeddings/xl")))
         );
+        assert!(named.vae_approx.is_empty());
+    }
+
+    #[test]
+    fn a_models_tiny_autoencoder_is_a_file_or_a_list() {
+        let models = parse_models(
+            r#"
+            [models.one]
+            path = "/m/sd15"
+            vae_approx = "/taesd/taesd_decoder.pth"
+            [models.two]
+            path = "/m/sd15"
+            vae_approx = ["/taesd/taesd_encoder.pth", "/taesd/taesd_decoder.pth"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(models["one"].vae_approx, [PathBuf::from("/taesd/taesd_decoder.pth")]);
+        assert_eq!(models["two"].named("two").vae_approx.len(), 2);
+        assert!(parse_models("[models.x]\npath = \"/m\"\nvae_approx = 3\n").is_err());
     }
 }

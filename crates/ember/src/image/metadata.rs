@@ -75,6 +75,8 @@ pub struct RunInfo {
     pub loras: Vec<AddonUse>,
     /// The embeddings the prompts used.
     pub embeddings: Vec<AddonUse>,
+    /// The tiny autoencoder's file name when it decoded the image (`--vae-approx`).
+    pub vae_approx: Option<String>,
 }
 
 /// A LoRA or embedding an image was made with.
@@ -314,6 +316,9 @@ struct SdImage<'a> {
     loras: &'a [AddonUse],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     embeddings: &'a [AddonUse],
+    /// Ember: the tiny autoencoder that decoded the image (`--vae-approx`); absent for the VAE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vae_approx: Option<&'a str>,
 }
 
 /// InvokeAI's `sd-metadata` JSON (see the module documentation).
@@ -372,6 +377,7 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             guidance: Some(record.run.guidance.as_str()).filter(|g| !g.is_empty()),
             loras: &record.run.loras,
             embeddings: &record.run.embeddings,
+            vae_approx: record.run.vae_approx.as_deref(),
         },
     };
     // Plain data with string keys: serialization cannot fail; fall back to an empty object regardless.
@@ -425,6 +431,10 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
     }
     if r.seamless {
         fields.push("Tiling: True".to_string());
+    }
+    // A1111 names the VAE that decoded an image; here the tiny autoencoder's file.
+    if let Some(name) = &record.run.vae_approx {
+        fields.push(format!("VAE: {name}"));
     }
     // As A1111 writes them: `Lora hashes: "name: hash, name: hash"`.
     for (key, list) in [

@@ -16,7 +16,7 @@ use crate::image::png_meta::ImageRecord;
 use crate::model::family::{Family, ModelSpec};
 use crate::model::{load_model, ModelWeights};
 use crate::nn::vae::{AutoencoderKL, VaeTiling};
-use crate::nn::{PackCache, Padding, Precision};
+use crate::nn::{PackCache, Padding, Precision, TinyAutoencoder};
 use crate::request::{img2img_steps, GenerateRequest};
 use crate::sample::denoiser::PredictionType;
 use crate::sample::rng::TorchRng;
@@ -117,6 +117,8 @@ pub struct Pipeline {
     factory: NetworkFactory,
     addons: AddonState,
     vae: AutoencoderKL,
+    /// The tiny autoencoder (`--vae-approx`) and its file name: previews, and the decode/encode of requests that ask.
+    vae_approx: Option<(Arc<TinyAutoencoder>, String)>,
     spec: ModelSpec,
     model_name: String,
     model_hash: Option<String>,
@@ -205,6 +207,7 @@ impl Pipeline {
             factory,
             addons,
             vae,
+            vae_approx: None,
             model_name: weights.name.clone(),
             model_hash: weights.hash.clone(),
             spec,
@@ -234,6 +237,11 @@ impl Pipeline {
 
     pub fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    /// The precision the networks compute in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn device(&self) -> &Device {
@@ -571,6 +579,10 @@ impl Pipeline {
                     })
                     .collect(),
                 embeddings: self.embeddings_used(request),
+                vae_approx: request
+                    .vae_approx_decode
+                    .then(|| self.vae_approx.as_ref().map(|(_, name)| name.clone()))
+                    .flatten(),
             },
         };
         Ok(Generated {
@@ -687,9 +699,69 @@ impl Pipeline {
         Ok(latents)
     }
 
-    /// A fast preview of latents (one pixel per latent position) with this model's latent → RGB map.
+    /// A preview of latents: the tiny autoencoder's full-size decode when one is set ([`Self::set_vae_approx`]),
+    /// else one pixel per latent position with this model's latent → RGB map.
     pub fn preview(&self, latents: &Tensor) -> Result<::image::RgbImage> {
-        crate::image::preview::latents_to_rgb_with(latents, self.spec.preview())
+        match &self.vae_approx {
+            Some((approx, _)) => tensor_to_rgb(&self.approx_decode(approx, latents)?),
+            None => crate::image::preview::latents_to_rgb_with(latents, self.spec.preview()),
+        }
+    }
+
+    /// Sets (or with None removes) the tiny autoencoder: loaded with [`TinyAutoencoder::load`] (a decoder file, or a
+    /// decoder and an encoder), `name` is what the metadata records. Refuses one made for other latents (FLUX.2's
+    /// 32-channel TAEF2 on an SD model) or without a decoder.
+    pub fn set_vae_approx(&mut self, approx: Option<(TinyAutoencoder, String)>) -> Result<()> {
+        if let Some((approx, name)) = &approx {
+            let (theirs, ours) = (approx.latent_channels(), self.spec.latent_channels());
+            if theirs != ours {
+                return Err(Error::InvalidRequest {
+                    field: "vae_approx",
+                    message: format!(
+                    "--vae-approx {name} decodes {theirs}-channel latents, but this {} model's latents have {ours}; \
+                     use the tiny autoencoder made for it (taesd_decoder.pth for SD 1.x/2.x, taesdxl_decoder.pth \
+                     for SDXL)",
+                    self.spec.family
+                ),
+                });
+            }
+            if !approx.has_decoder() {
+                return Err(Error::InvalidRequest {
+                    field: "vae_approx",
+                    message: format!(
+                        "--vae-approx {name} is an encoder only; give its decoder too (taesd_decoder.pth)"
+                    ),
+                });
+            }
+        }
+        self.vae_approx = approx.map(|(approx, name)| (Arc::new(approx), name));
+        Ok(())
+    }
+
+    /// The tiny autoencoder's file name, when one is set.
+    pub fn vae_approx_name(&self) -> Option<&str> {
+        self.vae_approx.as_ref().map(|(_, name)| name.as_str())
+    }
+
+    /// The tiny autoencoder a request asks for: an error when it asks and none is set.
+    fn approx_for(&self, asked: bool, flag: &str) -> Result<Option<&TinyAutoencoder>> {
+        match (asked, &self.vae_approx) {
+            (false, _) => Ok(None),
+            (true, Some((approx, _))) => Ok(Some(approx)),
+            (true, None) => Err(Error::InvalidRequest {
+                field: "vae_approx",
+                message: format!(
+                    "{flag} needs a tiny autoencoder: load one with --vae-approx FILE (taesd_decoder.pth)"
+                ),
+            }),
+        }
+    }
+
+    /// Pipeline latents → `[1, 3, H, W]` f32 in [0, 1] by the tiny autoencoder (its latents are the pipeline's, with
+    /// the VAE's scaling factor applied).
+    fn approx_decode(&self, approx: &TinyAutoencoder, latents: &Tensor) -> Result<Tensor> {
+        let rgb = approx.decode(&latents.to_dtype(self.dtype)?)?;
+        Ok(rgb.to_dtype(DType::F32)?)
     }
 
     /// The text conditioning of a request's prompts on this model (what the UNet cross-attends to, and SDXL's pooled
@@ -779,6 +851,19 @@ impl Pipeline {
     /// [`Self::encode_image`] of VAE pixels `[1, 3, H, W]` in [-1, 1].
     fn encode_pixels(&self, pixels: &Tensor, request: &GenerateRequest) -> Result<Tensor> {
         let pixels = pixels.to_dtype(self.dtype)?;
+        if let Some(approx) = self.approx_for(request.vae_approx_encode, "--vae-approx-encode")? {
+            if !approx.has_encoder() {
+                return Err(Error::InvalidRequest {
+                    field: "vae_approx",
+                    message: "--vae-approx-encode needs the tiny autoencoder's encoder: give its encoder file too \
+                     (--vae-approx taesd_encoder.pth --vae-approx taesd_decoder.pth)"
+                        .into(),
+                });
+            }
+            // The tiny encoder takes [0, 1] pixels and gives the pipeline's (scaled) latents.
+            let latents = approx.encode(&((pixels + 1.0)? / 2.0)?)?;
+            return Ok(latents.to_dtype(self.latent_dtype())?);
+        }
         let tiling = request.vae_tiling.then(VaeTiling::default);
         let mean = self
             .vae
@@ -795,6 +880,9 @@ impl Pipeline {
 
     /// Latents → `[1, 3, H, W]` f32 in [0, 1], decoded as `request` says (`vae_tiling`, `seamless`).
     pub fn decode_to_unit_range(&self, latents: &Tensor, request: &GenerateRequest) -> Result<Tensor> {
+        if let Some(approx) = self.approx_for(request.vae_approx_decode, "--vae-approx")? {
+            return self.approx_decode(approx, latents);
+        }
         let z = (latents / self.spec.vae_scale())?.to_dtype(self.dtype)?;
         if z.device().is_cpu() {
             crate::cpu::release_free_heap();
