@@ -380,16 +380,7 @@ pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let mut pipeline = Pipeline::load(&model.model, &device, dtype)
         .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())?;
     if !model.vae_approx.is_empty() {
-        let paths: Vec<&std::path::Path> = model.vae_approx.iter().map(PathBuf::as_path).collect();
-        let approx = ember::model::load_tiny_autoencoder(&paths, &device, dtype)?;
-        let names: Vec<String> = paths
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
-            })
-            .collect();
-        pipeline.set_vae_approx(Some((approx, names.join("+"))))?;
+        pipeline.load_vae_approx(&model.vae_approx)?;
     }
     let place = if device.is_cpu() {
         "cpu"

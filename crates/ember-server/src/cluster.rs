@@ -175,13 +175,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
 
 /// [`work`] on its own runtime (the `ember` binary).
 pub fn work_blocking(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let worked = runtime.block_on(work(config));
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    worked
+    crate::on_own_runtime(work(config))
 }
 
 /// `ember serve --migrate`: applies the PostgreSQL schema and returns.

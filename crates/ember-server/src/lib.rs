@@ -507,14 +507,19 @@ fn is_loopback(host: &str) -> bool {
 
 /// [`serve`] on its own multi-threaded tokio runtime, for callers without one (the `ember` binary).
 pub fn serve_blocking(config: Config) -> anyhow::Result<()> {
+    on_own_runtime(serve(config))
+}
+
+/// Runs `task` on a new multi-threaded tokio runtime and returns its result.
+pub(crate) fn on_own_runtime(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(config));
+    let result = runtime.block_on(task);
     // Dropping a runtime waits for its blocking tasks, which include waiting for a job that would not stop.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    served
+    result
 }
 
 #[cfg(test)]

@@ -253,19 +253,9 @@ fn addon_library(config: &Config, entry: &NamedModel, warnings: &mut BTreeSet<St
 
 /// Gives `pipeline` the tiny autoencoder of `files` (`--vae-approx`) for its previews.
 fn set_vae_approx(pipeline: &mut Pipeline, files: &[PathBuf]) -> anyhow::Result<()> {
-    if files.is_empty() {
-        return Ok(());
+    if !files.is_empty() {
+        pipeline.load_vae_approx(files)?;
     }
-    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let approx = ember::model::load_tiny_autoencoder(&paths, pipeline.device(), pipeline.dtype())?;
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
-        })
-        .collect();
-    pipeline.set_vae_approx(Some((approx, names.join("+"))))?;
     Ok(())
 }
 

@@ -239,11 +239,6 @@ impl Pipeline {
         &self.model_name
     }
 
-    /// The precision the networks compute in.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -736,6 +731,21 @@ impl Pipeline {
         }
         self.vae_approx = approx.map(|(approx, name)| (Arc::new(approx), name));
         Ok(())
+    }
+
+    /// Loads the tiny autoencoder of `files` (a decoder, or an encoder and a decoder: `--vae-approx`) on this
+    /// pipeline's device and precision and sets it ([`Self::set_vae_approx`]), named by its files' names.
+    pub fn load_vae_approx(&mut self, files: &[std::path::PathBuf]) -> Result<()> {
+        let paths: Vec<&std::path::Path> = files.iter().map(std::path::PathBuf::as_path).collect();
+        let approx = crate::model::load_tiny_autoencoder(&paths, &self.device, self.dtype)?;
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect();
+        self.set_vae_approx(Some((approx, names.join("+"))))
     }
 
     /// The tiny autoencoder's file name, when one is set.
