@@ -209,7 +209,13 @@ fn write_new_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::R
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::hard_link(&tmp, &path)
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            // File systems without hard links (FAT, some network shares): check, then rename.
+            Err(_) if path.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
+            Err(_) => std::fs::rename(&tmp, &path),
+        }
     })();
     let _ = std::fs::remove_file(&tmp);
     written
