@@ -381,31 +381,9 @@ pub struct ServeArgs {
     /// any other host are refused, which stops DNS-rebinding attacks from web pages.
     #[arg(long = "allowed-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
-    /// Largest image one job may make, in megapixels (2²⁰ pixels) [default: 2 on a CPU, 16 on a GPU].
-    #[arg(long, value_name = "MEGAPIXELS")]
-    pub max_pixels: Option<f64>,
-    /// Most work one job may take, in megapixel-steps: pixels × denoising steps over all passes
-    /// [default: 200 on a CPU (1024² × 190 steps), 2000 on a GPU].
-    #[arg(long, value_name = "MEGAPIXEL_STEPS")]
-    pub work_budget: Option<f64>,
-    /// Named models jobs may ask for ("model": NAME), one in memory at a time: a TOML file in the format of the
-    /// REPL's models.toml ([models.NAME] tables with a path and optional dtype, device, description and per-model
-    /// defaults). Without --model, the first one by name is loaded at start.
-    #[arg(long, value_name = "FILE")]
-    pub models: Option<PathBuf>,
-    /// Model loaded at start: a diffusers folder, a single-file .safetensors, a .ckpt, a Hugging Face repo id, or a
-    /// name from --models [default: the first model of --models, else stable-diffusion-v1-5/stable-diffusion-v1-5].
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// `--lora-dir` and `--embedding-dir` (defined in serve.rs).
+    /// `--model`, `--models`, `--device`, `--dtype`, the add-on folders and the work limits (defined in serve.rs).
     #[command(flatten)]
-    pub addons: crate::serve::AddonDirArgs,
+    pub served: crate::serve::ServedModelArgs,
     /// The HTTP APIs to serve, comma-separated: `ember` (Ember's own /api, which the web page needs), `a1111`
     /// (AUTOMATIC1111's /sdapi/v1) and `openai` (OpenAI's Images API under /v1). A left-out API's routes answer 404.
     #[arg(long = "api", value_name = "LIST", default_value = "ember,a1111,openai", value_parser = parse_apis)]

@@ -56,6 +56,36 @@ fn parse_lease(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The models a server or a worker runs and their limits (part of [`ServeArgs`] and [`WorkerArgs`]).
+#[derive(Debug, Args, Clone)]
+pub struct ServedModelArgs {
+    /// Largest image one job may make, in megapixels (2²⁰ pixels) [default: 2 on a CPU, 16 on a GPU].
+    #[arg(long, value_name = "MEGAPIXELS")]
+    pub max_pixels: Option<f64>,
+    /// Most work one job may take, in megapixel-steps: pixels × denoising steps over all passes
+    /// [default: 200 on a CPU (1024² × 190 steps), 2000 on a GPU].
+    #[arg(long, value_name = "MEGAPIXEL_STEPS")]
+    pub work_budget: Option<f64>,
+    /// Named models jobs may ask for ("model": NAME), one in memory at a time: a TOML file in the format of the
+    /// REPL's models.toml ([models.NAME] tables with a path and optional dtype, device, description and per-model
+    /// defaults). Without --model, the first one by name is loaded at start.
+    #[arg(long, value_name = "FILE")]
+    pub models: Option<PathBuf>,
+    /// Model loaded at start: a diffusers folder, a single-file .safetensors, a .ckpt, a Hugging Face repo id, or a
+    /// name from --models [default: the first model of --models, else stable-diffusion-v1-5/stable-diffusion-v1-5].
+    /// Jobs name models as their server does: give a worker the same path or name as the server.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    #[command(flatten)]
+    pub addons: AddonDirArgs,
+}
+
 /// `ember worker`.
 #[derive(Debug, Args, Clone)]
 pub struct WorkerArgs {
@@ -69,37 +99,34 @@ pub struct WorkerArgs {
     /// loads) or `loaded` (only those for the model in memory).
     #[arg(long, value_name = "POLICY", default_value = "any", value_parser = ["any", "loaded"])]
     pub claim: String,
-    /// Named models this worker may run (the format of `ember serve --models`); give it the server's file, or a
-    /// part of it.
-    #[arg(long, value_name = "FILE")]
-    pub models: Option<PathBuf>,
-    /// Model loaded at start: a path, a Hugging Face repo id, or a name from --models (as `ember serve --model`).
-    /// Jobs name models as the server does, so give the same path or name as the server.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Compute precision: auto, f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    /// `--model`, `--models` (give it the server's file, or a part of it), `--device`, `--dtype`, …
     #[command(flatten)]
-    pub addons: AddonDirArgs,
-    /// Largest image one job may make here, in megapixels [default: 2 on a CPU, 16 on a GPU].
-    #[arg(long, value_name = "MEGAPIXELS")]
-    pub max_pixels: Option<f64>,
-    /// Most work one job may take here, in megapixel-steps [default: 200 on a CPU, 2000 on a GPU].
-    #[arg(long, value_name = "MEGAPIXEL_STEPS")]
-    pub work_budget: Option<f64>,
+    pub served: ServedModelArgs,
 }
 
-/// `--model`, else the first named model, else the default repo.
-fn start_model(model: &Option<String>, models: &[ember_server::NamedModel]) -> String {
-    match (model, models.first()) {
+/// The part of a server's or worker's configuration that `served` gives: its models (`--models`, and `--model`,
+/// else the first named model, else the default repo), their device, precision, add-ons and limits.
+fn model_config(served: &ServedModelArgs) -> anyhow::Result<ember_server::Config> {
+    let models = match &served.models {
+        Some(file) => named_models(file)?,
+        None => Vec::new(),
+    };
+    let model = match (&served.model, models.first()) {
         (Some(model), _) => model.clone(),
         (None, Some(first)) => first.name.clone(),
         (None, None) => DEFAULT_MODEL.to_string(),
-    }
+    };
+    Ok(ember_server::Config {
+        model,
+        models,
+        device: served.device.clone(),
+        dtype: served.dtype.clone(),
+        max_megapixels: served.max_pixels,
+        work_budget: served.work_budget,
+        lora_dirs: served.addons.lora_dir.clone(),
+        embedding_dirs: served.addons.embedding_dir.clone(),
+        ..ember_server::Config::default()
+    })
 }
 
 fn queue_config(config: &mut ember_server::Config, queue: &QueueArgs) {
@@ -110,28 +137,16 @@ fn queue_config(config: &mut ember_server::Config, queue: &QueueArgs) {
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let models = match &args.models {
-        Some(file) => named_models(file)?,
-        None => Vec::new(),
-    };
     let mut config = ember_server::Config {
         host: args.host.clone(),
         port: args.port,
         data_dir: args.data_dir.clone(),
-        model: start_model(&args.model, &models),
-        models,
-        device: args.device.clone(),
-        dtype: args.dtype.clone(),
         token: args.token.clone().filter(|t| !t.is_empty()),
         allowed_hosts: args.allowed_hosts.clone(),
-        max_megapixels: args.max_pixels,
-        work_budget: args.work_budget,
-        lora_dirs: args.addons.lora_dir.clone(),
-        embedding_dirs: args.addons.embedding_dir.clone(),
         apis: args.api,
         workers: args.workers,
         max_attempts: args.max_attempts,
-        ..ember_server::Config::default()
+        ..model_config(&args.served)?
     };
     queue_config(&mut config, &args.queue);
     if args.migrate {
@@ -142,22 +157,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_worker(args: &WorkerArgs) -> anyhow::Result<()> {
-    let models = match &args.models {
-        Some(file) => named_models(file)?,
-        None => Vec::new(),
-    };
     let mut config = ember_server::Config {
-        model: start_model(&args.model, &models),
-        models,
-        device: args.device.clone(),
-        dtype: args.dtype.clone(),
-        max_megapixels: args.max_pixels,
-        work_budget: args.work_budget,
-        lora_dirs: args.addons.lora_dir.clone(),
-        embedding_dirs: args.addons.embedding_dir.clone(),
         worker_name: args.name.clone().filter(|n| !n.is_empty()),
         only_loaded: args.claim == "loaded",
-        ..ember_server::Config::default()
+        ..model_config(&args.served)?
     };
     queue_config(&mut config, &args.queue);
     if config.queue.is_none() {
@@ -226,10 +229,13 @@ mod tests {
             other => panic!("not serve: {other:?}"),
         };
         let serve = parse(&["ember", "serve", "--models", "m.toml"]);
-        assert_eq!(serve.models.as_deref(), Some(std::path::Path::new("m.toml")));
-        assert_eq!(serve.model, None, "the first named model is loaded at start");
-        assert_eq!((serve.device.as_str(), serve.dtype.as_str()), ("auto", "auto"));
-        assert_eq!(serve.addons, super::AddonDirArgs::default(), "no add-on folders");
+        assert_eq!(serve.served.models.as_deref(), Some(std::path::Path::new("m.toml")));
+        assert_eq!(serve.served.model, None, "the first named model is loaded at start");
+        assert_eq!(
+            (serve.served.device.as_str(), serve.served.dtype.as_str()),
+            ("auto", "auto")
+        );
+        assert_eq!(serve.served.addons, super::AddonDirArgs::default(), "no add-on folders");
         assert_eq!(serve.api, ember_server::Apis::default(), "every API by default");
         let serve = parse(&["ember", "serve", "--api", "ember"]);
         assert_eq!(
@@ -254,9 +260,12 @@ mod tests {
             "--dtype",
             "f32",
         ]);
-        assert_eq!(serve.model.as_deref(), Some("x.safetensors"));
-        assert_eq!((serve.device.as_str(), serve.dtype.as_str()), ("cpu", "f32"));
-        assert_eq!(serve.models, None);
+        assert_eq!(serve.served.model.as_deref(), Some("x.safetensors"));
+        assert_eq!(
+            (serve.served.device.as_str(), serve.served.dtype.as_str()),
+            ("cpu", "f32")
+        );
+        assert_eq!(serve.served.models, None);
         let serve = parse(&[
             "ember",
             "serve",
@@ -269,10 +278,10 @@ mod tests {
         ]);
         let paths = |v: &[&str]| v.iter().map(std::path::PathBuf::from).collect::<Vec<_>>();
         assert_eq!(
-            serve.addons.lora_dir,
+            serve.served.addons.lora_dir,
             paths(&["/loras/a", "/loras/b"]),
             "repeatable, both spellings"
         );
-        assert_eq!(serve.addons.embedding_dir, paths(&["/embeddings"]));
+        assert_eq!(serve.served.addons.embedding_dir, paths(&["/embeddings"]));
     }
 }

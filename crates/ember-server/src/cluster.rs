@@ -17,11 +17,11 @@ use std::thread::JoinHandle;
 pub(crate) async fn start_pg_worker(
     config: &Config,
     url: &str,
-    name: &str,
+    worker_queue: pg::WorkerQueue,
     (pipeline, models): (ember::pipeline::Pipeline, Arc<models::Models>),
     (events, images, storage): (Events, Arc<ImageStore>, Arc<Storage>),
 ) -> anyhow::Result<(Arc<Queue>, JoinHandle<()>)> {
-    let worker_queue = pg::WorkerQueue::connect(url, name, config.lease).await?;
+    let name = worker_queue.name.clone();
     worker_queue
         .register(&models.all_names(), models.loaded_name().as_deref())
         .await?;
@@ -46,7 +46,7 @@ pub(crate) async fn start_pg_worker(
         storage,
         runtime: tokio::runtime::Handle::current(),
     };
-    let thread = worker.spawn(name).context("cannot start the worker thread")?;
+    let thread = worker.spawn(&name).context("cannot start the worker thread")?;
     Ok((queue, thread))
 }
 
@@ -132,11 +132,8 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{}-{}", pg::hostname(), std::process::id()));
     // The database first (fast to refuse), then the model (slow to load).
-    pg::WorkerQueue::connect(&url, &name, config.lease).await?;
-    let models_config = config.clone();
-    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config, true))
-        .await
-        .context("the model loading task failed")??;
+    let worker_queue = pg::WorkerQueue::connect(&url, &name, config.lease).await?;
+    let (pipeline, models, left_out) = models::open_off_thread(&config, true).await?;
     for line in &left_out {
         tracing::warn!("{line}");
     }
@@ -146,7 +143,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
     let (queue, thread) = start_pg_worker(
         &config,
         &url,
-        &name,
+        worker_queue,
         (pipeline, Arc::new(models)),
         (Events::default(), images, storage),
     )

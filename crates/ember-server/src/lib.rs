@@ -295,11 +295,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tracing::warn!("--workers 0 with the SQLite queue: jobs are queued but nothing here runs them");
     }
 
-    let models_config = config.clone();
-    let load_start = config.workers > 0;
-    let (pipeline, models, left_out) = tokio::task::spawn_blocking(move || models::open(&models_config, load_start))
-        .await
-        .context("the model loading task failed")??;
+    let (pipeline, models, left_out) = models::open_off_thread(&config, config.workers > 0).await?;
     for line in &left_out {
         tracing::warn!("{line}");
     }
@@ -364,18 +360,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 let (pipeline, worker_models) = match first.take() {
                     Some(pair) => pair,
                     None => {
-                        let models_config = config.clone();
-                        let (pipeline, models, _) =
-                            tokio::task::spawn_blocking(move || models::open(&models_config, true))
-                                .await
-                                .context("the model loading task failed")??;
+                        let (pipeline, models, _) = models::open_off_thread(&config, true).await?;
                         (pipeline.context("the worker's model did not load")?, Arc::new(models))
                     }
                 };
+                let worker_queue = pg::WorkerQueue::connect(&url, &name, config.lease).await?;
                 let (queue, thread) = cluster::start_pg_worker(
                     &config,
                     &url,
-                    &name,
+                    worker_queue,
                     (pipeline, worker_models),
                     (state.events.clone(), images.clone(), storage.clone()),
                 )

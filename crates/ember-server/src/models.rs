@@ -393,6 +393,17 @@ fn limits(config: &Config, device: &str) -> anyhow::Result<WorkLimits> {
     config.work_limits(WorkLimits::for_device(&parse_device(device)?))
 }
 
+/// [`open`] on a blocking thread, for async callers (the server and the workers at startup).
+pub async fn open_off_thread(
+    config: &Config,
+    load_start: bool,
+) -> anyhow::Result<(Option<Pipeline>, Models, Vec<String>)> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || open(&config, load_start))
+        .await
+        .context("the model loading task failed")?
+}
+
 /// Startup (blocking: reads model files): loads `config.model` (only describes it unless `load_start`: a front-end
 /// whose workers run elsewhere) and describes every other model of `config.models`. A listed model that cannot be
 /// described (a missing file, a bad per-model setting) is logged and left out; the start model must load. Returns
