@@ -42,7 +42,7 @@ pub fn png_text(data: &[u8]) {
     let Ok(chunks) = ember::image::png_meta::read_png_text_from(Cursor::new(data), path) else {
         return;
     };
-    if let Ok(line) = ember_cli::dream_line::command_from_text_chunks(path, &chunks) {
+    if let Ok(line) = ember_cli::fetch::command_from_text_chunks(path, &chunks) {
         let _ = ember_cli::dream_line::parse(&line);
     }
 }

@@ -36,16 +36,20 @@ function assertEq(actual, expected, what) {
   if (a !== b) throw new Error(`${what}: expected ${b}, got ${a}`);
 }
 
-/** Records every "step i / n" text and preview update the page shows from now on. */
+/** Records every "step i / n" text of a job line and every preview update the page shows from now on. */
 async function watchProgress(page) {
   await page.evaluate(() => {
     window.__steps = [];
     window.__previews = 0;
-    const step = document.getElementById("progress-step");
+    const jobs = document.getElementById("jobs");
     const preview = document.getElementById("preview");
     new MutationObserver((records) => {
-      for (const r of records) for (const n of r.addedNodes) window.__steps.push(n.textContent);
-    }).observe(step, { childList: true });
+      for (const r of records) {
+        if (!r.target.classList || !r.target.classList.contains("step")) continue;
+        const line = r.target.closest(".job-line");
+        for (const n of r.addedNodes) window.__steps.push(`${line.dataset.jobId}:${n.textContent}`);
+      }
+    }).observe(jobs, { childList: true, subtree: true });
     new MutationObserver((records) => {
       window.__previews += records.length;
     }).observe(preview, { attributes: true, attributeFilter: ["src"] });
@@ -62,15 +66,21 @@ async function submitJob(page, action) {
   return { job: await response.json(), request: response.request() };
 }
 
+/** The progress panel's line of job `id`. */
+function jobLine(page, id) {
+  return page.locator(`#jobs .job-line[data-job-id="${id}"]`);
+}
+
 async function waitJobStatus(page, jobId, status, options = LONG) {
-  await page.waitForFunction(
-    ([id, st]) => {
-      const el = document.getElementById("job-status");
-      return el.dataset.status === st && el.textContent.startsWith(`Job #${id} `);
-    },
-    [jobId, status],
-    options,
-  );
+  await page.waitForSelector(`#jobs .job-line[data-job-id="${jobId}"][data-status="${status}"]`, options);
+}
+
+/** Saves a screenshot for a person to look at (the test cannot judge looks): /tmp/ember-e2e-NAME.png. */
+async function snap(page, name, selector = null) {
+  const file = path.join(os.tmpdir(), `ember-e2e-${name}.png`);
+  if (selector) await page.locator(selector).screenshot({ path: file });
+  else await page.screenshot({ path: file });
+  console.log(`     screenshot ${file}`);
 }
 
 /**
@@ -240,9 +250,11 @@ async function main() {
         const img = document.getElementById("result");
         return !img.hidden && img.complete && img.naturalWidth > 0;
       }, null, SHORT);
-      const steps = (await page.evaluate(() => window.__steps)).filter((t) => /^step \d+ \/ \d+$/.test(t));
-      assertEq(steps, [1, 2, 3, 4, 5, 6, 7].map((i) => `step ${i} / 7`), "steps shown on the page");
-      assertEq(await page.getAttribute("#progress-step", "data-steps-seen"), "1,2,3,4,5,6,7", "steps received");
+      const steps = (await page.evaluate(() => window.__steps)).filter((t) => /^\d+:step \d+ \/ \d+$/.test(t));
+      assertEq(steps, [1, 2, 3, 4, 5, 6, 7].map((i) => `${job.id}:step ${i} / 7`), "steps shown on the job's line");
+      assertEq(await jobLine(page, job.id).locator(".step").getAttribute("data-steps-seen"), "1,2,3,4,5,6,7",
+        "steps received");
+      assertEq(await jobLine(page, job.id).locator("progress").evaluate((b) => b.value), 1, "the bar is full");
       assert((await page.evaluate(() => window.__previews)) >= 7, "a preview image for every step");
       const size = await page.$eval("#result", (img) => [img.naturalWidth, img.naturalHeight]);
       assertEq(size, [64, 96], "the final image keeps the init image's size");
@@ -312,12 +324,181 @@ async function main() {
       await page.fill("#steps", "1000");
       const { job } = await submitJob(page, () => page.click("#generate"));
       await waitJobStatus(page, job.id, "running", SHORT);
-      await page.waitForSelector("#cancel:enabled", SHORT);
-      await page.click("#cancel");
+      await page.getByRole("button", { name: `Cancel job #${job.id}` }).click();
       await waitJobStatus(page, job.id, "canceled", SHORT);
       const res = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
       assertEq(res.status, "canceled", "job status on the server");
       assert(res.steps_done < 1000, `steps done: ${res.steps_done}`);
+    });
+
+    await check("two jobs: each has its own line, bar, ETA and Cancel; another client's job appears too", async () => {
+      await page.fill("#prompt", "slow one");
+      await page.fill("#width", "128");
+      await page.fill("#height", "128");
+      await page.fill("#steps", "1000");
+      const { job: running } = await submitJob(page, () => page.click("#generate"));
+      await waitJobStatus(page, running.id, "running", SHORT);
+      await page.fill("#prompt", "waiting one");
+      await page.fill("#width", "64");
+      await page.fill("#height", "64");
+      await page.fill("#steps", "2");
+      const { job: queued } = await submitJob(page, () => page.click("#generate"));
+      await waitJobStatus(page, queued.id, "queued", SHORT);
+      // The running job's line counts its own steps; the queued one's stays empty and says where it is in line.
+      await page.waitForFunction((id) => {
+        const line = document.querySelector(`#jobs .job-line[data-job-id="${id}"]`);
+        return line && line.querySelector("progress").value > 0 && /^step \d+ \/ 1000$/.test(line.querySelector(".step").textContent)
+          && /^ETA /.test(line.querySelector(".eta").textContent);
+      }, running.id, LONG).catch(async (e) => {
+        throw new Error(`${e.message}\n${await page.$eval("#jobs", (j) => j.textContent.replace(/\s+/g, " "))}`);
+      });
+      const q = jobLine(page, queued.id);
+      assertEq(await q.locator("progress").evaluate((b) => b.value), 0, "the queued job's bar");
+      assertEq(await q.locator(".job-state").textContent(), "queued (1st in line)", "the queued job's status");
+      assertEq(await q.locator(".step").textContent(), "2 steps", "the queued job's steps");
+      assert((await q.locator(".eta").textContent()).startsWith("≈ ETA"), "the queued job has an estimated ETA");
+      assert((await q.locator(".job-title").textContent()).includes("waiting one"), "each line names its prompt");
+      // A job from another client (no page involved) gets its line from the events.
+      const other = await (await page.request.post(`${server.url}/api/jobs`, {
+        data: { prompt: "from a script", width: 64, height: 64, steps: 1 } })).json();
+      await waitJobStatus(page, other.id, "queued", SHORT);
+      assertEq(await jobLine(page, other.id).locator(".job-state").textContent(), "queued (2nd in line)", "its place");
+      await snap(page, "two-jobs", "section.progress");
+      // Cancel the queued job: the running one goes on.
+      const before = (await (await page.request.get(`${server.url}/api/jobs/${running.id}`)).json()).steps_done;
+      await page.getByRole("button", { name: `Cancel job #${queued.id}` }).click();
+      await waitJobStatus(page, queued.id, "canceled", SHORT);
+      await page.waitForFunction(async ([url, n]) => (await (await fetch(url)).json()).steps_done > n,
+        [`/api/jobs/${running.id}`, before], SHORT);
+      assertEq(await jobLine(page, running.id).getAttribute("data-status"), "running", "the running job goes on");
+      assertEq(await jobLine(page, other.id).locator(".job-state").textContent(), "queued (1st in line)", "moved up");
+      // Cancel the running one: the other client's queued job runs.
+      await page.getByRole("button", { name: `Cancel job #${running.id}` }).click();
+      await waitJobStatus(page, running.id, "canceled", SHORT);
+      await waitJobStatus(page, other.id, "done");
+      assertEq((await (await page.request.get(`${server.url}/api/jobs/${queued.id}`)).json()).steps_done, 0,
+        "the canceled queued job never ran");
+    });
+
+    await check("Esc cancels the running job", async () => {
+      await page.fill("#prompt", "escape me");
+      await page.fill("#width", "256");
+      await page.fill("#height", "256");
+      await page.fill("#steps", "1000");
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      await waitJobStatus(page, job.id, "running", SHORT);
+      await page.focus("#prompt");
+      await page.keyboard.press("Escape");
+      await waitJobStatus(page, job.id, "canceled", SHORT);
+      await page.fill("#width", "64");
+      await page.fill("#height", "64");
+      await page.fill("#steps", "2");
+    });
+
+    if (realServer) {
+      await check("a job that fails when it runs shows its reason; Retry sends its params again", async () => {
+        // The LoRA file is corrupt: the submission is accepted, the worker refuses the file.
+        await page.fill("#prompt", "fire <lora:broken:1>");
+        const { job } = await submitJob(page, () => page.click("#generate"));
+        await waitJobStatus(page, job.id, "failed");
+        const line = jobLine(page, job.id);
+        const error = await line.locator(".job-error").textContent();
+        assert(error.includes("<lora-dir>/broken.safetensors") && error.includes("corrupt"), `the reason: ${error}`);
+        assert(await line.locator(".job-error").isVisible(), "the reason is shown");
+        await snap(page, "failed-job", "section.progress");
+        const { job: again, request } = await submitJob(page,
+          () => page.getByRole("button", { name: `Retry job #${job.id}` }).click());
+        const sent = JSON.parse(request.postData());
+        assertEq([sent.prompt, sent.seed, sent.steps], [job.params.prompt, job.params.seed, job.params.steps], "resent");
+        await waitJobStatus(page, again.id, "failed");
+        for (const id of [job.id, again.id]) await page.getByRole("button", { name: `Dismiss job #${id}` }).click();
+        await jobLine(page, job.id).waitFor({ state: "detached", ...SHORT });
+        assertEq(await jobLine(page, again.id).count(), 0, "dismissed");
+        await page.fill("#prompt", "fire");
+      });
+    }
+
+    await check("batch count queues that many jobs with consecutive seeds; prompt history recalls them", async () => {
+      await page.fill("#prompt", "batch of two");
+      await page.uncheck("#seed_random");
+      await page.fill("#seed", "4294967295");
+      await page.fill("#batch_count", "2");
+      const posted = [];
+      const onResponse = async (r) => {
+        if (r.url().endsWith("/api/jobs") && r.request().method() === "POST") posted.push(await r.json());
+      };
+      page.on("response", onResponse);
+      await page.click("#generate");
+      for (let i = 0; i < 300 && posted.length < 2; i++) await page.waitForTimeout(50);
+      page.off("response", onResponse);
+      assertEq(posted.map((j) => j.params.seed), [4294967295, 0], "seeds, wrapping at 2^32");
+      for (const j of posted) await waitJobStatus(page, j.id, "done");
+      await page.fill("#batch_count", "1");
+      await page.check("#seed_random");
+      const history = await page.$$eval("#prompt-history option", (os) => os.map((o) => o.textContent));
+      assertEq(history.slice(1, 3), ["batch of two", "fire <lora:broken:1>"], "newest prompts first");
+      await page.selectOption("#prompt-history", "1");
+      assertEq(await page.inputValue("#prompt"), "fire <lora:broken:1>", "a recalled prompt");
+      await page.focus("#prompt");
+      await page.keyboard.press("Alt+ArrowUp");
+      assertEq(await page.inputValue("#prompt"), "batch of two", "Alt+Up recalls the newest");
+      await page.fill("#prompt", "fire");
+    });
+
+    await check("the viewer shows an image full size with its settings; arrows step, Esc closes", async () => {
+      await page.evaluate(() => window.scrollTo(0, 0));
+      const ids = await page.$$eval("#gallery .card", (cs) => cs.map((c) => Number(c.dataset.imageId)));
+      assert(ids.length >= 3, `gallery images: ${ids}`);
+      await page.locator(`#gallery .card[data-image-id="${ids[0]}"] .thumb`).click();
+      await page.waitForSelector("#viewer[open]", SHORT);
+      const shown = () => page.$eval("#viewer", (d) => Number(d.dataset.imageId));
+      assertEq(await shown(), ids[0], "the clicked image");
+      await page.waitForFunction(() => document.getElementById("viewer-img").complete, null, SHORT);
+      const image = await (await page.request.get(`${server.url}/api/images/${ids[0]}`)).json();
+      assertEq(await page.textContent("#viewer-prompt"), image.params.prompt, "the whole prompt");
+      assertEq(await page.textContent("#viewer-params dd[data-key=seed]"), String(image.seed), "its seed");
+      assert(await page.isHidden("#viewer-prev"), "no previous image before the newest");
+      await snap(page, "viewer");
+      await page.keyboard.press("ArrowRight");
+      assertEq(await shown(), ids[1], "→ the next (older) image");
+      await page.keyboard.press("ArrowRight");
+      assertEq(await shown(), ids[2], "→ again");
+      await page.keyboard.press("ArrowLeft");
+      assertEq(await shown(), ids[1], "← back");
+      await page.click("#viewer-next");
+      assertEq(await shown(), ids[2], "the Next button");
+      await page.getByRole("button", { name: "Copy prompt" }).click();
+      await page.waitForFunction(() => document.getElementById("viewer-note").textContent !== "", null, SHORT);
+      assertEq(await page.textContent("#viewer-note"), "Prompt copied.", "copy prompt");
+      await page.keyboard.press("Escape");
+      await page.waitForFunction(() => !document.getElementById("viewer").open, null, SHORT);
+      // "Use all settings" from the viewer fills the form.
+      await page.locator(`#gallery .card[data-image-id="${ids[1]}"] .thumb`).click();
+      await page.waitForSelector("#viewer[open]", SHORT);
+      const second = await (await page.request.get(`${server.url}/api/images/${ids[1]}`)).json();
+      await page.getByRole("button", { name: "Use all settings" }).click();
+      await page.waitForFunction(() => !document.getElementById("viewer").open, null, SHORT);
+      assertEq(await page.inputValue("#seed"), String(second.seed), "use all: the seed");
+      assertEq(await page.inputValue("#steps"), String(second.params.steps), "use all: the steps");
+      await page.check("#seed_random");
+    });
+
+    await check("the gallery searches prompts, and several images are deleted at once", async () => {
+      await page.fill("#gallery-search", "batch");
+      await page.waitForFunction(() => document.getElementById("gallery-total").textContent === "(2)", null, SHORT);
+      const prompts = await page.$$eval("#gallery .card .thumb img", (is) => is.map((i) => i.alt));
+      assert(prompts.every((a) => a.includes("batch of two")), `found: ${prompts}`);
+      const posted = await page.$$eval("#gallery .card", (cs) => cs.map((c) => c.dataset.imageId));
+      await page.click("#select-page");
+      assertEq(await page.textContent("#delete-selected"), "Delete selected (2)", "two ticked");
+      page.once("dialog", (d) => d.accept());
+      await page.click("#delete-selected");
+      await page.waitForFunction(() => document.getElementById("gallery-total").textContent === "(0)", null, SHORT);
+      assertEq(await page.textContent("#gallery-status"), "Deleted 2 images.", "the status");
+      assertEq(await page.locator("#gallery .card").count(), 0, "no card matches any more");
+      for (const id of posted) assertEq((await page.request.get(`${server.url}/api/images/${id}`)).status(), 404, "gone");
+      await page.fill("#gallery-search", "");
+      await page.waitForFunction(() => document.getElementById("gallery-total").textContent !== "(0)", null, SHORT);
     });
 
     const pickers = "the LoRA and embedding pickers list the server's files and add them at the prompt's cursor";
@@ -522,13 +703,17 @@ async function main() {
       await made.getByRole("button", { name: /^Use all/ }).click();
       assertEq(await page.inputValue("#outcrop_left"), "16", "outcrop restored");
       assertEq(await page.inputValue("#mask_blur"), "2", "mask blur restored");
-      assert((await page.textContent("#form-note")).includes("its mask is put back"), "the note says how");
-      // The init image was an upload: choosing it again puts the stored mask on it.
-      await page.setInputFiles("#init-file", INIT_IMAGE);
+      // The init image was an upload: the server kept it with the image, and it comes back with the mask on it.
+      await page.waitForFunction(() => document.getElementById("init-label").textContent.startsWith("init-64x96.png"),
+        null, SHORT); // the upload's own name
       await page.waitForSelector("#painter[data-ready=true]", SHORT);
       await page.waitForFunction((n) => paintedPixels() === n, maskWhite, SHORT);
       const { job } = await submitJob(page, () => page.click("#generate"));
-      assert((await sentForm(page)).some(([name]) => name === "init_mask"), "the restored mask is sent");
+      const parts = await sentForm(page);
+      assert(parts.some(([name]) => name === "init_mask"), "the restored mask is sent");
+      assert(parts.some(([name]) => name === "init_image"), "and the kept upload");
+      const kept = await page.request.get(`${server.url}/api/images/${inpainted.id}/init`);
+      assertEq(Buffer.compare(await kept.body(), fs.readFileSync(INIT_IMAGE)), 0, "the kept upload is the file sent");
       assertEq(job.params.outcrop.left, 16, "and the outcrop");
       await waitJobStatus(page, job.id, "done");
       const done = await (await page.request.get(`${server.url}/api/jobs/${job.id}`)).json();
@@ -537,10 +722,37 @@ async function main() {
       assertEq([again.white, again.values], [maskWhite, onStrokes.map(() => 255)], "the same mask");
     });
 
-    await check("a phone-sized screen needs no horizontal scrolling", async () => {
+    await check("\"Variations\" of an image made from an upload sends the kept upload and its mask", async () => {
+      assert(inpainted, "needs the inpainted image");
+      await recordForms(page);
+      const made = page.locator(`#gallery .card[data-image-id="${inpainted.id}"]`);
+      const { job } = await submitJob(page, () => made.getByRole("button", { name: /^Variations/ }).click());
+      assertEq((await sentForm(page)).map(([name]) => name), ["params", "init_image"], "the form's parts");
+      assertEq([job.mode, job.params.init_mask_id, job.params.seed, job.params.with_variations.map((v) => v.weight)],
+        ["img2img", inpainted.id, inpainted.seed, [0.1]], "an img2img variation of the same seed, with the stored mask");
+      await waitJobStatus(page, job.id, "done");
+    });
+
+    await check("a phone-sized screen needs no horizontal scrolling; Generate brings the progress into view", async () => {
       await page.setViewportSize({ width: 390, height: 844 });
       const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
       assert(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px window`);
+      if (await page.isVisible("#init-clear")) await page.click("#init-clear");
+      await page.evaluate(() => { document.getElementById("outcrop_left").value = "0"; });
+      await page.fill("#prompt", "on a phone");
+      await page.fill("#steps", "2");
+      await page.locator("#generate").scrollIntoViewIfNeeded();
+      const { job } = await submitJob(page, () => page.click("#generate"));
+      const top = await page.$eval("#progress-heading", (h) => h.getBoundingClientRect().top);
+      assert(top > -2 && top < 200, `the progress heading is at ${top} px`);
+      await waitJobStatus(page, job.id, "done");
+      await snap(page, "phone");
+      await page.locator(`#gallery .card[data-job-id="${job.id}"] .thumb`).click();
+      await page.waitForSelector("#viewer[open]", SHORT);
+      const viewerWidths = await page.evaluate(() => [document.getElementById("viewer").scrollWidth, window.innerWidth]);
+      assert(viewerWidths[0] <= viewerWidths[1], `the viewer is ${viewerWidths[0]} px wide`);
+      await snap(page, "phone-viewer");
+      await page.keyboard.press("Escape");
     });
 
     await check("every control has a label", async () => {

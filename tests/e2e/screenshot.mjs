@@ -22,13 +22,8 @@ try {
     const answer = page.waitForResponse((r) => r.url().endsWith("/api/jobs") && r.request().method() === "POST");
     await page.click("#generate");
     const job = await (await answer).json();
-    await page.waitForFunction(
-      (id) => document.getElementById("job-status").textContent.startsWith(`Job #${id} `)
-        && document.getElementById("job-status").dataset.status === "done",
-      job.id,
-      { timeout: 120_000 },
-    );
-    await page.locator(`#gallery .card[data-job-id="${job.id}"] img`).waitFor();
+    await page.waitForSelector(`#jobs .job-line[data-job-id="${job.id}"][data-status="done"]`, { timeout: 120_000 });
+    await page.locator(`#gallery .card[data-job-id="${job.id}"] .thumb img`).waitFor();
   };
   await page.fill("#prompt", "a lighthouse on a cliff at dusk, oil painting");
   await page.fill("#width", "128");

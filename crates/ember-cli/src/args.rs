@@ -42,15 +42,46 @@ Examples (InvokeAI's img2img study; inpainting; outpainting):
   ember generate \"a red hat\" -I photo.png -M hat-mask.png -f 0.8 --model sd15-inpainting.safetensors
   ember generate \"a beach at dusk\" -I photo.png --outcrop left 128 top 64 -f 1 --mask-blur 8";
 
+/// The environment variables Ember reads (README.md has the same table; keep the two together).
+const ENVIRONMENT: &str = "Config file: `model = \"NAME\"` (the default model: a [models] name, file, folder or
+repo id), a [defaults] table (steps, cfg_scale, sampler, width, height, strength, outdir,
+karras_max, negative, prediction_type, timestep_spacing, lora_dir, embedding_dir, device, dtype)
+and [models.NAME] tables (`ember models list`). Unknown keys are errors. Precedence: command
+line > EMBER_MODEL (the model) > a named model's settings > the config file > the model's own
+defaults > built-in ones.
+
+Environment:
+  EMBER_CONFIG       the config file [default: $XDG_CONFIG_HOME/ember/config.toml, else
+                     ~/.config/ember/config.toml; without EMBER_CONFIG, an older models.toml
+                     beside it is read too, its [models] under config.toml's]
+  EMBER_MODEL        the model when --model is not given (a path, repo id or [models] name)
+  EMBER_HISTORY      the REPL's history [default: $XDG_DATA_HOME/ember/history, else
+                     ~/.local/share/ember/history]
+  EMBER_CACHE_DIR    where model hashes are remembered [default: $XDG_CACHE_HOME/ember,
+                     else ~/.cache/ember]
+  EMBER_LOG          log filter for stderr, e.g. info or ember=debug [default: warn]
+  EMBER_TOKEN        ember serve: --token, the API's access token
+  EMBER_QUEUE        ember serve / worker: --queue, the PostgreSQL job queue
+  EMBER_IMAGES       ember serve / worker: --images, a folder or s3://bucket/prefix (S3:
+                     AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                     AWS_ALLOW_HTTP)
+  EMBER_CPU_KERNELS  portable: the portable CPU kernels (avx512: no AMX), to compare
+  HF_HOME            the Hugging Face cache repo ids download into [default:
+                     ~/.cache/huggingface]
+  NO_COLOR           set: no colours in messages";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ember",
+    after_long_help = ENVIRONMENT,
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
     // `-V` is InvokeAI's --with_variations, so the version flag is long-only (declared below).
     disable_version_flag = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // InvokeAI's argparse: a switch given twice takes its last value (how a `!fetch`ed line is edited).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -78,20 +109,30 @@ pub enum Command {
     /// Run the jobs of a PostgreSQL queue (`ember serve --queue postgres://…`) on this machine, with no HTTP server;
     /// images go to --images (a folder or s3://bucket/prefix). Start as many as there are machines or GPUs.
     Worker(crate::serve::WorkerArgs),
+    /// Print the generation settings stored in images (Dream line, sd-metadata, A1111 parameters, ComfyUI prompt).
+    Info(crate::info::InfoArgs),
+    /// Model files: list the models file, inspect a model, convert a .ckpt to .safetensors, hash.
+    Models(crate::models::ModelsArgs),
+    /// Print a shell completion script: `ember completions bash > ~/.local/share/bash-completion/completions/ember`.
+    Completions(crate::completions::CompletionsArgs),
 }
 
 /// Where the model comes from and how it runs.
 #[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
-    /// Model: a diffusers folder, a single-file .safetensors, a .ckpt, or a Hugging Face repo id.
-    #[arg(long, default_value = DEFAULT_MODEL)]
+    /// Model: a diffusers folder, a single-file .safetensors, a .ckpt, a Hugging Face repo id, or the name of a
+    /// [models.NAME] entry of the config file (used when no such file or folder exists) [default: the config file's
+    /// `model`, else stable-diffusion-v1-5/stable-diffusion-v1-5].
+    // Empty (as are --device and --dtype) until `settings::resolve_model` fills it in from the config file.
+    #[arg(long, env = "EMBER_MODEL", default_value = "", hide_default_value = true)]
     pub model: String,
-    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when available) [default: the named model's, else the config file's
+    /// [defaults] device, else auto].
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub device: String,
     /// Compute precision: auto (f16 on CUDA, bf16 on CPUs with AMX, else f32), f32, f16 or bf16 (f64: slow, exact,
-    /// for reference checks).
-    #[arg(long, default_value = "auto")]
+    /// for reference checks) [default: the named model's, else the config file's [defaults] dtype, else auto].
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub dtype: String,
     /// A tiny autoencoder (TAESD: taesd_decoder.pth for SD 1.x/2.x, taesdxl_decoder.pth for SDXL; .pth or
     /// .safetensors, also diffusers' AutoencoderTiny) that decodes the final images and the step previews: much
@@ -108,22 +149,23 @@ pub struct ModelArgs {
 #[derive(Debug, Args, Clone, Default, PartialEq)]
 pub struct Switches {
     /// Number of steps of the full schedule (img2img runs floor(strength × steps) of them) [default: 50].
-    #[arg(short = 's', long)]
+    #[arg(short = 's', long, allow_negative_numbers = true, value_parser = at_least_1)]
     pub steps: Option<usize>,
     /// Seed (0..=4294967295), random when omitted; in the REPL -1 reuses the previous image's seed (-2 the one before).
     #[arg(short = 'S', long, allow_negative_numbers = true)]
     pub seed: Option<i64>,
     /// Width in pixels (multiple of 8); ignored for img2img unless --fit [default: 512].
-    #[arg(short = 'W', long)]
+    #[arg(short = 'W', long, allow_negative_numbers = true, value_parser = pixels)]
     pub width: Option<usize>,
     /// Height in pixels (multiple of 8); ignored for img2img unless --fit [default: 512].
-    #[arg(short = 'H', long)]
+    #[arg(short = 'H', long, allow_negative_numbers = true, value_parser = pixels)]
     pub height: Option<usize>,
     /// Classifier-free guidance scale: how strongly the prompt is followed; ≤ 1 runs without guidance (one UNet pass
     /// per step) [default: the model's: 7.5, 0 for Turbo models, 8 for LCM models].
-    #[arg(short = 'C', long, alias = "cfg_scale")]
+    #[arg(short = 'C', long, alias = "cfg_scale", allow_negative_numbers = true)]
     pub cfg_scale: Option<f64>,
-    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms, lcm
+    /// Sampler: k_lms, k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_dpmpp_2, k_dpmpp_2_a, ddim, plms, lcm, or
+    /// A1111's names and short ones, any case ("Euler a", euler_a, dpm++2m; "DPM++ 2M Karras" also sets --karras-max)
     /// [default: the model's: k_lms for SD 1.x/2.x, k_euler for SDXL and Turbo, lcm for LCM models].
     #[arg(short = 'A', long)]
     pub sampler: Option<String>,
@@ -138,7 +180,7 @@ pub struct Switches {
     )]
     pub init_image: Option<String>,
     /// img2img strength in [0, 1]: how much of the schedule runs on the init image (also --hires_fix's) [default: 0.75].
-    #[arg(short = 'f', long)]
+    #[arg(short = 'f', long, allow_negative_numbers = true)]
     pub strength: Option<f64>,
     /// img2img: scale the init image into the -W × -H box, keeping its aspect ratio.
     #[arg(short = 'T', long)]
@@ -152,7 +194,8 @@ pub struct Switches {
     pub invert_mask: bool,
     /// Inpainting: feather the edge where the original pixels are put back over N pixels, inside the mask (pixels
     /// outside it stay exactly the original) [default: 0, at most 256].
-    #[arg(long = "mask-blur", alias = "mask_blur", value_name = "N")]
+    #[arg(long = "mask-blur", alias = "mask_blur", value_name = "N", allow_negative_numbers = true,
+          value_parser = at_least_0::<u32>)]
     pub mask_blur: Option<u32>,
     /// Outpainting: extend the -I image's canvas by these pixels (multiples of 8) and paint the new area, as
     /// InvokeAI's `--outcrop top 64 left 128` (sides: top, bottom, left, right).
@@ -163,13 +206,13 @@ pub struct Switches {
     #[arg(long = "no-paste-back", alias = "no_paste_back")]
     pub no_paste_back: bool,
     /// Number of images; each after the first gets a fresh random seed (with -v: a fresh variation seed) [default: 1].
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, allow_negative_numbers = true, value_parser = at_least_1)]
     pub iterations: Option<usize>,
     /// Also write a grid PNG of the -n images.
     #[arg(short = 'g', long)]
     pub grid: bool,
     /// Variation amount in [0, 1]: each image blends the seed's noise toward a fresh random seed's by this much.
-    #[arg(short = 'v', long, alias = "variation_amount")]
+    #[arg(short = 'v', long, alias = "variation_amount", allow_negative_numbers = true)]
     pub variation_amount: Option<f64>,
     /// Variations applied to the seed's noise, in order: "seed:weight,seed:weight".
     #[arg(short = 'V', long, alias = "with_variations")]
@@ -185,10 +228,10 @@ pub struct Switches {
     #[arg(long = "hires-fix", alias = "hires_fix")]
     pub hires_fix: bool,
     /// InvokeAI's dynamic threshold of the guided prediction (0 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f64>,
     /// Fraction of Perlin noise mixed into the initial noise, in [0, 1] (0 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub perlin: Option<f64>,
     /// Print how the prompt was tokenized, with each token's weight.
     #[arg(short = 't', long, alias = "log_tokenization")]
@@ -200,7 +243,7 @@ pub struct Switches {
     #[arg(short = 'o', long)]
     pub outdir: Option<PathBuf>,
     /// k-samplers use the Karras noise schedule below this many steps, the model's own from it on [default: 30].
-    #[arg(long, alias = "karras_max")]
+    #[arg(long, alias = "karras_max", allow_negative_numbers = true, value_parser = at_least_0::<usize>)]
     pub karras_max: Option<usize>,
     /// Negative prompt: what the image should not show.
     #[arg(long)]
@@ -228,7 +271,8 @@ pub struct Switches {
     #[arg(long, alias = "step_strip")]
     pub step_strip: bool,
     /// Write every N-th step as {prefix}.{seed}.step-{k}.png (a fast latent preview, see --decode-intermediates).
-    #[arg(long, alias = "save_intermediates", value_name = "N")]
+    #[arg(long, alias = "save_intermediates", value_name = "N", allow_negative_numbers = true,
+          value_parser = at_least_1)]
     pub save_intermediates: Option<usize>,
     /// With --save-intermediates: decode those steps with the VAE (full size, slower) instead of the fast preview.
     #[arg(long, alias = "decode_intermediates")]
@@ -310,6 +354,94 @@ impl Switches {
     }
 }
 
+/// InvokeAI 2.x switches Ember does not have, with what they did: a line or command that uses one is told so, rather
+/// than getting clap's generic "unexpected argument". The names are InvokeAI's `args.py` spellings.
+const INVOKEAI_ONLY_SWITCHES: &[(&[&str], &str)] = &[
+    (&["-U", "--upscale"], "upscaling with ESRGAN"),
+    (
+        &["-G", "--gfpgan_strength", "--facetool_strength"],
+        "face restoration with GFPGAN",
+    ),
+    (&["-ft", "--facetool"], "face restoration"),
+    (&["-cf", "--codeformer_fidelity"], "face restoration with CodeFormer"),
+    (
+        &["--save_original", "-save_orig"],
+        "keeping the image before upscaling or face restoration",
+    ),
+    (
+        &[
+            "--embiggen",
+            "-embiggen",
+            "--embiggen_tiles",
+            "-embiggen_tiles",
+            "--embiggen_strength",
+        ],
+        "embiggen upscaling",
+    ),
+    (&["-tm", "--text_mask"], "masks from text with clipseg"),
+    (
+        &["--inpaint_replace", "-r"],
+        "inpaint_replace; -f sets how much is repainted",
+    ),
+    (&["--png_compression", "-z"], "PNG compression levels"),
+    (&["--fnformat"], "file name formats"),
+    (&["--hires_strength"], "a separate hires strength; --hires_fix uses -f"),
+];
+
+/// The message for an InvokeAI 2.x switch Ember lacks (`-U 2`, `--embiggen=2`), or None for any other word.
+pub fn unsupported_invokeai_switch(word: &str) -> Option<String> {
+    let name = word.split_once('=').map_or(word, |(name, _)| name);
+    INVOKEAI_ONLY_SWITCHES
+        .iter()
+        .find(|(names, _)| names.contains(&name))
+        .map(|(_, what)| {
+            format!("{name} ({what}) is an InvokeAI switch that is not supported by Ember; drop it from the line")
+        })
+}
+
+/// The unsupported-switch message for clap's "unexpected argument" error about an InvokeAI-only switch.
+pub fn unsupported_switch_in(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() != clap::error::ErrorKind::UnknownArgument {
+        return None;
+    }
+    match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(word)) => unsupported_invokeai_switch(word),
+        _ => None,
+    }
+}
+
+/// A count that must be at least 1 (`-s`, `-n`, `--save-intermediates`): a negative or zero value is refused with
+/// the range, not clap's "unexpected argument '-5'" (the switches accept negative numbers so that this check sees
+/// them).
+fn at_least_1(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        Ok(n) => Err(format!("{n} is not allowed: the value must be at least 1")),
+        Err(_) => Err(format!("`{text}` is not a whole number (the value must be at least 1)")),
+    }
+}
+
+/// A whole number that must be at least 0 (`--mask-blur`, `--karras-max`).
+fn at_least_0<T: TryFrom<i64>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 0 => T::try_from(n).map_err(|_| format!("{n} is too large")),
+        Ok(n) => Err(format!("{n} is not allowed: the value must be 0 or more")),
+        Err(_) => Err(format!("`{text}` is not a whole number (the value must be 0 or more)")),
+    }
+}
+
+/// A side in pixels (`-W`, `-H`): a positive whole number (the request's checks then ask for a multiple of 8).
+fn pixels(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        Ok(n) => Err(format!(
+            "{n} is not allowed: a side is a number of pixels, at least 8 (try 512)"
+        )),
+        Err(_) => Err(format!("`{text}` is not a number of pixels (try 512)")),
+    }
+}
+
 /// `first` then the entries of `second` not in it.
 fn union<T: Clone + PartialEq>(first: &[T], second: &[T]) -> Vec<T> {
     let mut out = first.to_vec();
@@ -318,6 +450,7 @@ fn union<T: Clone + PartialEq>(first: &[T], second: &[T]) -> Vec<T> {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct GenerateArgs {
     /// The prompt (give either a prompt or --from-file).
     #[arg(required_unless_present = "from_file")]
@@ -326,6 +459,10 @@ pub struct GenerateArgs {
     /// are skipped. The other switches given here are the defaults of every line.
     #[arg(long, alias = "from_file", value_name = "FILE", conflicts_with = "prompt")]
     pub from_file: Option<PathBuf>,
+    /// When to show progress on stderr: auto (a bar when stderr is a terminal), always (also one line per stage into a
+    /// pipe or file), never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::term::ProgressMode::Auto)]
+    pub progress: crate::term::ProgressMode,
     #[command(flatten)]
     pub switches: Switches,
     #[command(flatten)]
@@ -334,11 +471,16 @@ pub struct GenerateArgs {
 
 /// `ember` / `ember repl`: the model and the sticky defaults of every `invoke>` line.
 #[derive(Debug, Args, Clone)]
+#[command(args_override_self = true)]
 pub struct ReplArgs {
     #[command(flatten)]
     pub switches: Switches,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// When to show progress on stderr: auto (a bar when stderr is a terminal), always (also one line per stage into a
+    /// pipe or file), never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::term::ProgressMode::Auto)]
+    pub progress: crate::term::ProgressMode,
 }
 
 #[derive(Debug, Args)]

@@ -4,16 +4,11 @@
 //! prompt; a line that starts with `-` has no prompt before its switches (a bare word among them is the prompt);
 //! otherwise the prompt is everything before the first whitespace followed by `-x` or `--x` (x a letter). The
 //! switch part is split like Python's `shlex.split(s, comments=True)` (POSIX mode), which also reads back the
-//! `Dream` chunk Ember and InvokeAI write into every PNG: that is what `!fetch` relies on ([`fetch_command`]).
+//! `Dream` chunk Ember and InvokeAI write into every PNG: that is what `!fetch` relies on ([`crate::fetch`]).
 
 use crate::args::Switches;
 use clap::Parser;
-use ember::image::metadata::{quote, quote_if_needed};
-use ember::request::Outcrop;
-use ember::sample::denoiser::PredictionType;
-use ember::sample::schedule::TimestepSpacing;
 use ember::Error;
-use std::path::Path;
 
 /// One parsed `invoke>` line.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +24,8 @@ pub struct DreamLine {
     no_binary_name = true,
     disable_version_flag = true,
     disable_help_flag = true,
+    // InvokeAI's argparse: the last of a repeated switch wins, so `!fetch` then `-S 2` edits the fetched seed.
+    args_override_self = true,
     override_usage = "PROMPT [-s STEPS] [-S SEED] [-W WIDTH] [-H HEIGHT] [-C CFG] [-A SAMPLER] [-I INIT -f STRENGTH] …"
 )]
 struct LineParser {
@@ -43,6 +40,9 @@ struct LineParser {
 pub fn parse(line: &str) -> ember::Result<DreamLine> {
     let (prompt, words) = split_prompt(line)?;
     let parsed = LineParser::try_parse_from(&words).map_err(|e| {
+        if let Some(message) = crate::args::unsupported_switch_in(&e) {
+            return Error::invalid("command", format!("{message} (in: {line})"));
+        }
         let text = e.render().to_string();
         // clap's message ends with a usage block and a "--help" hint that mean nothing at the prompt.
         let first = text
@@ -70,6 +70,34 @@ pub fn parse(line: &str) -> ember::Result<DreamLine> {
         prompt,
         switches: parsed.switches,
     })
+}
+
+/// What one line of a command file (`ember generate --from-file`, the REPL's `!replay`) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptLine<'a> {
+    /// Blank or a `#` comment.
+    Skip,
+    /// `q`, `quit` or `exit`: the REPL's way out, which ends the file there.
+    Quit,
+    /// A `!` command (`!fetch`, `!switch`, …): not run from a file, since it works on the REPL's edit buffer and
+    /// session; reported as skipped.
+    Bang(&'a str),
+    /// A generation line.
+    Command(&'a str),
+}
+
+/// Classifies a (trimmed) line of a command file, as the REPL would read it.
+pub fn script_line(line: &str) -> ScriptLine<'_> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        ScriptLine::Skip
+    } else if matches!(line, "q" | "quit" | "exit") {
+        ScriptLine::Quit
+    } else if line.starts_with('!') {
+        ScriptLine::Bang(line)
+    } else {
+        ScriptLine::Command(line)
+    }
 }
 
 /// InvokeAI's prompt/switch split: `(prompt, switch words)`.
@@ -202,151 +230,6 @@ pub fn parse_variations(list: &str) -> ember::Result<Vec<(u32, f64)>> {
             Ok((seed, weight))
         })
         .collect()
-}
-
-/// The command line that made a PNG: its `Dream` chunk (Ember's and InvokeAI's), else one rebuilt from its
-/// `sd-metadata` JSON (InvokeAI 2.x's RFC #266 layout, plus Ember's `prediction_type` and `timestep_spacing`).
-pub fn fetch_command(path: &Path) -> ember::Result<String> {
-    command_from_text_chunks(path, &ember::image::png_meta::read_png_text(path)?)
-}
-
-/// [`fetch_command`] on text chunks already read from the PNG at `path` (named in errors).
-pub fn command_from_text_chunks(path: &Path, chunks: &[(String, String)]) -> ember::Result<String> {
-    let get = |key: &str| chunks.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    if let Some(dream) = get("Dream").map(str::trim).filter(|d| !d.is_empty()) {
-        // InvokeAI 2.0 wrote `Dream: "prompt" -s …`'s body; some versions kept a leading `!dream `.
-        return Ok(dream.strip_prefix("!dream ").unwrap_or(dream).to_string());
-    }
-    let json = get("sd-metadata").ok_or_else(|| {
-        Error::image(
-            path,
-            "it has no Dream or sd-metadata text chunk: it was not made by Ember or InvokeAI",
-        )
-    })?;
-    let doc: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| Error::image(path, format!("its sd-metadata is not JSON: {e}")))?;
-    command_from_sd_metadata(&doc["image"]).ok_or_else(|| Error::image(path, "its sd-metadata has no prompt"))
-}
-
-/// Rebuilds a command line from sd-metadata's `image` object.
-fn command_from_sd_metadata(image: &serde_json::Value) -> Option<String> {
-    let prompt = match &image["prompt"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(parts) if parts.len() == 1 => parts[0]["prompt"].as_str()?.to_string(),
-        // A legacy blend: `a:0.25 b:0.75`.
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .map(|p| Some(format!("{}:{}", p["prompt"].as_str()?, p["weight"].as_f64()?)))
-            .collect::<Option<Vec<_>>>()?
-            .join(" "),
-        _ => return None,
-    };
-    let mut line = vec![quote(&prompt)];
-    let mut push = |flag: &str, key: &str| {
-        let v = &image[key];
-        let text = match v {
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::String(s) => quote_if_needed(s),
-            _ => return,
-        };
-        line.push(format!("{flag} {text}"));
-    };
-    for (flag, key) in [
-        ("-s", "steps"),
-        ("-S", "seed"),
-        ("-W", "width"),
-        ("-H", "height"),
-        ("-C", "cfg_scale"),
-        ("-A", "sampler"),
-    ] {
-        push(flag, key);
-    }
-    if image["type"] == "img2img" || image["init_image_path"].is_string() {
-        push("-I", "init_image_path");
-        push("-f", "strength");
-        if image["fit"] == true {
-            line.push("--fit".to_string());
-        }
-        // Inpainting: InvokeAI 2.x web's `mask_image_path` (Ember writes it too), then Ember's options.
-        if let Some(mask) = image["mask_image_path"].as_str().filter(|m| !m.is_empty()) {
-            line.push(format!("-M {}", quote_if_needed(mask)));
-        }
-        if image["invert_mask"] == true {
-            line.push("--invert-mask".to_string());
-        }
-        if let Some(blur) = image["mask_blur"].as_u64().filter(|&b| b > 0) {
-            line.push(format!("--mask-blur {blur}"));
-        }
-        if let Some(outcrop) = sd_outcrop(&image["outcrop"]).filter(|o| !o.is_empty()) {
-            line.push(format!("--outcrop {outcrop}"));
-        }
-        if image["paste_back"] == false {
-            line.push("--no-paste-back".to_string());
-        }
-    }
-    if let Some(variations) = image["variations"].as_array().filter(|v| !v.is_empty()) {
-        let list: Option<Vec<String>> = variations
-            .iter()
-            .map(|v| Some(format!("{}:{}", v["seed"].as_u64()?, v["weight"].as_f64()?)))
-            .collect();
-        if let Some(list) = list {
-            line.push(format!("-V {}", list.join(",")));
-        }
-    }
-    if image["seamless"] == true {
-        line.push("--seamless".to_string());
-    }
-    if image["vae_tiling"] == true {
-        line.push("--vae-tiling".to_string());
-    }
-    for (flag, key) in [("--threshold", "threshold"), ("--perlin", "perlin")] {
-        if image[key].as_f64().is_some_and(|v| v > 0.0) {
-            line.push(format!("{flag} {}", image[key]));
-        }
-    }
-    if image["downweight"] == "mask" {
-        line.push("--downweight mask".to_string());
-    }
-    // Ember's record of what the model ran with: replayed as overrides, so another model's defaults (or a models-file
-    // entry's) cannot change the image. A value this version does not know is left out rather than failing the line.
-    if let Some(p) = image["prediction_type"]
-        .as_str()
-        .and_then(|p| p.parse::<PredictionType>().ok())
-    {
-        line.push(format!("--prediction-type {p}"));
-    }
-    if let Some(s) = image["timestep_spacing"]
-        .as_str()
-        .and_then(|s| s.parse::<TimestepSpacing>().ok())
-    {
-        line.push(format!("--timestep-spacing {s}"));
-    }
-    if let Some(negative) = image["negative_prompt"].as_str().filter(|n| !n.is_empty()) {
-        line.push(format!("--negative {}", quote(negative)));
-    }
-    Some(line.join(" "))
-}
-
-/// sd-metadata's `outcrop`: Ember's `{"top": 64, "left": 128, …}`, or InvokeAI's words `"top 64 left 128"`.
-fn sd_outcrop(v: &serde_json::Value) -> Option<Outcrop> {
-    match v {
-        serde_json::Value::Object(sides) => {
-            let side = |k: &str| {
-                sides
-                    .get(k)
-                    .and_then(|px| px.as_u64())
-                    .and_then(|px| u32::try_from(px).ok())
-            };
-            Some(Outcrop {
-                top: side("top").unwrap_or(0),
-                bottom: side("bottom").unwrap_or(0),
-                left: side("left").unwrap_or(0),
-                right: side("right").unwrap_or(0),
-            })
-        }
-        serde_json::Value::String(words) => Outcrop::parse(&words.split_whitespace().collect::<Vec<_>>()).ok(),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

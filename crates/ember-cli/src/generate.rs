@@ -2,13 +2,16 @@
 //! Both go through the REPL's [`Runner`], so a file of lines behaves exactly like typing them at `invoke>`.
 
 use crate::args::GenerateArgs;
-use crate::dream_line::DreamLine;
+use crate::dream_line::{script_line, DreamLine, ScriptLine};
 use crate::runner::Runner;
 use anyhow::Context;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let mut runner = Runner::new(args.model.clone(), args.switches.clone());
+    // The config file's model, named models and [defaults] (crate::settings), before anything loads.
+    let resolved = crate::settings::resolve_model(&args.model)?;
+    let mut runner = Runner::new(resolved.model, args.switches.clone()).with_model_defaults(resolved.defaults);
+    runner.set_progress(args.progress);
     let Some(file) = &args.from_file else {
         let prompt = args.prompt.clone().unwrap_or_default();
         runner.run(&DreamLine {
@@ -31,14 +34,24 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let mut ran = 0;
     for (number, line) in BufReader::new(reader).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read line {} of {}", number + 1, file.display()))?;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+        // As the REPL's !replay reads a file: `q` ends it, `!` commands are skipped with a note.
+        let line = match script_line(&line) {
+            ScriptLine::Skip => continue,
+            ScriptLine::Quit => break,
+            ScriptLine::Bang(command) => {
+                eprintln!(
+                    "{}:{}: skipped, !commands are not run from a file: {command}",
+                    file.display(),
+                    number + 1
+                );
+                continue;
+            }
+            ScriptLine::Command(line) => line,
+        };
         ran += 1;
         // One bad line should not lose the rest of a batch; the exit status still reports it.
         if let Err(e) = runner.run_line(line) {
-            eprintln!("error: line {}: {}", number + 1, crate::errors::describe(&e));
+            crate::term::error(format!("line {}: {}", number + 1, crate::errors::describe(&e)));
             failed += 1;
         }
     }

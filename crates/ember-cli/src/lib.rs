@@ -4,10 +4,16 @@
 
 pub mod args;
 pub mod bench;
+pub mod completions;
 pub mod dream_line;
 pub mod errors;
+pub mod fetch;
 pub mod generate;
+pub mod info;
+pub mod models;
 pub mod repl;
 pub mod runner;
 pub mod serve;
+pub mod settings;
 pub mod study;
+pub mod term;

@@ -12,6 +12,7 @@
 
 use crate::args::{Downweight, ModelArgs, Switches};
 use crate::dream_line::{self, DreamLine};
+use crate::term::{self, Progress, ProgressDraw, ProgressMode};
 use anyhow::Context;
 use ember::addons::{AddonKind, AddonLibrary};
 use ember::device::{parse_device, resolve_dtype};
@@ -29,9 +30,9 @@ use ember::request::{DEFAULT_STEPS, DEFAULT_STRENGTH};
 use ember::text::prompt::LoraUse;
 use ember::Error;
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Where images go when neither the line nor the launch flags say.
 pub const DEFAULT_OUTDIR: &str = "outputs";
@@ -47,6 +48,10 @@ pub struct Runner {
     cancel: CancelToken,
     /// Every image written so far, oldest first: `(path, seed)`.
     outputs: Vec<(PathBuf, u32)>,
+    /// `--progress`: how the stages and steps show on stderr.
+    progress: ProgressMode,
+    /// The REPL's stdout: `[N] path: dream-line (seconds)` per image instead of the bare path.
+    echo_lines: bool,
 }
 
 impl Runner {
@@ -58,7 +63,32 @@ impl Runner {
             model_defaults: Switches::default(),
             cancel: CancelToken::new(),
             outputs: Vec::new(),
+            progress: ProgressMode::Auto,
+            echo_lines: false,
         }
+    }
+
+    /// Sets the defaults under the launch flags (a named model's and the config file's [defaults]) before the
+    /// model loads, as [`Self::switch_model`] does for a later model.
+    pub fn with_model_defaults(mut self, defaults: Switches) -> Self {
+        self.model_defaults = defaults;
+        self
+    }
+
+    /// `--progress`: when stages and steps show on stderr.
+    pub fn set_progress(&mut self, mode: ProgressMode) {
+        self.progress = mode;
+    }
+
+    /// Stdout as the REPL shows it: each image as InvokeAI echoes it, `[N] path: dream-line (seconds)`, N counting
+    /// the session's images from 1. Off (`ember generate`), stdout carries one bare path per line for scripts.
+    pub fn set_echo_lines(&mut self, echo: bool) {
+        self.echo_lines = echo;
+    }
+
+    /// Whether a model is loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.pipeline.is_some()
     }
 
     /// The token that stops the running image (the REPL's Ctrl-C handler holds a clone).
@@ -73,6 +103,10 @@ impl Runner {
     /// Loads the model now if it is not loaded yet.
     pub fn load(&mut self) -> anyhow::Result<&Pipeline> {
         if self.pipeline.is_none() {
+            // The first stage of a run; on stderr, and only where progress shows.
+            if self.progress.draw_here() != ProgressDraw::Off {
+                eprintln!("loading model {} …", self.model.model);
+            }
             self.pipeline = Some(load_pipeline(&self.model)?);
         }
         self.pipeline
@@ -103,7 +137,7 @@ impl Runner {
             .context("the model is not loaded; pass --model path/to/model.safetensors")?;
         if *pipeline.addons() != library {
             for warning in pipeline.set_addons(library)? {
-                eprintln!("warning: {warning}");
+                term::warning(warning);
             }
         }
         Ok(pipeline)
@@ -121,6 +155,8 @@ impl Runner {
         let mut plan = self.plan(&line.prompt, &sw)?;
         self.cancel.reset();
         let cancel = self.cancel.clone();
+        // Copied before the pipeline borrows `self`.
+        let (draw, echo_lines, images_before) = (self.progress.draw_here(), self.echo_lines, self.outputs.len());
         let (library, loras) = addon_library(&sw)?;
         plan.request.loras = loras;
         self.load()?;
@@ -146,14 +182,37 @@ impl Runner {
             if plan.seed_was_random || iteration > 0 {
                 eprintln!("seed: {}", request.seed);
             }
-            let (path, image, dream) = generate_one(pipeline, &cancel, &request, &sw, &plan.outdir)?;
-            first_dream.get_or_insert(dream);
+            let label = if plan.iterations > 1 {
+                format!("image {}/{} seed {}", iteration + 1, plan.iterations, request.seed)
+            } else {
+                format!("seed {}", request.seed)
+            };
+            let mut progress = Progress::new(draw, label);
+            let started = Instant::now();
+            let made = generate_one(pipeline, &cancel, &request, &sw, &plan.outdir, &mut progress)?;
+            progress.finish();
+            // stdout: the image, then its strip, one path per line (the REPL echoes the image's command line too).
             let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{}", path.display())?;
+            if echo_lines {
+                let number = images_before + written.len() + 1;
+                let seconds = started.elapsed().as_secs_f64();
+                writeln!(
+                    stdout,
+                    "[{number}] {}: {} ({seconds:.2}s)",
+                    made.path.display(),
+                    made.dream
+                )?;
+            } else {
+                writeln!(stdout, "{}", made.path.display())?;
+            }
+            if let Some(strip) = &made.strip {
+                writeln!(stdout, "{}", strip.display())?;
+            }
             stdout.flush()?;
-            written.push((path, request.seed));
+            first_dream.get_or_insert(made.dream);
+            written.push((made.path, request.seed));
             if sw.grid {
-                images.push(image);
+                images.push(made.image);
             }
         }
         if sw.grid && !images.is_empty() {
@@ -163,7 +222,9 @@ impl Runner {
             // The first image's command with the grid switches: replaying it remakes the grid.
             let dream = format!("{} -n {} -g", first_dream.unwrap_or_default(), images.len());
             write_png_with_text(&path, &grid, &[("Dream", dream)])?;
-            eprintln!("grid: {}", path.display());
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", path.display())?;
+            stdout.flush()?;
         }
         let paths = written.iter().map(|(p, _)| p.clone()).collect();
         self.outputs.extend(written);
@@ -205,18 +266,17 @@ impl Runner {
                 return Err(Error::image(path, format!("{} (the -M inpainting mask)", not_a_file(path))).into());
             }
         }
+        // Decoded now, so a broken file fails before the model loads; the request carries the decoded pixels.
+        let init_image = init_image.map(decoded).transpose()?;
+        let init_mask = init_mask.map(decoded).transpose()?;
+        let outdir = sw.outdir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUTDIR));
+        check_output_folder(&outdir)?;
         let outcrop = match &sw.outcrop {
             Some(words) => Outcrop::parse(words)?,
             None => Outcrop::default(),
         };
         let variation_amount = sw.variation_amount.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&variation_amount) {
-            return Err(Error::invalid(
-                "variation_amount",
-                format!("{variation_amount} is outside [0, 1] (try -v 0.1)"),
-            )
-            .into());
-        }
+        ember::request::check_variation_amount(variation_amount)?;
         if sw.save_intermediates == Some(0) {
             return Err(Error::invalid("save_intermediates", "must be at least 1 (every N-th step)").into());
         }
@@ -224,20 +284,22 @@ impl Runner {
             Some(list) => dream_line::parse_variations(list)?,
             None => Vec::new(),
         };
+        // A1111's `… Karras` names (`-A "DPM++ 2M Karras"`) set the schedule too: karras_max, unless given.
+        let sampler = ember::sample::names::parse_sampler_name(sw.sampler.as_deref().unwrap_or("k_lms"))?;
         let request = GenerateRequest {
             prompt: prompt.to_string(),
             negative_prompt: sw.negative.clone().unwrap_or_default(),
             negative_given: sw.negative.is_some(),
             steps: sw.steps.unwrap_or(DEFAULT_STEPS),
             cfg_scale: sw.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE),
-            sampler: sw.sampler.as_deref().unwrap_or("k_lms").parse()?,
+            sampler: sampler.kind,
             seed,
             width: sw.width.unwrap_or(DEFAULT_SIZE),
             height: sw.height.unwrap_or(DEFAULT_SIZE),
-            init_image: init_image.map(InitImage::Path),
+            init_image,
             strength: sw.strength.unwrap_or(DEFAULT_STRENGTH),
             fit: sw.fit,
-            karras_max: sw.karras_max.unwrap_or(DEFAULT_KARRAS_MAX),
+            karras_max: sw.karras_max.or(sampler.karras_max()).unwrap_or(DEFAULT_KARRAS_MAX),
             exact_steps: sw.exact_steps,
             with_variations,
             seamless: sw.seamless,
@@ -253,7 +315,7 @@ impl Runner {
             prediction_type: sw.prediction_type.as_deref().map(str::parse).transpose()?,
             timestep_spacing: sw.timestep_spacing.as_deref().map(str::parse).transpose()?,
             loras: Vec::new(),
-            init_mask: init_mask.map(InitImage::Path),
+            init_mask,
             invert_mask: sw.invert_mask,
             mask_blur: sw.mask_blur.unwrap_or(0),
             outcrop,
@@ -265,7 +327,7 @@ impl Runner {
             iterations,
             variation_amount,
             seed_was_random,
-            outdir: sw.outdir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUTDIR)),
+            outdir,
         })
     }
 
@@ -299,7 +361,7 @@ fn addon_library(sw: &Switches) -> anyhow::Result<(AddonLibrary, Vec<LoraUse>)> 
     ] {
         for dir in dirs {
             for warning in library.add_dir(kind, dir)? {
-                eprintln!("warning: {warning}");
+                term::warning(warning);
             }
         }
     }
@@ -334,8 +396,13 @@ fn split_weight(spec: &str) -> anyhow::Result<(&str, f64)> {
         return Ok((spec, 1.0));
     };
     match weight.trim().parse::<f64>() {
-        Ok(w) if w.is_finite() && w.abs() <= 100.0 && !target.is_empty() => Ok((target, w)),
-        Ok(w) => Err(Error::invalid("lora", format!("weight {w} in `{spec}` is out of range (-100 to 100)")).into()),
+        Ok(_) if target.is_empty() => {
+            Err(Error::invalid("lora", format!("`{spec}` names no LoRA before its weight")).into())
+        }
+        Ok(w) => {
+            ember::request::check_lora_weight(target, w)?;
+            Ok((target, w))
+        }
         Err(_) if weight.contains(['\\', '/']) || target.len() == 1 => Ok((spec, 1.0)),
         Err(_) => Err(Error::invalid(
             "lora",
@@ -377,8 +444,20 @@ fn apply_model_defaults(request: &mut GenerateRequest, sw: &Switches, defaults: 
 pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
     let device = parse_device(&model.device)?;
     let dtype = resolve_dtype(&model.dtype, &device)?;
-    let mut pipeline = Pipeline::load(&model.model, &device, dtype)
-        .with_context(|| "no model loaded; pass a local model with --model path/to/model.safetensors".to_string())?;
+    let loaded = Pipeline::load(&model.model, &device, dtype);
+    // The engine's error names the path and what to pass; only the default model, which the user did not choose,
+    // needs the hint of how to choose one.
+    let mut pipeline = if model.model == crate::args::DEFAULT_MODEL {
+        loaded.with_context(|| {
+            format!(
+                "the default model {} could not be loaded; pass a local model with --model \
+                 path/to/model.safetensors (or set `model` in the config file, or EMBER_MODEL)",
+                crate::args::DEFAULT_MODEL
+            )
+        })?
+    } else {
+        loaded?
+    };
     if !model.vae_approx.is_empty() {
         pipeline.load_vae_approx(&model.vae_approx)?;
     }
@@ -398,7 +477,7 @@ pub fn load_pipeline(model: &ModelArgs) -> anyhow::Result<Pipeline> {
         defaults_text(spec.defaults)
     );
     for note in &spec.notes {
-        eprintln!("note: {note}");
+        term::note(note);
     }
     Ok(pipeline)
 }
@@ -422,37 +501,52 @@ fn defaults_text(d: GenerationDefaults) -> String {
     )
 }
 
-/// Generates one image and writes it, with its strip and intermediates; returns its path, pixels and Dream line.
+/// One image written: its path, pixels and Dream line, and its step strip's path.
+struct MadeImage {
+    path: PathBuf,
+    image: RgbImage,
+    dream: String,
+    strip: Option<PathBuf>,
+}
+
+/// Generates one image and writes it, with its strip and intermediates; `progress` shows its stages.
+///
+/// The image's name is taken before denoising, so each `--save-intermediates` picture is written under it as its
+/// step finishes (a cancelled or killed run keeps the steps it got to); the names share the image's numeric
+/// prefix, so the image itself still gets that name afterwards.
 fn generate_one(
     pipeline: &Pipeline,
     cancel: &CancelToken,
     request: &GenerateRequest,
     sw: &Switches,
     outdir: &Path,
-) -> anyhow::Result<(PathBuf, RgbImage, String)> {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} ({elapsed} elapsed, ETA {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("seed {}", request.seed));
+    progress: &mut Progress,
+) -> anyhow::Result<MadeImage> {
+    let path = next_output_path(outdir, request.seed)?;
+    let stem = file_stem(&path);
     let mut strip: Option<StepStrip> = None;
-    let mut intermediates: Vec<(usize, RgbImage)> = Vec::new();
-    // The event callback cannot fail the run; the first preview error is reported after it.
+    // The event callback cannot fail the run; the first preview error is reported after it, and the first error
+    // writing an intermediate fails the command once the image is safe on disk.
     let mut preview_error: Option<Error> = None;
+    let mut intermediate_error: Option<anyhow::Error> = None;
+    progress.stage("encoding text");
     let generated = pipeline.generate(request, cancel, &mut |event| match event {
-        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        Event::Warning(w) => progress.suspend(|| term::warning(w)),
         Event::Started {
             total_steps,
             schedule_steps,
         } => {
-            bar.set_length(total_steps as u64);
+            progress.start_denoise(total_steps);
             if sw.step_strip {
                 strip = Some(StepStrip::for_run(total_steps, schedule_steps));
             }
         }
-        Event::Step { step, latents, .. } => {
-            bar.set_position(step as u64);
+        Event::Step {
+            step,
+            total_steps,
+            latents,
+        } => {
+            progress.step(step);
             if let Some(strip) = strip.as_mut() {
                 if let Err(e) = pipeline.preview(latents).and_then(|cell| strip.push_image(cell)) {
                     preview_error.get_or_insert(e);
@@ -465,17 +559,24 @@ fn generate_one(
                     pipeline.preview(latents)
                 };
                 match picture {
-                    Ok(p) => intermediates.push((step, p)),
+                    Ok(p) => {
+                        let file = path.with_file_name(format!("{stem}.step-{step}.png"));
+                        if let Err(e) = write_png_with_text(&file, &p, &[]) {
+                            intermediate_error.get_or_insert(e.into());
+                        }
+                    }
                     Err(e) => {
                         preview_error.get_or_insert(e);
                     }
                 }
             }
+            if step == total_steps {
+                progress.stage("decoding");
+            }
         }
     });
-    bar.finish_and_clear();
+    progress.finish();
     let mut generated = generated?;
-    let path = next_output_path(outdir, request.seed)?;
     // Inpainting: the mask as the run used it (from -M or the init image's transparency), saved first so that the
     // image's recorded `-M` names a file that exists, and its Dream line replays the run.
     if let Some(mask) = &generated.mask {
@@ -486,24 +587,65 @@ fn generate_one(
     }
     write_png(&path, &generated.image, &generated.record)?;
     if let Some(e) = preview_error {
-        eprintln!("warning: step previews incomplete: {e}");
+        term::warning(format!("step previews incomplete: {e}"));
     }
-    match strip {
+    let strip_file = match strip {
         Some(strip) if !strip.is_empty() => {
             let strip_file = strip_path(&path);
             write_png_with_text(&strip_file, &strip.render(), &[])?;
-            eprintln!("strip: {}", strip_file.display());
+            Some(strip_file)
         }
-        Some(_) => eprintln!("warning: no step was taken, so there is no step strip"),
-        None if sw.step_strip => eprintln!("warning: no step was taken, so there is no step strip"),
-        None => {}
+        Some(_) => {
+            term::warning("no step was taken, so there is no step strip");
+            None
+        }
+        None if sw.step_strip => {
+            term::warning("no step was taken, so there is no step strip");
+            None
+        }
+        None => None,
+    };
+    if let Some(e) = intermediate_error {
+        return Err(e.context(format!(
+            "{} was written, but not all of its --save-intermediates steps",
+            path.display()
+        )));
     }
-    let stem = file_stem(&path);
-    for (step, picture) in &intermediates {
-        let file = path.with_file_name(format!("{stem}.step-{step}.png"));
-        write_png_with_text(&file, picture, &[])?;
-    }
-    Ok((path, generated.image, dream_command(&generated.record)))
+    Ok(MadeImage {
+        dream: dream_command(&generated.record),
+        path,
+        image: generated.image,
+        strip: strip_file,
+    })
+}
+
+/// An init image or mask file decoded (with the engine's limits and EXIF orientation), named by its path.
+fn decoded(path: PathBuf) -> anyhow::Result<InitImage> {
+    let image = ember::image::init::decode(&InitImage::Path(path.clone()))?;
+    Ok(InitImage::Memory {
+        name: path.display().to_string(),
+        image,
+    })
+}
+
+/// Creates the output folder if needed and checks that a file can be made in it, before any model loads or step
+/// runs: a typo in `-o` should not cost a whole generation.
+fn check_output_folder(outdir: &Path) -> anyhow::Result<()> {
+    let cannot = |what: &str, e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot {what} the output folder {}: {e}; choose another with -o/--outdir",
+            outdir.display()
+        )
+    };
+    std::fs::create_dir_all(outdir).map_err(|e| cannot("create", e))?;
+    let probe = outdir.join(format!(".ember-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| cannot("write into", e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// `{prefix}.{seed}.mask.png` beside the image `{prefix}.{seed}.png`: the inpainting mask it was made with.

@@ -27,7 +27,7 @@ const STRIP_SLOTS_PER_ROW: usize = 10;
 /// Longest prompt shown in the grid's title line, in characters.
 const TITLE_PROMPT_CHARS: usize = 48;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct StudyArgs {
     /// The prompt.
     pub prompt: String,
@@ -85,6 +85,11 @@ struct CellRecord {
 }
 
 pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
+    // The config file's model, device and dtype (crate::settings); the grid's metadata names the resolved model.
+    let args = &StudyArgs {
+        model: crate::settings::resolve_model(&args.model)?.model,
+        ..args.clone()
+    };
     if args.strengths.is_empty() || args.steps.is_empty() {
         anyhow::bail!("invalid study: give at least one --strengths value and one --steps value");
     }
@@ -147,7 +152,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
             let mut strip: Option<StepStrip> = None;
             let mut strip_error = None;
             let generated = pipeline.generate(request, &cancel, &mut |event| match event {
-                Event::Warning(w) => eprintln!("warning: {w}"),
+                Event::Warning(w) => crate::term::warning(w),
                 Event::Started {
                     total_steps,
                     schedule_steps,

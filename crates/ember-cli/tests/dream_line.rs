@@ -7,7 +7,8 @@ use ember::request::{GenerateRequest, InitImage};
 use ember::sample::denoiser::PredictionType;
 use ember::sample::schedule::TimestepSpacing;
 use ember_cli::args::{Downweight, Switches};
-use ember_cli::dream_line::{fetch_command, parse, parse_variations, split_prompt};
+use ember_cli::dream_line::{parse, parse_variations, split_prompt};
+use ember_cli::fetch::fetch_command;
 use std::path::{Path, PathBuf};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata/invokeai-img2img");

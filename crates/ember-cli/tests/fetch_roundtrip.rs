@@ -1,7 +1,8 @@
 //! `!fetch` round trips with the real binary on the tiny model: generate → `!fetch` the PNG in the REPL (its
 //! command line is printed when standard input is a pipe) → run that line with `ember generate --from-file -` →
 //! the new image has exactly the same pixels. Covers txt2img, img2img, `-v`/`-V` variations, `--hires_fix` and the
-//! `--prediction-type`/`--timestep-spacing` overrides.
+//! `--prediction-type`/`--timestep-spacing` overrides; then PNGs left with only A1111's `parameters` or only
+//! `sd-metadata` (the line rebuilt from that chunk must reproduce the image too).
 
 mod common;
 
@@ -228,5 +229,162 @@ fn prediction_type_and_timestep_spacing_overrides_round_trip() {
         lines[0].0.ends_with("--timestep-spacing leading") && !lines[0].0.contains("--prediction-type"),
         "{}",
         lines[0].0
+    );
+}
+
+/// A copy of the PNG at `path` (pixels as they are) with only its `keep` text chunk, as another tool would leave it.
+fn only_chunk(path: &str, keep: &str, dir: &Path) -> String {
+    let chunks = ember::image::png_meta::read_png_text(Path::new(path)).expect("text chunks");
+    let kept: Vec<(&str, String)> = chunks
+        .iter()
+        .filter(|(k, _)| k == keep)
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    assert_eq!(kept.len(), 1, "{path} has one {keep} chunk");
+    let copy = dir.join(format!("only-{keep}.png"));
+    ember::image::png_meta::write_png_with_text(&copy, &pixels(path), &kept).expect("written");
+    copy.display().to_string()
+}
+
+/// Generates with `switches`, keeps only the `keep` chunk of the image, `!fetch`es that copy and replays the line:
+/// the same pixels. Returns the line and what `!fetch` printed on stderr (its notes).
+fn round_trip_through(keep: &str, prompt: &str, switches: &[&str]) -> (String, String) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<String> = vec!["generate".into(), prompt.into()];
+    args.extend(switches.iter().map(|s| s.to_string()));
+    args.extend(["-o".into(), home.path().join("first").display().to_string()]);
+    args.extend(model_args());
+    let made = ember(&args, "", home.path());
+    let copy = only_chunk(&made[0], keep, home.path());
+
+    let mut repl: Vec<String> = vec!["repl".into()];
+    repl.extend(model_args());
+    let out = common::run_ember(&repl, &format!("!fetch {copy}\n"), home.path());
+    let line = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let notes = String::from_utf8(out.stderr).expect("utf-8");
+    let mut again: Vec<String> = vec!["generate".into(), "--from-file".into(), "-".into()];
+    again.extend(["-o".into(), home.path().join("second").display().to_string()]);
+    again.extend(model_args());
+    let remade = ember(&again, &format!("{line}\n"), home.path());
+    assert_eq!(remade.len(), 1, "{remade:?}");
+    assert!(
+        pixels(&made[0]) == pixels(&remade[0]),
+        "{line} (from {keep} only) did not reproduce the image"
+    );
+    (line, notes)
+}
+
+/// A1111's `parameters` alone (A1111's sampler names and `Schedule type`) reproduce the image: Karras and the model's
+/// own schedule (`Uniform`) both come back as --karras-max.
+#[test]
+fn a1111_parameters_round_trip() {
+    let base = [
+        "-s",
+        "4",
+        "-S",
+        "21",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--negative",
+        "ugly, dark",
+    ];
+    let karras: Vec<&str> = base.iter().copied().chain(["-A", "DPM++ 2M Karras"]).collect();
+    let (line, _) = round_trip_through("parameters", "a fox: red, <small>", &karras);
+    assert!(line.contains("-A k_dpmpp_2 --karras-max 1001"), "{line}");
+    // k_lms at 4 steps with --karras-max 2: the model's own σ, written `Schedule type: Uniform`.
+    let uniform: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["-A", "k_lms", "--karras-max", "2"])
+        .collect();
+    let (line, notes) = round_trip_through("parameters", "a fox", &uniform);
+    assert!(
+        line.contains("-A k_lms --karras-max 0") && line.contains("--negative \"ugly, dark\""),
+        "{line}"
+    );
+    assert!(!notes.contains("note:"), "txt2img needs no note: {notes}");
+}
+
+/// The defect: a PNG with only sd-metadata lost --hires_fix (and its strength), --karras-max and --exact-steps,
+/// silently; the replay then made another image.
+#[test]
+fn sd_metadata_only_round_trip() {
+    let hires = [
+        "-s",
+        "3",
+        "-S",
+        "5",
+        "-W",
+        "128",
+        "-H",
+        "128",
+        "--hires_fix",
+        "-f",
+        "0.6",
+        "-A",
+        "k_euler",
+        "--karras-max",
+        "2",
+    ];
+    let (line, _) = round_trip_through("sd-metadata", "a fox", &hires);
+    assert!(
+        line.contains("--hires_fix -f 0.6") && line.contains("--karras-max 2"),
+        "{line}"
+    );
+    let init = Path::new(FIXTURES).join("init-64x96.png").display().to_string();
+    let exact = [
+        "-I",
+        &init,
+        "-f",
+        "0.5",
+        "-s",
+        "3",
+        "--exact-steps",
+        "-S",
+        "8",
+        "-A",
+        "ddim",
+    ];
+    let (line, _) = round_trip_through("sd-metadata", "fire", &exact);
+    assert!(
+        line.contains("-s 3 ") && line.contains("--exact-steps") && line.contains("-f 0.5"),
+        "{line}"
+    );
+}
+
+/// InvokeAI 2.x's CLI wrote `strength_steps` and no init image path into sd-metadata: `!fetch` of such a PNG keeps
+/// the strength and says the init image must be added (it used to give a txt2img line without a word).
+#[test]
+fn invokeai_sd_metadata_only_says_what_is_missing() {
+    let shared = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/testdata/invokeai-img2img/000032.1592514025.png"
+    );
+    let home = tempfile::tempdir().expect("tempdir");
+    let copy = only_chunk(shared, "sd-metadata", home.path());
+    let mut repl: Vec<String> = vec!["repl".into()];
+    repl.extend(model_args());
+    let out = common::run_ember(&repl, &format!("!fetch {copy}\n!fetch {shared}\n"), home.path());
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let notes = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let sw = ember_cli::dream_line::parse(&lines[0]).expect("a line").switches;
+    assert_eq!(
+        (sw.strength, sw.sampler.as_deref(), sw.steps),
+        (Some(0.7), Some("ddim"), Some(10)),
+        "{}",
+        lines[0]
+    );
+    assert!(notes.contains("does not name the init image: add -I FILE"), "{notes}");
+    // With its Dream line, the init image is named but not found where InvokeAI put it.
+    assert!(
+        notes.contains("fire-drawing.png is not found; a file of that name is next to the image"),
+        "{notes}"
     );
 }

@@ -1,6 +1,7 @@
 //! A scripted `invoke>` session with the real binary through a pseudo-terminal: a generation, a bad line, `-S -1`,
 //! `!history`, `!fetch` into the edit buffer and back out with Enter, Ctrl-C during a long generation, `q`; then a
-//! second session that finds the history file. Plus the same REPL fed through a pipe.
+//! second session that finds the history file. Plus the same REPL fed through a pipe; tab completion and the echo
+//! line `[N] path: dream-line (seconds)` through a pseudo-terminal; a session whose launch model cannot be loaded.
 
 #![cfg(unix)]
 
@@ -13,8 +14,12 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixture
 const TIMEOUT_MS: u64 = 60_000;
 
 fn repl_command(home: &Path) -> Command {
+    repl_command_with_model(home, &format!("{FIXTURES}/tiny-sd.safetensors"))
+}
+
+fn repl_command_with_model(home: &Path, model: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
-    cmd.args(["--model", &format!("{FIXTURES}/tiny-sd.safetensors"), "--device", "cpu"])
+    cmd.args(["--model", model, "--device", "cpu"])
         // Sticky defaults for every line.
         .args([
             "-o",
@@ -87,7 +92,7 @@ fn scripted_session_with_bad_line_ctrl_c_fetch_and_quit() {
 
     // Ctrl-C during a long generation cancels it and returns to the prompt.
     p.send_line("a slow fox -s 1000 -S 9").expect("send");
-    p.exp_regex(r"step \d+/1000").expect("generation started");
+    p.exp_regex(r"denoise \d+/1000").expect("generation started");
     p.send_control('c').expect("ctrl-c");
     p.exp_string("cancelled").expect("cancel reported");
     p.exp_string("invoke> ").expect("prompt after cancel");
@@ -171,4 +176,128 @@ fn piped_repl_runs_lines_replay_and_named_models() {
     let names = outputs(home.path());
     let seeds: Vec<&str> = names.iter().filter_map(|n| n.split('.').nth(1)).collect();
     assert_eq!(seeds, ["1", "3", "4"], "{names:?}");
+}
+
+/// Types `text` and presses Tab (rexpect buffers `send`; the flush makes the keys arrive).
+fn type_then_tab(p: &mut rexpect::session::PtySession, text: &str) {
+    p.send(text).expect("send");
+    p.send("\t").expect("tab");
+    p.flush().expect("flush");
+}
+
+#[test]
+fn tab_completes_switches_models_and_paths_and_images_are_echoed() {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        home.path().join("models.toml"),
+        format!("[models.tiny]\npath = \"{FIXTURES}/tiny-sd\"\n"),
+    )
+    .unwrap();
+    let mut p = spawn_command(repl_command(home.path()), Some(TIMEOUT_MS)).expect("spawn ember");
+    p.exp_string("invoke> ").expect("first prompt");
+
+    // A switch name: `--seaml` + Tab becomes `--seamless`.
+    type_then_tab(&mut p, "a fox -S 5 --seaml");
+    p.exp_string("--seamless").expect("switch completed");
+    p.send_line("").expect("enter");
+    // The progress bar appears only once denoising starts: no empty `0/0` frame before it.
+    let (before, _) = p.exp_regex(r"denoise \d+/3").expect("progress");
+    assert!(!before.contains("0/0"), "an empty bar was drawn: {before:?}");
+    // InvokeAI's echo line: `[N] path: dream-line (seconds)`.
+    let (_, echo) = p
+        .exp_regex(r#"\[1\] [^\r\n]*000001\.5\.png: "a fox" [^\r\n]*-S 5[^\r\n]* \(\d+\.\d\ds\)"#)
+        .expect("echo line");
+    assert!(echo.contains("--seamless"), "{echo}");
+    p.exp_string("invoke> ").expect("prompt");
+
+    // A sampler name.
+    type_then_tab(&mut p, "a fox -S 6 -A dd");
+    p.exp_string("-A ddim").expect("sampler completed");
+    p.send_line("").expect("enter");
+    p.exp_regex(r"\[2\] [^\r\n]*000002\.6\.png: [^\r\n]*-A ddim")
+        .expect("second echo line");
+    p.exp_string("invoke> ").expect("prompt");
+
+    // A `!` command and a model name from the models file.
+    type_then_tab(&mut p, "!sw");
+    p.exp_string("!switch").expect("command completed");
+    type_then_tab(&mut p, "ti");
+    p.exp_string("tiny").expect("model name completed");
+    p.send_line("").expect("enter");
+    p.exp_string("model tiny loaded").expect("switched");
+    p.exp_string("invoke> ").expect("prompt");
+
+    // A file path after !fetch (the only file of out/ starting 000001).
+    let out = home.path().join("out");
+    type_then_tab(&mut p, &format!("!fetch {}/000001", out.display()));
+    p.exp_string("000001.5.png").expect("path completed");
+    p.send_line("").expect("enter");
+    p.exp_string("\"a fox\"").expect("fetched command in the buffer");
+    p.send_control('c').expect("drop the buffer");
+    p.exp_string("invoke> ").expect("prompt");
+    p.send_line("q").expect("quit");
+    p.exp_eof().expect("exits");
+}
+
+#[test]
+fn error_labels_are_coloured_on_a_terminal_unless_no_color() {
+    for (no_color, want) in [
+        (None, "\x1b[1;31merror:\x1b[0m invalid width"),
+        (Some("1"), "error: invalid width"),
+    ] {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut cmd = repl_command(home.path());
+        match no_color {
+            Some(value) => cmd.env("NO_COLOR", value),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        let mut p = spawn_command(cmd, Some(TIMEOUT_MS)).expect("spawn ember");
+        p.exp_string("invoke> ").expect("first prompt");
+        p.send_line("a fox -W 100000").expect("send");
+        p.exp_string(want).expect("error label");
+        p.exp_string("invoke> ").expect("prompt");
+        p.send_line("q").expect("quit");
+        p.exp_eof().expect("exits");
+    }
+}
+
+#[test]
+fn unloadable_launch_model_keeps_the_prompt_when_a_models_file_exists() {
+    use std::io::Write;
+    let home = tempfile::tempdir().expect("tempdir");
+    let missing = home.path().join("no-such-model.safetensors").display().to_string();
+    let run = |input: &str| {
+        let mut child = repl_command_with_model(home.path(), &missing)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ember runs");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().expect("finishes")
+    };
+    // No models file: nothing to switch to, so the REPL stops with the load error, as before.
+    let out = run("fox -S 1\nq\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"));
+
+    std::fs::write(
+        home.path().join("models.toml"),
+        format!("[models.tiny]\npath = \"{FIXTURES}/tiny-sd\"\n"),
+    )
+    .unwrap();
+    let out = run("fox -S 1\n!switch tiny\nfox -S 2\nq\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no-such-model"), "the load error is reported: {stderr}");
+    assert!(
+        stderr.contains("no model loaded; use !switch NAME or restart with --model"),
+        "{stderr}"
+    );
+    // Piped, stdout is the bare path of the one image made (after the switch), as `ember generate` prints it.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(lines[0].ends_with("/000001.2.png"), "{stdout}");
+    assert_eq!(outputs(home.path()), ["000001.2.png"]);
 }

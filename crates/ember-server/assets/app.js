@@ -1,7 +1,8 @@
 // Ember's web page: builds generation requests from the form, follows jobs through the server-sent events of
 // /api/events, and shows the gallery. Plain browser JavaScript, no build step; the API is docs/api.md. The form's
 // Advanced section lives in advanced.js, the LoRA and embedding pickers in addons.js, the mask painter in inpaint.js,
-// the gallery cards in gallery.js; the scripts share their top-level names.
+// the gallery cards in gallery.js, the progress panel's job lines in jobs.js, the full-size viewer in viewer.js;
+// the scripts share their top-level names.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -19,8 +20,10 @@ const FIELD_CONTROL = { init_image: "init-file", init_image_id: "init-file", lor
 const state = {
   init: null, // {kind: "file", file, url} | {kind: "gallery", id, url}
   jobs: new Map(), // id → Job, as last reported
-  shownJobId: null, // the job the progress panel follows
-  stepsSeen: new Map(), // job id → steps reported by `progress` events, in arrival order
+  images: [], // the gallery page shown (the viewer steps through it)
+  selected: new Set(), // ids of the gallery images ticked for "Delete selected"
+  search: "", // the gallery's prompt search
+  uploads: new Map(), // job id → {file, mask} this tab uploaded with it: Retry sends them again
   lastSeed: null,
   page: 1,
   totalImages: 0,
@@ -216,12 +219,25 @@ async function generate() {
     return;
   }
   // The painted mask (a promise of a PNG, or of null when nothing is painted); only with an init image to paint on.
-  const mask = state.init ? maskBlob() : null;
-  await submitJob(params, state.init && state.init.kind === "file" ? state.init.file : null, mask);
+  const mask = state.init ? await maskBlob() : null;
+  const file = state.init && state.init.kind === "file" ? state.init.file : null;
+  rememberPrompt(params.prompt, params.negative_prompt);
+  // Batch count: that many jobs; a fixed seed counts up (seed, seed+1, …, as A1111 does), a random one stays random.
+  const count = Math.min(32, Math.max(1, intValue("batch_count") || 1));
+  let queued = 0;
+  for (let i = 0; i < count; i++) {
+    const one = params.seed == null ? params : { ...params, seed: (params.seed + i) % 4294967296 };
+    if (!(await submitJob(one, file, mask))) break;
+    queued += 1;
+  }
+  // On a phone the progress panel is below the long form: bring it into view (not when the form shows an error).
+  if (queued > 0 && window.matchMedia("(max-width: 760px)").matches) {
+    $("progress-heading").scrollIntoView({ block: "start" });
+  }
 }
 
 // POSTs a job (multipart when there is an uploaded init image or a painted mask) and follows it; errors go to the
-// form. `mask` is a Blob, a promise of one (or of null), or null.
+// form. `mask` is a Blob, a promise of one (or of null), or null. Returns the Job, or null when it was refused.
 async function submitJob(params, file, mask = null) {
   state.submitting = true;
   $("generate").disabled = true;
@@ -244,10 +260,12 @@ async function submitJob(params, file, mask = null) {
     const fresh = params.variation_amount > 0 && variations.length > 0 ? variations[variations.length - 1] : null;
     note(`Job #${job.id} queued with seed ${job.params.seed}`
       + (fresh ? ` and variation seed ${fresh.seed} (weight ${fresh.weight}).` : "."));
-    showJob(job.id);
+    if (file || maskFile) state.uploads.set(job.id, { file, mask: maskFile });
     onJob(job);
+    return job;
   } catch (e) {
     showFormError(e.field, e.message);
+    return null;
   } finally {
     state.submitting = false;
     $("generate").disabled = false;
@@ -260,6 +278,67 @@ async function cancelJob(id) {
   } catch (e) {
     note(e.status === 409 ? `Job #${id} had already finished.` : `Could not cancel job #${id}: ${e.message}`);
   }
+}
+
+// ---------------------------------------------------------------------------------------------- prompt history
+
+const HISTORY_KEY = "ember.promptHistory";
+const HISTORY_MAX = 50;
+
+function promptHistory() {
+  try {
+    const list = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+    return Array.isArray(list) ? list.filter((h) => h && typeof h.prompt === "string") : [];
+  } catch (e) {
+    return [];
+  }
+}
+
+// Keeps the last 50 distinct prompts (with their negative prompts) in this browser, newest first.
+function rememberPrompt(prompt, negative) {
+  const list = promptHistory().filter((h) => h.prompt !== prompt || h.negative !== negative);
+  list.unshift({ prompt, negative: negative || "" });
+  try {
+    localStorage.setItem(HISTORY_KEY, JSON.stringify(list.slice(0, HISTORY_MAX)));
+  } catch (e) {} // storage full or off: history is a convenience
+  renderPromptHistory();
+}
+
+function renderPromptHistory() {
+  const list = promptHistory();
+  const pick = $("prompt-history");
+  pick.replaceChildren(new Option(list.length ? `Earlier prompts (${list.length})…` : "No earlier prompts", ""),
+    ...list.map((h, i) => {
+      const text = h.negative ? `${h.prompt}  [− ${h.negative}]` : h.prompt;
+      return new Option(text.length > 90 ? `${text.slice(0, 90)}…` : text, String(i));
+    }));
+  pick.disabled = list.length === 0;
+}
+
+function recallPrompt(i) {
+  const h = promptHistory()[i];
+  if (!h) return;
+  $("prompt").value = h.prompt;
+  $("negative_prompt").value = h.negative;
+  note(`Earlier prompt ${i + 1} recalled (Alt+↑/↓ in the prompt steps through them).`);
+}
+
+function bindPromptHistory() {
+  renderPromptHistory();
+  $("prompt-history").addEventListener("change", (e) => {
+    if (e.target.value !== "") recallPrompt(Number(e.target.value));
+    $("prompt").focus();
+  });
+  // Alt+Up/Down in the prompt: older/newer prompts, as a shell's history.
+  let at = -1;
+  $("prompt").addEventListener("keydown", (e) => {
+    if (!e.altKey || (e.key !== "ArrowUp" && e.key !== "ArrowDown")) return;
+    const n = promptHistory().length;
+    if (n === 0) return;
+    e.preventDefault();
+    at = Math.min(n - 1, Math.max(0, at + (e.key === "ArrowUp" ? 1 : -1)));
+    recallPrompt(at);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------- init image
@@ -339,110 +418,6 @@ function formatEta(s) {
   if (s < 1) return "ETA < 1 s";
   if (s < 60) return `ETA ${Math.round(s)} s`;
   return `ETA ${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-}
-
-// Points the progress panel at a job and resets what it showed for the previous one.
-function showJob(id) {
-  if (state.shownJobId === id) return;
-  state.shownJobId = id;
-  $("preview").hidden = true;
-  $("result").hidden = true;
-  $("stage-caption").textContent = "";
-  $("progress-bar").value = 0;
-  $("progress-step").textContent = "–";
-  $("progress-step").dataset.stepsSeen = (state.stepsSeen.get(id) || []).join(",");
-  $("progress-eta").textContent = "";
-}
-
-function renderShownJob() {
-  const job = state.jobs.get(state.shownJobId);
-  if (!job) return;
-  let text = `Job #${job.id} (${job.mode}, ${job.steps_total} steps, seed ${job.params.seed}): ${job.status}`;
-  if (job.status === "failed" && job.error) text += `: ${job.error}`;
-  $("job-status").textContent = text;
-  $("job-status").dataset.status = job.status;
-  $("cancel").disabled = FINISHED.has(job.status);
-  if (job.status === "done") {
-    $("progress-bar").value = 1;
-    $("progress-eta").textContent = "";
-    if (job.image_id != null && $("result").hidden) showResult(job.image_id, `/api/images/${job.image_id}/file`);
-  }
-}
-
-function showResult(imageId, url, caption) {
-  const result = $("result");
-  result.src = url;
-  result.dataset.imageId = String(imageId);
-  result.hidden = false;
-  $("preview").hidden = true;
-  $("stage-caption").textContent = caption || `Image #${imageId}`;
-}
-
-function renderQueue() {
-  const list = $("queue");
-  list.replaceChildren();
-  const open = [...state.jobs.values()].filter((j) => !FINISHED.has(j.status)).sort((a, b) => a.id - b.id);
-  if (open.length === 0) {
-    const li = document.createElement("li");
-    li.className = "hint";
-    li.textContent = "Nothing queued.";
-    list.append(li);
-  }
-  for (const job of open) {
-    const li = document.createElement("li");
-    const text = document.createElement("span");
-    const prompt = job.params.prompt.length > 40 ? `${job.params.prompt.slice(0, 40)}…` : job.params.prompt;
-    text.textContent = `#${job.id} ${job.status}: ${prompt}`;
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.className = "secondary small";
-    btn.textContent = "Cancel";
-    btn.setAttribute("aria-label", `Cancel job #${job.id}`);
-    btn.addEventListener("click", () => cancelJob(job.id));
-    li.append(text, btn);
-    list.append(li);
-  }
-}
-
-function onJob(report) {
-  const known = state.jobs.get(report.id);
-  // Events and the POST reply can arrive in either order: never let an older status overwrite a newer one.
-  const job = known && STATUS_RANK[report.status] < STATUS_RANK[known.status] ? known : report;
-  state.jobs.set(job.id, job);
-  if (job.status === "running") showJob(job.id);
-  if (job.id === state.shownJobId) renderShownJob();
-  renderQueue();
-  // A finished job may have made the server switch models.
-  if (FINISHED.has(job.status) && (!known || known.status !== job.status) && state.models.length > 1) refreshModels();
-}
-
-function onProgress(p) {
-  const job = state.jobs.get(p.job_id);
-  if (job && FINISHED.has(job.status)) return;
-  showJob(p.job_id);
-  const seen = state.stepsSeen.get(p.job_id) || [];
-  seen.push(p.step);
-  state.stepsSeen.set(p.job_id, seen);
-  const total = Math.max(1, p.total);
-  $("progress-bar").value = p.step / total;
-  $("progress-step").textContent = `step ${p.step} / ${p.total}`;
-  $("progress-step").dataset.stepsSeen = seen.join(",");
-  $("progress-eta").textContent = formatEta(p.eta_s);
-  if (typeof p.preview === "string" && p.preview.startsWith("data:image/")) {
-    $("preview").src = p.preview;
-    $("preview").hidden = false;
-    $("result").hidden = true;
-    $("stage-caption").textContent = `Preview after step ${p.step}`;
-  }
-}
-
-function onImage(ev) {
-  const image = ev.image;
-  if (ev.job_id === state.shownJobId) {
-    showResult(image.id, image.url, `Image #${image.id}: seed ${image.seed}, ${image.width}×${image.height}`);
-  }
-  if (state.page === 1) loadGallery(1);
-  else $("gallery-status").textContent = "New images are on page 1.";
 }
 
 function parseEvent(handler) {
@@ -589,24 +564,6 @@ async function loadSamplers() {
   }
 }
 
-async function loadJobs() {
-  try {
-    const { jobs } = await api("/api/jobs?limit=50");
-    if (jobs.length > 0) {
-      state.lastSeed = jobs[0].params.seed;
-      $("seed_reuse").disabled = false;
-    }
-    for (const job of [...jobs].reverse()) onJob(job);
-    const running = jobs.find((j) => j.status === "running") || jobs.find((j) => j.status === "queued");
-    if (running) {
-      showJob(running.id);
-      renderShownJob();
-    }
-  } catch (e) {
-    note(`Could not load the job list: ${e.message}`);
-  }
-}
-
 function bindForm() {
   $("gen-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -616,11 +573,11 @@ function bindForm() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
       generate();
+    } else if (e.key === "Escape" && !e.defaultPrevented && !document.querySelector("dialog[open]")) {
+      cancelFromKeyboard();
     }
   });
-  $("cancel").addEventListener("click", () => {
-    if (state.shownJobId != null) cancelJob(state.shownJobId);
-  });
+  bindPromptHistory();
   $("seed_random").addEventListener("change", (e) => setSeedRandom(e.target.checked));
   $("seed_reuse").addEventListener("click", () => {
     if (state.lastSeed == null) return;
@@ -646,8 +603,10 @@ async function start() {
   bindInit();
   bindPainter();
   bindAddons();
+  bindGallery();
+  bindViewer();
   updateStepsRun();
-  renderQueue();
+  renderJobs();
   // Signed in (if the server wants a token) before the event stream opens: EventSource gives up on a 401. The model's
   // defaults fill the form before the sampler list arrives (which keeps the chosen sampler).
   await loadModel();

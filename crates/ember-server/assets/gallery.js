@@ -1,6 +1,7 @@
-// Ember's web page, the gallery: pages of image cards with their parameters, the mask of inpainted images, and the
-// actions on them (use the settings, the seed or the image as init image, make a variation, download, delete). Loaded after app.js, whose
-// state and helpers it uses.
+// Ember's web page, the gallery: pages of image cards with their parameters (long values cut: the full-size viewer of
+// viewer.js shows them whole), the mask of inpainted images, search by prompt, multi-select delete, and the actions on
+// an image (use the settings, the seed or the image as init image, make a variation, download, delete). Loaded after
+// app.js, whose state and helpers it uses.
 "use strict";
 
 // Order in which an image's parameters are listed; keys not named here follow, alphabetically.
@@ -26,6 +27,13 @@ function formatValue(v) {
   }
   if (v && typeof v === "object" && ["top", "bottom", "left", "right"].every((s) => s in v)) return formatOutcrop(v);
   return JSON.stringify(v);
+}
+
+// Card values longer than this are cut (a long prompt would make the page tall); the viewer shows them whole.
+const CARD_VALUE_MAX = 160;
+
+function cutText(text, max) {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
 function paramEntries(params) {
@@ -72,8 +80,25 @@ function useAll(image) {
   if (typeof p.init_image_id === "number") {
     setGalleryInit(p.init_image_id);
   } else if (fromUpload(image)) {
-    msg += " Its init image was an upload: choose that file again to reproduce it"
-      + (image.mask_url ? " (its mask is put back on it)." : ".");
+    // The server keeps the upload with the image: it becomes the init image again (the mask goes back on it).
+    note(`${msg} Fetching its uploaded init image…`);
+    setInit(null);
+    const ticket = {};
+    useAll.pending = ticket;
+    keptUpload(image).then((file) => {
+      // Another init image chosen meanwhile (or another "use all") wins.
+      if (useAll.pending !== ticket || state.init !== null) return;
+      if (file) {
+        setFileInit(file);
+        note(`${msg} Its uploaded init image is back${image.mask_url ? ", with its mask" : ""}.`);
+      } else {
+        note(`${msg} Its init image was an upload the server did not keep: choose that file again to reproduce it`
+          + (image.mask_url ? " (its mask is put back on it)." : "."));
+      }
+    });
+    updateStepsRun();
+    $("prompt").focus();
+    return;
   } else {
     setInit(null);
   }
@@ -82,34 +107,64 @@ function useAll(image) {
   $("prompt").focus();
 }
 
-// An img2img image whose init image was an upload (not kept by the server).
+// The uploaded init image an img2img image was made from, which the server keeps with it (as a File, under its
+// upload name); null when it has none (made by an older Ember) or it cannot be fetched.
+async function keptUpload(image) {
+  try {
+    const res = await fetch(`/api/images/${image.id}/init`);
+    if (!res.ok) return null;
+    const blob = await res.blob();
+    const named = /filename\*=UTF-8''([^;]+)/.exec(res.headers.get("content-disposition") || "");
+    let name = `init-${image.id}.png`;
+    try {
+      if (named) name = decodeURIComponent(named[1]);
+    } catch (e) {} // a malformed name: keep the default
+    return new File([blob], name, { type: blob.type || "image/png" });
+  } catch (e) {
+    return null;
+  }
+}
+
+// An img2img image whose init image was an upload (kept by the server with the image: `keptUpload`).
 function fromUpload(image) {
   return typeof (image.params || {}).init_image_id !== "number" && /(^|\s)-I\s/.test(image.dream || "");
 }
 
 // "Variations": the same params with a fresh variation seed blended in; the form is left as it is.
 async function makeVariation(image) {
+  clearFieldErrors();
   if (fromUpload(image)) {
-    note(`Image #${image.id} was made from an uploaded init image: choose that file, "Use all" and set a variation `
-      + "amount under Advanced instead.");
+    const file = await keptUpload(image);
+    if (!file) {
+      note(`Image #${image.id} was made from an uploaded init image the server did not keep: choose that file, `
+        + "\"Use all\" and set a variation amount under Advanced instead.");
+      return;
+    }
+    const params = variationParams(image);
+    // Its stored mask comes along by id, as for a gallery init image.
+    if (image.mask_url) params.init_mask_id = image.id;
+    await submitJob(params, file);
     return;
   }
-  clearFieldErrors();
   await submitJob(variationParams(image), null);
 }
 
+// Asks, deletes, reloads the page; true when the image was deleted.
 async function deleteImage(image) {
-  if (!window.confirm(`Delete image #${image.id}? Its file is removed too.`)) return;
+  if (!window.confirm(`Delete image #${image.id}? Its file is removed too.`)) return false;
   try {
     await api(`/api/images/${image.id}`, { method: "DELETE" });
   } catch (e) {
     $("gallery-status").textContent = `Could not delete image #${image.id}: ${e.message}`;
-    return;
+    return false;
   }
+  state.selected.delete(image.id);
+  renderSelection();
   if (state.init && state.init.kind === "gallery" && state.init.id === image.id) setInit(null);
   const lastOnPage = $("gallery").children.length === 1 && state.page > 1;
   await loadGallery(lastOnPage ? state.page - 1 : state.page);
-  $("gallery-heading").focus();
+  if (!$("viewer").open) $("gallery-heading").focus();
+  return true;
 }
 
 function renderCard(image) {
@@ -134,7 +189,9 @@ function renderCard(image) {
     dt.textContent = k.replace(/_/g, " ");
     const dd = document.createElement("dd");
     dd.dataset.key = k;
-    dd.textContent = formatValue(v);
+    const full = formatValue(v);
+    dd.textContent = cutText(full, CARD_VALUE_MAX);
+    if (full.length > CARD_VALUE_MAX) dd.title = full;
     dl.append(dt, dd);
   }
   if (image.mask_url) {
@@ -148,10 +205,26 @@ function renderCard(image) {
     maskImg.alt = `Mask of image #${image.id}: white was repainted`;
     li.dataset.hasMask = "true";
   }
-  li.querySelector(".dream").textContent = image.dream || "";
+  li.querySelector(".dream").textContent = cutText(image.dream || "", CARD_VALUE_MAX * 2);
   const download = li.querySelector("[data-act=download]");
   download.href = image.url;
-  download.download = `ember-${image.id}-${image.seed}.png`;
+  // The server's Content-Disposition names the file (`{prompt-words}-{seed}.png`): one name, whichever way it is saved.
+  download.setAttribute("download", "");
+  const select = li.querySelector(".select");
+  select.setAttribute("aria-label", `Select image #${image.id}`);
+  select.checked = state.selected.has(image.id);
+  select.addEventListener("change", () => {
+    if (select.checked) state.selected.add(image.id);
+    else state.selected.delete(image.id);
+    li.classList.toggle("selected", select.checked);
+    renderSelection();
+  });
+  li.classList.toggle("selected", select.checked);
+  link.addEventListener("click", (e) => {
+    if (e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return; // a new tab, as the link says
+    e.preventDefault();
+    openViewer(image.id);
+  });
   const actions = {
     "use-all": () => useAll(image),
     "use-seed": () => {
@@ -175,10 +248,63 @@ function renderCard(image) {
   return li;
 }
 
+function renderSelection() {
+  const n = state.selected.size;
+  const btn = $("delete-selected");
+  btn.disabled = n === 0;
+  btn.textContent = n > 0 ? `Delete selected (${n})` : "Delete selected";
+}
+
+async function deleteSelected() {
+  const ids = [...state.selected].sort((a, b) => a - b);
+  if (ids.length === 0) return;
+  if (!window.confirm(`Delete ${ids.length} image${ids.length > 1 ? "s" : ""} (#${ids.join(", #")})? `
+    + "Their files are removed too.")) return;
+  const failed = [];
+  for (const id of ids) {
+    try {
+      await api(`/api/images/${id}`, { method: "DELETE" });
+    } catch (e) {
+      if (e.status !== 404) failed.push(`#${id}: ${e.message}`);
+    }
+    state.selected.delete(id);
+    if (state.init && state.init.kind === "gallery" && state.init.id === id) setInit(null);
+  }
+  renderSelection();
+  const emptied = $("gallery").children.length <= ids.length && state.page > 1;
+  await loadGallery(emptied ? state.page - 1 : state.page);
+  $("gallery-status").textContent = failed.length ? `Could not delete ${failed.join("; ")}`
+    : `Deleted ${ids.length} image${ids.length > 1 ? "s" : ""}.`;
+}
+
+function bindGallery() {
+  let timer = null;
+  $("gallery-search").addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      state.search = $("gallery-search").value.trim();
+      loadGallery(1);
+    }, 250);
+  });
+  $("select-page").addEventListener("click", () => {
+    const boxes = [...document.querySelectorAll("#gallery .select")];
+    const all = boxes.length > 0 && boxes.every((b) => b.checked);
+    for (const box of boxes) {
+      if (box.checked === all) {
+        box.checked = !all;
+        box.dispatchEvent(new Event("change"));
+      }
+    }
+  });
+  $("delete-selected").addEventListener("click", deleteSelected);
+  renderSelection();
+}
+
 async function loadGallery(page) {
   let data;
+  const search = state.search ? `&q=${encodeURIComponent(state.search)}` : "";
   try {
-    data = await api(`/api/images?page=${page}&per_page=${PER_PAGE}`);
+    data = await api(`/api/images?page=${page}&per_page=${PER_PAGE}${search}`);
   } catch (e) {
     $("gallery-status").textContent = `Could not load the gallery: ${e.message}`;
     return;
@@ -186,9 +312,11 @@ async function loadGallery(page) {
   state.page = data.page || page;
   state.totalImages = data.total || 0;
   const pages = Math.max(1, Math.ceil(state.totalImages / (data.per_page || PER_PAGE)));
+  state.images = data.images;
   $("gallery").replaceChildren(...data.images.map(renderCard));
   $("gallery-total").textContent = `(${state.totalImages})`;
-  $("gallery-status").textContent = state.totalImages === 0 ? "No images yet: generate one." : "";
+  $("gallery-status").textContent = state.totalImages > 0 ? ""
+    : state.search ? `No image's prompt contains “${state.search}”.` : "No images yet: generate one.";
   $("page-info").textContent = `Page ${state.page} of ${pages}`;
   $("page-prev").disabled = state.page <= 1;
   $("page-next").disabled = state.page >= pages;

@@ -71,7 +71,8 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
-    let form = if content_type.starts_with("multipart/form-data") {
+    let multipart = content_type.starts_with("multipart/form-data");
+    let form = if multipart {
         read_multipart(request, &state).await?
     } else if content_type.starts_with("application/json") {
         let bytes = Bytes::from_request(request, &state)
@@ -90,11 +91,21 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         ));
     };
 
-    let mut input = parse_params(&form.params)?;
+    let mut input = parse_params(&form.params).map_err(|e| in_params_part(e, multipart))?;
     let model = state.models.for_job(input.model.take().as_deref())?;
     let params = model.resolve(input, random_seed)?;
     let job = submit(&state, model, params, (form.init_image, form.init_mask)).await?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// In a multipart form, an error about the whole JSON (not valid JSON, not an object) is the `params` part's.
+fn in_params_part(mut e: ApiError, multipart: bool) -> ApiError {
+    if multipart && e.field.is_none() {
+        e.field = Some("params".into());
+        e.message = e.message.replacen("the body is", "the 'params' part is", 1);
+        e.message = e.message.replacen("the parameters must", "the 'params' part must", 1);
+    }
+    e
 }
 
 /// Queues a job on `model` with resolved `params` and its uploads (init image, mask), after the checks of
@@ -650,6 +661,8 @@ pub struct ImagesQuery {
     /// 1..=200, default 24.
     #[param(value_type = Option<u32>)]
     per_page: Option<String>,
+    /// Only images whose prompt contains this text (ignoring case); `total` counts those. At most 200 characters.
+    q: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/images", tag = "gallery", params(ImagesQuery),
@@ -661,7 +674,14 @@ pub async fn list_images(
     let Query(query) = query.map_err(query_error)?;
     let page = query_number(query.page.as_deref(), "page", 1, 1_000_000)?;
     let per_page = query_number(query.per_page.as_deref(), "per_page", 24, 200)?;
-    let (images, total) = state.db.list_images(page, per_page).await?;
+    let search = query.q.unwrap_or_default().trim().to_string();
+    if search.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            Some("q"),
+            "the search text is over 200 characters; search for a few words of the prompt",
+        ));
+    }
+    let (images, total) = state.db.list_images(page, per_page, search).await?;
     Ok(Json(ImagePage {
         images,
         total,
@@ -690,7 +710,8 @@ pub async fn image_file(State(state): State<AppState>, id: Result<Path<String>, 
     let id = parse_id(id, "image")?;
     let file = state.db.image_file(id).await?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
-    serve_png(&state, &file, &format!("the file of image {id}")).await
+    let name = download_name(&state, id, "").await;
+    serve_png(&state, &file, &format!("the file of image {id}"), &name).await
 }
 
 #[utoipa::path(get, path = "/api/images/{id}/mask", tag = "gallery", params(("id" = i64, Path)),
@@ -703,11 +724,107 @@ pub async fn image_mask(State(state): State<AppState>, id: Result<Path<String>, 
     let file = state.db.image_mask_file(id).await?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
     let file = file.ok_or_else(|| ApiError::not_found(format!("image {id} has no mask: it was not inpainted")))?;
-    serve_png(&state, &file, &format!("the mask of image {id}")).await
+    let name = download_name(&state, id, "-mask").await;
+    serve_png(&state, &file, &format!("the mask of image {id}"), &name).await
 }
 
-/// A PNG of the images folder, named in the database; `what` names it in errors.
-async fn serve_png(state: &AppState, file: &str, what: &str) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/images/{id}/init", tag = "gallery", params(("id" = i64, Path)),
+    responses((status = 200, description = "The uploaded init image the image was made from, as uploaded (PNG, JPEG, \
+        WebP or BMP): what \"use all\" and \"Variations\" send again as `init_image` to reproduce an img2img image",
+        content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such image, or it was not made from an upload (txt2img, a gallery init \
+            image, or made by an Ember that did not keep uploads)", body = ErrorBody)))]
+pub async fn image_init(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let id = parse_id(id, "image")?;
+    let upload = state.db.image_init_upload(id).await?;
+    let upload = upload.ok_or_else(|| ApiError::not_found(format!("there is no image with id {id}")))?;
+    let (name, bytes) = upload.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "image {id} was not made from an uploaded init image (or was made before Ember kept them)"
+        ))
+    })?;
+    let content_type = match image::guess_format(&bytes) {
+        Ok(image::ImageFormat::Png) => "image/png",
+        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
+        Ok(image::ImageFormat::WebP) => "image/webp",
+        Ok(image::ImageFormat::Bmp) => "image/bmp",
+        _ => "application/octet-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_DISPOSITION, content_disposition(&name)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=31536000, immutable"),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// The name a browser saves image `id` under: `{prompt-words}-{seed}{suffix}.png`, so that the page's Download
+/// (which leaves the name to this header) and a right-click "Save image as" agree.
+async fn download_name(state: &AppState, id: i64, suffix: &str) -> String {
+    match state.db.get_image(id).await {
+        Ok(Some(image)) => format!("{}-{}{suffix}.png", prompt_words(&image.params.prompt), image.seed),
+        _ => format!("ember-{id}{suffix}.png"),
+    }
+}
+
+/// The first words of a prompt as a file name part: letters and digits only (no prompt syntax, no path
+/// separators), lowercase, joined by `-`, at most 6 words and 60 characters; `ember` when none are left.
+pub(crate) fn prompt_words(prompt: &str) -> String {
+    let mut out = String::new();
+    let words = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(6);
+    for word in words {
+        let word = word.to_lowercase();
+        if out.chars().count() + word.chars().count() + 1 > 60 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('-');
+        }
+        out.push_str(&word);
+    }
+    if out.is_empty() {
+        "ember".into()
+    } else {
+        out
+    }
+}
+
+/// `inline` with the name twice: `filename` in ASCII for old clients, `filename*` (RFC 6266) in UTF-8.
+fn content_disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b".-_".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!("inline; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("inline"))
+}
+
+/// A PNG of the images folder, named in the database; `what` names it in errors, `download` is the name a browser
+/// saves it under.
+async fn serve_png(state: &AppState, file: &str, what: &str, download: &str) -> ApiResult<Response> {
     // The name comes from our own database, but a file name with a separator would still leave the folder.
     if file.contains(['/', '\\']) || file.starts_with('.') {
         return Err(ApiError::internal(format!(
@@ -721,8 +838,7 @@ async fn serve_png(state: &AppState, file: &str, what: &str) -> ApiResult<Respon
             ApiError::internal(format!("cannot read {what}: {e}"))
         }
     })?;
-    let disposition = HeaderValue::from_str(&format!("inline; filename=\"{file}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("inline"));
+    let disposition = content_disposition(download);
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),

@@ -349,7 +349,9 @@ pub fn insert_image_and_finish(conn: &mut Connection, image: &NewImage<'_>) -> r
     let image_id = tx.last_insert_rowid();
     tx.execute(
         &format!(
-            "UPDATE jobs SET status = 'done', image_id = ?2, finished_at = {NOW}, init_upload = NULL, init_mask = NULL
+            // The uploaded init image stays with the done job (`GET /api/images/{id}/init`: "use all" and
+            // "Variations" reproduce an img2img image); the mask is the image's own file by now.
+            "UPDATE jobs SET status = 'done', image_id = ?2, finished_at = {NOW}, init_mask = NULL
              WHERE id = ?1"
         ),
         params![image.job_id, image_id],
@@ -400,14 +402,22 @@ pub fn image_mask_file(conn: &Connection, id: i64) -> rusqlite::Result<Option<Op
 }
 
 /// One page, newest first, and the total count.
-pub fn list_images(conn: &Connection, page: i64, per_page: i64) -> rusqlite::Result<(Vec<Image>, i64)> {
-    let total = conn.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?;
+/// A page of the gallery, newest first; `search` (when not empty) keeps the images whose prompt contains it,
+/// ignoring ASCII case. Returns the page and the number of images that match.
+pub fn list_images(conn: &Connection, page: i64, per_page: i64, search: &str) -> rusqlite::Result<(Vec<Image>, i64)> {
+    // instr, not LIKE: the words are matched as written, `%` and `_` included.
+    const MATCHES: &str = "(?1 = '' OR instr(lower(json_extract(params, '$.prompt')), lower(?1)) > 0)";
+    let total = conn.query_row(
+        &format!("SELECT COUNT(*) FROM images WHERE {MATCHES}"),
+        params![search],
+        |r| r.get(0),
+    )?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT {IMAGE_COLUMNS} FROM images ORDER BY id DESC LIMIT ?1 OFFSET ?2"
+        "SELECT {IMAGE_COLUMNS} FROM images WHERE {MATCHES} ORDER BY id DESC LIMIT ?2 OFFSET ?3"
     ))?;
     let offset = (page - 1).saturating_mul(per_page);
     let images = stmt
-        .query_map(params![per_page, offset], image_from_row)?
+        .query_map(params![search, per_page, offset], image_from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok((images, total))
 }
@@ -423,8 +433,26 @@ pub fn delete_image(conn: &mut Connection, id: i64) -> rusqlite::Result<Option<(
         .optional()?;
     if file.is_some() {
         tx.execute("DELETE FROM images WHERE id = ?1", params![id])?;
-        tx.execute("UPDATE jobs SET image_id = NULL WHERE image_id = ?1", params![id])?;
+        tx.execute(
+            "UPDATE jobs SET image_id = NULL, init_upload = NULL WHERE image_id = ?1",
+            params![id],
+        )?;
     }
     tx.commit()?;
     Ok(file)
+}
+
+/// The uploaded init image that image `id` was made from: None when there is no such image, Some(None) when it
+/// had none (txt2img, a gallery init image, or made before Ember kept uploads with done jobs).
+pub fn image_init_upload(conn: &Connection, id: i64) -> rusqlite::Result<Option<Option<crate::api::Upload>>> {
+    conn.query_row(
+        "SELECT jobs.init_upload_name, jobs.init_upload FROM images LEFT JOIN jobs ON jobs.id = images.job_id
+         WHERE images.id = ?1",
+        params![id],
+        |r| {
+            let (name, bytes): (Option<String>, Option<Vec<u8>>) = (r.get(0)?, r.get(1)?);
+            Ok(bytes.map(|b| (name.unwrap_or_else(|| "upload".into()), b)))
+        },
+    )
+    .optional()
 }

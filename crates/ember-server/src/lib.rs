@@ -113,6 +113,7 @@ fn router(state: AppState, access: Arc<Access>, apis: Apis) -> Router {
             .route("/images", get(api::list_images))
             .route("/images/{id}", get(api::get_image).delete(api::delete_image))
             .route("/images/{id}/mask", get(api::image_mask))
+            .route("/images/{id}/init", get(api::image_init))
             .route("/samplers", get(api::samplers))
             .route("/models", get(api::models))
             .route("/workers", get(api::workers))

@@ -28,6 +28,7 @@ use utoipa::OpenApi;
         api::get_image,
         api::image_file,
         api::image_mask,
+        api::image_init,
         api::delete_image,
         api::samplers,
         api::models,

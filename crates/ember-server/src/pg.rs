@@ -566,18 +566,22 @@ impl Pg {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn list_images(&self, page: i64, per_page: i64) -> ApiResult<(Vec<Image>, i64)> {
+    /// A page of the gallery, newest first; `search` (when not empty) keeps the images whose prompt contains it,
+    /// ignoring case (as the SQLite queue's `db::list_images`).
+    pub async fn list_images(&self, page: i64, per_page: i64, search: &str) -> ApiResult<(Vec<Image>, i64)> {
+        // strpos, not LIKE: the words are matched as written, `%` and `_` included.
+        const MATCHES: &str = "($1 = '' OR strpos(lower((params::jsonb) ->> 'prompt'), lower($1)) > 0)";
         let client = self.client().await?;
         let total: i64 = client
-            .query_one("SELECT COUNT(*) FROM images", &[])
+            .query_one(&format!("SELECT COUNT(*) FROM images WHERE {MATCHES}"), &[&search])
             .await
             .map_err(db_err)?
             .get(0);
         let offset = (page - 1).saturating_mul(per_page);
         let rows = client
             .query(
-                &format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY id DESC LIMIT $1 OFFSET $2"),
-                &[&per_page, &offset],
+                &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE {MATCHES} ORDER BY id DESC LIMIT $2 OFFSET $3"),
+                &[&search, &per_page, &offset],
             )
             .await
             .map_err(db_err)?;
@@ -594,13 +598,31 @@ impl Pg {
         let row = client
             .query_opt(
                 "WITH gone AS (DELETE FROM images WHERE id = $1 RETURNING id, file, mask_file),
-                      unlinked AS (UPDATE jobs SET image_id = NULL WHERE image_id IN (SELECT id FROM gone))
+                      unlinked AS (UPDATE jobs SET image_id = NULL, init_upload = NULL
+                                   WHERE image_id IN (SELECT id FROM gone))
                  SELECT file, mask_file FROM gone",
                 &[&id],
             )
             .await
             .map_err(db_err)?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The uploaded init image that image `id` was made from (as the SQLite queue's `db::image_init_upload`).
+    pub async fn image_init_upload(&self, id: i64) -> ApiResult<Option<Option<crate::api::Upload>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT jobs.init_upload_name, jobs.init_upload FROM images LEFT JOIN jobs ON jobs.id = images.job_id
+                 WHERE images.id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| {
+            let (name, bytes): (Option<String>, Option<Vec<u8>>) = (r.get(0), r.get(1));
+            bytes.map(|b| (name.unwrap_or_else(|| "upload".into()), b))
+        }))
     }
 
     pub async fn workers(&self) -> ApiResult<Vec<WorkerInfo>> {
@@ -923,7 +945,7 @@ impl WorkerQueue {
                          SELECT id, $4, $5, $6, $7, $8, $9, $10 FROM held
                          RETURNING {IMAGE_COLUMNS}),
                      done AS (
-                         UPDATE jobs SET status = 'done', image_id = image.id, finished_at = now(), init_upload = NULL,
+                         UPDATE jobs SET status = 'done', image_id = image.id, finished_at = now(),
                              init_mask = NULL, preview = NULL, lease_until = NULL, overhead_ms = $11
                          FROM image WHERE jobs.id = image.job_id
                          RETURNING pg_notify('ember_events', 'job:' || jobs.id),

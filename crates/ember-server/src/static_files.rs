@@ -40,6 +40,16 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/gallery.js"),
     ),
     (
+        "jobs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/jobs.js"),
+    ),
+    (
+        "viewer.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/viewer.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../assets/style.css"),

@@ -106,10 +106,22 @@ impl JobStore {
         }
     }
 
-    pub async fn list_images(&self, page: i64, per_page: i64) -> ApiResult<(Vec<Image>, i64)> {
+    /// The uploaded init image image `id` was made from: None without such an image, Some(None) when it had none.
+    pub async fn image_init_upload(&self, id: i64) -> ApiResult<Option<Option<crate::api::Upload>>> {
         match self {
-            Self::Sqlite { db, .. } => db.call(move |conn| Ok(db::list_images(conn, page, per_page)?)).await,
-            Self::Postgres { pg, .. } => pg.list_images(page, per_page).await,
+            Self::Sqlite { db, .. } => db.call(move |conn| Ok(db::image_init_upload(conn, id)?)).await,
+            Self::Postgres { pg, .. } => pg.image_init_upload(id).await,
+        }
+    }
+
+    /// A page of the gallery; `search` keeps the images whose prompt contains it ("" = all).
+    pub async fn list_images(&self, page: i64, per_page: i64, search: String) -> ApiResult<(Vec<Image>, i64)> {
+        match self {
+            Self::Sqlite { db, .. } => {
+                db.call(move |conn| Ok(db::list_images(conn, page, per_page, &search)?))
+                    .await
+            }
+            Self::Postgres { pg, .. } => pg.list_images(page, per_page, &search).await,
         }
     }
 

@@ -12,10 +12,9 @@ use ember::text::prompt::LoraUse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Most entries of a job's `loras`.
-pub const MAX_LORAS: usize = 32;
-/// Largest LoRA weight either way (the engine's bound for prompt terms too).
-pub const MAX_LORA_WEIGHT: f64 = 100.0;
+/// Most entries of a job's `loras`: the engine's bound. Requests are checked by [`ember::request`]'s functions, the
+/// one place every front-end's requests are checked.
+pub use ember::request::MAX_LORAS;
 
 /// Job parameters as a client sends them; everything but `prompt` has a default: the job's model's for `steps`,
 /// `cfg_scale`, `sampler`, `width` and `height` (`GET /api/models`: InvokeAI's for SD 1.x), InvokeAI's for the rest.
@@ -27,6 +26,8 @@ pub struct ParamsInput {
     pub model: Option<String>,
     /// Required, non-empty. InvokeAI's prompt language: `word+`, `(phrase)1.3`, `[negative words]`, blends
     /// `("a", "b").blend(1, 1)` and `a:0.25 b:0.75`.
+    // An Option only so that a missing prompt gets the API's own error naming it; clients must send it.
+    #[schema(required = true, value_type = String)]
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
     /// Default: the model's (50; 1 for Turbo models, 4 for LCM models).
@@ -37,6 +38,8 @@ pub struct ParamsInput {
     /// `GET /api/samplers`.
     pub sampler: Option<String>,
     /// Null or absent: a random seed, chosen at submit time and returned in the job's params.
+    // A u32: int32 would tell generated clients to refuse seeds over 2147483647.
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub seed: Option<u32>,
     /// Default: the model's size (512 for SD 1.x, the trained 512 or 768 for SD 2.x, 1024 for SDXL).
     pub width: Option<usize>,
@@ -163,6 +166,7 @@ pub struct LoraWeight {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variation {
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub seed: u32,
     /// In [0, 1]: 0 keeps the noise, 1 replaces it by `seed`'s.
     pub weight: f64,
@@ -183,6 +187,7 @@ pub struct Params {
     pub steps: usize,
     pub cfg_scale: f64,
     pub sampler: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub seed: u32,
     pub width: usize,
     pub height: usize,
@@ -243,13 +248,7 @@ impl ParamsInput {
         self.prediction_type = canonical::<PredictionType>(self.prediction_type.take(), PredictionType::name)?;
         self.timestep_spacing = canonical::<TimestepSpacing>(self.timestep_spacing.take(), TimestepSpacing::name)?;
         let amount = self.variation_amount.unwrap_or(0.0);
-        // NaN fails `contains` too.
-        if !(0.0..=1.0).contains(&amount) {
-            return Err(ember::Error::invalid(
-                "variation_amount",
-                format!("{amount} is outside [0, 1]; 0.1 gives a close variation, 1 an unrelated image"),
-            ));
-        }
+        ember::request::check_variation_amount(amount)?;
         let loras = resolve_loras(self.loras.take().unwrap_or_default())?;
         let seed = self.seed.unwrap_or_else(&mut random_seed);
         let mut variations = self.with_variations.take().unwrap_or_default();
@@ -302,8 +301,8 @@ impl ParamsInput {
 }
 
 /// A job's `loras` with their weights filled in (1 by default); fails, naming `loras`, on an empty name, a weight
-/// that is not a finite number in [-100, 100], or more than [`MAX_LORAS`] entries. Whether the names exist is the
-/// job's model's to say (its library).
+/// that is not a finite number in [-100, 100] ([`ember::request::check_lora_weight`]), or more than [`MAX_LORAS`]
+/// entries. Whether the names exist is the job's model's to say (its library).
 fn resolve_loras(input: Vec<LoraInput>) -> ember::Result<Vec<LoraWeight>> {
     if input.len() > MAX_LORAS {
         return Err(ember::Error::invalid(
@@ -323,16 +322,7 @@ fn resolve_loras(input: Vec<LoraInput>) -> ember::Result<Vec<LoraWeight>> {
                 ));
             }
             let weight = lora.weight.unwrap_or(1.0);
-            if !weight.is_finite() || weight.abs() > MAX_LORA_WEIGHT {
-                return Err(ember::Error::invalid(
-                    "loras",
-                    format!(
-                        "the weight {weight} of '{}' is outside [-{MAX_LORA_WEIGHT}, {MAX_LORA_WEIGHT}]; 1 applies \
-                         the LoRA as trained, 0.5 half as strongly",
-                        crate::error::clip(name)
-                    ),
-                ));
-            }
+            ember::request::check_lora_weight(name, weight)?;
             Ok(LoraWeight {
                 name: name.to_string(),
                 weight,
@@ -489,6 +479,7 @@ pub struct Image {
     pub job_id: i64,
     /// `/api/images/{id}/file`.
     pub url: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub seed: u32,
     pub width: u32,
     pub height: u32,

@@ -63,7 +63,7 @@ async fn txt2img_runs_as_an_ember_job_with_the_cli_metadata_and_the_engine_pixel
     assert_eq!(keys, ["Dream", "sd-metadata", "parameters"], "the CLI's metadata");
     let text = parameters_of(&images[0]);
     assert!(
-        text.contains("Steps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 42, Size: 64x64"),
+        text.contains("Steps: 3, Sampler: Euler, Schedule type: Uniform, CFG scale: 7.0, Seed: 42, Size: 64x64"),
         "{text}"
     );
     assert_eq!(
@@ -179,14 +179,30 @@ async fn sampler_names_and_schedulers_map_to_ember_samplers() {
                "scheduler": scheduler})
     };
     for (sampler, scheduler, written) in [
-        ("Euler a", json!("automatic"), "Sampler: Euler a,"),
-        ("DPM++ 2M", json!("Automatic"), "Sampler: DPM++ 2M Karras,"),
-        ("DPM++ 2M Karras", Value::Null, "Sampler: DPM++ 2M Karras,"),
-        ("DPM++ 2M", json!("uniform"), "Sampler: DPM++ 2M,"),
-        ("LMS", json!("karras"), "Sampler: LMS Karras,"),
-        ("Heun", Value::Null, "Sampler: Heun,"),
-        ("k_dpm_2_a", Value::Null, "Sampler: DPM2 a Karras,"),
-        ("PLMS", Value::Null, "Sampler: PLMS,"),
+        (
+            "Euler a",
+            json!("automatic"),
+            "Sampler: Euler a, Schedule type: Uniform,",
+        ),
+        (
+            "DPM++ 2M",
+            json!("Automatic"),
+            "Sampler: DPM++ 2M, Schedule type: Karras,",
+        ),
+        (
+            "DPM++ 2M Karras",
+            Value::Null,
+            "Sampler: DPM++ 2M, Schedule type: Karras,",
+        ),
+        (
+            "DPM++ 2M",
+            json!("uniform"),
+            "Sampler: DPM++ 2M, Schedule type: Uniform,",
+        ),
+        ("LMS", json!("karras"), "Sampler: LMS, Schedule type: Karras,"),
+        ("Heun", Value::Null, "Sampler: Heun, Schedule type: Uniform,"),
+        ("k_dpm_2_a", Value::Null, "Sampler: DPM2 a, Schedule type: Karras,"),
+        ("PLMS", Value::Null, "Sampler: PLMS, CFG scale:"),
     ] {
         let (images, _, _) = generate(&t, "txt2img", body(sampler, scheduler)).await;
         let text = parameters_of(&images[0]);

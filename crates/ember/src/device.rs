@@ -26,6 +26,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// How a device is named in messages and image metadata: `cpu`, `cuda:N`, `metal`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// The compute precision for `spec` on `device`: `auto` picks the fastest one that keeps pictures faithful —
 /// f16 on CUDA (as InvokeAI's `--precision auto`), bf16 on a CPU with AMX-BF16 (bf16 tile products with f32
 /// activations, `nn::Precision`: ~2× faster than f32 there and closer to the f32 result than PyTorch's bf16), f32 on

@@ -251,6 +251,41 @@ pub const MAX_PROMPT_CHARS: usize = 10_000;
 pub const MAX_VARIATIONS: usize = 64;
 /// Widest `--mask-blur`, in pixels: a feather wider than this is no longer an edge.
 pub const MAX_MASK_BLUR: u32 = 256;
+/// Most LoRAs one request may apply.
+pub const MAX_LORAS: usize = 32;
+/// Largest LoRA weight accepted (either sign): far beyond any useful strength, but a typo like 80 instead of 0.8 is
+/// still refused rather than producing noise.
+pub const MAX_LORA_WEIGHT: f64 = 100.0;
+
+/// Checks one LoRA weight (`--lora NAME:W`, the API's `loras[].weight`, a request's LoRA list): a finite number
+/// within ±[`MAX_LORA_WEIGHT`].
+pub fn check_lora_weight(name: &str, weight: f64) -> Result<()> {
+    if weight.is_finite() && weight.abs() <= MAX_LORA_WEIGHT {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "loras",
+        format!(
+            "the weight {weight} of LoRA '{name}' is outside [-{MAX_LORA_WEIGHT}, {MAX_LORA_WEIGHT}]; 1 applies it as \
+             trained, 0.5 half as strongly"
+        ),
+    ))
+}
+
+/// Checks a front-end's variation amount (`-v`, the API's `variation_amount`): each image adds a fresh variation seed
+/// with this weight, so it must be a weight in [0, 1]. Kept here with [`GenerateRequest::validate`] so every
+/// front-end refuses the same values with the same words.
+pub fn check_variation_amount(amount: f64) -> Result<()> {
+    // NaN fails `contains` too.
+    if (0.0..=1.0).contains(&amount) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "variation_amount",
+            format!("{amount} is outside [0, 1]; 0.1 gives a close variation, 1 an unrelated image"),
+        ))
+    }
+}
 
 impl GenerateRequest {
     /// Number of denoising steps actually taken: all of them for txt2img, `floor(strength × schedule)` for img2img.
@@ -313,8 +348,9 @@ impl GenerateRequest {
                 ));
             }
         }
-        // NaN fails `contains` too.
-        if self.init_image.is_some() && !(0.0..=1.0).contains(&self.strength) {
+        // Checked even without an init image: hires_fix's second pass runs at this strength, and a value that
+        // means nothing should not reach the metadata. NaN fails `contains` too.
+        if !(0.0..=1.0).contains(&self.strength) {
             return Err(Error::invalid(
                 "strength",
                 format!(
@@ -347,6 +383,19 @@ impl GenerateRequest {
                 ));
             }
             crate::sample::perlin::check_image_size(self.width, self.height)?;
+        }
+        if self.loras.len() > MAX_LORAS {
+            return Err(Error::invalid(
+                "loras",
+                format!(
+                    "{} LoRAs is more than the {MAX_LORAS} one request may apply",
+                    self.loras.len()
+                ),
+            ));
+        }
+        for lora in &self.loras {
+            check_lora_weight(&lora.name, lora.text_weight)?;
+            check_lora_weight(&lora.name, lora.unet_weight)?;
         }
         if self.with_variations.len() > MAX_VARIATIONS {
             return Err(Error::invalid(

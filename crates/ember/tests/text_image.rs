@@ -201,8 +201,9 @@ mod png_output {
         record.request.negative_prompt = "smoke".into();
         assert_eq!(
             ember::image::metadata::a1111_parameters(&record),
-            "fire\nNegative prompt: smoke\nSteps: 10, Sampler: LMS Karras, CFG scale: 7.5, Seed: 1592514025, \
-             Size: 384x384, Model hash: fe4efff1e1, Model: stable-diffusion-1.4, Denoising strength: 0.7"
+            "fire\nNegative prompt: smoke\nSteps: 10, Sampler: LMS, Schedule type: Karras, CFG scale: 7.5, \
+             Seed: 1592514025, Size: 384x384, Model hash: fe4efff1e1, Model: stable-diffusion-1.4, \
+             Denoising strength: 0.7"
         );
     }
 

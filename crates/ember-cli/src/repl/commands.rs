@@ -1,10 +1,10 @@
 //! The REPL's `!` commands (InvokeAI 2.x's set): `!fetch`, `!replay`, `!history`, `!NNN`, `!search`, `!models`,
 //! `!switch`, `!clear`, `!help`.
 
-use super::config::{load_models, models_file};
 use super::Repl;
 use crate::args::ModelArgs;
-use crate::dream_line::{fetch_command, shell_split};
+use crate::dream_line::{script_line, shell_split, ScriptLine};
+use crate::fetch::fetch;
 use anyhow::{bail, Context};
 use rustyline::history::History;
 use std::path::Path;
@@ -16,7 +16,7 @@ A line is a prompt with switches, e.g.:  a red fox -s 30 -S 42 -W 512 -H 512 -C 
   -n N images, -g grid, -v AMOUNT variations, -V seed:weight,…, --step-strip, --save-intermediates N
   (`ember generate --help` lists every switch)
 Commands:
-  !fetch FILE      put the command line that made FILE (a PNG) into the edit buffer
+  !fetch FILE      put the command line that made FILE (a PNG: Ember, InvokeAI or A1111) into the edit buffer
   !replay FILE     run each command line of a text file
   !history         list the history; !NNN puts entry NNN into the edit buffer
   !search TEXT     list the history entries that contain TEXT
@@ -24,6 +24,11 @@ Commands:
   !switch NAME     load a named model (with its defaults from the models file)
   !clear           clear the history
   q                quit (also Ctrl-D); Ctrl-C cancels the running image";
+
+/// The `!` commands' names, for tab completion (`!NNN` aside).
+pub(super) const COMMAND_NAMES: &[&str] = &[
+    "fetch", "replay", "history", "search", "models", "switch", "clear", "help",
+];
 
 impl Repl {
     /// Runs `!command` (the text after the `!`).
@@ -35,8 +40,13 @@ impl Repl {
         }
         match name {
             "fetch" => {
-                let line = fetch_command(Path::new(&one_path(rest, "!fetch")?))?;
-                self.offer(line);
+                let fetched = fetch(Path::new(&one_path(rest, "!fetch")?))?;
+                // What the line cannot carry (an init image A1111 did not record, a file not found) goes to stderr,
+                // so that the line alone is on stdout.
+                for note in &fetched.notes {
+                    crate::term::note(note);
+                }
+                self.offer(fetched.line);
             }
             "replay" => self.replay(&one_path(rest, "!replay")?)?,
             "history" => {
@@ -67,6 +77,14 @@ impl Repl {
             "models" => self.list_models()?,
             "switch" => self.switch(rest)?,
             "help" | "" => println!("{HELP}"),
+            "fix" => bail!("!fix (upscaling and face restoration of an image) is not supported by Ember"),
+            "mask" | "triggers" | "optimize_model" | "edit_model" | "del_model" => {
+                bail!("!{name} is an InvokeAI command that is not supported by Ember; type !help for Ember's")
+            }
+            "import_model" | "convert_model" => bail!(
+                "!{name} is not supported at the prompt: add the model to the config file's [models] (see `ember \
+                 models list`), convert a .ckpt with `ember models convert`, then !switch to it"
+            ),
             other => bail!("unknown command !{other}; type !help for the list"),
         }
         Ok(())
@@ -90,21 +108,28 @@ impl Repl {
     /// `!replay FILE`: each non-blank, non-`#` line is run as if typed; `!` lines are skipped.
     fn replay(&mut self, path: &str) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        if !self.runner.is_loaded() {
+            bail!("no model loaded; use !switch NAME or restart with --model …, then !replay {path}");
+        }
         for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if line.starts_with('!') {
-                eprintln!("{path}:{}: skipped, !commands are not replayed: {line}", number + 1);
-                continue;
-            }
+            let line = match script_line(line) {
+                ScriptLine::Skip => continue,
+                ScriptLine::Quit => break,
+                ScriptLine::Bang(command) => {
+                    eprintln!(
+                        "{path}:{}: skipped, !commands are not run from a file: {command}",
+                        number + 1
+                    );
+                    continue;
+                }
+                ScriptLine::Command(line) => line,
+            };
             println!("{PROMPT}{line}", PROMPT = super::PROMPT);
             if let Err(e) = self.runner.run_line(line) {
                 if matches!(e.downcast_ref::<ember::Error>(), Some(ember::Error::Cancelled)) {
                     return Err(e);
                 }
-                eprintln!("error: {path}:{}: {}", number + 1, crate::errors::describe(&e));
+                crate::term::error(format!("{path}:{}: {}", number + 1, crate::errors::describe(&e)));
             }
         }
         Ok(())
@@ -113,14 +138,16 @@ impl Repl {
     /// `!models`: every entry with its description, path and settings (dtype, device, generation defaults); the loaded one (`*`) also with what the
     /// loader found it to be. The others are not loaded to find out.
     fn list_models(&self) -> anyhow::Result<()> {
-        let Some(file) = models_file() else {
-            bail!("no models file: set EMBER_CONFIG to a models.toml");
-        };
-        let models = load_models(&file)?;
+        let settings = crate::settings::Settings::load()?;
+        let models = settings.models;
         if models.is_empty() {
             println!(
                 "no named models in {}; add tables like [models.sd15] with path = \"…\"",
-                file.display()
+                settings
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             );
         }
         let current = &self.runner.model().model;
@@ -160,13 +187,13 @@ impl Repl {
         if name.is_empty() {
             bail!("!switch needs a model name; !models lists them");
         }
-        let file = models_file().context("no models file: set EMBER_CONFIG to a models.toml")?;
-        let models = load_models(&file)?;
+        let settings = crate::settings::Settings::load()?;
+        let models = &settings.models;
         let Some(entry) = models.get(name) else {
             let names: Vec<&str> = models.keys().map(String::as_str).collect();
             bail!(
                 "no model named '{name}' in {} (it has: {})",
-                file.display(),
+                settings.describe_path(),
                 names.join(", ")
             );
         };
@@ -183,7 +210,9 @@ impl Repl {
             vae_approx_encode: self.launch.vae_approx_encode,
         };
         eprintln!("loading model {name} ({}) …", entry.path);
-        self.runner.switch_model(model, entry.switches())?;
+        // The config file's [defaults] stay under the entry's own.
+        self.runner
+            .switch_model(model, entry.switches().over(&settings.defaults.switches()))?;
         self.current_entry = Some(name.to_string());
         let defaults = entry.defaults_text();
         if defaults.is_empty() {

@@ -1,7 +1,6 @@
-//! Where the REPL keeps its files, and the named models of `!models` / `!switch`.
-//!
-//! The models file (`$EMBER_CONFIG`, else `$XDG_CONFIG_HOME/ember/models.toml`, else
-//! `~/.config/ember/models.toml`) is TOML with one table per model:
+//! Where the REPL keeps its files, and one named model of the config file's `[models.NAME]` tables (used by
+//! `--model NAME`, `!models` / `!switch` and `ember serve --models`). The config file itself (where it is, `model`,
+//! `[defaults]`, precedence) is [`crate::settings`]. An entry:
 //!
 //! ```toml
 //! [models.sd15]
@@ -150,29 +149,17 @@ impl ModelEntry {
 
     /// Rejects values no line could run with (the server's check of the same entries), so a typo is reported when
     /// the file is read, naming the entry.
-    fn check(&self, name: &str) -> anyhow::Result<()> {
+    pub(crate) fn check(&self, name: &str) -> anyhow::Result<()> {
         self.named(name)
             .check()
             .map_err(|e| anyhow::anyhow!("[models.{name}] {e}"))
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    models: BTreeMap<String, ModelEntry>,
-}
-
-/// The models file's path (it need not exist).
+/// The config file's path (it need not exist; [`crate::settings::config_file`]). Its `[models]` are all the named
+/// models only when no older models.toml is beside it: [`crate::settings::Settings::load`] reads both.
 pub fn models_file() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("EMBER_CONFIG") {
-        return Some(PathBuf::from(path));
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
-    Some(base.join("ember").join("models.toml"))
+    crate::settings::config_file()
 }
 
 /// The history file's path: `$EMBER_HISTORY`, else `$XDG_DATA_HOME/ember/history`, else
@@ -187,7 +174,8 @@ pub fn history_file() -> Option<PathBuf> {
     Some(base.join("ember").join("history"))
 }
 
-/// The named models, sorted by name; an empty list when the file does not exist.
+/// The named models of one file (`ember serve --models FILE`), sorted by name; an empty list when the file does not
+/// exist. The file may be a whole config file ([`crate::settings`]).
 pub fn load_models(path: &Path) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -198,11 +186,7 @@ pub fn load_models(path: &Path) -> anyhow::Result<BTreeMap<String, ModelEntry>> 
 }
 
 fn parse_models(text: &str) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
-    let file: ConfigFile = toml::from_str(text)?;
-    for (name, entry) in &file.models {
-        entry.check(name)?;
-    }
-    Ok(file.models)
+    crate::settings::parse_models(text)
 }
 
 #[cfg(test)]

@@ -5,17 +5,31 @@
 //! the persistent history come from `rustyline`; when standard input is not a terminal, lines are simply read
 //! from it (so scripts and tests can pipe commands in).
 //!
+//! Tab completes `!` commands, switches, samplers, model names and file paths ([`completion`]).
+//!
+//! Stdout, at a terminal: after each image its echo line as InvokeAI prints it, `[N] path: dream-line (seconds)`
+//! (N counts the session's images from 1), then its step strip's path and the `-g` grid's path, one per line; `!`
+//! commands print their listings there too. With lines piped in (a script), each image is a bare path instead, as
+//! `ember generate` prints it, so scripts read the same stdout from both. Everything for people only (progress,
+//! notes, errors) goes to stderr.
+//!
+//! When the launch model cannot be loaded (a hub model offline, say) and a models file exists, the prompt stays:
+//! the error is reported and `!switch NAME` loads a named model; a generation line says that no model is loaded.
+//!
 //! Ctrl-C: at the prompt rustyline reads it as a key and the line is cleared; while an image is generating the
 //! terminal is back in normal mode, so it arrives as SIGINT and cancels that image (a second Ctrl-C quits).
 
 mod commands;
+pub mod completion;
 pub mod config;
 
 use crate::args::ReplArgs;
 use crate::runner::Runner;
+use crate::term;
+use completion::ReplHelper;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
-use rustyline::{Config, Editor};
+use rustyline::{CompletionType, Config, Editor};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +42,7 @@ const HISTORY_SIZE: usize = 1000;
 /// What the REPL remembers besides the runner.
 pub struct Repl {
     runner: Runner,
-    editor: Editor<(), DefaultHistory>,
+    editor: Editor<ReplHelper, DefaultHistory>,
     history_path: Option<PathBuf>,
     /// Text for the next prompt's edit buffer (`!fetch`, `!NNN`).
     pending: Option<String>,
@@ -41,14 +55,28 @@ pub struct Repl {
 }
 
 pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
-    let mut runner = Runner::new(args.model.clone(), args.switches.clone());
-    eprintln!("loading model {} …", args.model.model);
-    runner.load()?;
+    // The config file's model, named models and [defaults] (crate::settings), before anything loads.
+    let resolved = crate::settings::resolve_model(&args.model)?;
+    let mut runner = Runner::new(resolved.model.clone(), args.switches.clone()).with_model_defaults(resolved.defaults);
+    runner.set_progress(args.progress);
+    let interactive = std::io::stdin().is_terminal();
+    runner.set_echo_lines(interactive);
+    if let Err(e) = runner.load() {
+        // With named models to switch to, the session is still useful; without, there is nothing to do.
+        if !config::models_file().is_some_and(|file| file.is_file()) {
+            return Err(e);
+        }
+        report(&e);
+        term::note("the prompt stays: !models lists the named models, !switch NAME loads one");
+    }
     let config = Config::builder()
         .max_history_size(HISTORY_SIZE)?
         .auto_add_history(false)
+        // Tab lists the candidates (after completing their common prefix), as bash does.
+        .completion_type(CompletionType::List)
         .build();
-    let mut editor: Editor<(), DefaultHistory> = Editor::with_config(config)?;
+    let mut editor: Editor<ReplHelper, DefaultHistory> = Editor::with_config(config)?;
+    editor.set_helper(Some(ReplHelper::new()));
     // After the editor: on a terminal rustyline installs a SIGINT handler of its own, which this one replaces.
     let busy = Arc::new(AtomicBool::new(false));
     install_ctrlc(&runner, busy.clone())?;
@@ -57,11 +85,10 @@ pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
         // A missing history file is a first run, not an error.
         if path.exists() {
             if let Err(e) = editor.load_history(path) {
-                eprintln!("warning: cannot read the history {}: {e}", path.display());
+                term::warning(format!("cannot read the history {}: {e}", path.display()));
             }
         }
     }
-    let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("Type a prompt with switches (e.g. `a red fox -s 30 -S 42`), !help for commands, q to quit.");
     }
@@ -71,8 +98,8 @@ pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
         history_path,
         pending: None,
         interactive,
-        launch: args.model.clone(),
-        current_entry: None,
+        launch: resolved.model,
+        current_entry: resolved.entry,
     };
     loop {
         let read = match repl.pending.take() {
@@ -114,6 +141,9 @@ impl Repl {
             return self.command(command.trim());
         }
         self.remember(line);
+        if !self.runner.is_loaded() {
+            anyhow::bail!("no model loaded; use !switch NAME or restart with --model …");
+        }
         self.runner.run_line(line)?;
         Ok(())
     }
@@ -130,7 +160,7 @@ impl Repl {
             let _ = std::fs::create_dir_all(dir);
         }
         if let Err(e) = self.editor.save_history(path) {
-            eprintln!("warning: cannot save the history to {}: {e}", path.display());
+            term::warning(format!("cannot save the history to {}: {e}", path.display()));
         }
     }
 
@@ -148,7 +178,7 @@ fn report(e: &anyhow::Error) {
     if matches!(e.downcast_ref::<ember::Error>(), Some(ember::Error::Cancelled)) {
         eprintln!("cancelled");
     } else {
-        eprintln!("error: {}", crate::errors::describe(e));
+        term::error(crate::errors::describe(e));
     }
 }
 

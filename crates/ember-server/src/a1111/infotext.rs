@@ -33,99 +33,32 @@ pub async fn png_info(body: Bytes) -> Result<Json<Value>> {
     Ok(Json(json!({"info": info, "items": items, "parameters": parameters})))
 }
 
-/// A1111's `parse_generation_parameters`: the prompt, `Negative prompt:` and the last line's `Key: value` pairs (a
-/// `WxH` value split into `Key-1`, `Key-2`), every value a string.
+/// A1111's `parse_generation_parameters` ([`ember::image::infotext::parse`], which `!fetch` and `ember info` read
+/// too): the prompt, `Negative prompt:` and the last line's `Key: value` pairs (a `WxH` value split into `Key-1`,
+/// `Key-2`), every value a string.
 pub fn parse_infotext(text: &str) -> Map<String, Value> {
     let mut out = Map::new();
-    let text = text.trim();
-    if text.is_empty() {
+    if text.trim().is_empty() {
         return out;
     }
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    let last = lines.pop().unwrap_or("");
-    let pairs = key_values(last);
-    let last_is_params = pairs.len() >= 3;
-    if !last_is_params {
-        lines.push(last);
-    }
-    let (mut prompt, mut negative, mut in_negative) = (String::new(), String::new(), false);
-    for line in lines {
-        let line = match line.strip_prefix("Negative prompt:") {
-            Some(rest) => {
-                in_negative = true;
-                rest.trim()
+    let parsed = ember::image::infotext::parse(text);
+    out.insert("Prompt".into(), Value::String(parsed.prompt));
+    out.insert("Negative prompt".into(), Value::String(parsed.negative_prompt));
+    for (key, value) in parsed.settings {
+        let size = value
+            .split_once('x')
+            .filter(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+        match size {
+            Some((a, b)) => {
+                out.insert(format!("{key}-1"), Value::String(a.into()));
+                out.insert(format!("{key}-2"), Value::String(b.into()));
             }
-            None => line,
-        };
-        let target = if in_negative { &mut negative } else { &mut prompt };
-        if !target.is_empty() {
-            target.push('\n');
-        }
-        target.push_str(line.trim_end());
-    }
-    out.insert("Prompt".into(), Value::String(prompt));
-    out.insert("Negative prompt".into(), Value::String(negative));
-    if last_is_params {
-        for (key, value) in pairs {
-            let size = value
-                .split_once('x')
-                .filter(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
-            match size {
-                Some((a, b)) => {
-                    out.insert(format!("{key}-1"), Value::String(a.into()));
-                    out.insert(format!("{key}-2"), Value::String(b.into()));
-                }
-                None => {
-                    out.insert(key, Value::String(value));
-                }
+            None => {
+                out.insert(key, Value::String(value));
             }
         }
     }
     out
-}
-
-/// `Steps: 20, Sampler: Euler a, Lora hashes: "a: 1, b: 2"` → pairs, quoted values unquoted.
-fn key_values(line: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = line.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once(':') else {
-            break;
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_alphanumeric() || " -_/".contains(c)) {
-            break;
-        }
-        let after = after.trim_start();
-        let (value, next) = match after.strip_prefix('"').and_then(closing_quote) {
-            // A JSON string, up to its closing quote.
-            Some(end) => {
-                let quoted = &after[..=end + 1];
-                let value = serde_json::from_str::<String>(quoted).unwrap_or_else(|_| quoted.to_string());
-                (value, &after[end + 2..])
-            }
-            None => match after.split_once(',') {
-                Some((value, next)) => (value.trim().to_string(), next),
-                None => (after.trim().to_string(), ""),
-            },
-        };
-        out.push((key.to_string(), value));
-        rest = next.trim_start().trim_start_matches(',').trim();
-    }
-    out
-}
-
-/// The byte offset of the unescaped `"` ending a string whose opening quote was just before `s`.
-fn closing_quote(s: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            '"' if !escaped => return Some(i),
-            _ => escaped = false,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

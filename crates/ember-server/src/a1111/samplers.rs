@@ -4,34 +4,8 @@ use super::{invalid, Result};
 use crate::error::clip;
 use ember::sample::SamplerKind;
 
-/// `karras_max` that makes a k-sampler always run on the Karras schedule (steps are at most 1000).
-pub(super) const KARRAS_ALWAYS: usize = 1001;
-
-/// A1111's sampler names, the engine's sampler, other names clients send for it, and whether A1111 (1.9+) runs it
-/// on the Karras schedule when the scheduler is `automatic`.
-pub(super) const SAMPLERS: [(&str, SamplerKind, &[&str], bool); 11] = [
-    (
-        "Euler a",
-        SamplerKind::KEulerA,
-        &["k_euler_a", "k_euler_ancestral"],
-        false,
-    ),
-    ("Euler", SamplerKind::KEuler, &["k_euler"], false),
-    ("LMS", SamplerKind::KLms, &["k_lms"], false),
-    ("Heun", SamplerKind::KHeun, &["k_heun"], false),
-    ("DPM2", SamplerKind::KDpm2, &["k_dpm_2"], true),
-    ("DPM2 a", SamplerKind::KDpm2A, &["k_dpm_2_a"], true),
-    ("DPM++ 2M", SamplerKind::KDpmpp2, &["k_dpmpp_2m", "k_dpmpp_2"], true),
-    (
-        "DPM++ 2S a",
-        SamplerKind::KDpmpp2A,
-        &["k_dpmpp_2s_a", "k_dpmpp_2_a"],
-        true,
-    ),
-    ("DDIM", SamplerKind::Ddim, &["ddim"], false),
-    ("PLMS", SamplerKind::Plms, &["plms"], false),
-    ("LCM", SamplerKind::Lcm, &["lcm", "k_lcm"], false),
-];
+// The one table of A1111's sampler names, in the engine (also read by its `parameters` writer and `!fetch`).
+pub(super) use ember::sample::names::{A1111_SAMPLERS as SAMPLERS, KARRAS_ALWAYS};
 
 /// `sampler_name` (A1111's name, an alias, or an old `… Karras` name) and `scheduler` → the engine's sampler and
 /// whether it runs on the Karras schedule (None: not a k-sampler, Ember's default `karras_max` stays).

@@ -101,8 +101,10 @@ pub fn run_size((w, h): (u32, u32), fit: Option<(u32, u32)>) -> std::result::Res
     Ok((tw, th))
 }
 
-/// Decodes an image (a file, or one already in memory) within the size limits.
-pub(crate) fn decode(source: &InitImage) -> Result<DynamicImage> {
+/// Decodes an image (a file, or one already in memory) within the size limits, with a file's EXIF orientation
+/// applied. Front-ends call it to check an input before loading a model (and pass the result as
+/// [`InitImage::Memory`]).
+pub fn decode(source: &InitImage) -> Result<DynamicImage> {
     match source {
         InitImage::Path(path) => decode_file(path),
         InitImage::Memory { image, name } => {

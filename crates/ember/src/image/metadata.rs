@@ -17,7 +17,7 @@
 //!   model they are not, since the same model decides them the same way again. The line is a valid REPL command,
 //!   which is what `!fetch` relies on: it regenerates the same image.
 //! - `sd-metadata`: InvokeAI's JSON (RFC #266 layout), keeping `init_image_path`, `strength`, `fit` and
-//!   `seamless` that InvokeAI's CLI lost to a missing comma; an Ember `negative_prompt` key when one was given
+//!   `seamless` that InvokeAI's CLI lost to a missing comma; `karras_max` when not the default; an Ember `negative_prompt` key when one was given
 //!   and `downweight: "mask"` with `--downweight mask`, `vae_tiling: true` with `--vae-tiling`. Inpainting keeps
 //!   InvokeAI 2.x's `type: "img2img"` (its web server wrote inpainting so too, with the mask as `mask_image_path`,
 //!   the key used here) and adds, each only when set: `mask_image_path`, `invert_mask: true`, `mask_blur: N`,
@@ -26,8 +26,13 @@
 //!   model made of the request ([`RunInfo`], the values used, not only the overrides): `model_family` (`sd1`, `sd2`,
 //!   `sdxl`), `prediction_type` (`epsilon`, `v_prediction`), `timestep_spacing` (`karras-kdiffusion`, `linspace`,
 //!   `leading`, `trailing`) and `guidance` (how the cfg scale acted: classifier-free, none at cfg ≤ 1, or LCM's
-//!   embedding), and `loras` (name, weight, hash) / `embeddings` (name, hash) when any were used.
-//! - `parameters`: AUTOMATIC1111's text block, read by most image browsers. A1111 has no key for the prediction type
+//!   embedding), `loras` (name, weight, hash) / `embeddings` (name, hash) when any were used, and `dtype`
+//!   (`f32`, `bf16`, …) and `device` (`cpu`, `cuda:0`) the networks ran on.
+//! - `parameters`: AUTOMATIC1111's text block, read by most image browsers, in A1111's layout and names
+//!   ([`super::infotext`]): `Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model hash, Model, VAE, Variation
+//!   seed, Variation seed strength, Denoising strength, Tiling`, then `Mask blur, Mask mode, Lora hashes, TI hashes`.
+//!   The sampler is A1111's name (`DPM++ 2M`, [`crate::sample::names`]) and `Schedule type` says what ran: `Karras`
+//!   or `Uniform` (the model's own σ), for k-samplers only. A1111 has no key for the prediction type
 //!   or a diffusers timestep spacing (its `Schedule type` names σ schedules such as Karras, which the sampler name
 //!   already carries, and its `SGM Uniform` is not diffusers' `trailing`), so neither is written there. LoRAs of the
 //!   request's list are written into the prompt as `<lora:NAME:W>` (where A1111 reads them), and the hashes as A1111
@@ -35,8 +40,9 @@
 //!   `Mask blur: N` (when above 0) and `Mask mode: Inpaint not masked` (with `--invert-mask`); A1111 has no key for
 //!   the mask file, the outcrop or paste-back (its `Inpaint area` and `Masked content` are other features).
 
+use super::infotext;
 use crate::request::{GenerateRequest, DEFAULT_KARRAS_MAX};
-use crate::sample::SamplerKind;
+use crate::sample::names::a1111_name;
 use serde::Serialize;
 
 /// Everything written into an output PNG besides its pixels.
@@ -77,6 +83,10 @@ pub struct RunInfo {
     pub embeddings: Vec<AddonUse>,
     /// The tiny autoencoder's file name when it decoded the image (`--vae-approx`).
     pub vae_approx: Option<String>,
+    /// The precision the networks ran in (`f32`, `bf16`, `f16`, `f64`) and the device (`cpu`, `cuda:0`): the same
+    /// settings on another precision or device give slightly different pixels, so an image says which it had.
+    pub dtype: String,
+    pub device: String,
 }
 
 /// A LoRA or embedding an image was made with.
@@ -268,6 +278,9 @@ struct SdImage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     steps_run: Option<usize>,
     cfg_scale: f64,
+    /// `--karras-max` when it is not the default (InvokeAI's CLI kept it out of sd-metadata).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    karras_max: Option<usize>,
     threshold: f64,
     perlin: f64,
     height: usize,
@@ -319,6 +332,11 @@ struct SdImage<'a> {
     /// Ember: the tiny autoencoder that decoded the image (`--vae-approx`); absent for the VAE.
     #[serde(skip_serializing_if = "Option::is_none")]
     vae_approx: Option<&'a str>,
+    /// Ember: the precision and device the image was made with; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
 }
 
 /// InvokeAI's `sd-metadata` JSON (see the module documentation).
@@ -341,6 +359,7 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             exact_steps: r.exact_steps && img2img,
             steps_run: (r.exact_steps && img2img).then_some(record.steps_run),
             cfg_scale: r.cfg_scale,
+            karras_max: Some(r.karras_max).filter(|&k| k != DEFAULT_KARRAS_MAX),
             threshold: r.threshold,
             perlin: r.perlin,
             height: record.height,
@@ -378,63 +397,66 @@ pub fn sd_metadata_json(record: &ImageRecord) -> String {
             loras: &record.run.loras,
             embeddings: &record.run.embeddings,
             vae_approx: record.run.vae_approx.as_deref(),
+            dtype: Some(record.run.dtype.as_str()).filter(|d| !d.is_empty()),
+            device: Some(record.run.device.as_str()).filter(|d| !d.is_empty()),
         },
     };
     // Plain data with string keys: serialization cannot fail; fall back to an empty object regardless.
     serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_string())
 }
 
-/// AUTOMATIC1111's `parameters` block (see the module documentation).
+/// AUTOMATIC1111's `parameters` block (see the module documentation), in A1111's own layout (its
+/// `create_infotext`): the prompt, `Negative prompt: …` when there is one, then one line of `Key: value` pairs in
+/// A1111's order, each value quoted as A1111 quotes it ([`infotext::quote`]).
 pub fn a1111_parameters(record: &ImageRecord) -> String {
     let r = &record.request;
-    let mut out = r.prompt.clone();
+    let mut prompt = r.prompt.clone();
     // LoRAs given outside the prompt (--lora, the API's `loras`) go into it, where A1111 reads them.
     for lora in &r.loras {
         let name = std::path::Path::new(&lora.name)
             .file_stem()
             .map_or(lora.name.clone(), |s| s.to_string_lossy().into_owned());
-        out.push_str(&format!(" <lora:{name}:{}>", py_float(lora.unet_weight)));
+        prompt.push_str(&format!(" <lora:{name}:{}>", py_float(lora.unet_weight)));
     }
-    if !r.negative_prompt.is_empty() {
-        out.push_str("\nNegative prompt: ");
-        out.push_str(&r.negative_prompt);
-    }
-    let mut sampler = a1111_sampler_name(r.sampler).to_string();
-    if record.uses_karras() {
-        sampler.push_str(" Karras");
-    }
-    let mut fields = vec![
-        format!("Steps: {}", r.schedule_steps()),
-        format!("Sampler: {sampler}"),
-        format!("CFG scale: {}", py_float(r.cfg_scale)),
-        format!("Seed: {}", r.seed),
-        format!("Size: {}x{}", record.width, record.height),
+    let mut fields: Vec<(&str, String)> = vec![
+        ("Steps", r.schedule_steps().to_string()),
+        ("Sampler", a1111_name(r.sampler).to_string()),
     ];
+    // A1111 1.9+ writes the schedule apart; Ember's is Karras or the model's own σ (A1111's `Uniform`). Samplers
+    // on discrete timesteps (DDIM, PLMS, LCM) take no σ schedule: none is written, which A1111 reads as Automatic.
+    if r.sampler.is_k_sampler() {
+        let schedule = if record.uses_karras() { "Karras" } else { "Uniform" };
+        fields.push(("Schedule type", schedule.to_string()));
+    }
+    fields.push(("CFG scale", py_float(r.cfg_scale)));
+    fields.push(("Seed", r.seed.to_string()));
+    fields.push(("Size", format!("{}x{}", record.width, record.height)));
     if let Some(hash) = &record.model_hash {
         // A1111's short hash: the first 10 hex digits of the sha256.
-        fields.push(format!("Model hash: {}", hash.chars().take(10).collect::<String>()));
+        fields.push(("Model hash", hash.chars().take(10).collect()));
     }
-    fields.push(format!("Model: {}", a1111_quote(&record.model_name)));
-    if record.is_img2img() || r.hires_fix {
-        fields.push(format!("Denoising strength: {}", py_float(r.strength)));
-    }
-    if record.is_img2img() && r.mask_blur > 0 {
-        fields.push(format!("Mask blur: {}", r.mask_blur));
-    }
-    if record.is_img2img() && r.invert_mask {
-        fields.push("Mask mode: Inpaint not masked".to_string());
+    fields.push(("Model", record.model_name.clone()));
+    // A1111 names the VAE that decoded an image; here the tiny autoencoder's file.
+    if let Some(name) = &record.run.vae_approx {
+        fields.push(("VAE", name.clone()));
     }
     // A1111 has one variation seed; the last `-V` entry is the one a single variation run adds.
     if let Some((seed, weight)) = r.with_variations.last() {
-        fields.push(format!("Variation seed: {seed}"));
-        fields.push(format!("Variation seed strength: {}", py_float(*weight)));
+        fields.push(("Variation seed", seed.to_string()));
+        fields.push(("Variation seed strength", py_float(*weight)));
+    }
+    if record.is_img2img() || r.hires_fix {
+        fields.push(("Denoising strength", py_float(r.strength)));
     }
     if r.seamless {
-        fields.push("Tiling: True".to_string());
+        fields.push(("Tiling", "True".to_string()));
     }
-    // A1111 names the VAE that decoded an image; here the tiny autoencoder's file.
-    if let Some(name) = &record.run.vae_approx {
-        fields.push(format!("VAE: {name}"));
+    // A1111's img2img keys come from its `extra_generation_params`, after the fixed ones.
+    if record.is_img2img() && r.mask_blur > 0 {
+        fields.push(("Mask blur", r.mask_blur.to_string()));
+    }
+    if record.is_img2img() && r.invert_mask {
+        fields.push(("Mask mode", "Inpaint not masked".to_string()));
     }
     // As A1111 writes them: `Lora hashes: "name: hash, name: hash"`.
     for (key, list) in [
@@ -443,37 +465,10 @@ pub fn a1111_parameters(record: &ImageRecord) -> String {
     ] {
         if !list.is_empty() {
             let joined: Vec<String> = list.iter().map(|a| format!("{}: {}", a.name, a.hash)).collect();
-            fields.push(format!("{key}: \"{}\"", joined.join(", ")));
+            fields.push((key, joined.join(", ")));
         }
     }
-    out.push('\n');
-    out.push_str(&fields.join(", "));
-    out
-}
-
-fn a1111_sampler_name(kind: SamplerKind) -> &'static str {
-    match kind {
-        SamplerKind::KLms => "LMS",
-        SamplerKind::KEuler => "Euler",
-        SamplerKind::KEulerA => "Euler a",
-        SamplerKind::KHeun => "Heun",
-        SamplerKind::KDpm2 => "DPM2",
-        SamplerKind::KDpm2A => "DPM2 a",
-        SamplerKind::KDpmpp2 => "DPM++ 2M",
-        SamplerKind::KDpmpp2A => "DPM++ 2S a",
-        SamplerKind::Ddim => "DDIM",
-        SamplerKind::Plms => "PLMS",
-        SamplerKind::Lcm => "LCM",
-    }
-}
-
-/// A1111 quotes a value with `,`, `:` or a newline in it as a JSON string.
-fn a1111_quote(v: &str) -> String {
-    if v.contains([',', ':', '\n']) {
-        serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
-    } else {
-        v.to_string()
-    }
+    infotext::format(&prompt, &r.negative_prompt, &fields)
 }
 
 /// A double-quoted shell word as InvokeAI's `shlex.split` reads it back. Line breaks become spaces (CLIP
@@ -528,7 +523,6 @@ mod tests {
         assert_eq!(quote_if_needed("dir/fire drawing.png"), "\"dir/fire drawing.png\"");
         assert_eq!(quote_if_needed("/tmp/fire-drawing.png"), "/tmp/fire-drawing.png");
         assert_eq!(quote_if_needed("take#2.png"), "\"take#2.png\"");
-        assert_eq!(a1111_quote("sd, v1.5"), "\"sd, v1.5\"");
     }
 
     fn record(request: GenerateRequest) -> ImageRecord {

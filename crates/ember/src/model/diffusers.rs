@@ -118,7 +118,7 @@ fn weight_files(dir: &Path, dtype: DType) -> Result<Vec<PathBuf>> {
             let has_bin = dir.join("diffusion_pytorch_model.bin").exists() || dir.join("pytorch_model.bin").exists();
             let hint = if has_bin {
                 "only .bin (pickle) weights are present; Ember reads .safetensors in diffusers folders \
-                 (convert them, or download the .safetensors files)"
+                 (convert each: `ember models convert X.bin --to X.safetensors`, or download the .safetensors files)"
             } else {
                 "no .safetensors weights found; the diffusers folder is incomplete"
             };

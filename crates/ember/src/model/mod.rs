@@ -1,6 +1,7 @@
 //! Model loading: finds the format of a path (diffusers folder, single-file LDM `.safetensors`,
 //! `.ckpt`/`.pt`, Hugging Face repo id), maps its tensors to diffusers' names and infers the configuration; and the
-//! tiny autoencoder's files (`taesd.rs`).
+//! tiny autoencoder's files (`taesd.rs`); `inspect.rs` reports on a model file (and converts a `.ckpt`) without
+//! building its networks.
 //!
 //! The result is `VarBuilder`s that serve tensors lazily under diffusers/transformers names, converted to the
 //! requested dtype, plus the [`ModelSpec`] (family, configurations, schedule) decided once in `family.rs`.
@@ -10,6 +11,7 @@ mod diffusers;
 pub mod family;
 mod hub;
 mod infer_config;
+pub mod inspect;
 mod ldm_keys;
 pub mod patch;
 mod sha256;
@@ -173,10 +175,21 @@ fn ckpt_error(path: &Path, e: ember_pickle::Error) -> Error {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match e {
-        ember_pickle::Error::UnsafeGlobal(_) | ember_pickle::Error::UnsafeOpcode(_) => {
-            Error::model(path, format!("refusing to load {file}: {e}"))
+    // The pickle reader's own advice ("convert it") would send people to torch, which runs the code; Ember's
+    // converter refuses the same file, so the only safe way out is another copy of the model.
+    let why = match &e {
+        ember_pickle::Error::UnsafeGlobal(global) => format!("its pickle calls `{global}`, which is not a tensor"),
+        ember_pickle::Error::UnsafeOpcode(op) => {
+            format!("its pickle uses the {op} opcode, which builds arbitrary objects")
         }
-        e => Error::model(path, e.to_string()),
-    }
+        _ => return Error::model(path, e.to_string()),
+    };
+    Error::model(
+        path,
+        format!(
+            "refusing to load {file}: {why}; opening it with torch (or converting it with a tool that uses torch) \
+             could run code on this machine. Ember ran nothing and `ember models convert` refuses it too: get the \
+             model as .safetensors from a source you trust"
+        ),
+    )
 }

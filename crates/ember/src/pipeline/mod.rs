@@ -7,6 +7,7 @@
 use crate::addons::{AddonLibrary, TargetIndex};
 use crate::cancel::cancel_scope;
 pub use crate::cancel::CancelToken;
+use crate::device::device_name;
 use crate::guidance::{Guidance, GuidedUNet};
 use crate::image::init::{prepare_init_image, rgb_to_tensor, tensor_to_rgb};
 use crate::image::mask::{masked_image, paste_back, prepare_mask, InpaintMask};
@@ -578,6 +579,8 @@ impl Pipeline {
                     .vae_approx_decode
                     .then(|| self.vae_approx.as_ref().map(|(_, name)| name.clone()))
                     .flatten(),
+                dtype: self.dtype.as_str().to_string(),
+                device: device_name(&self.device),
             },
         };
         Ok(Generated {

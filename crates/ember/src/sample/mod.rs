@@ -1,6 +1,7 @@
 //! Sampling: torch-compatible noise, noise schedules, and the samplers that walk them.
 
 pub mod denoiser;
+pub mod names;
 pub mod perlin;
 pub mod rng;
 pub mod samplers;
@@ -79,13 +80,21 @@ impl fmt::Display for SamplerKind {
 
 impl FromStr for SamplerKind {
     type Err = crate::Error;
+    /// Ember's names and their aliases, case-insensitive ([`names`]). A `… Karras` name also sets the schedule,
+    /// which a sampler alone cannot carry: it is refused here; [`names::parse_sampler_name`] reads it.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SamplerKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let names: Vec<_> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
-            crate::Error::invalid(
+        let name = names::parse_sampler_name(s)?;
+        if name.karras.is_some() {
+            return Err(crate::Error::invalid(
                 "sampler",
-                format!("unknown sampler '{s}'; choose one of {}", names.join(", ")),
-            )
-        })
+                format!(
+                    "'{}' also names the Karras schedule, which is set apart here: use sampler {} with karras_max {}",
+                    s.trim(),
+                    name.kind.name(),
+                    names::KARRAS_ALWAYS
+                ),
+            ));
+        }
+        Ok(name.kind)
     }
 }

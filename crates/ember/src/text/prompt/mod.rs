@@ -114,11 +114,28 @@ pub fn parse_invokeai(text: &str, skip_normalize: bool) -> Result<ParsedPrompt> 
         // Ember makes it the literal colon the user asked for.
         parse(&positive.replace("\\:", ":"))?
     };
+    let mut warnings: Vec<String> = warning.into_iter().collect();
+    if subprompts.len() > 1 {
+        warnings.extend(digit_colon_warning(&positive));
+    }
     Ok(ParsedPrompt {
         prompt,
         negative,
-        warnings: warning.into_iter().collect(),
+        warnings,
     })
+}
+
+/// A `:` between two digits (`12:30 pm`, `16:9`) makes InvokeAI's `text:weight` blend, which is rarely what such a
+/// prompt means: says how it was read and how to write a literal colon.
+fn digit_colon_warning(text: &str) -> Option<String> {
+    static DIGIT_COLON: OnceLock<Regex> = OnceLock::new();
+    let re = DIGIT_COLON.get_or_init(|| Regex::new(r"(^|[^\\\d])(\d+):(\d+(?:\.\d+)?)").expect("valid regex"));
+    let found = re.captures(text)?;
+    let (left, right) = (found.get(2)?.as_str(), found.get(3)?.as_str());
+    Some(format!(
+        "`{left}:{right}` is read as a `:` blend (the text before it weighted {right}); write `{left}\\:{right}` for a \
+         literal colon"
+    ))
 }
 
 /// InvokeAI 2.x's `[negative words]`: returns the prompt with each `[…]` replaced by a space (runs of
@@ -159,7 +176,8 @@ pub fn split_weighted_subprompts(text: &str, skip_normalize: bool) -> (Vec<(Stri
         return (parts, None);
     }
     let sum: f64 = parts.iter().map(|(_, w)| w).sum();
-    if sum == 0.0 {
+    // An empty prompt has no pieces and nothing to weigh: no warning.
+    if sum == 0.0 && !parts.is_empty() {
         let equal = 1.0 / parts.len().max(1) as f64;
         let warning = "the `:` weights of the prompt add up to zero; using equal weights instead".to_string();
         return (parts.into_iter().map(|(p, _)| (p, equal)).collect(), Some(warning));

@@ -137,3 +137,36 @@ fn nesting_deeper_than_the_limit_is_refused_by_name() {
     let escaped = "\\(".repeat(MAX_NESTING + 1);
     assert!(parse(&escaped).is_ok());
 }
+
+#[test]
+fn an_empty_prompt_is_no_blend_and_gives_no_warning() {
+    // Issue 18: `ember generate ""` warned that the `:` weights added up to zero.
+    for text in ["", "   "] {
+        let parsed = parse_invokeai(text, false).expect("parses");
+        assert!(parsed.warnings.is_empty(), "{text:?}: {:?}", parsed.warnings);
+        assert!(matches!(parsed.prompt, Prompt::Weighted(_)));
+    }
+    // A real zero sum still warns.
+    let zero = parse_invokeai("a cat:1 a dog:-1", false).expect("parses");
+    assert_eq!(zero.warnings.len(), 1, "{:?}", zero.warnings);
+}
+
+#[test]
+fn a_colon_between_digits_warns_that_it_makes_a_blend() {
+    // InvokeAI's reading stays (a blend of "12" and " pm"), but the user is told, with the escape to use.
+    let parsed = parse_invokeai("12:30 pm", false).expect("parses");
+    assert!(matches!(parsed.prompt, Prompt::Blend(_)));
+    assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+    assert!(
+        parsed.warnings[0].contains("`12:30`") && parsed.warnings[0].contains("12\\:30"),
+        "{:?}",
+        parsed.warnings
+    );
+    // Intended blends and escaped colons: no warning.
+    assert!(parse_invokeai("a cat:0.7 a dog:0.3", false)
+        .expect("parses")
+        .warnings
+        .is_empty());
+    let escaped = parse_invokeai("at 12\\:30 pm", false).expect("parses");
+    assert!(escaped.warnings.is_empty() && matches!(escaped.prompt, Prompt::Weighted(_)));
+}
