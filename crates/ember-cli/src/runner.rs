@@ -577,6 +577,13 @@ fn generate_one(
     });
     progress.finish();
     let mut generated = generated?;
+    // The name was chosen before denoising; another `ember` writing into the same folder meanwhile may have taken
+    // it (a run without step files leaves nothing under it): then the next free one.
+    let path = if path.exists() || mask_path(&path).exists() {
+        next_output_path(outdir, request.seed)?
+    } else {
+        path
+    };
     // Inpainting: the mask as the run used it (from -M or the init image's transparency), saved first so that the
     // image's recorded `-M` names a file that exists, and its Dream line replays the run.
     if let Some(mask) = &generated.mask {

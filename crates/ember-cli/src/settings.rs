@@ -149,10 +149,10 @@ impl Settings {
                     settings.files.push(legacy);
                     // An old models.toml only ever held [models]; `model` and [defaults] belong in config.toml.
                     if file.model.is_some() || file.defaults != Defaults::default() {
-                        eprintln!(
-                            "warning: {} sets `model` or [defaults]; those are read from config.toml only",
+                        crate::term::warning(format!(
+                            "{} sets `model` or [defaults]; those are read from config.toml only",
                             settings.files[0].display()
-                        );
+                        ));
                     }
                 }
             }
@@ -218,6 +218,9 @@ pub struct ResolvedModel {
     pub entry: Option<String>,
     /// The config file's [defaults] alone (what `!switch` puts under the next entry's).
     pub config_defaults: Switches,
+    /// The command line's model settings over the config file's [defaults], without the named entry's: what
+    /// `!switch` starts every entry from, so that one entry's `dtype` never carries over to the next.
+    pub launch: ModelArgs,
 }
 
 /// Resolves `--model` (or `EMBER_MODEL`, which clap reads into the same field), the config file's `model`, or the
@@ -258,6 +261,13 @@ fn resolve_with(args: &ModelArgs, settings: &Settings) -> anyhow::Result<Resolve
             .unwrap_or_else(|| "auto".to_string())
     };
     let config_defaults = settings.defaults.switches();
+    let launch = ModelArgs {
+        model: wanted.clone(),
+        device: pick(&args.device, None, &settings.defaults.device),
+        dtype: pick(&args.dtype, None, &settings.defaults.dtype),
+        vae_approx: args.vae_approx.clone(),
+        vae_approx_encode: args.vae_approx_encode,
+    };
     let model = ModelArgs {
         model: entry.map_or_else(|| wanted.clone(), |e| e.path.clone()),
         device: pick(
@@ -282,6 +292,7 @@ fn resolve_with(args: &ModelArgs, settings: &Settings) -> anyhow::Result<Resolve
         defaults: entry.map_or_else(|| config_defaults.clone(), |e| e.switches().over(&config_defaults)),
         entry: entry.map(|_| wanted),
         config_defaults,
+        launch,
     })
 }
 

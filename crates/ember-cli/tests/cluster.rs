@@ -1159,6 +1159,26 @@ fn any_queue_works_with_any_image_store() {
     let params = json!({"prompt": "fire", "steps": 6, "strength": 0.5, "seed": 30,
         "init_image_id": jobs[0]["image_id"]});
     let reused = wait_done(&api, api.submit(params, None)["id"].as_i64().expect("id"));
+    // Gallery search and the kept upload of an img2img image, on PostgreSQL as on SQLite (web_api.rs).
+    let found = api.get("/api/images?q=HARBOUR%203");
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["images"][0]["params"]["prompt"], "a harbour 3", "{found}");
+    assert_eq!(api.get("/api/images?q=harbour")["total"], 6);
+    assert_eq!(api.get("/api/images?q=")["total"], 7);
+    let upload = std::fs::read(Path::new(FIXTURES).join("init-64x96.png")).expect("the init fixture");
+    let params = json!({"prompt": "kept", "steps": 4, "strength": 0.5, "seed": 31});
+    let uploaded = wait_done(&api, api.submit(params, Some(&upload))["id"].as_i64().expect("id"));
+    let init_url = api.url(&format!("/api/images/{}/init", uploaded["image_id"]));
+    let kept = api.http.get(&init_url).send().expect("GET init");
+    assert_eq!(kept.status().as_u16(), 200);
+    assert_eq!(kept.bytes().expect("bytes").as_ref(), upload.as_slice());
+    let deleted = api
+        .http
+        .delete(api.url(&format!("/api/images/{}", uploaded["image_id"])))
+        .send()
+        .expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(api.http.get(&init_url).send().expect("GET init").status().as_u16(), 404);
     let mut files: Vec<String> = std::fs::read_dir(&folder)
         .expect("the images folder")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -357,3 +357,44 @@ fn the_metadata_records_the_precision_and_device() {
     assert_eq!(doc["image"]["dtype"], "f64", "{sd}");
     assert_eq!(doc["image"]["device"], "cpu", "{sd}");
 }
+
+#[test]
+fn a_model_launched_by_name_does_not_pass_its_dtype_on() {
+    // `ember --model exact` (an entry with dtype f64), then `!switch plain`: plain runs in the config's [defaults]
+    // dtype, not in exact's.
+    let home = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model();
+    let config = home.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[defaults]\ndtype = \"f32\"\n\n[models.exact]\npath = \"{model}\"\ndtype = \"f64\"\n\n\
+             [models.plain]\npath = \"{model}\"\n"
+        ),
+    )
+    .expect("write config");
+    let out = home.path().join("out").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["--model", "exact", "--device", "cpu", "-o", &out])
+        .env("HOME", home.path())
+        .env("EMBER_CONFIG", &config)
+        .env("EMBER_HISTORY", home.path().join("history"))
+        .env_remove("EMBER_MODEL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ember runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"!switch plain\n")
+        .expect("write stdin");
+    let run = child.wait_with_output().expect("ember finishes");
+    let err = stderr(&run);
+    let loads: Vec<&str> = err.lines().filter(|l| l.starts_with("model: ")).collect();
+    assert_eq!(loads.len(), 2, "{err}");
+    assert!(loads[0].contains(" in f64;"), "{err}");
+    assert!(loads[1].contains(" in f32;"), "{err}");
+}

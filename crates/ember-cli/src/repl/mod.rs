@@ -63,7 +63,8 @@ pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
     runner.set_echo_lines(interactive);
     if let Err(e) = runner.load() {
         // With named models to switch to, the session is still useful; without, there is nothing to do.
-        if !config::models_file().is_some_and(|file| file.is_file()) {
+        let has_named_models = crate::settings::Settings::load().is_ok_and(|s| !s.models.is_empty());
+        if !has_named_models {
             return Err(e);
         }
         report(&e);
@@ -98,7 +99,7 @@ pub fn run(args: &ReplArgs) -> anyhow::Result<()> {
         history_path,
         pending: None,
         interactive,
-        launch: resolved.model,
+        launch: resolved.launch,
         current_entry: resolved.entry,
     };
     loop {
