@@ -370,15 +370,8 @@ pub(crate) fn check_submission(
             "is required and must not be empty",
         ));
     }
-    if !(0.0..=1.0).contains(&params.strength) {
-        return Err(ApiError::bad_request(
-            Some("strength"),
-            format!(
-                "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try 0.75)",
-                params.strength
-            ),
-        ));
-    }
+    // The values' ranges (strength, steps, sizes, …) are the engine's to check, below: `GenerateRequest::validate`,
+    // the one set of checks every front-end goes through.
     if params.init_image_id.is_some() && upload.is_some() {
         return Err(ApiError::bad_request(
             Some("init_image_id"),

@@ -674,4 +674,43 @@ mod tests {
         // An init image keeps its own size, so -W/-H need not be multiples of 8 then.
         assert!(GenerateRequest { width: 100, ..img2img }.validate().is_ok());
     }
+
+    /// Issue 18: hires_fix's second pass runs at `strength`, so it is checked without an init image too, and so are
+    /// the LoRA weights and the variation amount, by the functions every front-end calls.
+    #[test]
+    fn strength_lora_weights_and_variation_amount_are_checked_for_every_request() {
+        let field_of = |r: Result<()>| match r {
+            Err(Error::InvalidRequest { field, .. }) => field,
+            other => panic!("not refused: {other:?}"),
+        };
+        for strength in [f64::NAN, 1.5, -0.1] {
+            let hires = GenerateRequest {
+                width: 1024,
+                height: 512,
+                hires_fix: true,
+                strength,
+                ..GenerateRequest::default()
+            };
+            assert_eq!(field_of(hires.validate()), "strength");
+        }
+        let lora = |weight: f64| GenerateRequest {
+            loras: vec![crate::text::prompt::LoraUse::new("style", weight)],
+            ..GenerateRequest::default()
+        };
+        assert!(lora(-100.0).validate().is_ok() && lora(0.8).validate().is_ok());
+        for weight in [f64::NAN, f64::INFINITY, 100.5] {
+            assert_eq!(field_of(lora(weight).validate()), "loras");
+        }
+        let many = GenerateRequest {
+            loras: (0..=MAX_LORAS)
+                .map(|i| crate::text::prompt::LoraUse::new(format!("l{i}"), 1.0))
+                .collect(),
+            ..GenerateRequest::default()
+        };
+        assert_eq!(field_of(many.validate()), "loras");
+        assert!(check_variation_amount(0.0).is_ok() && check_variation_amount(1.0).is_ok());
+        for amount in [f64::NAN, -0.1, 1.01] {
+            assert_eq!(field_of(check_variation_amount(amount)), "variation_amount");
+        }
+    }
 }
