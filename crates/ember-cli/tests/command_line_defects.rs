@@ -3,9 +3,11 @@
 //! repeated switch takes its last value; `--from-file` reads `q` and `!` lines as the REPL does; errors name what is
 //! wrong (a negative count, InvokeAI's switches Ember lacks, a folder given as an image).
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
@@ -15,14 +17,14 @@ fn tiny_model() -> String {
 
 /// `ember ARGS` with `stdin`, isolated from the user's config and history files.
 fn ember_in(home: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+    ember_with_config(home, &home.join("no-config.toml"), args, stdin)
+}
+
+/// [`ember_in`] with `config` as the config file.
+fn ember_with_config(home: &Path, config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = common::isolated_ember(home)
         .args(args)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("EMBER_CONFIG", home.join("no-config.toml"))
-        .env("EMBER_HISTORY", home.join("history"))
-        .env_remove("EMBER_MODEL")
-        .env_remove("EMBER_LOG")
+        .env("EMBER_CONFIG", config)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -315,24 +317,12 @@ fn switch_starts_each_model_from_the_launch_dtype() {
     )
     .expect("write config");
     let out = home.path().join("out").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["--model", &model, "--device", "cpu", "--dtype", "f32", "-o", &out])
-        .env("HOME", home.path())
-        .env("EMBER_CONFIG", &config)
-        .env("EMBER_HISTORY", home.path().join("history"))
-        .env_remove("EMBER_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"!switch exact\n!switch plain\n")
-        .expect("write stdin");
-    let run = child.wait_with_output().expect("ember finishes");
+    let run = ember_with_config(
+        home.path(),
+        &config,
+        &["--model", &model, "--device", "cpu", "--dtype", "f32", "-o", &out],
+        "!switch exact\n!switch plain\n",
+    );
     let err = stderr(&run);
     let loads: Vec<&str> = err.lines().filter(|l| l.starts_with("model: ")).collect();
     assert_eq!(loads.len(), 3, "{err}");
@@ -374,24 +364,12 @@ fn a_model_launched_by_name_does_not_pass_its_dtype_on() {
     )
     .expect("write config");
     let out = home.path().join("out").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["--model", "exact", "--device", "cpu", "-o", &out])
-        .env("HOME", home.path())
-        .env("EMBER_CONFIG", &config)
-        .env("EMBER_HISTORY", home.path().join("history"))
-        .env_remove("EMBER_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"!switch plain\n")
-        .expect("write stdin");
-    let run = child.wait_with_output().expect("ember finishes");
+    let run = ember_with_config(
+        home.path(),
+        &config,
+        &["--model", "exact", "--device", "cpu", "-o", &out],
+        "!switch plain\n",
+    );
     let err = stderr(&run);
     let loads: Vec<&str> = err.lines().filter(|l| l.starts_with("model: ")).collect();
     assert_eq!(loads.len(), 2, "{err}");

@@ -1,10 +1,12 @@
 //! `ember models` (list, inspect, convert, hash) and the config file (default model, [defaults], named models,
 //! `EMBER_MODEL`), end to end. Every run gets its own HOME and XDG folders, so the user's own config is never read.
 
+mod common;
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
@@ -14,19 +16,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// `ember ARGS` with HOME, the XDG folders and the caches under `home`, plus `env`.
 fn ember(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
-    command
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env_remove("EMBER_CONFIG")
-        .env_remove("EMBER_MODEL")
-        .env_remove("EMBER_CACHE_DIR")
-        .env_remove("EMBER_HISTORY")
-        .env_remove("EMBER_LOG");
+    let mut command = common::isolated_ember(home);
+    command.args(args).current_dir(home);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -530,16 +521,9 @@ fn the_repl_switch_keeps_the_config_defaults_under_the_entry() {
         home.path(),
         &format!("[defaults]\nsteps = 2\nwidth = 64\nheight = 64\n[models.tiny3]\npath = {tiny:?}\nsteps = 3\n"),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+    let mut child = common::isolated_ember(home.path())
         .args(["--model", &tiny, "--device", "cpu", "-o", "out"])
         .current_dir(home.path())
-        .env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env_remove("EMBER_CONFIG")
-        .env_remove("EMBER_MODEL")
-        .env_remove("EMBER_HISTORY")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -5,14 +5,31 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// `ember` with HOME, the XDG folders and its history under `home`, and none of the user's `EMBER_*` settings, so
+/// that a test never reads the real config file, history or caches.
+#[allow(dead_code)] // Each test file includes this module and uses what it needs.
+pub fn isolated_ember(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("EMBER_HISTORY", home.join("history"))
+        .env_remove("EMBER_CONFIG")
+        .env_remove("EMBER_MODEL")
+        .env_remove("EMBER_CACHE_DIR")
+        .env_remove("EMBER_LOG");
+    command
+}
+
 /// Runs `ember ARGS` with `stdin`, its history and models file under `home`; fails with stderr on a non-zero exit or a
 /// panic message.
+#[allow(dead_code)]
 pub fn run_ember<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], stdin: &str, home: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+    let mut child = isolated_ember(home)
         .args(args)
-        .env("EMBER_HISTORY", home.join("history"))
         .env("EMBER_CONFIG", home.join("models.toml"))
-        .env_remove("EMBER_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
