@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
@@ -22,23 +21,9 @@ fn ember_in(home: &Path, args: &[&str], stdin: &str) -> Output {
 
 /// [`ember_in`] with `config` as the config file.
 fn ember_with_config(home: &Path, config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = common::isolated_ember(home)
-        .args(args)
-        .env("EMBER_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("ember finishes");
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    out
+    let mut command = common::isolated_ember(home);
+    command.args(args).env("EMBER_CONFIG", config);
+    common::output_with_stdin(command, stdin)
 }
 
 fn stderr(out: &Output) -> String {

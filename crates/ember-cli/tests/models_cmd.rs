@@ -514,28 +514,17 @@ fn help_and_readme_list_the_environment_variables() {
 /// `!switch NAME` in the REPL: the entry's defaults over the config file's [defaults], which stay under them.
 #[test]
 fn the_repl_switch_keeps_the_config_defaults_under_the_entry() {
-    use std::io::Write;
     let home = tempfile::tempdir().expect("tempdir");
     let tiny = fixture("tiny-sd.safetensors").display().to_string();
     write_config(
         home.path(),
         &format!("[defaults]\nsteps = 2\nwidth = 64\nheight = 64\n[models.tiny3]\npath = {tiny:?}\nsteps = 3\n"),
     );
-    let mut child = common::isolated_ember(home.path())
+    let mut command = common::isolated_ember(home.path());
+    command
         .args(["--model", &tiny, "--device", "cpu", "-o", "out"])
-        .current_dir(home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ember runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"fox -S 1\n!switch tiny3\nfox -S 2\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("ember finishes");
+        .current_dir(home.path());
+    let out = common::output_with_stdin(command, "fox -S 1\n!switch tiny3\nfox -S 2\n");
     assert!(out.status.success(), "{}", stderr(&out));
     let mut pngs: Vec<PathBuf> = std::fs::read_dir(home.path().join("out"))
         .expect("out folder")

@@ -23,13 +23,10 @@ pub fn isolated_ember(home: &Path) -> Command {
     command
 }
 
-/// Runs `ember ARGS` with `stdin`, its history and models file under `home`; fails with stderr on a non-zero exit or a
-/// panic message.
+/// Runs `command` with `stdin` fed to it and its output collected; fails on a panic message (not on the exit status).
 #[allow(dead_code)]
-pub fn run_ember<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], stdin: &str, home: &Path) -> Output {
-    let mut child = isolated_ember(home)
-        .args(args)
-        .env("EMBER_CONFIG", home.join("models.toml"))
+pub fn output_with_stdin(mut command: Command, stdin: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -43,7 +40,21 @@ pub fn run_ember<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], stdin: &str, hom
         .expect("write stdin");
     let out = child.wait_with_output().expect("ember finishes");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+/// Runs `ember ARGS` with `stdin`, its history and models file under `home`; fails with stderr on a non-zero exit or a
+/// panic message.
+#[allow(dead_code)]
+pub fn run_ember<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], stdin: &str, home: &Path) -> Output {
+    let mut command = isolated_ember(home);
+    command.args(args).env("EMBER_CONFIG", home.join("models.toml"));
+    let out = output_with_stdin(command, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
