@@ -57,13 +57,16 @@ function parseMultipart(body, contentType) {
   const boundary = /boundary=(?:"([^"]+)"|([^;]+))/.exec(contentType);
   if (!boundary) return null;
   const text = body.toString("latin1");
-  const out = { params: null, hasImage: false, mask: null };
+  const out = { params: null, hasImage: false, imageName: null, mask: null };
   for (const part of text.split(`--${boundary[1] || boundary[2]}`)) {
     const name = /name="([^"]+)"/.exec(part);
     if (!name) continue;
     const content = part.slice(part.indexOf("\r\n\r\n") + 4).replace(/\r\n$/, "");
     if (name[1] === "params") out.params = Buffer.from(content, "latin1").toString("utf8");
-    if (name[1] === "init_image") out.hasImage = content.length > 0;
+    if (name[1] === "init_image") {
+      out.hasImage = content.length > 0;
+      out.imageName = (/filename="([^"]*)"/.exec(part) || [])[1] || "upload";
+    }
     if (name[1] === "init_mask") out.mask = Buffer.from(content, "latin1");
   }
   return out;
@@ -72,6 +75,7 @@ function parseMultipart(body, contentType) {
 function createJob(req, res, body) {
   let raw = body.toString("utf8");
   let hasImage = false;
+  let imageName = null;
   let mask = null;
   const ct = req.headers["content-type"] || "";
   if (ct.startsWith("multipart/form-data")) {
@@ -79,6 +83,7 @@ function createJob(req, res, body) {
     if (!mp || mp.params === null) return fail(res, 400, null, "the multipart body needs a `params` part");
     raw = mp.params;
     hasImage = mp.hasImage;
+    imageName = mp.imageName;
     mask = mp.mask;
   }
   let p;
@@ -97,6 +102,12 @@ function createJob(req, res, body) {
   const params = { negative_prompt: "", ...model.defaults, strength: 0.75, fit: false, karras_max: 30, ...p,
     loras: (p.loras || []).map((l) => ({ name: l.name, weight: l.weight ?? 1 })), model: model.name };
   if (params.seed == null) params.seed = Math.floor(Math.random() * 4294967296);
+  // As the server: a variation amount becomes one more variation, with a fresh seed.
+  params.with_variations = [...(p.with_variations || [])];
+  if (p.variation_amount > 0) {
+    params.with_variations.push({ seed: Math.floor(Math.random() * 4294967296), weight: p.variation_amount });
+  }
+  delete params.variation_amount;
   if (params.init_image_id != null && !images.some((i) => i.id === params.init_image_id)) {
     return fail(res, 400, "init_image_id", `there is no image ${params.init_image_id} in the gallery`);
   }
@@ -118,6 +129,8 @@ function createJob(req, res, body) {
     steps_total: img2img ? Math.floor(params.strength * params.steps) : params.steps, steps_done: 0,
     created_at: now(), started_at: null, finished_at: null, error: null, image_id: null, mask_url: null };
   Object.defineProperty(job, "mask", { value: mask, enumerable: false });
+  Object.defineProperty(job, "upload", { value: hasImage ? { name: imageName, bytes: IMAGE } : null,
+    enumerable: false });
   jobs.push(job);
   send(res, 201, job);
   emit("job", job);
@@ -147,6 +160,8 @@ async function work() {
           + (job.mode === "img2img" ? ` -I upload.png -A ${job.params.sampler} -f ${job.params.strength}` : "") };
       image.mask_url = job.mask ? `/api/images/${id}/mask` : null;
       Object.defineProperty(image, "mask", { value: job.mask, enumerable: false });
+      // An uploaded init image is kept with the image, as the server keeps it (`GET /api/images/{id}/init`).
+      Object.defineProperty(image, "upload", { value: job.upload, enumerable: false });
       images.push(image);
       Object.assign(job, { status: "done", finished_at: now(), image_id: id, mask_url: image.mask_url });
       emit("job", job);
@@ -195,13 +210,25 @@ function route(req, res, body) {
   if (p === "/api/images") {
     const page = Number(url.searchParams.get("page") || 1);
     const per = Number(url.searchParams.get("per_page") || 24);
-    const list = [...images].reverse().slice((page - 1) * per, page * per);
-    return send(res, 200, { images: list, total: images.length, page, per_page: per });
+    // `q`: the images whose prompt contains the text, ignoring case (as the server's search).
+    const q = (url.searchParams.get("q") || "").trim().toLowerCase();
+    const found = images.filter((im) => !q || im.params.prompt.toLowerCase().includes(q));
+    const list = [...found].reverse().slice((page - 1) * per, page * per);
+    return send(res, 200, { images: list, total: found.length, page, per_page: per });
   }
-  if ((m = /^\/api\/images\/(\d+)(\/file|\/mask)?$/.exec(p))) {
+  if ((m = /^\/api\/images\/(\d+)(\/file|\/mask|\/init)?$/.exec(p))) {
     const i = images.findIndex((im) => im.id === Number(m[1]));
     if (i < 0) return fail(res, 404, null, `no image ${m[1]}`);
     if (m[2] === "/mask" && !images[i].mask) return fail(res, 404, null, `image ${m[1]} has no mask`);
+    if (m[2] === "/init" && !images[i].upload) {
+      return fail(res, 404, null, `image ${m[1]} was not made from an uploaded init image`);
+    }
+    if (m[2] === "/init") {
+      const { name, bytes } = images[i].upload;
+      res.writeHead(200, { "Content-Type": "image/png",
+        "Content-Disposition": `inline; filename*=UTF-8''${encodeURIComponent(name)}` });
+      return res.end(bytes);
+    }
     if (m[2]) {
       res.writeHead(200, { "Content-Type": "image/png" });
       return res.end(m[2] === "/mask" ? images[i].mask : IMAGE);
