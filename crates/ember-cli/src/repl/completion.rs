@@ -4,7 +4,6 @@
 //! that take a file or folder), `!fetch` and `!replay`.
 
 use super::commands::COMMAND_NAMES;
-use super::config::{load_models, models_file};
 use crate::args::Switches;
 use clap::Args;
 use ember::sample::SamplerKind;
@@ -160,11 +159,11 @@ fn matching(word: &str, names: Vec<String>) -> Vec<Pair> {
         .collect()
 }
 
-/// The models file's entry names; none when there is no file or it cannot be read (completion stays quiet).
+/// The named models `!switch` knows (the config file's, and an older models.toml's); none when they cannot be read
+/// (completion stays quiet).
 fn model_names() -> Vec<String> {
-    models_file()
-        .and_then(|file| load_models(&file).ok())
-        .map(|models| models.into_keys().collect())
+    crate::settings::Settings::load()
+        .map(|settings| settings.models.into_keys().collect())
         .unwrap_or_default()
 }
 
