@@ -3,7 +3,7 @@
 //! `ember worker`: the jobs of a PostgreSQL queue run on another machine, with the same model flags.
 
 use crate::args::{ServeArgs, DEFAULT_MODEL};
-use crate::repl::config::load_models;
+use crate::settings::load_models;
 use clap::Args;
 use std::path::{Path, PathBuf};
 

@@ -85,8 +85,8 @@ impl Defaults {
             ..Default::default()
         };
         as_entry.check().map_err(|e| anyhow::anyhow!("[defaults] {e}"))?;
-        if let Some(v) = self.strength.filter(|v| !(0.0..=1.0).contains(v)) {
-            anyhow::bail!("[defaults] strength: {v} is not in [0, 1]");
+        if let Some(strength) = self.strength {
+            ember::request::check_strength(strength).map_err(|e| anyhow::anyhow!("[defaults] {e}"))?;
         }
         Ok(())
     }
@@ -201,10 +201,15 @@ fn parse(text: &str) -> anyhow::Result<ConfigFile> {
     Ok(file)
 }
 
-/// The `[models.NAME]` tables of one file (`ember serve --models FILE`, the tests of `repl::config`): the file may
-/// be a whole config file; its `model` and `[defaults]` are checked and left out.
+/// The `[models.NAME]` tables of one file's text: the file may be a whole config file; its `model` and `[defaults]`
+/// are checked and left out.
 pub fn parse_models(text: &str) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
     Ok(parse(text)?.models)
+}
+
+/// The named models of one file (`ember serve --models FILE`), sorted by name; none when the file does not exist.
+pub fn load_models(path: &Path) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
+    Ok(read_file(path)?.map(|file| file.models).unwrap_or_default())
 }
 
 /// The model a run loads, with the settings that came with it.

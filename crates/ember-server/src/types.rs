@@ -12,10 +12,6 @@ use ember::text::prompt::LoraUse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Most entries of a job's `loras`: the engine's bound. Requests are checked by [`ember::request`]'s functions, the
-/// one place every front-end's requests are checked.
-pub use ember::request::MAX_LORAS;
-
 /// Job parameters as a client sends them; everything but `prompt` has a default: the job's model's for `steps`,
 /// `cfg_scale`, `sampler`, `width` and `height` (`GET /api/models`: InvokeAI's for SD 1.x), InvokeAI's for the rest.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -301,15 +297,10 @@ impl ParamsInput {
 }
 
 /// A job's `loras` with their weights filled in (1 by default); fails, naming `loras`, on an empty name, a weight
-/// that is not a finite number in [-100, 100] ([`ember::request::check_lora_weight`]), or more than [`MAX_LORAS`]
-/// entries. Whether the names exist is the job's model's to say (its library).
+/// that is not a finite number in [-100, 100], or more than [`ember::request::MAX_LORAS`] entries (the engine's checks,
+/// [`ember::request`]). Whether the names exist is the job's model's to say (its library).
 fn resolve_loras(input: Vec<LoraInput>) -> ember::Result<Vec<LoraWeight>> {
-    if input.len() > MAX_LORAS {
-        return Err(ember::Error::invalid(
-            "loras",
-            format!("{} LoRAs is more than the {MAX_LORAS} one job may apply", input.len()),
-        ));
-    }
+    ember::request::check_lora_count(input.len())?;
     input
         .into_iter()
         .enumerate()
@@ -835,7 +826,7 @@ mod tests {
             vec![lora("a", Some(f64::INFINITY))],
             vec![lora("a", Some(100.5))],
             vec![lora("", None)],
-            (0..=MAX_LORAS).map(|_| lora("a", None)).collect(),
+            (0..=ember::request::MAX_LORAS).map(|_| lora("a", None)).collect(),
         ] {
             let input = ParamsInput {
                 loras: Some(bad.clone()),

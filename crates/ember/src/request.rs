@@ -257,6 +257,30 @@ pub const MAX_LORAS: usize = 32;
 /// still refused rather than producing noise.
 pub const MAX_LORA_WEIGHT: f64 = 100.0;
 
+/// Checks a strength (`-f`, the API's `strength`, a config file's default): img2img's and hires_fix's fraction of
+/// the schedule, in [0, 1].
+pub fn check_strength(strength: f64) -> Result<()> {
+    // NaN fails `contains` too.
+    if (0.0..=1.0).contains(&strength) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "strength",
+        format!("{strength} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try 0.75)"),
+    ))
+}
+
+/// Checks how many LoRAs one request applies: at most [`MAX_LORAS`].
+pub fn check_lora_count(count: usize) -> Result<()> {
+    if count <= MAX_LORAS {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "loras",
+        format!("{count} LoRAs is more than the {MAX_LORAS} one request may apply"),
+    ))
+}
+
 /// Checks one LoRA weight (`--lora NAME:W`, the API's `loras[].weight`, a request's LoRA list): a finite number
 /// within ±[`MAX_LORA_WEIGHT`].
 pub fn check_lora_weight(name: &str, weight: f64) -> Result<()> {
@@ -349,16 +373,8 @@ impl GenerateRequest {
             }
         }
         // Checked even without an init image: hires_fix's second pass runs at this strength, and a value that
-        // means nothing should not reach the metadata. NaN fails `contains` too.
-        if !(0.0..=1.0).contains(&self.strength) {
-            return Err(Error::invalid(
-                "strength",
-                format!(
-                    "{} is outside [0, 1]; 0 keeps the init image, 1 ignores it (try 0.75)",
-                    self.strength
-                ),
-            ));
-        }
+        // means nothing should not reach the metadata.
+        check_strength(self.strength)?;
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
             return Err(Error::invalid(
                 "threshold",
@@ -384,15 +400,7 @@ impl GenerateRequest {
             }
             crate::sample::perlin::check_image_size(self.width, self.height)?;
         }
-        if self.loras.len() > MAX_LORAS {
-            return Err(Error::invalid(
-                "loras",
-                format!(
-                    "{} LoRAs is more than the {MAX_LORAS} one request may apply",
-                    self.loras.len()
-                ),
-            ));
-        }
+        check_lora_count(self.loras.len())?;
         for lora in &self.loras {
             check_lora_weight(&lora.name, lora.text_weight)?;
             check_lora_weight(&lora.name, lora.unet_weight)?;

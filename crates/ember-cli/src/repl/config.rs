@@ -30,9 +30,7 @@
 //! that entry only, never to the next one switched to.
 
 use crate::args::Switches;
-use anyhow::Context;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One named model of the config file.
@@ -156,12 +154,6 @@ impl ModelEntry {
     }
 }
 
-/// The config file's path (it need not exist; [`crate::settings::config_file`]). Its `[models]` are all the named
-/// models only when no older models.toml is beside it: [`crate::settings::Settings::load`] reads both.
-pub fn models_file() -> Option<PathBuf> {
-    crate::settings::config_file()
-}
-
 /// The history file's path: `$EMBER_HISTORY`, else `$XDG_DATA_HOME/ember/history`, else
 /// `~/.local/share/ember/history`.
 pub fn history_file() -> Option<PathBuf> {
@@ -174,24 +166,10 @@ pub fn history_file() -> Option<PathBuf> {
     Some(base.join("ember").join("history"))
 }
 
-/// The named models of one file (`ember serve --models FILE`), sorted by name; an empty list when the file does not
-/// exist. The file may be a whole config file ([`crate::settings`]).
-pub fn load_models(path: &Path) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read the models file {}", path.display())),
-    };
-    parse_models(&text).with_context(|| format!("the models file {} is not valid", path.display()))
-}
-
-fn parse_models(text: &str) -> anyhow::Result<BTreeMap<String, ModelEntry>> {
-    crate::settings::parse_models(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::parse_models;
 
     #[test]
     fn models_file_format() {
