@@ -190,7 +190,6 @@ impl Runner {
             let mut progress = Progress::new(draw, label);
             let started = Instant::now();
             let made = generate_one(pipeline, &cancel, &request, &sw, &plan.outdir, &mut progress)?;
-            progress.finish();
             // stdout: the image, then its strip, one path per line (the REPL echoes the image's command line too).
             let mut stdout = std::io::stdout().lock();
             if echo_lines {

@@ -221,8 +221,6 @@ pub struct ResolvedModel {
     pub defaults: Switches,
     /// The `[models.NAME]` entry used, if any.
     pub entry: Option<String>,
-    /// The config file's [defaults] alone (what `!switch` puts under the next entry's).
-    pub config_defaults: Switches,
     /// The command line's model settings over the config file's [defaults], without the named entry's: what
     /// `!switch` starts every entry from, so that one entry's `dtype` never carries over to the next.
     pub launch: ModelArgs,
@@ -294,9 +292,11 @@ fn resolve_with(args: &ModelArgs, settings: &Settings) -> anyhow::Result<Resolve
     };
     Ok(ResolvedModel {
         model,
-        defaults: entry.map_or_else(|| config_defaults.clone(), |e| e.switches().over(&config_defaults)),
+        defaults: match entry {
+            Some(e) => e.switches().over(&config_defaults),
+            None => config_defaults,
+        },
         entry: entry.map(|_| wanted),
-        config_defaults,
         launch,
     })
 }

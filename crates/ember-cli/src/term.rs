@@ -112,13 +112,12 @@ impl Progress {
             ProgressDraw::Off => {}
             ProgressDraw::Lines => eprintln!("{}: {stage}", self.label),
             ProgressDraw::Bar => {
-                let bar = self
-                    .bar
-                    .get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
+                let message = format!("{}: {stage}", self.label);
+                let bar = self.bar();
                 bar.set_style(
                     ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_message(format!("{}: {stage}", self.label));
+                bar.set_message(message);
                 bar.tick();
             }
         }
@@ -130,15 +129,14 @@ impl Progress {
         match self.draw {
             ProgressDraw::Off | ProgressDraw::Lines => {}
             ProgressDraw::Bar => {
-                let bar = self
-                    .bar
-                    .get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
+                let label = self.label.clone();
+                let bar = self.bar();
                 // Length, position and message before the bar style: setting the style draws at once, and an
                 // earlier draw would show `0/0`.
                 bar.set_length(total_steps as u64);
                 bar.set_position(0);
                 bar.reset_eta();
-                bar.set_message(self.label.clone());
+                bar.set_message(label);
                 bar.set_style(
                     ProgressStyle::with_template("{msg} [{bar:30}] denoise {pos}/{len} ({elapsed} elapsed, ETA {eta})")
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -164,6 +162,12 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// The bar, made on first use (on stderr, not drawn until a stage sets its style).
+    fn bar(&mut self) -> &ProgressBar {
+        self.bar
+            .get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()))
     }
 
     /// Runs `f` (which writes to stderr) with the bar out of the way.
