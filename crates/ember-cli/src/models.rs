@@ -167,17 +167,12 @@ fn family_name(report: &ModelReport) -> String {
 /// What `ember generate --model FILE` would do with it.
 fn advice(report: &ModelReport) -> String {
     let spec = &report.spec;
-    let d = spec.defaults;
     let mut text = format!(
-        "loads as {} ({}, {} spacing); defaults -s {} -C {} -A {} -W {} -H {}",
+        "loads as {} ({}, {} spacing); defaults {}",
         family_name(report),
         spec.scheduler.prediction_type,
         spec.scheduler.spacing,
-        d.steps,
-        d.cfg_scale,
-        d.sampler,
-        d.size,
-        d.size
+        crate::runner::defaults_text(spec.defaults)
     );
     if report.format == ModelFormat::Ckpt {
         let out = report.path.with_extension("safetensors");

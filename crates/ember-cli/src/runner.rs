@@ -493,7 +493,7 @@ pub fn describe_spec(spec: &ModelSpec) -> String {
 }
 
 /// The model's own defaults as switches: `-s 50 -C 7.5 -A k_lms -W 512 -H 512`.
-fn defaults_text(d: GenerationDefaults) -> String {
+pub fn defaults_text(d: GenerationDefaults) -> String {
     format!(
         "-s {} -C {} -A {} -W {} -H {}",
         d.steps, d.cfg_scale, d.sampler, d.size, d.size
