@@ -7,6 +7,12 @@
 
 const $ = (id) => document.getElementById(id);
 
+// `text` cut to `max` characters with an ellipsis (job titles, gallery cards; the viewer shows values whole).
+function cutText(text, max) {
+  const t = String(text ?? "");
+  return t.length > max ? `${t.slice(0, max)}…` : t;
+}
+
 const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
 const UPLOAD_TYPES = ["image/png", "image/jpeg", "image/webp", "image/bmp"];
 const PER_PAGE = 24;

@@ -32,10 +32,6 @@ function formatValue(v) {
 // Card values longer than this are cut (a long prompt would make the page tall); the viewer shows them whole.
 const CARD_VALUE_MAX = 160;
 
-function cutText(text, max) {
-  return text.length > max ? `${text.slice(0, max)}…` : text;
-}
-
 function paramEntries(params) {
   const keys = Object.keys(params || {}).filter((k) => params[k] !== null && params[k] !== undefined);
   const rank = (k) => (PARAM_ORDER.includes(k) ? PARAM_ORDER.indexOf(k) : PARAM_ORDER.length);

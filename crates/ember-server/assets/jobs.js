@@ -15,10 +15,8 @@ const jobView = {
   stageJobId: null, // the job whose preview or image the stage shows
 };
 
-function shortPrompt(prompt, max = 60) {
-  const p = String(prompt || "");
-  return p.length > max ? `${p.slice(0, max)}…` : p;
-}
+// Job titles show this much of the prompt.
+const TITLE_PROMPT_MAX = 60;
 
 // The jobs to show, in order: running, queued (first in line first), then finished ones, newest first.
 function shownJobs() {
@@ -77,7 +75,7 @@ function queuedEta(job) {
 
 function updateLine(li, job) {
   li.dataset.status = job.status;
-  li.querySelector(".job-title").textContent = `#${job.id} ${job.mode} · ${shortPrompt(job.params.prompt)}`;
+  li.querySelector(".job-title").textContent = `#${job.id} ${job.mode} · ${cutText(job.params.prompt, TITLE_PROMPT_MAX)}`;
   li.querySelector(".job-title").title = job.params.prompt;
   const p = jobView.progress.get(job.id);
   let status = job.status;
