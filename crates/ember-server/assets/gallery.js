@@ -103,6 +103,21 @@ function useAll(image) {
   $("prompt").focus();
 }
 
+// "Use seed": the image's seed into the form.
+function useSeed(image) {
+  setSeedRandom(false);
+  $("seed").value = String(image.seed);
+  note(`Seed ${image.seed} of image #${image.id} will be used.`);
+  $("seed").focus();
+}
+
+// "Use as init": the gallery image becomes the form's init image.
+function useAsInit(image) {
+  setGalleryInit(image.id);
+  note(`Image #${image.id} is the init image.`);
+  $("strength").focus();
+}
+
 // The uploaded init image an img2img image was made from, which the server keeps with it (as a File, under its
 // upload name); null when it has none (made by an older Ember) or it cannot be fetched.
 async function keptUpload(image) {
@@ -223,17 +238,8 @@ function renderCard(image) {
   });
   const actions = {
     "use-all": () => useAll(image),
-    "use-seed": () => {
-      setSeedRandom(false);
-      $("seed").value = String(image.seed);
-      note(`Seed ${image.seed} of image #${image.id} will be used.`);
-      $("seed").focus();
-    },
-    "use-init": () => {
-      setGalleryInit(image.id);
-      note(`Image #${image.id} is the init image.`);
-      $("strength").focus();
-    },
+    "use-seed": () => useSeed(image),
+    "use-init": () => useAsInit(image),
     variations: () => makeVariation(image),
     delete: () => deleteImage(image),
   };

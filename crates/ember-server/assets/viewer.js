@@ -127,16 +127,11 @@ function bindViewer() {
     },
     "use-seed": (image) => {
       dialog.close();
-      setSeedRandom(false);
-      $("seed").value = String(image.seed);
-      note(`Seed ${image.seed} of image #${image.id} will be used.`);
-      $("seed").focus();
+      useSeed(image);
     },
     "use-init": (image) => {
       dialog.close();
-      setGalleryInit(image.id);
-      note(`Image #${image.id} is the init image.`);
-      $("strength").focus();
+      useAsInit(image);
     },
     variations: async (image) => {
       dialog.close();
