@@ -91,21 +91,11 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> ApiR
         ));
     };
 
-    let mut input = parse_params(&form.params).map_err(|e| in_params_part(e, multipart))?;
+    let mut input = parse_params(&form.params, multipart.then_some("params"))?;
     let model = state.models.for_job(input.model.take().as_deref())?;
     let params = model.resolve(input, random_seed)?;
     let job = submit(&state, model, params, (form.init_image, form.init_mask)).await?;
     Ok((StatusCode::CREATED, Json(job)))
-}
-
-/// In a multipart form, an error about the whole JSON (not valid JSON, not an object) is the `params` part's.
-fn in_params_part(mut e: ApiError, multipart: bool) -> ApiError {
-    if multipart && e.field.is_none() {
-        e.field = Some("params".into());
-        e.message = e.message.replacen("the body is", "the 'params' part is", 1);
-        e.message = e.message.replacen("the parameters must", "the 'params' part must", 1);
-    }
-    e
 }
 
 /// Queues a job on `model` with resolved `params` and its uploads (init image, mask), after the checks of
@@ -226,18 +216,24 @@ fn upload_name(raw: &str) -> String {
 }
 
 /// JSON → [`ParamsInput`]; a type error names the field it is in.
-pub(crate) fn parse_params(json: &[u8]) -> ApiResult<ParamsInput> {
+/// `part`: the multipart form part the JSON came from (`params`), which errors about the whole JSON (not valid JSON,
+/// not an object) name as their field; `None` for a JSON body.
+pub(crate) fn parse_params(json: &[u8], part: Option<&'static str>) -> ApiResult<ParamsInput> {
+    let (whole_is, whole_must) = match part {
+        Some(_) => ("the 'params' part is", "the 'params' part must"),
+        None => ("the body is", "the parameters must"),
+    };
     // Syntax first: a syntax error is about the whole body, not the field the parser happened to be in.
     let value: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| ApiError::bad_request(part, format!("{whole_is} not valid JSON: {e}")))?;
     if !value.is_object() {
         // serde would read an array as the struct's fields in order.
-        return Err(ApiError::bad_request(None, "the parameters must be a JSON object"));
+        return Err(ApiError::bad_request(part, format!("{whole_must} be a JSON object")));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = (path != "." && !path.is_empty()).then_some(path);
-        ApiError::bad_request(field.as_deref(), e.into_inner().to_string())
+        ApiError::bad_request(field.as_deref().or(part), e.into_inner().to_string())
     })
 }
 

@@ -50,7 +50,9 @@ pub fn job_multipart(content_type: &str, body: &[u8]) -> bool {
 }
 
 fn check(params: &[u8], upload: Option<&[u8]>, mask: Option<&[u8]>) -> bool {
-    let Ok(input) = parse_params(params) else { return false };
+    let Ok(input) = parse_params(params, None) else {
+        return false;
+    };
     let Ok(params) = input.resolve(&invokeai_defaults(), || 1) else {
         return false;
     };
